@@ -1,0 +1,319 @@
+//! The one error type of the request path, and how it looks on the wire.
+//!
+//! Every failure a request can meet is a [`CoordError`]. Before the first byte it
+//! becomes an HTTP status with a DIAL error body ([`CoordError::status`],
+//! [`CoordError::body`]); after it, the same body travels as one SSE error event
+//! (see `dial::response`). This module must not do I/O and must never put the
+//! per-request key into a message: upstream text is passed through [`redact`].
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// Which upstream a fault came from; names what the user sees in messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    /// The LLM deployment behind DIAL Core (routing and synthesis).
+    Llm,
+    /// The General Purpose Agent deployment behind DIAL Core.
+    Gpa,
+    /// The User Management Service agent.
+    Ums,
+}
+
+impl Upstream {
+    /// Human name used in messages shown in DIAL Chat.
+    pub fn display_name(self) -> &'static str {
+        match self {
+            Upstream::Llm => "the coordinator's language model",
+            Upstream::Gpa => "the General Purpose Agent",
+            Upstream::Ums => "the User Management agent",
+        }
+    }
+
+    /// Short machine name used in logs and error messages.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Upstream::Llm => "LLM",
+            Upstream::Gpa => "GPA",
+            Upstream::Ums => "UMS",
+        }
+    }
+}
+
+/// What went wrong while talking to an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamFault {
+    /// The request could not be sent or no response head arrived (refused, reset, DNS, TLS).
+    Connect(String),
+    /// The upstream answered with a non-success status; the text is a short, redacted excerpt.
+    Status(u16, String),
+    /// The upstream sent an error event inside its stream.
+    ErrorEvent(String),
+    /// The stream ended (EOF or broken connection) before its end marker.
+    Truncated(String),
+    /// The upstream sent something that is not its protocol (non-JSON, wrong shape).
+    Malformed(String),
+    /// The upstream did not answer in time.
+    Timeout(String),
+}
+
+/// Every error of the request path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CoordError {
+    /// The request body or headers are not a valid DIAL chat-completion request.
+    BadRequest(String),
+    /// The `Api-Key` header is missing.
+    MissingApiKey,
+    /// The request body is larger than the configured limit (bytes).
+    PayloadTooLarge(usize),
+    /// No route for this path.
+    NotFound(String),
+    /// The path exists but not for this method.
+    MethodNotAllowed(String),
+    /// A configuration variable has a malformed value.
+    Config {
+        /// The environment variable's name.
+        var: &'static str,
+        /// Why the value was rejected (never the value itself: it may be a secret).
+        reason: String,
+    },
+    /// An upstream call failed.
+    Upstream {
+        /// Which upstream.
+        upstream: Upstream,
+        /// The deployment or endpoint that was called.
+        target: String,
+        /// What went wrong.
+        fault: UpstreamFault,
+    },
+}
+
+/// The JSON body `{"error": {...}}` DIAL uses for every error.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// The inner object.
+    pub error: ErrorDetail,
+}
+
+/// The inner error object, field names as DIAL expects them.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct ErrorDetail {
+    /// Technical message (for logs and API clients).
+    pub message: String,
+    /// Error class, e.g. `invalid_request_error`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The HTTP status as a string, as aidial-sdk does.
+    pub code: String,
+    /// What DIAL Chat shows to the person.
+    pub display_message: String,
+}
+
+impl CoordError {
+    /// HTTP status when the error happens before the first byte.
+    ///
+    /// Never 429/502/503/504: DIAL Core treats those as "this application is down"
+    /// and backs off from it for every user.
+    pub fn status(&self) -> u16 {
+        match self {
+            CoordError::BadRequest(_) | CoordError::MissingApiKey => 400,
+            CoordError::PayloadTooLarge(_) => 413,
+            CoordError::NotFound(_) => 404,
+            CoordError::MethodNotAllowed(_) => 405,
+            CoordError::Config { .. } | CoordError::Upstream { .. } => 500,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            CoordError::BadRequest(_)
+            | CoordError::MissingApiKey
+            | CoordError::PayloadTooLarge(_)
+            | CoordError::MethodNotAllowed(_) => "invalid_request_error",
+            CoordError::NotFound(_) => "not_found_error",
+            CoordError::Config { .. } => "internal_server_error",
+            CoordError::Upstream { .. } => "runtime_error",
+        }
+    }
+
+    /// The technical message.
+    pub fn message(&self) -> String {
+        match self {
+            CoordError::BadRequest(m) => format!("Invalid request: {m}"),
+            CoordError::MissingApiKey => "Api-Key header is required".to_owned(),
+            CoordError::PayloadTooLarge(limit) => {
+                format!("Request body is larger than the limit of {limit} bytes")
+            }
+            CoordError::NotFound(path) => format!("No route for path {path}"),
+            CoordError::MethodNotAllowed(m) => format!("Method {m} is not allowed on this path"),
+            CoordError::Config { var, reason } => {
+                format!("Invalid configuration: {var} {reason}")
+            }
+            CoordError::Upstream {
+                upstream,
+                target,
+                fault,
+            } => {
+                let who = format!("{} ({target})", upstream.short_name());
+                match fault {
+                    UpstreamFault::Connect(d) => format!("{who} could not be reached: {d}"),
+                    UpstreamFault::Status(s, d) if d.is_empty() => {
+                        format!("{who} answered HTTP {s}")
+                    }
+                    UpstreamFault::Status(s, d) => format!("{who} answered HTTP {s}: {d}"),
+                    UpstreamFault::ErrorEvent(d) => format!("{who} reported an error: {d}"),
+                    UpstreamFault::Truncated(d) => {
+                        format!("{who} stopped before finishing its answer: {d}")
+                    }
+                    UpstreamFault::Malformed(d) => format!("{who} sent malformed data: {d}"),
+                    UpstreamFault::Timeout(d) => format!("{who} did not answer in time: {d}"),
+                }
+            }
+        }
+    }
+
+    /// The sentence DIAL Chat shows to the person, saying what they can do.
+    pub fn display_message(&self) -> String {
+        match self {
+            CoordError::BadRequest(m) => format!("The request could not be processed: {m}."),
+            CoordError::MissingApiKey => {
+                "The request reached the coordinator without an API key. Call it through DIAL Core."
+                    .to_owned()
+            }
+            CoordError::PayloadTooLarge(limit) => format!(
+                "The conversation is too large for the coordinator (limit {} KiB). Start a new conversation or remove large attachments.",
+                limit / 1024
+            ),
+            CoordError::NotFound(_) | CoordError::MethodNotAllowed(_) => {
+                "The coordinator does not serve this address.".to_owned()
+            }
+            CoordError::Config { var, .. } => format!(
+                "The coordinator is misconfigured ({var}). Please tell the administrator."
+            ),
+            CoordError::Upstream {
+                upstream, fault, ..
+            } => {
+                let who = upstream.display_name();
+                let what = match fault {
+                    UpstreamFault::Connect(_) => format!("{who} is unreachable right now"),
+                    UpstreamFault::Status(s, _) => format!("{who} failed (HTTP {s})"),
+                    UpstreamFault::ErrorEvent(_) => format!("{who} reported an error"),
+                    UpstreamFault::Truncated(_) => {
+                        format!("{who} stopped before finishing its answer")
+                    }
+                    UpstreamFault::Malformed(_) => format!("{who} sent an answer that could not be read"),
+                    UpstreamFault::Timeout(_) => format!("{who} did not answer in time"),
+                };
+                let mut s = what;
+                if let Some(first) = s.get_mut(0..1) {
+                    first.make_ascii_uppercase();
+                }
+                s.push_str(". Please try again in a moment.");
+                s
+            }
+        }
+    }
+
+    /// The DIAL error body for this error.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                message: self.message(),
+                kind: self.kind(),
+                code: self.status().to_string(),
+                display_message: self.display_message(),
+            },
+        }
+    }
+
+    /// The DIAL error body serialized as JSON bytes.
+    pub fn body_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.body()).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for CoordError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+impl std::error::Error for CoordError {}
+
+/// Longest upstream excerpt kept in an error message.
+const EXCERPT_CHARS: usize = 200;
+
+/// Shortens upstream text for an error message and removes every occurrence of
+/// `secret` (the per-request key), so that an upstream echoing it cannot leak it.
+pub fn redact(text: &str, secret: &str) -> String {
+    let cleaned = if secret.is_empty() {
+        text.to_owned()
+    } else {
+        text.replace(secret, "***")
+    };
+    let cleaned = cleaned.trim();
+    match cleaned.char_indices().nth(EXCERPT_CHARS) {
+        Some((cut, _)) => format!("{}…", &cleaned[..cut]),
+        None => cleaned.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_request_body_has_dial_shape() {
+        let e = CoordError::BadRequest("messages must not be empty".into());
+        let v = serde_json::to_value(e.body()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"error":{
+                "message":"Invalid request: messages must not be empty",
+                "type":"invalid_request_error","code":"400",
+                "display_message":"The request could not be processed: messages must not be empty."}})
+        );
+    }
+
+    #[test]
+    fn upstream_errors_never_use_statuses_that_make_core_back_off() {
+        for fault in [
+            UpstreamFault::Connect("refused".into()),
+            UpstreamFault::Status(503, String::new()),
+            UpstreamFault::Status(429, String::new()),
+            UpstreamFault::Timeout("30 s".into()),
+        ] {
+            let e = CoordError::Upstream {
+                upstream: Upstream::Gpa,
+                target: "general-purpose-agent".into(),
+                fault,
+            };
+            assert_eq!(e.status(), 500);
+        }
+    }
+
+    #[test]
+    fn upstream_display_message_names_the_agent() {
+        let e = CoordError::Upstream {
+            upstream: Upstream::Ums,
+            target: "http://ums".into(),
+            fault: UpstreamFault::Connect("connection refused".into()),
+        };
+        assert_eq!(
+            e.display_message(),
+            "The User Management agent is unreachable right now. Please try again in a moment."
+        );
+        assert_eq!(
+            e.message(),
+            "UMS (http://ums) could not be reached: connection refused"
+        );
+    }
+
+    #[test]
+    fn redact_removes_secret_and_shortens() {
+        assert_eq!(redact(" key sk-123 denied ", "sk-123"), "key *** denied");
+        let long = "x".repeat(500);
+        assert_eq!(redact(&long, "k").chars().count(), EXCERPT_CHARS + 1);
+    }
+}

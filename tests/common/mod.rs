@@ -1,0 +1,4 @@
+//! Shared test support.
+#![allow(unreachable_pub, dead_code, clippy::unwrap_used)]
+
+pub mod fakes;

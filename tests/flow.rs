@@ -1,0 +1,717 @@
+//! The whole flow against in-process fakes: exact chunk sequences and exact
+//! upstream requests for the seed's three examples, non-streaming mode, and
+//! failures before and after the first byte.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+mod common;
+
+use common::fakes::*;
+use futures::executor::block_on;
+use mas_coordinator::config::Config;
+use mas_coordinator::coordinator::{collect_response, prepare, stream_response, RequestContext};
+use mas_coordinator::dial::response::SseEncoder;
+use mas_coordinator::emitter::{BufferTransport, Emitter};
+use serde_json::{json, Value};
+
+fn config() -> Config {
+    Config {
+        dial_endpoint: CORE.to_owned(),
+        ums_endpoint: UMS.to_owned(),
+        ..Config::default()
+    }
+}
+
+fn context(body: Value, conversation_id: Option<&str>) -> RequestContext {
+    let conv = conversation_id.map(str::to_owned);
+    prepare(
+        config(),
+        |h| match h {
+            "api-key" => Some(KEY.to_owned()),
+            "x-conversation-id" => conv.clone(),
+            _ => None,
+        },
+        body.to_string().as_bytes(),
+    )
+    .unwrap()
+}
+
+/// Runs the streaming flow; returns the SSE events' data (JSON or "[DONE]") and
+/// the number of separate writes.
+fn run_stream(ctx: &RequestContext, client: &FakeClient) -> (Vec<String>, usize) {
+    let mut out = Emitter::streaming(
+        SseEncoder::new("resp-1", 1_700_000_000),
+        BufferTransport::default(),
+    );
+    block_on(stream_response(ctx, client, &mut out));
+    let transport = into_transport(out);
+    let text = String::from_utf8(transport.writes.concat()).unwrap();
+    let events = text
+        .split("\n\n")
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.strip_prefix("data: ")
+                .expect("every event is a data line")
+                .to_owned()
+        })
+        .collect();
+    (events, transport.writes.len())
+}
+
+fn into_transport(out: Emitter<BufferTransport>) -> BufferTransport {
+    out.into_transport().expect("streaming emitter")
+}
+
+/// The `delta` of every chunk event, then the tail markers as strings.
+fn deltas(events: &[String]) -> Vec<Value> {
+    events
+        .iter()
+        .map(|e| {
+            if e == "[DONE]" {
+                return json!("[DONE]");
+            }
+            let v: Value = serde_json::from_str(e).unwrap();
+            if v.get("error").is_some() {
+                return v;
+            }
+            assert_eq!(v["id"], "resp-1");
+            assert_eq!(v["created"], 1_700_000_000);
+            assert_eq!(v["object"], "chat.completion.chunk");
+            if v["choices"][0]["finish_reason"] == "stop" {
+                return json!("STOP");
+            }
+            assert_eq!(v["choices"][0]["finish_reason"], Value::Null);
+            v["choices"][0]["delta"].clone()
+        })
+        .collect()
+}
+
+fn stage_open(index: usize, name: &str, parent: Option<usize>) -> Value {
+    let mut s = json!({"index": index, "name": name, "status": null});
+    if let Some(p) = parent {
+        s["parent_stage_index"] = json!(p);
+    }
+    json!({"custom_content": {"stages": [s]}})
+}
+fn stage_content(index: usize, content: &str) -> Value {
+    json!({"custom_content": {"stages": [{"index": index, "content": content, "status": null}]}})
+}
+fn stage_close(index: usize, status: &str) -> Value {
+    json!({"custom_content": {"stages": [{"index": index, "status": status}]}})
+}
+fn content(text: &str) -> Value {
+    json!({"content": text})
+}
+fn decision_block(agent: &str, instructions: Value) -> String {
+    format!(
+        "```json\n{{\n  \"agent_name\": \"{agent}\",\n  \"additional_instructions\": {}\n}}\n```\n",
+        serde_json::to_string(&instructions).unwrap()
+    )
+}
+
+const KARPATHY: &str = "Do we have Andrej Karpathy as a user?";
+const WEATHER: &str = "Search weather in Kyiv and generate a picture";
+
+fn seed1_client() -> FakeClient {
+    FakeClient::new()
+        .on("/deployments/gpt-4o/chat/completions", routing_reply("UMS", None))
+        .on("/conversations", Reply::json(200, json!({"id": "conv-1", "title": KARPATHY, "messages": [], "created_at": "t", "updated_at": "t"})))
+        .on("/conversations/conv-1/chat", ums_stream("conv-1", &["No user ", "named Andrej Karpathy ", "was found."]))
+        .on("/deployments/gpt-4o/chat/completions", llm_stream(&["Andrej Karpathy ", "is not a user."]))
+}
+
+#[test]
+fn seed1_ums_query_streams_exact_chunks() {
+    let ctx = context(
+        json!({"stream": true, "messages": [{"role": "user", "content": KARPATHY}]}),
+        None,
+    );
+    let client = seed1_client();
+    let (events, writes) = run_stream(&ctx, &client);
+    assert_eq!(
+        deltas(&events),
+        vec![
+            json!({"role": "assistant"}),
+            stage_open(0, "Coordination Request", None),
+            stage_content(0, &decision_block("UMS", Value::Null)),
+            stage_close(0, "completed"),
+            stage_open(1, "Call UMS Agent", None),
+            stage_content(1, "_Created new UMS conversation: conv-1_\n\n"),
+            json!({"custom_content": {"state": {"ums_conversation_id": "conv-1"}}}),
+            stage_content(1, "No user "),
+            stage_content(1, "named Andrej Karpathy "),
+            stage_content(1, "was found."),
+            stage_close(1, "completed"),
+            content("Andrej Karpathy "),
+            content("is not a user."),
+            json!("STOP"),
+            json!("[DONE]"),
+        ]
+    );
+    assert!(
+        writes >= 6,
+        "events are flushed as they happen, got {writes} writes"
+    );
+
+    let reqs = client.requests();
+    assert_eq!(reqs.len(), 4);
+    // 1. routing: per-request key, structured output, history without custom_content.
+    assert_eq!(
+        reqs[0].url,
+        format!("{CORE}/openai/deployments/gpt-4o/chat/completions")
+    );
+    assert_eq!(reqs[0].header_value("api-key"), Some(KEY));
+    let routing = body_json(&reqs[0]);
+    assert_eq!(routing["stream"], false);
+    assert_eq!(routing["response_format"]["type"], "json_schema");
+    assert_eq!(
+        routing["response_format"]["json_schema"]["schema"],
+        mas_coordinator::routing::decision_schema()
+    );
+    assert_eq!(routing["messages"][0]["role"], "system");
+    assert_eq!(
+        routing["messages"][1],
+        json!({"role": "user", "content": KARPATHY})
+    );
+    // 2. UMS create, 3. UMS chat: never the DIAL key.
+    assert_eq!(reqs[1].url, format!("{UMS}/conversations"));
+    assert_eq!(body_json(&reqs[1]), json!({"title": KARPATHY}));
+    assert_eq!(reqs[2].url, format!("{UMS}/conversations/conv-1/chat"));
+    assert_eq!(
+        body_json(&reqs[2]),
+        json!({"message": {"role": "user", "content": KARPATHY}, "stream": true})
+    );
+    for r in &reqs[1..3] {
+        assert_eq!(r.header_value("api-key"), None);
+        assert_eq!(r.header_value("authorization"), None);
+        assert!(!String::from_utf8_lossy(&r.body).contains(KEY));
+    }
+    // 4. synthesis: streaming, CONTEXT template.
+    let synth = body_json(&reqs[3]);
+    assert_eq!(synth["stream"], true);
+    assert_eq!(reqs[3].header_value("api-key"), Some(KEY));
+    assert_eq!(
+        synth["messages"][1]["content"],
+        format!("## CONTEXT:\nNo user named Andrej Karpathy was found.\n---\n## USER_REQUEST:\n{KARPATHY}")
+    );
+}
+
+fn gpa_events() -> Vec<Value> {
+    vec![
+        chunk(json!({"role": "assistant"})),
+        chunk(json!({"content": "Searching. "})),
+        chunk(
+            json!({"custom_content": {"stages": [{"index": 0, "name": "web_search", "status": null}]}}),
+        ),
+        chunk(
+            json!({"custom_content": {"stages": [{"index": 0, "content": "Kyiv: +5°C", "status": null}]}}),
+        ),
+        chunk(json!({"custom_content": {"stages": [{"index": 0, "status": "completed"}]}})),
+        chunk(
+            json!({"custom_content": {"stages": [{"index": 1, "name": "image_generation_tool", "status": null}]}}),
+        ),
+        chunk(
+            json!({"custom_content": {"stages": [{"index": 1, "attachments": [{"index": 0, "type": "image/png", "title": "Generated image", "url": "files/b/img.png"}], "status": null}]}}),
+        ),
+        chunk(json!({"content": "\n\r![image](files/b/img.png)\n\r"})),
+        chunk(json!({"custom_content": {"stages": [{"index": 1, "status": "completed"}]}})),
+        chunk(
+            json!({"custom_content": {"attachments": [{"index": 0, "type": "image/png", "title": "img.png", "url": "files/b/img.png"}]}}),
+        ),
+        chunk(
+            json!({"custom_content": {"state": {"tool_call_history": [{"role": "assistant", "tool_calls": []}]}}}),
+        ),
+        stop_chunk(),
+    ]
+}
+
+fn seed2_client() -> FakeClient {
+    FakeClient::new()
+        .on(
+            "/deployments/gpt-4o/chat/completions",
+            routing_reply("GPA", None),
+        )
+        .on(
+            "/deployments/general-purpose-agent/chat/completions",
+            Reply::sse(&gpa_events()),
+        )
+        .on(
+            "/deployments/gpt-4o/chat/completions",
+            llm_stream(&["It is +5°C in Kyiv; ", "here is the picture."]),
+        )
+}
+
+#[test]
+fn seed2_gpa_stages_are_mirrored_with_attachments_and_state() {
+    let ctx = context(
+        json!({"stream": true, "messages": [{"role": "user", "content": WEATHER}]}),
+        Some("conv%2F42"),
+    );
+    let client = seed2_client();
+    let (events, _) = run_stream(&ctx, &client);
+    assert_eq!(
+        deltas(&events),
+        vec![
+            json!({"role": "assistant"}),
+            stage_open(0, "Coordination Request", None),
+            stage_content(0, &decision_block("GPA", Value::Null)),
+            stage_close(0, "completed"),
+            stage_open(1, "Call GPA Agent", None),
+            stage_content(1, "Searching. "),
+            stage_open(2, "web_search", Some(1)),
+            stage_content(2, "Kyiv: +5°C"),
+            stage_close(2, "completed"),
+            stage_open(3, "image_generation_tool", Some(1)),
+            json!({"custom_content": {"stages": [{"index": 3, "attachments": [{"index": 0, "type": "image/png", "title": "Generated image", "url": "files/b/img.png"}], "status": null}]}}),
+            stage_content(1, "\n\r![image](files/b/img.png)\n\r"),
+            stage_close(3, "completed"),
+            json!({"custom_content": {"attachments": [{"index": 0, "type": "image/png", "title": "img.png", "url": "files/b/img.png"}]}}),
+            json!({"custom_content": {"state": {"is_gpa": true, "gpa_messages": {"tool_call_history": [{"role": "assistant", "tool_calls": []}]}}}}),
+            stage_close(1, "completed"),
+            content("It is +5°C in Kyiv; "),
+            content("here is the picture."),
+            json!("STOP"),
+            json!("[DONE]"),
+        ]
+    );
+    let reqs = client.requests();
+    let gpa = &reqs[1];
+    assert_eq!(
+        gpa.url,
+        format!("{CORE}/openai/deployments/general-purpose-agent/chat/completions")
+    );
+    assert_eq!(gpa.header_value("api-key"), Some(KEY));
+    assert_eq!(gpa.header_value("x-conversation-id"), Some("conv%2F42"));
+    assert_eq!(
+        body_json(gpa),
+        json!({"messages": [{"role": "user", "content": WEATHER}], "model": "general-purpose-agent", "stream": true})
+    );
+    let synth = body_json(&reqs[2]);
+    assert_eq!(
+        synth["messages"][1]["content"],
+        format!("## CONTEXT:\nSearching. \n\r![image](files/b/img.png)\n\r\n---\n## USER_REQUEST:\n{WEATHER}")
+    );
+}
+
+#[test]
+fn gpa_works_without_conversation_id_header() {
+    let ctx = context(
+        json!({"stream": true, "messages": [{"role": "user", "content": WEATHER}]}),
+        None,
+    );
+    let client = seed2_client();
+    let (events, _) = run_stream(&ctx, &client);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    assert!(events.iter().all(|e| !e.contains("\"error\"")));
+    assert_eq!(client.requests()[1].header_value("x-conversation-id"), None);
+}
+
+/// Seed example 3: four turns as DIAL Chat sends them (assistant messages carry
+/// only their state).
+fn four_turn_history(turn: usize) -> Vec<Value> {
+    let all = [
+        json!({"role": "user", "content": KARPATHY}),
+        json!({"role": "assistant", "content": "No, he is not a user.", "custom_content": {"state": {"ums_conversation_id": "conv-1"}}}),
+        json!({"role": "user", "content": WEATHER}),
+        json!({"role": "assistant", "content": "It is +5°C; here is the picture.", "custom_content": {"state": {"is_gpa": true, "gpa_messages": {"tool_call_history": [{"role": "tool", "content": "Kyiv: +5°C", "tool_call_id": "call_1"}]}}}}),
+        json!({"role": "user", "content": "Add Andrej Karpathy as a user"}),
+        json!({"role": "assistant", "content": "Added.", "custom_content": {"state": {"ums_conversation_id": "conv-1"}}}),
+        json!({"role": "user", "content": "Make the picture a night scene", "custom_content": {"attachments": [{"type": "image/png", "url": "files/b/img.png"}]}}),
+    ];
+    all[..turn * 2 - 1].to_vec()
+}
+
+#[test]
+fn seed3_ums_turn_reuses_the_stored_conversation() {
+    let ctx = context(
+        json!({"stream": true, "messages": four_turn_history(3)}),
+        None,
+    );
+    let client = FakeClient::new()
+        .on(
+            "/deployments/gpt-4o/chat/completions",
+            routing_reply("UMS", None),
+        )
+        .on(
+            "/conversations/conv-1/chat",
+            ums_stream("conv-1", &["Added ", "Andrej Karpathy."]),
+        )
+        .on(
+            "/deployments/gpt-4o/chat/completions",
+            llm_stream(&["Done."]),
+        );
+    let (events, _) = run_stream(&ctx, &client);
+    let d = deltas(&events);
+    assert_eq!(
+        d[5],
+        json!({"custom_content": {"state": {"ums_conversation_id": "conv-1"}}})
+    );
+    assert_eq!(d[6], stage_content(1, "Added "));
+    let reqs = client.requests();
+    let urls: Vec<&str> = reqs.iter().map(|r| r.url.as_str()).collect();
+    assert_eq!(
+        urls,
+        vec![
+            "http://core.test/openai/deployments/gpt-4o/chat/completions",
+            "http://ums.test/conversations/conv-1/chat",
+            "http://core.test/openai/deployments/gpt-4o/chat/completions",
+        ],
+        "no new conversation is created"
+    );
+    // Routing sees the whole history, without custom_content.
+    let routing = body_json(&reqs[0]);
+    let sent: Vec<Value> = routing["messages"].as_array().unwrap()[1..].to_vec();
+    let expected: Vec<Value> = four_turn_history(3)
+        .into_iter()
+        .map(|mut m| {
+            m.as_object_mut().unwrap().remove("custom_content");
+            m
+        })
+        .collect();
+    assert_eq!(sent, expected);
+}
+
+#[test]
+fn seed3_gpa_turn_sees_only_its_own_turns_with_state_restored() {
+    let ctx = context(
+        json!({"stream": true, "messages": four_turn_history(4)}),
+        Some("chat-7"),
+    );
+    let client = FakeClient::new()
+        .on(
+            "/deployments/gpt-4o/chat/completions",
+            routing_reply("GPA", Some("Keep the same city.")),
+        )
+        .on(
+            "/deployments/general-purpose-agent/chat/completions",
+            Reply::sse(&[
+                chunk(json!({"role": "assistant"})),
+                chunk(json!({"content": "Night picture."})),
+                chunk(json!({"custom_content": {"state": {"tool_call_history": []}}})),
+                stop_chunk(),
+            ]),
+        )
+        .on(
+            "/deployments/gpt-4o/chat/completions",
+            llm_stream(&["Here it is."]),
+        );
+    let (events, _) = run_stream(&ctx, &client);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let gpa = body_json(&client.requests()[1]);
+    assert_eq!(
+        gpa["messages"],
+        json!([
+            {"role": "user", "content": WEATHER},
+            {"role": "assistant", "content": "It is +5°C; here is the picture.",
+             "custom_content": {"state": {"tool_call_history": [{"role": "tool", "content": "Kyiv: +5°C", "tool_call_id": "call_1"}]}}},
+            {"role": "user", "content": "Make the picture a night scene\n\nKeep the same city.",
+             "custom_content": {"attachments": [{"type": "image/png", "url": "files/b/img.png"}]}},
+        ])
+    );
+    let d = deltas(&events);
+    assert!(d.contains(&json!({"custom_content": {"state": {"is_gpa": true, "gpa_messages": {"tool_call_history": []}}}})));
+    assert!(d.contains(&stage_content(
+        0,
+        &decision_block("GPA", json!("Keep the same city."))
+    )));
+}
+
+#[test]
+fn non_streaming_returns_the_merged_message() {
+    let ctx = context(
+        json!({"messages": [{"role": "user", "content": KARPATHY}]}),
+        None,
+    );
+    let client = seed1_client();
+    let merged = block_on(collect_response(&ctx, &client, "resp-9", 5)).unwrap();
+    assert_eq!(
+        merged,
+        json!({
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                "role": "assistant",
+                "custom_content": {
+                    "stages": [
+                        {"name": "Coordination Request", "content": decision_block("UMS", Value::Null), "status": "completed"},
+                        {"name": "Call UMS Agent", "content": "_Created new UMS conversation: conv-1_\n\nNo user named Andrej Karpathy was found.", "status": "completed"}
+                    ],
+                    "state": {"ums_conversation_id": "conv-1"}
+                },
+                "content": "Andrej Karpathy is not a user."
+            }}],
+            "usage": null, "id": "resp-9", "created": 5, "object": "chat.completion"
+        })
+    );
+}
+
+#[test]
+fn gpa_error_mid_stream_fails_open_stages_and_keeps_what_was_sent() {
+    let ctx = context(
+        json!({"stream": true, "messages": [{"role": "user", "content": WEATHER}]}),
+        None,
+    );
+    let client = FakeClient::new()
+        .on("/deployments/gpt-4o/chat/completions", routing_reply("GPA", None))
+        .on(
+            "/deployments/general-purpose-agent/chat/completions",
+            Reply::sse(&[
+                chunk(json!({"role": "assistant"})),
+                chunk(json!({"content": "Partial "})),
+                chunk(json!({"custom_content": {"stages": [{"index": 0, "name": "web_search", "status": null}]}})),
+                json!({"error": {"message": "search tool crashed with key sk-per-request-123", "code": "500"}}),
+            ]),
+        );
+    let (events, _) = run_stream(&ctx, &client);
+    let d = deltas(&events);
+    let tail: Vec<Value> = d[5..].to_vec();
+    assert_eq!(
+        tail,
+        vec![
+            stage_content(1, "Partial "),
+            stage_open(2, "web_search", Some(1)),
+            stage_close(2, "failed"),
+            stage_close(1, "failed"),
+            json!("STOP"),
+            json!({"error": {
+                "message": "GPA (general-purpose-agent) reported an error: search tool crashed with key ***",
+                "type": "runtime_error", "code": "500",
+                "display_message": "The General Purpose Agent reported an error. Please try again in a moment."}}),
+            json!("[DONE]"),
+        ]
+    );
+    assert!(
+        !events.concat().contains(KEY),
+        "the key never reaches the client"
+    );
+    assert_eq!(
+        client.requests().len(),
+        2,
+        "no synthesis after a failed agent"
+    );
+}
+
+#[test]
+fn gpa_connection_dropped_mid_stream_is_a_truncation_error() {
+    let ctx = context(
+        json!({"stream": true, "messages": [{"role": "user", "content": WEATHER}]}),
+        None,
+    );
+    let client = FakeClient::new()
+        .on(
+            "/deployments/gpt-4o/chat/completions",
+            routing_reply("GPA", None),
+        )
+        .on(
+            "/deployments/general-purpose-agent/chat/completions",
+            Reply::Http(
+                200,
+                vec![
+                    Ok(format!("data: {}\n\n", chunk(json!({"content": "Half"}))).into_bytes()),
+                    Err(mas_coordinator::client::TransportError(
+                        "connection reset".into(),
+                    )),
+                ],
+            ),
+        );
+    let (events, _) = run_stream(&ctx, &client);
+    let err: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(
+        err["error"]["message"],
+        "GPA (general-purpose-agent) stopped before finishing its answer: connection reset"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.contains("\"content\":\"Half\""))
+            .count(),
+        1,
+        "nothing duplicated"
+    );
+}
+
+#[test]
+fn llm_down_before_routing_fails_stage_zero_in_stream_and_is_500_without_stream() {
+    let body = json!({"stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let ctx = context(body, None);
+    let client = FakeClient::new().on("/deployments/gpt-4o/chat/completions", Reply::Refused);
+    let (events, _) = run_stream(&ctx, &client);
+    assert_eq!(
+        deltas(&events),
+        vec![
+            json!({"role": "assistant"}),
+            stage_open(0, "Coordination Request", None),
+            stage_close(0, "failed"),
+            json!("STOP"),
+            json!({"error": {
+                "message": "LLM (gpt-4o) could not be reached: ConnectionRefused",
+                "type": "runtime_error", "code": "500",
+                "display_message": "The coordinator's language model is unreachable right now. Please try again in a moment."}}),
+            json!("[DONE]"),
+        ]
+    );
+    let ctx = context(
+        json!({"messages": [{"role": "user", "content": "hi"}]}),
+        None,
+    );
+    let client = FakeClient::new().on("/deployments/gpt-4o/chat/completions", Reply::Refused);
+    let err = block_on(collect_response(&ctx, &client, "x", 1)).unwrap_err();
+    assert_eq!(err.status(), 500);
+}
+
+#[test]
+fn unusable_routing_answer_falls_back_to_gpa_and_says_so() {
+    let ctx = context(
+        json!({"stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+        None,
+    );
+    let client = FakeClient::new()
+        .on(
+            "/deployments/gpt-4o/chat/completions",
+            completion(r#"{"agent_name":"XYZ"}"#),
+        )
+        .on(
+            "/deployments/general-purpose-agent/chat/completions",
+            Reply::sse(&[chunk(json!({"content": "ok"}))]),
+        )
+        .on("/deployments/gpt-4o/chat/completions", llm_stream(&["ok"]));
+    let (events, _) = run_stream(&ctx, &client);
+    let d = deltas(&events);
+    assert_eq!(
+        d[2],
+        stage_content(
+            0,
+            &format!(
+                "_Routing fallback: the routing answer named an unknown agent, so the General Purpose Agent (GPA) was chosen._\n\n{}",
+                decision_block("GPA", Value::Null)
+            )
+        )
+    );
+    assert_eq!(d[4], stage_open(1, "Call GPA Agent", None));
+}
+
+#[test]
+fn ums_lost_conversation_is_recreated_once_and_said() {
+    let ctx = context(
+        json!({"stream": true, "messages": four_turn_history(3)}),
+        None,
+    );
+    let client = FakeClient::new()
+        .on(
+            "/deployments/gpt-4o/chat/completions",
+            routing_reply("UMS", None),
+        )
+        .on(
+            "/conversations/conv-1/chat",
+            Reply::Http(500, vec![Ok(b"Internal Server Error".to_vec())]),
+        )
+        .on(
+            "/conversations/conv-1",
+            Reply::json(404, json!({"detail": "Conversation not found"})),
+        )
+        .on("/conversations", Reply::json(200, json!({"id": "conv-2"})))
+        .on(
+            "/conversations/conv-2/chat",
+            ums_stream("conv-2", &["Added."]),
+        )
+        .on(
+            "/deployments/gpt-4o/chat/completions",
+            llm_stream(&["Done."]),
+        );
+    let (events, _) = run_stream(&ctx, &client);
+    let d = deltas(&events);
+    assert_eq!(
+        d[5],
+        stage_content(
+            1,
+            "_UMS no longer knows conversation conv-1; created new UMS conversation: conv-2_\n\n"
+        )
+    );
+    assert_eq!(
+        d[6],
+        json!({"custom_content": {"state": {"ums_conversation_id": "conv-2"}}})
+    );
+    assert_eq!(events.last().unwrap(), "[DONE]");
+}
+
+#[test]
+fn ums_500_on_a_known_conversation_is_an_error_not_a_new_conversation() {
+    let ctx = context(
+        json!({"stream": true, "messages": four_turn_history(3)}),
+        None,
+    );
+    let client = FakeClient::new()
+        .on(
+            "/deployments/gpt-4o/chat/completions",
+            routing_reply("UMS", None),
+        )
+        .on(
+            "/conversations/conv-1/chat",
+            Reply::Http(500, vec![Ok(b"Internal Server Error".to_vec())]),
+        )
+        .on(
+            "/conversations/conv-1",
+            Reply::json(200, json!({"id": "conv-1"})),
+        );
+    let (events, _) = run_stream(&ctx, &client);
+    let err: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(
+        err["error"]["message"],
+        "UMS (http://ums.test) answered HTTP 500: Internal Server Error"
+    );
+    assert!(
+        events.iter().all(|e| !e.contains("\"state\"")),
+        "no state for a failed UMS turn"
+    );
+}
+
+#[test]
+fn tampered_conversation_id_is_ignored_and_never_reaches_a_path() {
+    let ctx = context(
+        json!({"stream": true, "messages": [
+            {"role": "user", "content": "x"},
+            {"role": "assistant", "content": "y", "custom_content": {"state": {"ums_conversation_id": "../../admin?x=1"}}},
+            {"role": "user", "content": KARPATHY}]}),
+        None,
+    );
+    let client = seed1_client();
+    let (events, _) = run_stream(&ctx, &client);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    for r in client.requests() {
+        assert!(!r.url.contains("admin"), "{}", r.url);
+    }
+}
+
+#[test]
+fn synthesis_stream_without_done_is_an_error_after_the_answer_so_far() {
+    let ctx = context(
+        json!({"stream": true, "messages": [{"role": "user", "content": KARPATHY}]}),
+        None,
+    );
+    let client = FakeClient::new()
+        .on(
+            "/deployments/gpt-4o/chat/completions",
+            routing_reply("UMS", None),
+        )
+        .on("/conversations", Reply::json(200, json!({"id": "conv-1"})))
+        .on("/conversations/conv-1/chat", ums_stream("conv-1", &["x"]))
+        .on(
+            "/deployments/gpt-4o/chat/completions",
+            Reply::Http(
+                200,
+                vec![Ok(format!(
+                    "data: {}\n\n",
+                    chunk(json!({"content": "Partial answer"}))
+                )
+                .into_bytes())],
+            ),
+        );
+    let (events, _) = run_stream(&ctx, &client);
+    let d = deltas(&events);
+    let n = d.len();
+    assert_eq!(d[n - 4], content("Partial answer"));
+    assert_eq!(d[n - 3], json!("STOP"));
+    assert_eq!(
+        d[n - 2]["error"]["message"],
+        "LLM (gpt-4o) stopped before finishing its answer: the stream ended without [DONE]"
+    );
+    assert_eq!(d[n - 1], json!("[DONE]"));
+}

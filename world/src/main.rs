@@ -1,0 +1,123 @@
+//! `mas-world`: runs the local DIAL world (DIAL Core + UMS stand-ins) until SIGINT/SIGTERM.
+//! See the `mas_world` crate docs for the deterministic behaviour.
+
+use anyhow::{bail, Context as _};
+use mas_world::{World, WorldOptions};
+use std::net::SocketAddr;
+
+const USAGE: &str = "usage: mas-world [--core-addr 127.0.0.1:8080] [--ums-addr 127.0.0.1:8042] \
+[--llm-deployment gpt-4o] [--gpa-deployment general-purpose-agent]";
+
+fn parse_args(args: impl IntoIterator<Item = String>) -> anyhow::Result<Option<WorldOptions>> {
+    let mut opts = WorldOptions {
+        core_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        ums_addr: SocketAddr::from(([127, 0, 0, 1], 8042)),
+        ..WorldOptions::default()
+    };
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        if arg == "-h" || arg == "--help" {
+            return Ok(None);
+        }
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => {
+                (flag.to_owned(), Some(value.to_owned()))
+            }
+            _ => (arg.clone(), None),
+        };
+        let mut value = || -> anyhow::Result<String> {
+            match inline.clone() {
+                Some(v) => Ok(v),
+                None => args
+                    .next()
+                    .with_context(|| format!("{flag} needs a value\n{USAGE}")),
+            }
+        };
+        match flag.as_str() {
+            "--core-addr" => opts.core_addr = parse_addr(&value()?)?,
+            "--ums-addr" => opts.ums_addr = parse_addr(&value()?)?,
+            "--llm-deployment" => opts.llm_deployment = value()?,
+            "--gpa-deployment" => opts.gpa_deployment = value()?,
+            _ => bail!("unknown argument {arg:?}\n{USAGE}"),
+        }
+    }
+    Ok(Some(opts))
+}
+
+fn parse_addr(value: &str) -> anyhow::Result<SocketAddr> {
+    let addr: SocketAddr = value
+        .parse()
+        .with_context(|| format!("{value:?} is not an address like 127.0.0.1:8080"))?;
+    if !addr.ip().is_loopback() {
+        bail!("refusing to listen on {addr}: the local DIAL world only binds loopback addresses");
+    }
+    Ok(addr)
+}
+
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let Some(opts) = parse_args(std::env::args().skip(1))? else {
+        println!("{USAGE}");
+        return Ok(());
+    };
+    let llm = opts.llm_deployment.clone();
+    let gpa = opts.gpa_deployment.clone();
+    let world = World::start(opts).await?;
+    println!("DIAL Core stand-in on {}", world.core_url());
+    println!("UMS stand-in on {}", world.ums_url());
+    eprintln!(
+        "LLM deployment: {llm}; GPA deployment: {gpa} (any other name is a GPA too); \
+control API: {}/_world/requests, {}/_world/faults/<target>",
+        world.core_url(),
+        world.core_url()
+    );
+    terminated().await;
+    world.shutdown();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn defaults_are_the_coordinator_defaults() {
+        let opts = parse_args(args(&[])).ok().flatten().unwrap_or_default();
+        assert_eq!(opts.core_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(opts.ums_addr.to_string(), "127.0.0.1:8042");
+        assert_eq!(opts.llm_deployment, "gpt-4o");
+    }
+
+    #[test]
+    fn flags() {
+        let opts = parse_args(args(&["--core-addr", "127.0.0.1:0", "--ums-addr=[::1]:9"]))
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        assert_eq!(opts.core_addr.to_string(), "127.0.0.1:0");
+        assert_eq!(opts.ums_addr.to_string(), "[::1]:9");
+        assert!(parse_args(args(&["--core-addr", "0.0.0.0:8080"])).is_err());
+        assert!(parse_args(args(&["--core-addr"])).is_err());
+        assert!(parse_args(args(&["--bogus"])).is_err());
+        assert!(matches!(parse_args(args(&["--help"])), Ok(None)));
+    }
+}

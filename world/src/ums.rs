@@ -1,0 +1,260 @@
+//! The UMS agent stand-in (PROTOCOL §4): an in-memory conversation store with a
+//! scripted, deterministic assistant.
+
+use crate::http::{finish, pre_fault, Abort, Body, Reply, Service};
+use crate::json::{arr, obj, py_arr, py_obj, py_s, rfc3339_now, s, split_words};
+use crate::Shared;
+use hyper::{Method, Response};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// The in-memory state of the UMS stand-in.
+#[derive(Debug, Default)]
+pub(crate) struct UmsState {
+    next_id: u64,
+    next_update: u64,
+    conversations: BTreeMap<String, Conversation>,
+}
+
+#[derive(Debug)]
+struct Conversation {
+    id: String,
+    title: Option<String>,
+    messages: Vec<(String, String)>,
+    created_at: String,
+    updated_at: String,
+    /// Monotonic update counter, for "newest updated first" listing.
+    update_seq: u64,
+}
+
+impl Conversation {
+    fn record(&self) -> String {
+        let messages: Vec<String> = self
+            .messages
+            .iter()
+            .map(|(role, content)| obj(&[("role", s(role)), ("content", s(content))]))
+            .collect();
+        obj(&[
+            ("id", s(&self.id)),
+            ("title", title_json(self.title.as_deref())),
+            ("messages", arr(&messages)),
+            ("created_at", s(&self.created_at)),
+            ("updated_at", s(&self.updated_at)),
+        ])
+    }
+}
+
+fn title_json(title: Option<&str>) -> String {
+    title.map_or_else(|| "null".to_owned(), s)
+}
+
+fn detail(message: &str) -> String {
+    obj(&[("detail", s(message))])
+}
+
+fn validation_error(loc: &[&str], kind: &str, msg: &str) -> Reply {
+    let loc: Vec<String> = loc.iter().map(|l| s(l)).collect();
+    let item = obj(&[("type", s(kind)), ("loc", arr(&loc)), ("msg", s(msg))]);
+    Reply::json_status(422, obj(&[("detail", arr(&[item]))]))
+}
+
+fn missing_body() -> Reply {
+    validation_error(&["body"], "missing", "Field required")
+}
+
+fn internal_error() -> Reply {
+    Reply::Plain {
+        status: 500,
+        content_type: "text/plain; charset=utf-8",
+        body: "Internal Server Error".to_owned(),
+    }
+}
+
+pub(crate) async fn handle(
+    shared: &Shared,
+    method: &Method,
+    path: &str,
+    body: &[u8],
+) -> Result<Response<Body>, Abort> {
+    let fault = shared.fault_for(&["ums"]);
+    if let Some(resp) = pre_fault(shared, &fault, Service::Ums).await? {
+        return Ok(resp);
+    }
+    let reply = route(shared, method, path, body);
+    Ok(finish(reply, &fault))
+}
+
+fn route(shared: &Shared, method: &Method, path: &str, body: &[u8]) -> Reply {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let not_allowed = || Reply::json_status(405, detail("Method Not Allowed"));
+    match segments.as_slice() {
+        ["health"] => match *method {
+            Method::GET => Reply::Json(obj(&[
+                ("status", s("healthy")),
+                ("conversation_manager_initialized", "true".into()),
+            ])),
+            _ => not_allowed(),
+        },
+        ["conversations"] => match *method {
+            Method::POST => create(shared, body),
+            Method::GET => list(shared),
+            _ => not_allowed(),
+        },
+        ["conversations", id] if !id.is_empty() => match *method {
+            Method::GET => get(shared, id),
+            Method::DELETE => delete(shared, id),
+            _ => not_allowed(),
+        },
+        ["conversations", id, "chat"] if !id.is_empty() => match *method {
+            Method::POST => chat(shared, id, body),
+            _ => not_allowed(),
+        },
+        _ => Reply::json_status(404, detail("Not Found")),
+    }
+}
+
+fn create(shared: &Shared, body: &[u8]) -> Reply {
+    let Ok(Value::Object(request)) = serde_json::from_slice::<Value>(body) else {
+        return missing_body();
+    };
+    let title = match request.get("title") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(title)) => Some(title.clone()),
+        Some(_) => {
+            return validation_error(
+                &["body", "title"],
+                "string_type",
+                "Input should be a valid string",
+            )
+        }
+    };
+    let now = rfc3339_now();
+    let mut ums = shared.lock_ums();
+    ums.next_id += 1;
+    ums.next_update += 1;
+    let conversation = Conversation {
+        id: format!("ums-conv-{:04}", ums.next_id),
+        title,
+        messages: Vec::new(),
+        created_at: now.clone(),
+        updated_at: now,
+        update_seq: ums.next_update,
+    };
+    let record = conversation.record();
+    ums.conversations
+        .insert(conversation.id.clone(), conversation);
+    Reply::Json(record)
+}
+
+fn list(shared: &Shared) -> Reply {
+    let ums = shared.lock_ums();
+    let mut conversations: Vec<&Conversation> = ums.conversations.values().collect();
+    conversations.sort_by_key(|c| std::cmp::Reverse(c.update_seq));
+    let items: Vec<String> = conversations
+        .iter()
+        .map(|c| {
+            obj(&[
+                ("id", s(&c.id)),
+                ("title", title_json(c.title.as_deref())),
+                ("created_at", s(&c.created_at)),
+                ("updated_at", s(&c.updated_at)),
+                ("message_count", c.messages.len().to_string()),
+            ])
+        })
+        .collect();
+    Reply::Json(arr(&items))
+}
+
+fn get(shared: &Shared, id: &str) -> Reply {
+    match shared.lock_ums().conversations.get(id) {
+        Some(conversation) => Reply::Json(conversation.record()),
+        None => Reply::json_status(404, detail("Conversation not found")),
+    }
+}
+
+fn delete(shared: &Shared, id: &str) -> Reply {
+    match shared.lock_ums().conversations.remove(id) {
+        Some(_) => Reply::Json(obj(&[("message", s("Conversation deleted successfully"))])),
+        None => Reply::json_status(404, detail("Conversation not found")),
+    }
+}
+
+/// The scripted answer of the UMS agent (see the crate docs).
+pub(crate) fn answer(message: &str) -> String {
+    if message.to_lowercase().contains("karpathy") {
+        "No user named Andrej Karpathy was found.".to_owned()
+    } else {
+        format!("Noted: {message}")
+    }
+}
+
+fn chat(shared: &Shared, id: &str, body: &[u8]) -> Reply {
+    let Ok(Value::Object(request)) = serde_json::from_slice::<Value>(body) else {
+        return missing_body();
+    };
+    let Some(Value::Object(message)) = request.get("message") else {
+        return validation_error(&["body", "message"], "missing", "Field required");
+    };
+    let Some(role) = message.get("role").and_then(Value::as_str) else {
+        return validation_error(&["body", "message", "role"], "missing", "Field required");
+    };
+    let content = match message.get("content") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(content)) => content.clone(),
+        Some(_) => {
+            return validation_error(
+                &["body", "message", "content"],
+                "string_type",
+                "Input should be a valid string",
+            )
+        }
+    };
+    let stream = request
+        .get("stream")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+
+    let reply = {
+        let mut ums = shared.lock_ums();
+        ums.next_update += 1;
+        let update_seq = ums.next_update;
+        let Some(conversation) = ums.conversations.get_mut(id) else {
+            return internal_error();
+        };
+        conversation
+            .messages
+            .push((role.to_owned(), content.clone()));
+        let turn = conversation
+            .messages
+            .iter()
+            .filter(|(role, _)| role == "user")
+            .count();
+        let reply = format!("UMS[{id}#{turn}]: {}", answer(&content));
+        conversation
+            .messages
+            .push(("assistant".to_owned(), reply.clone()));
+        conversation.updated_at = rfc3339_now();
+        conversation.update_seq = update_seq;
+        reply
+    };
+
+    if !stream {
+        return Reply::Json(obj(&[("content", s(&reply)), ("conversation_id", s(id))]));
+    }
+    let choice = |delta: String, finish_reason: &str| {
+        py_obj(&[(
+            "choices",
+            py_arr(&[py_obj(&[
+                ("delta", delta),
+                ("index", "0".into()),
+                ("finish_reason", finish_reason.into()),
+            ])]),
+        )])
+    };
+    let mut events = vec![py_obj(&[("conversation_id", py_s(id))])];
+    for piece in split_words(&reply) {
+        events.push(choice(py_obj(&[("content", py_s(&piece))]), "null"));
+    }
+    events.push(choice("{}".into(), &py_s("stop")));
+    Reply::Stream(events)
+}
