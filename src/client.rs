@@ -1,13 +1,13 @@
-//! The outbound HTTP seam: what the coordinator needs from an HTTP client, and
-//! helpers that turn a response body into bytes or SSE events.
+//! The seam between the coordinator and its host: outbound HTTP requests and
+//! responses, time, randomness, logging and breaker storage.
 //!
-//! The component implements [`HttpClient`] with wasi:http (`host.rs`); native
-//! tests implement it with scripted in-process fakes. Nothing here knows about
-//! DIAL, agents or the per-request key.
+//! The component implements [`Host`] with WASI (`host.rs`); native tests
+//! implement it with scripted in-process fakes. Nothing here knows about DIAL,
+//! agents or the per-request key.
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 
-use crate::sse::{SseDecoder, SseError};
+use crate::resilience::breaker::BreakerStore;
 
 /// HTTP method of an outbound call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,86 +80,36 @@ pub struct OutboundResponse<B> {
     pub body: B,
 }
 
-/// The HTTP client the coordinator calls upstreams with.
-pub trait HttpClient {
+/// What the coordinator needs from the host it runs on: outbound HTTP, a timer,
+/// a clock, randomness, a log line sink and the circuit-breaker store. The
+/// component implements it with WASI (`host.rs`); tests with fakes.
+pub trait Host {
     /// The body stream of a response.
     type Body: Stream<Item = Result<Vec<u8>, TransportError>> + Unpin;
+    /// A timer future.
+    type Sleep: std::future::Future<Output = ()> + Unpin;
 
     /// Sends a request and returns once the response head has arrived.
     fn send(
         &self,
         request: OutboundRequest,
     ) -> impl std::future::Future<Output = Result<OutboundResponse<Self::Body>, TransportError>>;
-}
 
-/// Reads a whole body, keeping at most `limit` bytes (the rest is drained and dropped).
-pub async fn read_body<B>(body: &mut B, limit: usize) -> Result<Vec<u8>, TransportError>
-where
-    B: Stream<Item = Result<Vec<u8>, TransportError>> + Unpin,
-{
-    let mut out = Vec::new();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk?;
-        let room = limit.saturating_sub(out.len());
-        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
-    }
-    Ok(out)
-}
+    /// A future that completes after `ms` milliseconds.
+    fn sleep(&self, ms: u64) -> Self::Sleep;
 
-/// What reading an event stream produced next.
-#[derive(Debug, PartialEq, Eq)]
-pub enum StreamItem {
-    /// The `data` of some events, in order.
-    Events(Vec<String>),
-    /// The body ended; `clean` is false when it stopped mid-event.
-    End {
-        /// No partial event was pending.
-        clean: bool,
-    },
-}
+    /// Milliseconds of a monotonic clock.
+    fn now_ms(&self) -> u64;
 
-/// Why an event stream could not be read further.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EventStreamError {
-    /// The connection failed mid-body.
-    Transport(TransportError),
-    /// The bytes are not a valid event stream.
-    Decode(SseError),
-}
+    /// Unix time in milliseconds (for log lines).
+    fn unix_ms(&self) -> u64;
 
-/// Reads an SSE body chunk by chunk.
-#[derive(Debug)]
-pub struct EventReader<B> {
-    body: B,
-    decoder: SseDecoder,
-}
+    /// 64 random bits (span and trace ids).
+    fn random_u64(&self) -> u64;
 
-impl<B> EventReader<B>
-where
-    B: Stream<Item = Result<Vec<u8>, TransportError>> + Unpin,
-{
-    /// Wraps a response body.
-    pub fn new(body: B) -> EventReader<B> {
-        EventReader {
-            body,
-            decoder: SseDecoder::default(),
-        }
-    }
+    /// Writes one structured log line.
+    fn log(&self, line: &str);
 
-    /// Waits for the next body chunk and returns the events it completed (possibly none).
-    pub async fn next(&mut self) -> Result<StreamItem, EventStreamError> {
-        match self.body.next().await {
-            Some(Ok(bytes)) => {
-                let mut events = Vec::new();
-                self.decoder
-                    .push(&bytes, &mut events)
-                    .map_err(EventStreamError::Decode)?;
-                Ok(StreamItem::Events(events))
-            }
-            Some(Err(e)) => Err(EventStreamError::Transport(e)),
-            None => Ok(StreamItem::End {
-                clean: self.decoder.is_idle(),
-            }),
-        }
-    }
+    /// Where circuit-breaker states live.
+    fn breakers(&self) -> &dyn BreakerStore;
 }

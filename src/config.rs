@@ -7,6 +7,7 @@
 //! existing set-ups carry over. Parsing is pure: it takes a lookup function.
 
 use crate::error::CoordError;
+use crate::resilience::breaker::BreakerConfig;
 
 /// Default DIAL Core base URL.
 pub const DEFAULT_DIAL_ENDPOINT: &str = "http://localhost:8080";
@@ -18,6 +19,30 @@ pub const DEFAULT_UMS_AGENT_ENDPOINT: &str = "http://localhost:8042";
 pub const DEFAULT_GPA_DEPLOYMENT_NAME: &str = "general-purpose-agent";
 /// Default request body limit: 4 MiB.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+/// Default limit on the number of messages in a request.
+pub const DEFAULT_MAX_MESSAGES: usize = 2_000;
+
+/// Timeouts of every upstream call, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Until the response head arrives (covers connecting; for non-streaming
+    /// calls the whole answer is generated before the head).
+    pub first_byte_ms: u64,
+    /// Longest silence between two body chunks.
+    pub idle_ms: u64,
+    /// Longest whole call, head and body.
+    pub total_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            first_byte_ms: 30_000,
+            idle_ms: 120_000,
+            total_ms: 300_000,
+        }
+    }
+}
 
 /// The typed configuration of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +59,20 @@ pub struct Config {
     pub api_version: Option<String>,
     /// Largest accepted request body, in bytes.
     pub max_request_bytes: usize,
+    /// Largest accepted number of messages.
+    pub max_messages: usize,
+    /// Backup LLM deployments, tried in order when the primary fails.
+    pub llm_backups: Vec<String>,
+    /// Backup GPA deployments, tried in order.
+    pub gpa_backups: Vec<String>,
+    /// Backup UMS endpoints, tried in order.
+    pub ums_backups: Vec<String>,
+    /// Upstream call timeouts.
+    pub timeouts: Timeouts,
+    /// Circuit-breaker settings (per upstream target).
+    pub breaker: BreakerConfig,
+    /// Secret for signing the state we emit; `None` disables signing.
+    pub state_secret: Option<String>,
 }
 
 impl Default for Config {
@@ -45,6 +84,13 @@ impl Default for Config {
             gpa_deployment: DEFAULT_GPA_DEPLOYMENT_NAME.to_owned(),
             api_version: None,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_messages: DEFAULT_MAX_MESSAGES,
+            llm_backups: Vec::new(),
+            gpa_backups: Vec::new(),
+            ums_backups: Vec::new(),
+            timeouts: Timeouts::default(),
+            breaker: BreakerConfig::default(),
+            state_secret: None,
         }
     }
 }
@@ -71,19 +117,71 @@ impl Config {
             Some(v) => Some(parse_token("DIAL_API_VERSION", &v)?),
             None => None,
         };
-        let max_request_bytes = match get("MAX_REQUEST_BYTES") {
-            Some(v) => match v.trim().parse::<usize>() {
-                Ok(n) if n >= 1024 => n,
-                _ => {
-                    return Err(CoordError::Config {
-                        var: "MAX_REQUEST_BYTES",
-                        reason: "must be a whole number of bytes, at least 1024".to_owned(),
+        let number = |var: &'static str, default: u64, min: u64| -> Result<u64, CoordError> {
+            match get(var) {
+                Some(v) => match v.trim().parse::<u64>() {
+                    Ok(n) if n >= min => Ok(n),
+                    _ => Err(CoordError::Config {
+                        var,
+                        reason: format!("must be a whole number, at least {min}"),
+                    }),
+                },
+                None => Ok(default),
+            }
+        };
+        let list =
+            |var: &'static str, parse: fn(&'static str, &str) -> Result<String, CoordError>| {
+                get(var)
+                    .map(|v| {
+                        v.split(',')
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                            .map(|s| parse(var, s))
+                            .collect::<Result<Vec<_>, _>>()
                     })
-                }
-            },
-            None => DEFAULT_MAX_REQUEST_BYTES,
+                    .transpose()
+                    .map(Option::unwrap_or_default)
+            };
+        let max_request_bytes = to_usize(number(
+            "MAX_REQUEST_BYTES",
+            DEFAULT_MAX_REQUEST_BYTES as u64,
+            1024,
+        )?);
+        let max_messages = to_usize(number("MAX_MESSAGES", DEFAULT_MAX_MESSAGES as u64, 1)?);
+        let d = Timeouts::default();
+        let timeouts = Timeouts {
+            first_byte_ms: number("UPSTREAM_FIRST_BYTE_TIMEOUT_MS", d.first_byte_ms, 1)?,
+            idle_ms: number("UPSTREAM_IDLE_TIMEOUT_MS", d.idle_ms, 1)?,
+            total_ms: number("UPSTREAM_TOTAL_TIMEOUT_MS", d.total_ms, 1)?,
+        };
+        let b = BreakerConfig::default();
+        let breaker = BreakerConfig {
+            failure_threshold: u32::try_from(number(
+                "BREAKER_FAILURE_THRESHOLD",
+                u64::from(b.failure_threshold),
+                1,
+            )?)
+            .unwrap_or(u32::MAX),
+            window_ms: number("BREAKER_WINDOW_MS", b.window_ms, 1)?,
+            open_ms: number("BREAKER_OPEN_MS", b.open_ms, 1)?,
+        };
+        let state_secret = match get("STATE_SECRET") {
+            Some(v) if v.len() < 16 => {
+                return Err(CoordError::Config {
+                    var: "STATE_SECRET",
+                    reason: "must be at least 16 characters long".to_owned(),
+                })
+            }
+            other => other,
         };
         Ok(Config {
+            max_messages,
+            llm_backups: list("BACKUP_DEPLOYMENT_NAMES", parse_deployment)?,
+            gpa_backups: list("GPA_BACKUP_DEPLOYMENTS", parse_deployment)?,
+            ums_backups: list("UMS_AGENT_BACKUP_ENDPOINTS", parse_endpoint)?,
+            timeouts,
+            breaker,
+            state_secret,
             dial_endpoint: endpoint("DIAL_ENDPOINT", DEFAULT_DIAL_ENDPOINT)?,
             deployment_name: deployment("DEPLOYMENT_NAME", DEFAULT_DEPLOYMENT_NAME)?,
             ums_endpoint: endpoint("UMS_AGENT_ENDPOINT", DEFAULT_UMS_AGENT_ENDPOINT)?,
@@ -105,6 +203,10 @@ impl Config {
         }
         url
     }
+}
+
+fn to_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 /// An `http(s)://host[:port][/base]` URL without query, fragment, credentials or spaces.
@@ -215,5 +317,34 @@ mod tests {
         assert!(!e.message().contains("pw"), "value must not be echoed");
         let e = cfg(&[("MAX_REQUEST_BYTES", "lots")]).unwrap_err();
         assert!(e.message().contains("MAX_REQUEST_BYTES"));
+        let e = cfg(&[("GPA_BACKUP_DEPLOYMENTS", "ok, bad/name")]).unwrap_err();
+        assert!(e.message().contains("GPA_BACKUP_DEPLOYMENTS"));
+        let e = cfg(&[("STATE_SECRET", "short")]).unwrap_err();
+        assert!(e.message().contains("STATE_SECRET"));
+        assert!(!e.message().contains("short"), "the secret is never echoed");
+        let e = cfg(&[("UPSTREAM_IDLE_TIMEOUT_MS", "0")]).unwrap_err();
+        assert!(e.message().contains("UPSTREAM_IDLE_TIMEOUT_MS"));
+    }
+
+    #[test]
+    fn resilience_settings_are_read() {
+        let c = cfg(&[
+            ("GPA_BACKUP_DEPLOYMENTS", "gpa-b1, gpa-b2"),
+            ("BACKUP_DEPLOYMENT_NAMES", "gpt-4o-mini"),
+            ("UMS_AGENT_BACKUP_ENDPOINTS", "http://ums2:8042/"),
+            ("UPSTREAM_FIRST_BYTE_TIMEOUT_MS", "500"),
+            ("BREAKER_FAILURE_THRESHOLD", "3"),
+            ("MAX_MESSAGES", "10"),
+            ("STATE_SECRET", "0123456789abcdef"),
+        ])
+        .unwrap();
+        assert_eq!(c.gpa_backups, vec!["gpa-b1", "gpa-b2"]);
+        assert_eq!(c.llm_backups, vec!["gpt-4o-mini"]);
+        assert_eq!(c.ums_backups, vec!["http://ums2:8042"]);
+        assert_eq!(c.timeouts.first_byte_ms, 500);
+        assert_eq!(c.timeouts.idle_ms, Timeouts::default().idle_ms);
+        assert_eq!(c.breaker.failure_threshold, 3);
+        assert_eq!(c.max_messages, 10);
+        assert_eq!(c.state_secret.as_deref(), Some("0123456789abcdef"));
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! [`prepare`] validates everything that can be checked before the first byte
 //! (path, method, body size, JSON, `Api-Key`), so those errors are HTTP statuses.
-//! [`coordinate`] then runs the flow against an [`HttpClient`] and writes into an
+//! [`coordinate`] then runs the flow against an [`Host`] and writes into an
 //! [`Emitter`]: the role chunk and the opening of stage 0 are flushed before the
 //! routing call, so the client's first byte never waits on the LLM. After that,
 //! a failure ends the stream with failed stages, the stop chunk, one error event
@@ -14,8 +14,8 @@ use serde_json::Value;
 use crate::agents::gpa::Gpa;
 use crate::agents::ums::Ums;
 use crate::agents::{Agent, AgentCall};
-use crate::calls::{parse_event, pump_events, read_answer, send_checked, CallSite, Next};
-use crate::client::{HttpClient, OutboundRequest};
+use crate::calls::{call, parse_event, pump_events, read_answer, Caller, Next};
+use crate::client::{Host, OutboundRequest};
 use crate::config::Config;
 use crate::dial::request::{parse_request, ChatRequest};
 use crate::dial::response::StageStatus;
@@ -24,6 +24,7 @@ use crate::emitter::{ClientGone, Emitter, Transport};
 use crate::error::{CoordError, Upstream, UpstreamFault};
 use crate::routing::{self, AgentName};
 use crate::synthesis;
+use crate::trace::Trace;
 
 /// Name of stage 0.
 pub const COORDINATION_STAGE: &str = "Coordination Request";
@@ -60,6 +61,10 @@ pub struct RequestContext {
     pub conversation_id: Option<String>,
     /// The parsed body.
     pub request: ChatRequest,
+    /// The trace this request belongs to.
+    pub trace: Trace,
+    /// When the request arrived (host's monotonic milliseconds).
+    pub start_ms: u64,
 }
 
 impl RequestContext {
@@ -109,11 +114,20 @@ pub fn prepare(
     config: Config,
     header: impl Fn(&str) -> Option<String>,
     body: &[u8],
+    trace: Trace,
+    start_ms: u64,
 ) -> Result<RequestContext, CoordError> {
     if body.len() > config.max_request_bytes {
         return Err(CoordError::PayloadTooLarge(config.max_request_bytes));
     }
     let request = parse_request(body)?;
+    if request.messages.len() > config.max_messages {
+        return Err(CoordError::BadRequest(format!(
+            "too many messages ({} > {})",
+            request.messages.len(),
+            config.max_messages
+        )));
+    }
     let api_key = header("api-key")
         .map(|k| k.trim().to_owned())
         .filter(|k| !k.is_empty())
@@ -126,65 +140,78 @@ pub fn prepare(
         api_key,
         conversation_id,
         request,
+        trace,
+        start_ms,
     })
 }
 
 /// Runs routing, the agent and synthesis, writing the response into `out`.
-/// Does not end the response: the caller does, by success or failure.
-pub async fn coordinate<C: HttpClient, T: Transport>(
+/// Does not end the response: the caller does, by success or failure. The
+/// chosen agent is written to `agent` as soon as it is known (for the log).
+pub async fn coordinate<H: Host, T: Transport>(
     ctx: &RequestContext,
-    client: &C,
+    host: &H,
     out: &mut Emitter<T>,
+    agent: &mut Option<AgentName>,
 ) -> Result<(), FlowError> {
+    let caller = Caller { host, ctx };
     out.role();
     let stage0 = out.open_stage(COORDINATION_STAGE, None);
     out.flush().await?;
 
-    let routed = route(ctx, client).await?;
+    let (routed, note) = route(caller).await?;
+    if let Some(note) = note {
+        out.stage_content(stage0, &note);
+    }
     out.stage_content(stage0, &routing::stage_text(&routed));
     out.close_stage(stage0, StageStatus::Completed);
 
-    let agent = routed.decision.agent_name;
-    let stage1 = out.open_stage(&format!("Call {} Agent", agent.as_str()), None);
+    let chosen = routed.decision.agent_name;
+    *agent = Some(chosen);
+    let stage1 = out.open_stage(&format!("Call {} Agent", chosen.as_str()), None);
     out.flush().await?;
     let call = AgentCall {
-        ctx,
-        client,
+        caller,
         decision: &routed.decision,
         stage: stage1,
     };
-    let answer = match agent {
+    let answer = match chosen {
         AgentName::Gpa => Gpa::run(call, out).await?,
         AgentName::Ums => Ums::run(call, out).await?,
     };
     out.close_stage(stage1, StageStatus::Completed);
     out.flush().await?;
 
-    synthesize(ctx, client, &answer, out).await
+    synthesize(caller, &answer, out).await
 }
 
-fn llm_site(ctx: &RequestContext) -> CallSite<'_> {
-    CallSite {
-        upstream: Upstream::Llm,
-        target: &ctx.config.deployment_name,
-        secret: &ctx.api_key,
-    }
+/// The LLM deployments: primary, then backups.
+fn llm_targets(ctx: &RequestContext) -> Vec<&str> {
+    std::iter::once(ctx.config.deployment_name.as_str())
+        .chain(ctx.config.llm_backups.iter().map(String::as_str))
+        .collect()
 }
 
-fn llm_request(ctx: &RequestContext, body: Vec<u8>) -> OutboundRequest {
-    OutboundRequest::post_json(ctx.config.deployment_url(&ctx.config.deployment_name), body)
+fn llm_request(ctx: &RequestContext, deployment: &str, body: &[u8]) -> OutboundRequest {
+    OutboundRequest::post_json(ctx.config.deployment_url(deployment), body.to_vec())
         .header("api-key", &ctx.api_key)
 }
 
-/// Step 1: the routing call.
-async fn route<C: HttpClient>(
-    ctx: &RequestContext,
-    client: &C,
-) -> Result<routing::Routed, CoordError> {
-    let site = llm_site(ctx);
-    let body = routing::request_body(&ctx.config.deployment_name, &ctx.request.messages);
-    let mut response = send_checked(client, site, llm_request(ctx, body)).await?;
-    let bytes = read_answer::<C>(site, &mut response).await?;
+/// Step 1: the routing call. Returns the decision and, when a backup
+/// deployment answered, a note for stage 0.
+async fn route<H: Host>(
+    caller: Caller<'_, H>,
+) -> Result<(routing::Routed, Option<String>), CoordError> {
+    let ctx = caller.ctx;
+    let targets = llm_targets(ctx);
+    let answered = call(caller, Upstream::Llm, &targets, |deployment| {
+        let body = routing::request_body(deployment, &ctx.request.messages);
+        llm_request(ctx, deployment, &body)
+    })
+    .await?;
+    let site = answered.site;
+    let note = answered.failover_note();
+    let bytes = read_answer(answered).await?;
     let completion: Completion = serde_json::from_slice(&bytes).map_err(|_| {
         site.error(UpstreamFault::Malformed(
             "the routing answer is not a chat completion".to_owned(),
@@ -195,20 +222,24 @@ async fn route<C: HttpClient>(
         .into_iter()
         .next()
         .and_then(|c| c.message.content);
-    Ok(routing::parse_decision(text.as_deref()))
+    Ok((routing::parse_decision(text.as_deref()), note))
 }
 
 /// Step 3: the streamed final answer.
-async fn synthesize<C: HttpClient, T: Transport>(
-    ctx: &RequestContext,
-    client: &C,
+async fn synthesize<H: Host, T: Transport>(
+    caller: Caller<'_, H>,
     answer: &str,
     out: &mut Emitter<T>,
 ) -> Result<(), FlowError> {
-    let site = llm_site(ctx);
-    let body = synthesis::request_body(&ctx.config.deployment_name, &ctx.request.messages, answer);
-    let response = send_checked(client, site, llm_request(ctx, body)).await?;
-    pump_events(site, response.body, out, |data, out| {
+    let ctx = caller.ctx;
+    let targets = llm_targets(ctx);
+    let answered = call(caller, Upstream::Llm, &targets, |deployment| {
+        let body = synthesis::request_body(deployment, &ctx.request.messages, answer);
+        llm_request(ctx, deployment, &body)
+    })
+    .await?;
+    let site = answered.site;
+    pump_events(answered, out, |data, out| {
         let chunk: StreamChunk = parse_event(site, data)?;
         if let Some(error) = &chunk.error {
             return Err(site.error(UpstreamFault::ErrorEvent(site.redact(&error_text(error)))));
@@ -221,35 +252,40 @@ async fn synthesize<C: HttpClient, T: Transport>(
     .await
 }
 
-/// Runs the flow as an SSE stream and ends it properly either way. Returns the
-/// error that ended it, if any (for logging).
-pub async fn stream_response<C: HttpClient, T: Transport>(
+/// Runs the flow as an SSE stream and ends it properly either way, then
+/// writes the request's log line.
+pub async fn stream_response<H: Host, T: Transport>(
     ctx: &RequestContext,
-    client: &C,
+    host: &H,
     out: &mut Emitter<T>,
-) -> Option<CoordError> {
-    match coordinate(ctx, client, out).await {
+) {
+    let mut agent = None;
+    let result = coordinate(ctx, host, out, &mut agent).await;
+    let (outcome, error) = match result {
         Ok(()) => {
-            let _ = out.finish_ok().await;
-            None
+            let gone = out.finish_ok().await.is_err();
+            (if gone { "client_gone" } else { "ok" }, None)
         }
-        Err(FlowError::ClientGone) => None,
+        Err(FlowError::ClientGone) => ("client_gone", None),
         Err(FlowError::Failed(e)) => {
             let _ = out.finish_err(&e).await;
-            Some(e)
+            ("error", Some(e))
         }
-    }
+    };
+    log_request(host, ctx, "stream", agent, 200, outcome, error.as_ref());
 }
 
-/// Runs the flow collecting the merged message (non-streaming mode).
-pub async fn collect_response<C: HttpClient>(
+/// Runs the flow collecting the merged message (non-streaming mode), and
+/// writes the request's log line.
+pub async fn collect_response<H: Host>(
     ctx: &RequestContext,
-    client: &C,
+    host: &H,
     id: &str,
     created: u64,
 ) -> Result<Value, CoordError> {
     let mut out: Emitter<NoTransport> = Emitter::collecting();
-    match coordinate(ctx, client, &mut out).await {
+    let mut agent = None;
+    let result = match coordinate(ctx, host, &mut out, &mut agent).await {
         Ok(()) => {
             out.close_open_stages(StageStatus::Completed);
             Ok(out.into_merged(id, created).unwrap_or(Value::Null))
@@ -257,7 +293,40 @@ pub async fn collect_response<C: HttpClient>(
         Err(FlowError::Failed(e)) => Err(e),
         // A collecting emitter never reports a gone client.
         Err(FlowError::ClientGone) => Err(CoordError::BadRequest("client went away".to_owned())),
+    };
+    match &result {
+        Ok(_) => log_request(host, ctx, "json", agent, 200, "ok", None),
+        Err(e) => log_request(host, ctx, "json", agent, e.status(), "error", Some(e)),
     }
+    result
+}
+
+/// One structured line per request: never message content or secrets.
+fn log_request<H: Host>(
+    host: &H,
+    ctx: &RequestContext,
+    mode: &str,
+    agent: Option<AgentName>,
+    status: u16,
+    outcome: &str,
+    error: Option<&CoordError>,
+) {
+    let line = serde_json::json!({
+        "ts_ms": host.unix_ms(),
+        "level": if error.is_some() { "error" } else { "info" },
+        "event": "request",
+        "trace_id": ctx.trace.trace_id,
+        "span_id": ctx.trace.span_id,
+        "parent_span_id": ctx.trace.parent_span_id,
+        "mode": mode,
+        "agent": agent.map(AgentName::as_str),
+        "messages": ctx.request.messages.len(),
+        "status": status,
+        "outcome": outcome,
+        "latency_ms": host.now_ms().saturating_sub(ctx.start_ms),
+        "error": error.map(CoordError::message),
+    });
+    host.log(&line.to_string());
 }
 
 /// The transport of a collecting emitter: never written to.
@@ -306,15 +375,32 @@ mod tests {
         };
         let key = |k: &str| (k == "api-key").then(|| "sk".to_owned());
         let big = vec![b' '; 2000];
-        assert_eq!(prepare(cfg.clone(), key, &big).unwrap_err().status(), 413);
+        let t = || Trace::from_headers(None, None, "a".repeat(32), "b".repeat(16));
         assert_eq!(
-            prepare(cfg.clone(), key, b"nope").unwrap_err().status(),
+            prepare(cfg.clone(), key, &big, t(), 0)
+                .unwrap_err()
+                .status(),
+            413
+        );
+        assert_eq!(
+            prepare(cfg.clone(), key, b"nope", t(), 0)
+                .unwrap_err()
+                .status(),
             400
         );
         let body = br#"{"messages":[{"role":"user","content":"hi"}]}"#;
         assert_eq!(
-            prepare(cfg.clone(), |_| None, body).unwrap_err(),
+            prepare(cfg.clone(), |_| None, body, t(), 0).unwrap_err(),
             CoordError::MissingApiKey
+        );
+        let few = Config {
+            max_messages: 1,
+            ..cfg.clone()
+        };
+        let two = br#"{"messages":[{"role":"user","content":"a"},{"role":"user","content":"b"}]}"#;
+        assert_eq!(
+            prepare(few, key, two, t(), 0).unwrap_err().message(),
+            "Invalid request: too many messages (2 > 1)"
         );
         let ctx = prepare(
             cfg,
@@ -324,6 +410,8 @@ mod tests {
                 _ => None,
             },
             body,
+            t(),
+            0,
         )
         .unwrap();
         assert_eq!(ctx.api_key, "sk");

@@ -56,6 +56,11 @@ pub enum UpstreamFault {
     Malformed(String),
     /// The upstream did not answer in time.
     Timeout(String),
+    /// Every target's circuit breaker is open; the next trial is in `retry_in_s` seconds.
+    CircuitOpen {
+        /// Seconds until a trial call is allowed.
+        retry_in_s: u64,
+    },
 }
 
 /// Every error of the request path.
@@ -168,6 +173,9 @@ impl CoordError {
                     }
                     UpstreamFault::Malformed(d) => format!("{who} sent malformed data: {d}"),
                     UpstreamFault::Timeout(d) => format!("{who} did not answer in time: {d}"),
+                    UpstreamFault::CircuitOpen { retry_in_s } => format!(
+                        "{who} is skipped after repeated failures (circuit open, next try in {retry_in_s} s)"
+                    ),
                 }
             }
         }
@@ -204,6 +212,9 @@ impl CoordError {
                     }
                     UpstreamFault::Malformed(_) => format!("{who} sent an answer that could not be read"),
                     UpstreamFault::Timeout(_) => format!("{who} did not answer in time"),
+                    UpstreamFault::CircuitOpen { retry_in_s } => format!(
+                        "{who} is unavailable after repeated failures; it will be tried again in {retry_in_s} s"
+                    ),
                 };
                 let mut s = what;
                 if let Some(first) = s.get_mut(0..1) {

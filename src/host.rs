@@ -13,12 +13,15 @@ use spin_sdk::http::{
     ResponseOutparam,
 };
 
-use crate::client::{HttpClient, Method, OutboundRequest, OutboundResponse, TransportError};
+use crate::client::{Host, Method, OutboundRequest, OutboundResponse, TransportError};
 use crate::config::Config;
 use crate::coordinator::{collect_response, prepare, route_endpoint, stream_response, Endpoint};
 use crate::dial::response::SseEncoder;
 use crate::emitter::{ClientGone, Emitter, Transport};
 use crate::error::CoordError;
+use crate::resilience::breaker::BreakerStore;
+use crate::resilience::health;
+use crate::trace::{span_id, trace_id, Trace};
 
 #[spin_sdk::http_component]
 async fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
@@ -26,57 +29,77 @@ async fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
 }
 
 async fn serve(request: IncomingRequest, out: ResponseOutparam) {
+    let host = WasiHost::new();
     let method = request.method().to_string();
     let path = request.path_with_query().unwrap_or_default();
-    match route_endpoint(&method, &path) {
-        Ok(Endpoint::Health) => {
-            respond(out, 200, "application/json", br#"{"status":"ok"}"#.to_vec()).await
-        }
-        Ok(Endpoint::Rate) => respond(out, 200, "application/json", Vec::new()).await,
-        Ok(Endpoint::ChatCompletions) => chat(request, out).await,
-        Err(e) => respond_error(out, &e).await,
-    }
-}
-
-async fn chat(request: IncomingRequest, out: ResponseOutparam) {
-    let config = match Config::from_env() {
-        Ok(c) => c,
-        Err(e) => return respond_error(out, &e).await,
-    };
     let headers = request.headers().entries();
-    let body = match read_limited(request, config.max_request_bytes).await {
-        Ok(b) => b,
-        Err(e) => return respond_error(out, &e).await,
-    };
     let header = |name: &str| {
         headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
     };
-    let ctx = match prepare(config, header, &body) {
+    let trace = Trace::from_headers(
+        header("traceparent").as_deref(),
+        header("x-trace-id").as_deref(),
+        trace_id(host.random_u64(), host.random_u64()),
+        span_id(host.random_u64()),
+    );
+    let trace_header = trace.trace_id.clone();
+    let reply = Reply {
+        out,
+        trace_id: &trace_header,
+    };
+    match route_endpoint(&method, &path) {
+        Ok(Endpoint::Health) => {
+            let report = match (health::wants_deep(&path), Config::from_env()) {
+                (true, Ok(config)) => health::deep(&host, &config).await,
+                (true, Err(e)) => return reply.error(&e).await,
+                (false, _) => health::shallow(&host),
+            };
+            reply.json(200, &report).await;
+        }
+        Ok(Endpoint::Rate) => reply.send(200, "application/json", Vec::new()).await,
+        Ok(Endpoint::ChatCompletions) => chat(&host, request, reply, &header, trace).await,
+        Err(e) => reply.error(&e).await,
+    }
+}
+
+async fn chat(
+    host: &WasiHost,
+    request: IncomingRequest,
+    reply: Reply<'_>,
+    header: &impl Fn(&str) -> Option<String>,
+    trace: Trace,
+) {
+    let start_ms = host.now_ms();
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => return reply.rejected(host, &trace, &e).await,
+    };
+    let body = match read_limited(request, config.max_request_bytes).await {
+        Ok(b) => b,
+        Err(e) => return reply.rejected(host, &trace, &e).await,
+    };
+    let ctx = match prepare(config, header, &body, trace.clone(), start_ms) {
         Ok(ctx) => ctx,
-        Err(e) => return respond_error(out, &e).await,
+        Err(e) => return reply.rejected(host, &trace, &e).await,
     };
     drop(body);
-    let id = response_id();
-    let created = unix_seconds();
+    let id = format!(
+        "chatcmpl-{:016x}{:016x}",
+        host.random_u64(),
+        host.random_u64()
+    );
+    let created = host.unix_ms() / 1000;
     if ctx.streaming() {
-        let sink = start_response(out, 200, "text/event-stream; charset=utf-8");
+        let sink = reply.start(200, "text/event-stream; charset=utf-8");
         let mut emitter = Emitter::streaming(SseEncoder::new(&id, created), HostTransport { sink });
-        if let Some(e) = stream_response(&ctx, &WasiClient, &mut emitter).await {
-            log_error(&e);
-        }
+        stream_response(&ctx, host, &mut emitter).await;
     } else {
-        match collect_response(&ctx, &WasiClient, &id, created).await {
-            Ok(message) => {
-                let bytes = serde_json::to_vec(&message).unwrap_or_default();
-                respond(out, 200, "application/json", bytes).await;
-            }
-            Err(e) => {
-                log_error(&e);
-                respond_error(out, &e).await;
-            }
+        match collect_response(&ctx, host, &id, created).await {
+            Ok(message) => reply.json(200, &message).await,
+            Err(e) => reply.error(&e).await,
         }
     }
 }
@@ -96,36 +119,62 @@ async fn read_limited(request: IncomingRequest, limit: usize) -> Result<Vec<u8>,
     Ok(body)
 }
 
-fn log_error(e: &CoordError) {
-    // One JSON line on stderr; messages are already free of the per-request key.
-    let line = serde_json::json!({"level": "error", "status": e.status(), "message": e.message()});
-    eprintln!("{line}");
-}
-
 type BodySink = Pin<Box<dyn Sink<Vec<u8>, Error = wasi::io::streams::StreamError>>>;
 
-fn start_response(out: ResponseOutparam, status: u16, content_type: &str) -> BodySink {
-    let headers = Fields::from_list(&[
-        ("content-type".to_owned(), content_type.as_bytes().to_vec()),
-        ("cache-control".to_owned(), b"no-cache".to_vec()),
-    ])
-    .unwrap_or_else(|_| Fields::new());
-    let response = OutgoingResponse::new(headers);
-    let _ = response.set_status_code(status);
-    let body = Box::pin(response.take_body());
-    out.set(response);
-    body
+/// The response side of one request: always carries `X-Trace-ID`.
+struct Reply<'a> {
+    out: ResponseOutparam,
+    trace_id: &'a str,
 }
 
-async fn respond(out: ResponseOutparam, status: u16, content_type: &str, bytes: Vec<u8>) {
-    let mut sink = start_response(out, status, content_type);
-    if !bytes.is_empty() {
-        let _ = sink.send(bytes).await;
+impl Reply<'_> {
+    fn start(self, status: u16, content_type: &str) -> BodySink {
+        let headers = Fields::from_list(&[
+            ("content-type".to_owned(), content_type.as_bytes().to_vec()),
+            ("cache-control".to_owned(), b"no-cache".to_vec()),
+            ("x-trace-id".to_owned(), self.trace_id.as_bytes().to_vec()),
+        ])
+        .unwrap_or_else(|_| Fields::new());
+        let response = OutgoingResponse::new(headers);
+        let _ = response.set_status_code(status);
+        let body = Box::pin(response.take_body());
+        self.out.set(response);
+        body
     }
-}
 
-async fn respond_error(out: ResponseOutparam, e: &CoordError) {
-    respond(out, e.status(), "application/json", e.body_json()).await;
+    async fn send(self, status: u16, content_type: &str, bytes: Vec<u8>) {
+        let mut sink = self.start(status, content_type);
+        if !bytes.is_empty() {
+            let _ = sink.send(bytes).await;
+        }
+    }
+
+    async fn json(self, status: u16, value: &serde_json::Value) {
+        let bytes = serde_json::to_vec(value).unwrap_or_default();
+        self.send(status, "application/json", bytes).await;
+    }
+
+    async fn error(self, e: &CoordError) {
+        self.send(e.status(), "application/json", e.body_json())
+            .await;
+    }
+
+    /// A request refused before the flow started: the error, and its log line.
+    async fn rejected(self, host: &WasiHost, trace: &Trace, e: &CoordError) {
+        let line = serde_json::json!({
+            "ts_ms": host.unix_ms(),
+            "level": "warn",
+            "event": "request",
+            "trace_id": trace.trace_id,
+            "span_id": trace.span_id,
+            "parent_span_id": trace.parent_span_id,
+            "status": e.status(),
+            "outcome": "rejected",
+            "error": e.message(),
+        });
+        host.log(&line.to_string());
+        self.error(e).await;
+    }
 }
 
 struct HostTransport {
@@ -138,8 +187,84 @@ impl Transport for HostTransport {
     }
 }
 
-/// Outbound HTTP through wasi:http.
-struct WasiClient;
+/// The WASI host: outbound HTTP through wasi:http, monotonic-clock timers,
+/// wasi:random, stderr logs, and breaker states in this instance's memory.
+struct WasiHost {
+    breakers: &'static dyn BreakerStore,
+}
+
+thread_local! {
+    // Lives as long as the instance: across requests when the host reuses it.
+    static BREAKERS: &'static dyn BreakerStore = breaker_store();
+}
+
+#[cfg(not(feature = "spin-kv"))]
+fn breaker_store() -> &'static dyn BreakerStore {
+    Box::leak(Box::new(crate::resilience::breaker::MemoryStore::default()))
+}
+
+#[cfg(feature = "spin-kv")]
+fn breaker_store() -> &'static dyn BreakerStore {
+    Box::leak(Box::new(SpinKvStore))
+}
+
+/// Breaker states in Spin's default key-value store, shared by every instance
+/// of a Spin deployment (the `spin-kv` build; Spin-only, see README).
+#[cfg(feature = "spin-kv")]
+struct SpinKvStore;
+
+#[cfg(feature = "spin-kv")]
+impl BreakerStore for SpinKvStore {
+    fn load(&self, key: &str) -> crate::resilience::breaker::BreakerState {
+        spin_sdk::key_value::Store::open_default()
+            .ok()
+            .and_then(|s| s.get(&format!("breaker:{key}")).ok().flatten())
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    fn save(&self, key: &str, state: crate::resilience::breaker::BreakerState) {
+        if let (Ok(store), Ok(bytes)) = (
+            spin_sdk::key_value::Store::open_default(),
+            serde_json::to_vec(&state),
+        ) {
+            let _ = store.set(&format!("breaker:{key}"), &bytes);
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        "spin-key-value"
+    }
+}
+
+impl WasiHost {
+    fn new() -> WasiHost {
+        WasiHost {
+            breakers: BREAKERS.with(|b| *b),
+        }
+    }
+}
+
+/// A timer on the monotonic clock that does not block the instance.
+struct Sleep {
+    deadline_ns: u64,
+}
+
+impl std::future::Future for Sleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        use wasi::clocks::monotonic_clock;
+        if monotonic_clock::now() >= self.deadline_ns {
+            return Poll::Ready(());
+        }
+        spin_executor::push_waker(
+            monotonic_clock::subscribe_instant(self.deadline_ns),
+            cx.waker().clone(),
+        );
+        Poll::Pending
+    }
+}
 
 /// A response body; keeps the response alive while it is read, because
 /// dropping an incoming response cancels the call.
@@ -161,8 +286,39 @@ impl Stream for WasiBody {
     }
 }
 
-impl HttpClient for WasiClient {
+impl Host for WasiHost {
     type Body = WasiBody;
+    type Sleep = Sleep;
+
+    fn sleep(&self, ms: u64) -> Sleep {
+        Sleep {
+            deadline_ns: wasi::clocks::monotonic_clock::now()
+                .saturating_add(ms.saturating_mul(1_000_000)),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        wasi::clocks::monotonic_clock::now() / 1_000_000
+    }
+
+    fn unix_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+
+    fn random_u64(&self) -> u64 {
+        wasi::random::random::get_random_u64()
+    }
+
+    fn log(&self, line: &str) {
+        eprintln!("{line}");
+    }
+
+    fn breakers(&self) -> &dyn BreakerStore {
+        self.breakers
+    }
 
     async fn send(
         &self,
@@ -201,17 +357,4 @@ fn describe_send_error(e: &spin_sdk::http::SendError) -> String {
         spin_sdk::http::SendError::Http(code) => format!("{code:?}"),
         other => other.to_string(),
     }
-}
-
-fn response_id() -> String {
-    let a = wasi::random::random::get_random_u64();
-    let b = wasi::random::random::get_random_u64();
-    format!("chatcmpl-{a:016x}{b:016x}")
-}
-
-fn unix_seconds() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

@@ -16,9 +16,12 @@ pub mod coordinator;
 pub mod dial;
 pub mod emitter;
 pub mod error;
+pub mod resilience;
 pub mod routing;
 pub mod sse;
+pub mod state;
 pub mod synthesis;
+pub mod trace;
 
 // spin-sdk's `http_component` macro expands to `unsafe` handle conversions;
 // this is the only place the crate allows it.

@@ -12,6 +12,7 @@ use mas_coordinator::config::Config;
 use mas_coordinator::coordinator::{collect_response, prepare, stream_response, RequestContext};
 use mas_coordinator::dial::response::SseEncoder;
 use mas_coordinator::emitter::{BufferTransport, Emitter};
+use mas_coordinator::trace::Trace;
 use serde_json::{json, Value};
 
 fn config() -> Config {
@@ -23,15 +24,21 @@ fn config() -> Config {
 }
 
 fn context(body: Value, conversation_id: Option<&str>) -> RequestContext {
+    context_with(config(), body, conversation_id)
+}
+
+fn context_with(config: Config, body: Value, conversation_id: Option<&str>) -> RequestContext {
     let conv = conversation_id.map(str::to_owned);
     prepare(
-        config(),
+        config,
         |h| match h {
             "api-key" => Some(KEY.to_owned()),
             "x-conversation-id" => conv.clone(),
             _ => None,
         },
         body.to_string().as_bytes(),
+        Trace::from_headers(None, Some("trace-abc"), "a".repeat(32), "1".repeat(16)),
+        0,
     )
     .unwrap()
 }
@@ -714,4 +721,362 @@ fn synthesis_stream_without_done_is_an_error_after_the_answer_so_far() {
         "LLM (gpt-4o) stopped before finishing its answer: the stream ended without [DONE]"
     );
     assert_eq!(d[n - 1], json!("[DONE]"));
+}
+
+// ---------------------------------------------------------------------------
+// Production behaviour: failover, breaker, timeouts, tracing, logs, signing.
+
+fn gpa_ok() -> Reply {
+    Reply::sse(&[
+        chunk(json!({"role": "assistant"})),
+        chunk(json!({"content": "ok"})),
+        stop_chunk(),
+    ])
+}
+
+fn with_backups() -> Config {
+    Config {
+        gpa_backups: vec!["gpa-backup".to_owned()],
+        ..config()
+    }
+}
+
+fn error_of(events: &[String]) -> Value {
+    serde_json::from_str::<Value>(&events[events.len() - 2]).unwrap()["error"].clone()
+}
+
+#[test]
+fn gpa_fails_over_to_the_backup_before_the_first_chunk_and_says_so() {
+    let ctx = context_with(
+        with_backups(),
+        json!({"stream": true, "messages": [{"role": "user", "content": WEATHER}]}),
+        None,
+    );
+    let client = FakeClient::new()
+        .on(
+            "/deployments/gpt-4o/chat/completions",
+            routing_reply("GPA", None),
+        )
+        .on(
+            "/deployments/general-purpose-agent/chat/completions",
+            Reply::json(503, json!({"error": {"message": "overloaded"}})),
+        )
+        .on("/deployments/gpa-backup/chat/completions", gpa_ok())
+        .on(
+            "/deployments/gpt-4o/chat/completions",
+            llm_stream(&["fine"]),
+        );
+    let (events, _) = run_stream(&ctx, &client);
+    let d = deltas(&events);
+    assert_eq!(
+        d[5],
+        stage_content(1, "_general-purpose-agent was unavailable (HTTP 503); answered by backup gpa-backup._\n\n")
+    );
+    assert_eq!(d[6], stage_content(1, "ok"));
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let urls: Vec<String> = client.requests().iter().map(|r| r.url.clone()).collect();
+    assert_eq!(
+        urls[1],
+        format!("{CORE}/openai/deployments/general-purpose-agent/chat/completions")
+    );
+    assert_eq!(
+        urls[2],
+        format!("{CORE}/openai/deployments/gpa-backup/chat/completions")
+    );
+    assert_eq!(body_json(&client.requests()[2])["model"], "gpa-backup");
+}
+
+#[test]
+fn a_client_error_from_gpa_is_not_failed_over() {
+    let ctx = context_with(
+        with_backups(),
+        json!({"stream": true, "messages": [{"role": "user", "content": WEATHER}]}),
+        None,
+    );
+    let client = FakeClient::new()
+        .on(
+            "/deployments/gpt-4o/chat/completions",
+            routing_reply("GPA", None),
+        )
+        .on(
+            "/deployments/general-purpose-agent/chat/completions",
+            Reply::json(
+                404,
+                json!({"error": {"message": "Deployment not found", "code": "DeploymentNotFound"}}),
+            ),
+        );
+    let (events, _) = run_stream(&ctx, &client);
+    assert_eq!(
+        error_of(&events)["message"],
+        "GPA (general-purpose-agent) answered HTTP 404: Deployment not found"
+    );
+    assert_eq!(client.requests().len(), 2, "no call to the backup");
+}
+
+#[test]
+fn after_the_first_chunk_there_is_no_replay_on_the_backup() {
+    let ctx = context_with(
+        with_backups(),
+        json!({"stream": true, "messages": [{"role": "user", "content": WEATHER}]}),
+        None,
+    );
+    let client = FakeClient::new()
+        .on(
+            "/deployments/gpt-4o/chat/completions",
+            routing_reply("GPA", None),
+        )
+        .on(
+            "/deployments/general-purpose-agent/chat/completions",
+            Reply::Http(
+                200,
+                vec![
+                    Ok(
+                        format!("data: {}\n\n", chunk(json!({"content": "Half an answer"})))
+                            .into_bytes(),
+                    ),
+                    Err(mas_coordinator::client::TransportError(
+                        "connection reset".into(),
+                    )),
+                ],
+            ),
+        );
+    let (events, _) = run_stream(&ctx, &client);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.contains("Half an answer"))
+            .count(),
+        1
+    );
+    assert_eq!(
+        error_of(&events)["message"],
+        "GPA (general-purpose-agent) stopped before finishing its answer: connection reset"
+    );
+    assert_eq!(
+        client.requests().len(),
+        2,
+        "the backup is not called after a chunk was forwarded"
+    );
+}
+
+#[test]
+fn gpa_that_never_answers_times_out_with_a_clear_error() {
+    let ctx = context(
+        json!({"stream": true, "messages": [{"role": "user", "content": WEATHER}]}),
+        None,
+    );
+    let client = FakeClient::new()
+        .on(
+            "/deployments/gpt-4o/chat/completions",
+            routing_reply("GPA", None),
+        )
+        .on(
+            "/deployments/general-purpose-agent/chat/completions",
+            Reply::Hang,
+        );
+    let (events, _) = run_stream(&ctx, &client);
+    let d = deltas(&events);
+    assert_eq!(d[5], stage_close(1, "failed"));
+    assert_eq!(
+        error_of(&events),
+        json!({"message": "GPA (general-purpose-agent) did not answer in time: no response within 30000 ms",
+               "type": "runtime_error", "code": "500",
+               "display_message": "The General Purpose Agent did not answer in time. Please try again in a moment."})
+    );
+}
+
+#[test]
+fn gpa_that_goes_silent_mid_stream_hits_the_idle_timeout() {
+    let ctx = context(
+        json!({"stream": true, "messages": [{"role": "user", "content": WEATHER}]}),
+        None,
+    );
+    let client = FakeClient::new()
+        .on("/deployments/gpt-4o/chat/completions", routing_reply("GPA", None))
+        .on(
+            "/deployments/general-purpose-agent/chat/completions",
+            Reply::HangAfter(200, vec![Ok(format!("data: {}\n\n", chunk(json!({"custom_content": {"stages": [{"index": 0, "name": "python", "status": null}]}}))).into_bytes())]),
+        );
+    let (events, _) = run_stream(&ctx, &client);
+    let d = deltas(&events);
+    assert_eq!(d[5], stage_open(2, "python", Some(1)));
+    assert_eq!(d[6], stage_close(2, "failed"));
+    assert_eq!(d[7], stage_close(1, "failed"));
+    assert_eq!(
+        error_of(&events)["message"],
+        "GPA (general-purpose-agent) did not answer in time: no data for 120000 ms"
+    );
+}
+
+#[test]
+fn breaker_opens_after_five_failures_skips_the_agent_and_recovers_after_the_open_period() {
+    let client = FakeClient::new();
+    let body = json!({"stream": true, "messages": [{"role": "user", "content": WEATHER}]});
+    let mut client = client;
+    for _ in 0..5 {
+        client = client
+            .on(
+                "/deployments/gpt-4o/chat/completions",
+                routing_reply("GPA", None),
+            )
+            .on(
+                "/deployments/general-purpose-agent/chat/completions",
+                Reply::Refused,
+            );
+    }
+    for i in 0..5 {
+        client.clock.set(i * 1_000);
+        let (events, _) = run_stream(&context(body.clone(), None), &client);
+        assert_eq!(
+            error_of(&events)["message"],
+            "GPA (general-purpose-agent) could not be reached: ConnectionRefused"
+        );
+    }
+    // Open: GPA is not called; the user is told at once.
+    let client = client.on(
+        "/deployments/gpt-4o/chat/completions",
+        routing_reply("GPA", None),
+    );
+    client.clock.set(10_000);
+    let before = client.requests().len();
+    let (events, _) = run_stream(&context(body.clone(), None), &client);
+    assert_eq!(
+        error_of(&events),
+        json!({"message": "GPA (general-purpose-agent) is skipped after repeated failures (circuit open, next try in 54 s)",
+               "type": "runtime_error", "code": "500",
+               "display_message": "The General Purpose Agent is unavailable after repeated failures; it will be tried again in 54 s. Please try again in a moment."})
+    );
+    assert_eq!(
+        client.requests().len(),
+        before + 1,
+        "only the routing call was made"
+    );
+    // After the open period one trial goes through and, succeeding, closes it.
+    let client = client
+        .on(
+            "/deployments/gpt-4o/chat/completions",
+            routing_reply("GPA", None),
+        )
+        .on(
+            "/deployments/general-purpose-agent/chat/completions",
+            gpa_ok(),
+        )
+        .on("/deployments/gpt-4o/chat/completions", llm_stream(&["ok"]));
+    client.clock.set(64_000);
+    let (events, _) = run_stream(&context(body, None), &client);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    assert!(events.iter().all(|e| !e.contains("\"error\"")));
+    use mas_coordinator::resilience::breaker::{BreakerState, BreakerStore};
+    assert_eq!(
+        client.store.load("GPA:general-purpose-agent"),
+        BreakerState::default()
+    );
+}
+
+#[test]
+fn every_upstream_call_carries_trace_headers_with_its_own_span() {
+    let ctx = context(
+        json!({"stream": true, "messages": [{"role": "user", "content": KARPATHY}]}),
+        None,
+    );
+    let client = seed1_client();
+    run_stream(&ctx, &client);
+    let mut spans = std::collections::BTreeSet::new();
+    for r in client.requests() {
+        assert_eq!(r.header_value("x-trace-id"), Some("trace-abc"));
+        let span = r.header_value("x-parent-span-id").unwrap().to_owned();
+        assert_eq!(span.len(), 16);
+        assert_eq!(
+            r.header_value("traceparent").unwrap(),
+            format!("00-{}-{span}-01", "a".repeat(32))
+        );
+        spans.insert(span);
+    }
+    assert_eq!(spans.len(), 4, "a new span per call");
+}
+
+#[test]
+fn one_log_line_per_upstream_call_and_per_request_without_secrets_or_content() {
+    let ctx = context(
+        json!({"stream": true, "messages": [{"role": "user", "content": KARPATHY}]}),
+        None,
+    );
+    let client = seed1_client();
+    run_stream(&ctx, &client);
+    let logs = client.logs();
+    let calls: Vec<&Value> = logs
+        .iter()
+        .filter(|l| l["event"] == "upstream_call")
+        .collect();
+    let requests: Vec<&Value> = logs.iter().filter(|l| l["event"] == "request").collect();
+    assert_eq!(calls.len(), 4);
+    assert_eq!(requests.len(), 1);
+    let targets: Vec<(&str, &str, &str)> = calls
+        .iter()
+        .map(|c| {
+            (
+                c["agent"].as_str().unwrap(),
+                c["path"].as_str().unwrap(),
+                c["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        targets,
+        vec![
+            ("LLM", "/openai/deployments/gpt-4o/chat/completions", "ok"),
+            ("UMS", "/conversations", "ok"),
+            ("UMS", "/conversations/conv-1/chat", "ok"),
+            ("LLM", "/openai/deployments/gpt-4o/chat/completions", "ok"),
+        ]
+    );
+    for c in &calls {
+        assert_eq!(c["trace_id"], "trace-abc");
+        assert_eq!(c["parent_span_id"], "1".repeat(16));
+        assert_eq!(c["status"], 200);
+    }
+    assert_eq!(requests[0]["agent"], "UMS");
+    assert_eq!(requests[0]["outcome"], "ok");
+    assert_eq!(requests[0]["mode"], "stream");
+    let all = client.logs.borrow().join("\n");
+    assert!(!all.contains(KEY), "the key never reaches the logs");
+    assert!(!all.contains("Karpathy"), "message content is not logged");
+}
+
+#[test]
+fn signed_state_is_emitted_and_tampered_state_is_ignored() {
+    let secret = Config {
+        state_secret: Some("a-long-enough-secret".to_owned()),
+        ..config()
+    };
+    // A forged (unsigned) id in the history is ignored: a new conversation is made.
+    let ctx = context_with(
+        secret,
+        json!({"stream": true, "messages": [
+            {"role": "user", "content": "x"},
+            {"role": "assistant", "content": "y", "custom_content": {"state": {"ums_conversation_id": "someone-elses"}}},
+            {"role": "user", "content": KARPATHY}]}),
+        Some("conv-A"),
+    );
+    let client = seed1_client();
+    let (events, _) = run_stream(&ctx, &client);
+    assert!(client
+        .requests()
+        .iter()
+        .all(|r| !r.url.contains("someone-elses")));
+    let state = deltas(&events)
+        .into_iter()
+        .find_map(|d| d["custom_content"].get("state").cloned())
+        .unwrap();
+    assert_eq!(state["ums_conversation_id"], "conv-1");
+    assert!(mas_coordinator::state::verify(
+        &state,
+        "a-long-enough-secret",
+        "conv-A"
+    ));
+    assert!(!mas_coordinator::state::verify(
+        &state,
+        "a-long-enough-secret",
+        "conv-B"
+    ));
 }

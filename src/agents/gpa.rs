@@ -14,14 +14,15 @@ use std::collections::HashMap;
 use serde_json::{json, Value};
 
 use super::{Agent, AgentCall};
-use crate::calls::{parse_event, pump_events, send_checked, CallSite, Next};
-use crate::client::{HttpClient, OutboundRequest};
+use crate::calls::{call, parse_event, pump_events, Next};
+use crate::client::{Host, OutboundRequest};
 use crate::coordinator::FlowError;
 use crate::dial::request::{CustomContent, Message};
 use crate::dial::response::StageStatus;
 use crate::dial::upstream::{error_text, StageUpdate, StreamChunk};
 use crate::emitter::{Emitter, StageId, Transport};
 use crate::error::{Upstream, UpstreamFault};
+use crate::state::trusted_state;
 
 /// State key marking an assistant turn served by GPA.
 pub const IS_GPA: &str = "is_gpa";
@@ -32,37 +33,56 @@ pub const GPA_MESSAGES: &str = "gpa_messages";
 #[derive(Debug)]
 pub struct Gpa;
 
-/// Whether a message's state says GPA produced it.
-fn is_gpa_turn(message: &Message) -> bool {
-    message.role == "assistant"
-        && message
-            .state()
-            .and_then(|s| s.get(IS_GPA))
-            .is_some_and(|v| v.as_bool() == Some(true))
+/// GPA's own state stored on an assistant turn that GPA served: `Some(None)`
+/// for a GPA turn without state, `None` when the turn is not GPA's (or its state
+/// is untrusted or malformed: `is_gpa` must be `true`, `gpa_messages` an object
+/// or null).
+fn gpa_turn_state<'a>(message: &'a Message, trust: &StateTrust<'_>) -> Option<Option<&'a Value>> {
+    if message.role != "assistant" {
+        return None;
+    }
+    let state = trusted_state(message, trust.secret, trust.binding)?;
+    if state.get(IS_GPA).and_then(Value::as_bool) != Some(true) {
+        return None;
+    }
+    match state.get(GPA_MESSAGES) {
+        None | Some(Value::Null) => Some(None),
+        Some(v @ Value::Object(_)) => Some(Some(v)),
+        Some(_) => None,
+    }
+}
+
+/// How to trust states in the history: the signing secret and the conversation
+/// they must belong to (see `state.rs`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StateTrust<'a> {
+    /// `STATE_SECRET`, when signing is on.
+    pub secret: Option<&'a str>,
+    /// The conversation binding (`X-CONVERSATION-ID` or empty).
+    pub binding: &'a str,
 }
 
 /// The messages GPA receives for `history` (whose last message is the request).
-pub fn gpa_history(history: &[Message], additional_instructions: Option<&str>) -> Vec<Message> {
+pub fn gpa_history(
+    history: &[Message],
+    additional_instructions: Option<&str>,
+    trust: &StateTrust<'_>,
+) -> Vec<Message> {
     let Some((current, earlier)) = history.split_last() else {
         return Vec::new();
     };
     let mut out = Vec::new();
     for (i, message) in earlier.iter().enumerate() {
-        if !is_gpa_turn(message) {
+        let Some(gpa_state) = gpa_turn_state(message, trust) else {
             continue;
-        }
+        };
         if let Some(previous) = i.checked_sub(1).map(|p| &earlier[p]) {
             if previous.role == "user" {
                 out.push(previous.clone());
             }
         }
-        let gpa_state = message
-            .state()
-            .and_then(|s| s.get(GPA_MESSAGES))
-            .filter(|v| !v.is_null())
-            .cloned();
         let mut restored = message.clone();
-        restored.custom_content = gpa_state.map(|state| CustomContent {
+        restored.custom_content = gpa_state.cloned().map(|state| CustomContent {
             state: Some(state),
             ..CustomContent::default()
         });
@@ -190,43 +210,58 @@ impl GpaTurn {
 }
 
 impl Agent for Gpa {
-    async fn run<C: HttpClient, T: Transport>(
-        call: AgentCall<'_, C>,
+    async fn run<H: Host, T: Transport>(
+        call_ctx: AgentCall<'_, H>,
         out: &mut Emitter<T>,
     ) -> Result<String, FlowError> {
-        let ctx = call.ctx;
-        let deployment = ctx.config.gpa_deployment.as_str();
-        let site = CallSite {
-            upstream: Upstream::Gpa,
-            target: deployment,
-            secret: &ctx.api_key,
+        let caller = call_ctx.caller;
+        let ctx = caller.ctx;
+        let trust = StateTrust {
+            secret: ctx.config.state_secret.as_deref(),
+            binding: ctx.conversation_id.as_deref().unwrap_or(""),
         };
         let messages = gpa_history(
             &ctx.request.messages,
-            call.decision.additional_instructions.as_deref(),
+            call_ctx.decision.additional_instructions.as_deref(),
+            &trust,
         );
-        let body = json!({"messages": messages, "model": deployment, "stream": true});
-        let mut request = OutboundRequest::post_json(
-            ctx.config.deployment_url(deployment),
-            serde_json::to_vec(&body).unwrap_or_default(),
-        )
-        .header("api-key", &ctx.api_key);
-        if let Some(id) = &ctx.conversation_id {
-            request = request.header("x-conversation-id", id);
+        let targets: Vec<&str> = std::iter::once(ctx.config.gpa_deployment.as_str())
+            .chain(ctx.config.gpa_backups.iter().map(String::as_str))
+            .collect();
+        let answered = call(caller, Upstream::Gpa, &targets, |deployment| {
+            let body = json!({"messages": messages, "model": deployment, "stream": true});
+            let mut request = OutboundRequest::post_json(
+                ctx.config.deployment_url(deployment),
+                serde_json::to_vec(&body).unwrap_or_default(),
+            )
+            .header("api-key", &ctx.api_key);
+            if let Some(id) = &ctx.conversation_id {
+                request = request.header("x-conversation-id", id);
+            }
+            request
+        })
+        .await?;
+        if let Some(note) = answered.failover_note() {
+            out.stage_content(call_ctx.stage, &note);
         }
-        let response = send_checked(call.client, site, request).await?;
 
+        let site = answered.site;
+        let stage = call_ctx.stage;
         let mut turn = GpaTurn::default();
-        let mut mirror = StageMirror::new(call.stage);
-        pump_events(site, response.body, out, |data, out| {
+        let mut mirror = StageMirror::new(stage);
+        pump_events(answered, out, |data, out| {
             let chunk: StreamChunk = parse_event(site, data)?;
-            turn.on_chunk(chunk, call.stage, &mut mirror, out)
+            turn.on_chunk(chunk, stage, &mut mirror, out)
                 .map_err(|e| site.error(UpstreamFault::ErrorEvent(site.redact(&e))))?;
             Ok(Next::Continue)
         })
         .await?;
         mirror.close_leftovers(out);
-        out.set_state(gpa_state(turn.state));
+        out.set_state(crate::state::sign(
+            gpa_state(turn.state),
+            trust.secret,
+            trust.binding,
+        ));
         Ok(turn.text)
     }
 }
@@ -259,7 +294,7 @@ mod tests {
             ),
             msg(json!({"role": "user", "content": "Now a picture"})),
         ];
-        let got: Vec<Value> = gpa_history(&history, Some("Be brief."))
+        let got: Vec<Value> = gpa_history(&history, Some("Be brief."), &StateTrust::default())
             .iter()
             .map(|m| serde_json::to_value(m).unwrap())
             .collect();
@@ -282,7 +317,7 @@ mod tests {
             ),
             msg(json!({"role": "user", "content": "next"})),
         ];
-        let got = gpa_history(&history, None);
+        let got = gpa_history(&history, None, &StateTrust::default());
         assert_eq!(got[1].custom_content, None);
         assert_eq!(got.len(), 3);
     }
@@ -372,6 +407,38 @@ mod tests {
             .on_chunk(chunk, stage, &mut mirror, &mut out)
             .unwrap_err();
         assert_eq!(err, "tool crashed");
+    }
+
+    #[test]
+    fn malformed_or_unsigned_gpa_states_are_ignored() {
+        let history = vec![
+            msg(json!({"role": "user", "content": "q1"})),
+            msg(
+                json!({"role": "assistant", "content": "a1", "custom_content": {"state": {"is_gpa": "yes", "gpa_messages": {}}}}),
+            ),
+            msg(json!({"role": "user", "content": "q2"})),
+            msg(
+                json!({"role": "assistant", "content": "a2", "custom_content": {"state": {"is_gpa": true, "gpa_messages": "not an object"}}}),
+            ),
+            msg(json!({"role": "user", "content": "q3"})),
+            msg(
+                json!({"role": "assistant", "content": "a3", "custom_content": {"state": {"is_gpa": true, "gpa_messages": {"tool_call_history": []}}}}),
+            ),
+            msg(json!({"role": "user", "content": "now"})),
+        ];
+        let got = gpa_history(&history, None, &StateTrust::default());
+        let texts: Vec<String> = got.iter().map(Message::text).collect();
+        assert_eq!(texts, vec!["q3", "a3", "now"]);
+        let signed = StateTrust {
+            secret: Some("0123456789abcdef"),
+            binding: "c",
+        };
+        let got = gpa_history(&history, None, &signed);
+        assert_eq!(
+            got.len(),
+            1,
+            "unsigned states are ignored when signing is on"
+        );
     }
 
     #[test]

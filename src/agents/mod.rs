@@ -11,18 +11,17 @@
 pub mod gpa;
 pub mod ums;
 
-use crate::client::HttpClient;
-use crate::coordinator::{FlowError, RequestContext};
+use crate::calls::Caller;
+use crate::client::Host;
+use crate::coordinator::FlowError;
 use crate::emitter::{Emitter, StageId, Transport};
 use crate::routing::RoutingDecision;
 
 /// Everything an agent call needs.
 #[derive(Debug)]
-pub struct AgentCall<'a, C> {
-    /// The request being served.
-    pub ctx: &'a RequestContext,
-    /// The outbound HTTP client.
-    pub client: &'a C,
+pub struct AgentCall<'a, H> {
+    /// The request being served and the host.
+    pub caller: Caller<'a, H>,
     /// The routing decision (its additional instructions).
     pub decision: &'a RoutingDecision,
     /// The agent's stage, already open.
@@ -33,8 +32,8 @@ pub struct AgentCall<'a, C> {
 pub trait Agent {
     /// Calls the agent, streams its progress into `call.stage` (and stages under
     /// it), sets the state, and returns the agent's answer text.
-    fn run<C: HttpClient, T: Transport>(
-        call: AgentCall<'_, C>,
+    fn run<H: Host, T: Transport>(
+        call: AgentCall<'_, H>,
         out: &mut Emitter<T>,
     ) -> impl std::future::Future<Output = Result<String, FlowError>>;
 }

@@ -12,14 +12,16 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::gpa::StateTrust;
 use super::{Agent, AgentCall};
-use crate::calls::{parse_event, pump_events, read_answer, send_checked, CallSite, Next};
-use crate::client::{HttpClient, OutboundRequest, OutboundResponse};
+use crate::calls::{call, parse_event, pump_events, read_answer, Caller, Next};
+use crate::client::{Host, OutboundRequest};
 use crate::coordinator::FlowError;
 use crate::dial::request::Message;
 use crate::dial::upstream::error_text;
-use crate::emitter::{Emitter, StageId, Transport};
+use crate::emitter::{Emitter, Transport};
 use crate::error::{CoordError, Upstream, UpstreamFault};
+use crate::state::trusted_state;
 
 /// State key holding the UMS conversation id.
 pub const UMS_CONVERSATION_ID: &str = "ums_conversation_id";
@@ -41,10 +43,10 @@ pub fn is_valid_conversation_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// The newest valid conversation id stored in the history's state.
-pub fn find_conversation_id(history: &[Message]) -> Option<String> {
+/// The newest valid conversation id stored in the history's (trusted) state.
+pub fn find_conversation_id(history: &[Message], trust: &StateTrust<'_>) -> Option<String> {
     history.iter().rev().find_map(|m| {
-        m.state()
+        trusted_state(m, trust.secret, trust.binding)
             .and_then(|s| s.get(UMS_CONVERSATION_ID))
             .and_then(Value::as_str)
             .filter(|id| is_valid_conversation_id(id))
@@ -114,100 +116,164 @@ struct UmsDelta {
     content: Option<String>,
 }
 
-struct UmsClient<'a, C> {
-    client: &'a C,
-    base: &'a str,
-    site: CallSite<'a>,
+fn create_request(base: &str, title: &str) -> OutboundRequest {
+    let body = serde_json::to_vec(&json!({"title": title})).unwrap_or_default();
+    OutboundRequest::post_json(format!("{base}/conversations"), body)
 }
 
-impl<C: HttpClient> UmsClient<'_, C> {
-    async fn create(&self, title: &str) -> Result<String, CoordError> {
-        let body = serde_json::to_vec(&json!({"title": title})).unwrap_or_default();
-        let request = OutboundRequest::post_json(format!("{}/conversations", self.base), body);
-        let mut response = send_checked(self.client, self.site, request).await?;
-        let bytes = read_answer::<C>(self.site, &mut response).await?;
-        let created: CreatedConversation = serde_json::from_slice(&bytes).map_err(|_| {
-            self.site.error(UpstreamFault::Malformed(
-                "the created conversation has no id".to_owned(),
-            ))
-        })?;
-        match created.id.as_str() {
-            Some(id) if is_valid_conversation_id(id) => Ok(id.to_owned()),
-            _ => Err(self.site.error(UpstreamFault::Malformed(
-                "the created conversation id is not a valid id".to_owned(),
-            ))),
+fn chat_request(base: &str, id: &str, text: &str) -> OutboundRequest {
+    let body = serde_json::to_vec(&json!({
+        "message": {"role": "user", "content": text},
+        "stream": true,
+    }))
+    .unwrap_or_default();
+    OutboundRequest::post_json(
+        format!("{base}/conversations/{}/chat", encode_path_segment(id)),
+        body,
+    )
+}
+
+/// Creates a conversation on the first available endpoint. Returns its id, the
+/// endpoint (later calls go there) and a failover note if a backup answered.
+async fn create<'a, H: Host>(
+    caller: Caller<'a, H>,
+    endpoints: &[&'a str],
+    title: &str,
+) -> Result<(String, &'a str, Option<String>), CoordError> {
+    let answered = call(caller, Upstream::Ums, endpoints, |base| {
+        create_request(base, title)
+    })
+    .await?;
+    let site = answered.site;
+    let note = answered.failover_note();
+    let bytes = read_answer(answered).await?;
+    let created: CreatedConversation = serde_json::from_slice(&bytes).map_err(|_| {
+        site.error(UpstreamFault::Malformed(
+            "the created conversation has no id".to_owned(),
+        ))
+    })?;
+    match created.id.as_str() {
+        Some(id) if is_valid_conversation_id(id) => Ok((id.to_owned(), site.target, note)),
+        _ => Err(site.error(UpstreamFault::Malformed(
+            "the created conversation id is not a valid id".to_owned(),
+        ))),
+    }
+}
+
+/// After a chat call on a stored id failed with an HTTP status: whether the
+/// endpoint that answered says the conversation does not exist (404).
+async fn is_lost<H: Host>(caller: Caller<'_, H>, error: &CoordError, id: &str) -> bool {
+    let CoordError::Upstream {
+        fault: UpstreamFault::Status(..),
+        target,
+        ..
+    } = error
+    else {
+        return false;
+    };
+    let probe = call(caller, Upstream::Ums, &[target.as_str()], |base| {
+        OutboundRequest::get(format!("{base}/conversations/{}", encode_path_segment(id)))
+    })
+    .await;
+    match probe {
+        Ok(answered) => {
+            let _ = read_answer(answered).await;
+            false
         }
-    }
-
-    fn chat_request(&self, id: &str, text: &str) -> OutboundRequest {
-        let body = serde_json::to_vec(&json!({
-            "message": {"role": "user", "content": text},
-            "stream": true,
-        }))
-        .unwrap_or_default();
-        OutboundRequest::post_json(
-            format!(
-                "{}/conversations/{}/chat",
-                self.base,
-                encode_path_segment(id)
-            ),
-            body,
-        )
-    }
-
-    /// True when UMS answers 404 for the conversation: it no longer exists.
-    async fn is_lost(&self, id: &str) -> bool {
-        let request = OutboundRequest::get(format!(
-            "{}/conversations/{}",
-            self.base,
-            encode_path_segment(id)
-        ));
-        matches!(self.client.send(request).await, Ok(r) if r.status == 404)
+        Err(CoordError::Upstream {
+            fault: UpstreamFault::Status(404, _),
+            ..
+        }) => true,
+        Err(_) => false,
     }
 }
 
 impl Agent for Ums {
-    async fn run<C: HttpClient, T: Transport>(
-        call: AgentCall<'_, C>,
+    async fn run<H: Host, T: Transport>(
+        call_ctx: AgentCall<'_, H>,
         out: &mut Emitter<T>,
     ) -> Result<String, FlowError> {
-        let ctx = call.ctx;
-        let site = CallSite {
-            upstream: Upstream::Ums,
-            target: &ctx.config.ums_endpoint,
-            secret: &ctx.api_key,
+        let caller = call_ctx.caller;
+        let ctx = caller.ctx;
+        let stage = call_ctx.stage;
+        let trust = StateTrust {
+            secret: ctx.config.state_secret.as_deref(),
+            binding: ctx.conversation_id.as_deref().unwrap_or(""),
         };
-        let ums = UmsClient {
-            client: call.client,
-            base: &ctx.config.ums_endpoint,
-            site,
-        };
+        let endpoints: Vec<&str> = std::iter::once(ctx.config.ums_endpoint.as_str())
+            .chain(ctx.config.ums_backups.iter().map(String::as_str))
+            .collect();
         let Some(current) = ctx.request.messages.last() else {
             return Ok(String::new());
         };
-        let text = ums_message(current, call.decision.additional_instructions.as_deref());
+        let text = ums_message(
+            current,
+            call_ctx.decision.additional_instructions.as_deref(),
+        );
+        let title = conversation_title(&text);
 
-        let (id, response) = match find_conversation_id(&ctx.request.messages) {
-            Some(id) => open_existing(&ums, id, &text, call.stage, out).await?,
+        let (id, answered) = match find_conversation_id(&ctx.request.messages, &trust) {
+            Some(id) => {
+                match call(caller, Upstream::Ums, &endpoints, |base| {
+                    chat_request(base, &id, &text)
+                })
+                .await
+                {
+                    Ok(answered) => (id, answered),
+                    Err(error) => {
+                        if !is_lost(caller, &error, &id).await {
+                            return Err(error.into());
+                        }
+                        let (new_id, base, note) = create(caller, &endpoints, &title).await?;
+                        if let Some(note) = note {
+                            out.stage_content(stage, &note);
+                        }
+                        out.stage_content(
+                            stage,
+                            &format!(
+                                "_UMS no longer knows conversation {id}; created new UMS conversation: {new_id}_\n\n"
+                            ),
+                        );
+                        out.flush().await?;
+                        let answered = call(caller, Upstream::Ums, &[base], |b| {
+                            chat_request(b, &new_id, &text)
+                        })
+                        .await?;
+                        (new_id, answered)
+                    }
+                }
+            }
             None => {
-                let id = ums.create(&conversation_title(&text)).await?;
+                let (new_id, base, note) = create(caller, &endpoints, &title).await?;
+                if let Some(note) = note {
+                    out.stage_content(stage, &note);
+                }
                 out.stage_content(
-                    call.stage,
-                    &format!("_Created new UMS conversation: {id}_\n\n"),
+                    stage,
+                    &format!("_Created new UMS conversation: {new_id}_\n\n"),
                 );
                 out.flush().await?;
-                let response =
-                    send_checked(call.client, site, ums.chat_request(&id, &text)).await?;
-                (id, response)
+                let answered = call(caller, Upstream::Ums, &[base], |b| {
+                    chat_request(b, &new_id, &text)
+                })
+                .await?;
+                (new_id, answered)
             }
         };
+        if let Some(note) = answered.failover_note() {
+            out.stage_content(stage, &note);
+        }
         // The conversation exists and answers: remember it even if the stream fails later.
-        out.set_state(json!({UMS_CONVERSATION_ID: id}));
+        out.set_state(crate::state::sign(
+            json!({UMS_CONVERSATION_ID: id}),
+            trust.secret,
+            trust.binding,
+        ));
         out.flush().await?;
 
+        let site = answered.site;
         let mut answer = String::new();
-        let stage = call.stage;
-        pump_events(site, response.body, out, |data, out| {
+        pump_events(answered, out, |data, out| {
             let event: UmsEvent = parse_event(site, data)?;
             if let Some(error) = &event.error {
                 return Err(site.error(UpstreamFault::ErrorEvent(site.redact(&error_text(error)))));
@@ -228,42 +294,6 @@ impl Agent for Ums {
         })
         .await?;
         Ok(answer)
-    }
-}
-
-/// Opens the chat on a stored conversation; if UMS lost it, creates a new one once.
-async fn open_existing<C: HttpClient, T: Transport>(
-    ums: &UmsClient<'_, C>,
-    id: String,
-    text: &str,
-    stage: StageId,
-    out: &mut Emitter<T>,
-) -> Result<(String, OutboundResponse<C::Body>), FlowError> {
-    match send_checked(ums.client, ums.site, ums.chat_request(&id, text)).await {
-        Ok(response) => Ok((id, response)),
-        Err(error) => {
-            let is_status_error = matches!(
-                &error,
-                CoordError::Upstream {
-                    fault: UpstreamFault::Status(..),
-                    ..
-                }
-            );
-            if !is_status_error || !ums.is_lost(&id).await {
-                return Err(error.into());
-            }
-            let new_id = ums.create(&conversation_title(text)).await?;
-            out.stage_content(
-                stage,
-                &format!(
-                    "_UMS no longer knows conversation {id}; created new UMS conversation: {new_id}_\n\n"
-                ),
-            );
-            out.flush().await?;
-            let response =
-                send_checked(ums.client, ums.site, ums.chat_request(&new_id, text)).await?;
-            Ok((new_id, response))
-        }
     }
 }
 
@@ -293,8 +323,21 @@ mod tests {
             ),
             msg(json!({"role": "user", "content": "f"})),
         ];
-        assert_eq!(find_conversation_id(&history).as_deref(), Some("new-2"));
-        assert_eq!(find_conversation_id(&history[..1]), None);
+        let trust = StateTrust::default();
+        assert_eq!(
+            find_conversation_id(&history, &trust).as_deref(),
+            Some("new-2")
+        );
+        assert_eq!(find_conversation_id(&history[..1], &trust), None);
+        let signing = StateTrust {
+            secret: Some("0123456789abcdef"),
+            binding: "",
+        };
+        assert_eq!(
+            find_conversation_id(&history, &signing),
+            None,
+            "unsigned ids are ignored"
+        );
     }
 
     #[test]

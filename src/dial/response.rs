@@ -301,7 +301,7 @@ struct MergedStage {
 
 /// Folds deltas into the non-streaming message, as aidial-sdk's `merge_chunks`
 /// folds the same chunks: strings concatenate, status is replaced, indexed lists
-/// merge by index and lose their `index` keys.
+/// merge by index, and every `index` key inside a list is dropped (state included).
 #[derive(Debug, Clone, Default)]
 pub struct MessageAccumulator {
     role: bool,
@@ -385,6 +385,8 @@ impl MessageAccumulator {
         if let Some(content) = self.content {
             message.insert("content".into(), Value::String(content));
         }
+        let mut message = Value::Object(message);
+        cleanup_indices(&mut message);
         serde_json::json!({
             "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
             "usage": null,
@@ -392,6 +394,24 @@ impl MessageAccumulator {
             "created": created,
             "object": "chat.completion",
         })
+    }
+}
+
+/// Drops `index` from every object inside a list, at any depth — what
+/// aidial-sdk does to the merged message (state included), so the
+/// non-streaming answer equals the SDK's fold of the stream.
+fn cleanup_indices(value: &mut Value) {
+    match value {
+        Value::Array(items) => {
+            for item in items {
+                if let Value::Object(o) = item {
+                    o.remove("index");
+                }
+                cleanup_indices(item);
+            }
+        }
+        Value::Object(o) => o.values_mut().for_each(cleanup_indices),
+        _ => {}
     }
 }
 
@@ -560,7 +580,7 @@ mod tests {
                 index: 0,
                 attachment: png,
             },
-            Delta::State(json!({"ums_conversation_id": "c"})),
+            Delta::State(json!({"ums_conversation_id": "c", "calls": [{"index": 0, "id": "x"}]})),
             Delta::Content("Hello ".into()),
             Delta::Content("world".into()),
         ] {
@@ -575,7 +595,7 @@ mod tests {
                         {"name":"Coordination Request","content":"ab","status":"completed"},
                         {"name":"child","parent_stage_index":0,"attachments":[{"type":"image/png","url":"files/a.png"}],"status":"failed"}],
                     "attachments":[{"type":"image/png","url":"files/a.png"}],
-                    "state":{"ums_conversation_id":"c"}},
+                    "state":{"ums_conversation_id":"c","calls":[{"id":"x"}]}},
                 "content":"Hello world"}}],
                 "usage":null,"id":"r","created":7,"object":"chat.completion"})
         );

@@ -1,12 +1,11 @@
 //! In-process fakes of DIAL Core (LLM, GPA) and UMS for native flow tests:
-//! an `HttpClient` that answers from a script and records every request.
+//! a `Host` that answers from a script and records every request and log line.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 
-use mas_coordinator::client::{
-    HttpClient, Method, OutboundRequest, OutboundResponse, TransportError,
-};
+use mas_coordinator::client::{Host, Method, OutboundRequest, OutboundResponse, TransportError};
+use mas_coordinator::resilience::breaker::{BreakerStore, MemoryStore};
 use serde_json::{json, Value};
 
 pub const CORE: &str = "http://core.test";
@@ -20,6 +19,10 @@ pub enum Reply {
     Http(u16, Vec<Result<Vec<u8>, TransportError>>),
     /// The connection could not be made.
     Refused,
+    /// The response head never arrives (the fake timer fires at once).
+    Hang,
+    /// Status and chunks, then the body goes silent.
+    HangAfter(u16, Vec<Result<Vec<u8>, TransportError>>),
 }
 
 impl Reply {
@@ -84,11 +87,16 @@ pub fn ums_stream(id: &str, pieces: &[&str]) -> Reply {
     Reply::Http(200, bytes.chunks(7).map(|c| Ok(c.to_vec())).collect())
 }
 
-/// A fake `HttpClient`: replies are taken in order per URL key.
+/// A fake `Host`: replies are taken in order per URL key; timers fire at once
+/// (so anything that would wait times out); the clock is set by the test.
 #[derive(Default)]
 pub struct FakeClient {
     script: RefCell<Vec<(String, VecDeque<Reply>)>>,
     pub requests: RefCell<Vec<OutboundRequest>>,
+    pub logs: RefCell<Vec<String>>,
+    pub clock: Cell<u64>,
+    ids: Cell<u64>,
+    pub store: MemoryStore,
 }
 
 impl FakeClient {
@@ -111,12 +119,53 @@ impl FakeClient {
     pub fn requests(&self) -> Vec<OutboundRequest> {
         self.requests.borrow().clone()
     }
+
+    pub fn logs(&self) -> Vec<Value> {
+        self.logs
+            .borrow()
+            .iter()
+            .map(|l| serde_json::from_str(l).expect("log lines are JSON"))
+            .collect()
+    }
 }
 
-pub type FakeBody = futures::stream::Iter<std::vec::IntoIter<Result<Vec<u8>, TransportError>>>;
+/// A scripted body: its chunks, then either its end or (`hang`) silence forever.
+pub type FakeBody = futures::stream::Chain<
+    futures::stream::Iter<std::vec::IntoIter<Result<Vec<u8>, TransportError>>>,
+    futures::future::Either<
+        futures::stream::Empty<Result<Vec<u8>, TransportError>>,
+        futures::stream::Pending<Result<Vec<u8>, TransportError>>,
+    >,
+>;
 
-impl HttpClient for FakeClient {
+impl Host for FakeClient {
     type Body = FakeBody;
+    type Sleep = futures::future::Ready<()>;
+
+    fn sleep(&self, _ms: u64) -> Self::Sleep {
+        futures::future::ready(())
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.get()
+    }
+
+    fn unix_ms(&self) -> u64 {
+        1_700_000_000_000 + self.clock.get()
+    }
+
+    fn random_u64(&self) -> u64 {
+        self.ids.set(self.ids.get() + 1);
+        self.ids.get()
+    }
+
+    fn log(&self, line: &str) {
+        self.logs.borrow_mut().push(line.to_owned());
+    }
+
+    fn breakers(&self) -> &dyn BreakerStore {
+        &self.store
+    }
 
     async fn send(
         &self,
@@ -135,9 +184,20 @@ impl HttpClient for FakeClient {
         match reply {
             Some(Reply::Http(status, chunks)) => Ok(OutboundResponse {
                 status,
-                body: futures::stream::iter(chunks),
+                body: futures::StreamExt::chain(
+                    futures::stream::iter(chunks),
+                    futures::future::Either::Left(futures::stream::empty()),
+                ),
+            }),
+            Some(Reply::HangAfter(status, chunks)) => Ok(OutboundResponse {
+                status,
+                body: futures::StreamExt::chain(
+                    futures::stream::iter(chunks),
+                    futures::future::Either::Right(futures::stream::pending()),
+                ),
             }),
             Some(Reply::Refused) => Err(TransportError("ConnectionRefused".to_owned())),
+            Some(Reply::Hang) => futures::future::pending().await,
             None => panic!("no scripted reply for {:?} {}", request.method, request.url),
         }
     }

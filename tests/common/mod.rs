@@ -2,3 +2,4 @@
 #![allow(unreachable_pub, dead_code, clippy::unwrap_used)]
 
 pub mod fakes;
+pub mod host;

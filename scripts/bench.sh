@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Benchmarks: the coordinator's own cost (BENCHMARKS.md, bench/results.json).
+#
+#   scripts/bench.sh                 everything: ~5 minutes on 2 cores
+#   scripts/bench.sh --quick         shorter measurement windows (~2 minutes)
+#   scripts/bench.sh --no-variants   skip the run with instance reuse
+#   scripts/bench.sh --no-micro      skip the criterion micro-benchmarks
+#   scripts/bench.sh -- ARGS         pass ARGS on to mas-bench (e.g. --wasmtime-args "...")
+#
+# Steps: installs the wasm32-wasip2 target and wasmtime-cli 48.0.8 when missing,
+# builds the release component, runs the criterion micro-benchmarks
+# (benches/hot_paths.rs), runs mas-bench once with `--max-instance-reuse-count 1000`
+# (a variant for comparison, written under target/mas-bench/), then the main run
+# with wasmtime's defaults, which writes bench/results.json and BENCHMARKS.md.
+# Everything runs on 127.0.0.1 and stops by itself. Run it on an otherwise idle
+# machine: other work on the cores skews every figure (the report says how busy
+# the machine was).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WASMTIME_VERSION=48.0.8
+CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
+say() { printf '==> %s\n' "$*" >&2; }
+
+invocation="scripts/bench.sh${*:+ $*}"
+quick=()
+variants=1
+micro=1
+extra=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) quick=(--quick) ;;
+        --no-variants) variants=0 ;;
+        --no-micro) micro=0 ;;
+        --) shift; extra=("$@"); break ;;
+        *) echo "unknown option $1 (see the header of $0)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+    say "adding the wasm32-wasip2 Rust target"
+    rustup target add wasm32-wasip2
+fi
+if ! "$CARGO_BIN/wasmtime" --version 2>/dev/null | grep -q "wasmtime $WASMTIME_VERSION"; then
+    say "installing wasmtime-cli $WASMTIME_VERSION (first time only; compiles for ~10-15 minutes)"
+    cargo install --locked wasmtime-cli --version "$WASMTIME_VERSION"
+fi
+
+say "building the release component and the benchmark tool"
+cargo build --release --target wasm32-wasip2 -p mas-coordinator
+cargo build --release -p mas-bench
+
+if [ "$micro" = 1 ]; then
+    say "micro-benchmarks: cargo bench --bench hot_paths"
+    cargo bench --bench hot_paths
+fi
+
+compare=()
+if [ "$variants" = 1 ]; then
+    variant_out=target/mas-bench/results-reuse-1000.json
+    say "end-to-end, variant: wasmtime serve --max-instance-reuse-count 1000"
+    MAS_BENCH_COMMAND="$invocation (variant run)" \
+        cargo run --release -p mas-bench -- "${quick[@]}" "${extra[@]}" \
+        --wasmtime-args "--max-instance-reuse-count 1000" \
+        --out "$variant_out" --no-markdown
+    compare=(--compare "$variant_out")
+fi
+
+say "end-to-end, wasmtime defaults: bench/results.json and BENCHMARKS.md"
+args=("${quick[@]}" "${extra[@]}" "${compare[@]}")
+MAS_BENCH_COMMAND="$invocation (main run: cargo run --release -p mas-bench -- ${args[*]})" \
+    cargo run --release -p mas-bench -- "${args[@]}"
+say "done: BENCHMARKS.md, bench/results.json"

@@ -1,0 +1,925 @@
+//! End to end: the BUILT component (`target/wasm32-wasip2/release/mas_coordinator.wasm`)
+//! served by `wasmtime serve`, talking over real HTTP to the local DIAL world
+//! (`mas_world`), driven by a real HTTP client. Covers the seed's three examples
+//! with exact event sequences, non-streaming mode, where the per-request key may
+//! go, that streaming is progressive, and bad input through the real host.
+//!
+//! Build the component first:
+//! `cargo build --release --target wasm32-wasip2 -p mas-coordinator`.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+mod common;
+
+use std::time::Duration;
+
+use common::host::{get, post_json, post_json_timed, send, Stack, TimedResponse, WasiHost};
+use mas_world::{Fault, FaultKind, Recorded, World};
+use serde_json::{json, Map, Value};
+
+/// A distinctive per-request key, so any leak is easy to find.
+const KEY: &str = "sk-e2e-PER-REQUEST-9f3c1d7a";
+const KARPATHY: &str = "Do we have Andrej Karpathy as a user?";
+const WEATHER: &str = "Search weather in Kyiv and generate a picture";
+const ADD_KARPATHY: &str = "Add Andrej Karpathy as a user";
+const NIGHT: &str = "Now make the picture a night scene";
+const GPA_PATH: &str = "/openai/deployments/general-purpose-agent/chat/completions";
+const LLM_PATH: &str = "/openai/deployments/gpt-4o/chat/completions";
+
+async fn setup(extra_env: &[(&str, &str)]) -> Stack {
+    Stack::start(extra_env).await
+}
+
+fn user(text: &str) -> Value {
+    json!({"role": "user", "content": text})
+}
+
+/// Streams one chat request with the key (and optionally `X-CONVERSATION-ID`).
+async fn chat_stream(host: &WasiHost, messages: &[Value], conv: Option<&str>) -> TimedResponse {
+    let mut headers = vec![("Api-Key", KEY)];
+    if let Some(c) = conv {
+        headers.push(("X-CONVERSATION-ID", c));
+    }
+    let body = json!({"model": "mas-coordinator", "stream": true, "messages": messages});
+    let r = post_json_timed(&host.chat_url(), &headers, &body).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body()));
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/event-stream; charset=utf-8")
+    );
+    r
+}
+
+/// The `delta` of every chunk; the stop chunk as `"STOP"`, `[DONE]` as
+/// `"[DONE]"`, error events as they are. Checks the envelope on the way: one id
+/// and one `created` for the whole response, `usage: null`.
+fn deltas(events: &[String]) -> Vec<Value> {
+    let mut envelope: Option<(Value, Value)> = None;
+    events
+        .iter()
+        .map(|e| {
+            if e == "[DONE]" {
+                return json!("[DONE]");
+            }
+            let v: Value = serde_json::from_str(e).unwrap();
+            if v.get("error").is_some() {
+                return v;
+            }
+            assert_eq!(v["object"], "chat.completion.chunk", "{e}");
+            assert_eq!(v["usage"], Value::Null, "{e}");
+            assert!(v["id"].as_str().is_some_and(|id| !id.is_empty()), "{e}");
+            assert!(v["created"].is_u64(), "{e}");
+            let this = (v["id"].clone(), v["created"].clone());
+            assert_eq!(envelope.get_or_insert_with(|| this.clone()), &this);
+            assert_eq!(v["choices"].as_array().unwrap().len(), 1, "{e}");
+            assert_eq!(v["choices"][0]["index"], 0, "{e}");
+            if v["choices"][0]["finish_reason"] == "stop" {
+                assert_eq!(v["choices"][0]["delta"], json!({}), "{e}");
+                return json!("STOP");
+            }
+            assert_eq!(v["choices"][0]["finish_reason"], Value::Null, "{e}");
+            v["choices"][0]["delta"].clone()
+        })
+        .collect()
+}
+
+fn stage_open(index: usize, name: &str, parent: Option<usize>) -> Value {
+    let mut s = json!({"index": index, "name": name, "status": null});
+    if let Some(p) = parent {
+        s["parent_stage_index"] = json!(p);
+    }
+    json!({"custom_content": {"stages": [s]}})
+}
+fn stage_content(index: usize, content: &str) -> Value {
+    json!({"custom_content": {"stages": [{"index": index, "content": content, "status": null}]}})
+}
+fn stage_close(index: usize, status: &str) -> Value {
+    json!({"custom_content": {"stages": [{"index": index, "status": status}]}})
+}
+fn state(state: Value) -> Value {
+    json!({"custom_content": {"state": state}})
+}
+fn content(text: &str) -> Value {
+    json!({"content": text})
+}
+fn decision_block(agent: &str) -> String {
+    format!(
+        "```json\n{{\n  \"agent_name\": \"{agent}\",\n  \"additional_instructions\": null\n}}\n```\n"
+    )
+}
+
+/// The world's word split (world docs: "split after every run of whitespace").
+fn split_words(text: &str) -> Vec<String> {
+    let mut pieces = Vec::new();
+    let mut current = String::new();
+    let mut in_space = false;
+    for c in text.chars() {
+        if c.is_whitespace() {
+            in_space = true;
+        } else if in_space {
+            pieces.push(std::mem::take(&mut current));
+            in_space = false;
+        }
+        current.push(c);
+    }
+    if !current.is_empty() {
+        pieces.push(current);
+    }
+    pieces
+}
+
+/// The world's synthesis reply for our template
+/// `## CONTEXT:\n{answer}\n---\n## USER_REQUEST:\n{request}` (src/synthesis.rs):
+/// the context between the markers, trimmed, with the `---` line removed.
+fn synthesis_reply(agent_answer: &str) -> String {
+    format!("Based on the agent's answer: {}", agent_answer.trim())
+}
+
+/// The opening of every response: role, stage 0 with the decision, stage 1 opened.
+fn opening(agent: &str) -> Vec<Value> {
+    vec![
+        json!({"role": "assistant"}),
+        stage_open(0, "Coordination Request", None),
+        stage_content(0, &decision_block(agent)),
+        stage_close(0, "completed"),
+        stage_open(1, &format!("Call {agent} Agent"), None),
+    ]
+}
+
+/// The synthesis content, one delta per word, then the stop chunk and `[DONE]`.
+fn closing(agent_answer: &str) -> Vec<Value> {
+    let mut out: Vec<Value> = split_words(&synthesis_reply(agent_answer))
+        .iter()
+        .map(|w| content(w))
+        .collect();
+    out.push(json!("STOP"));
+    out.push(json!("[DONE]"));
+    out
+}
+
+/// The expected response to a first-turn UMS request answered with `ums_reply`.
+fn ums_expected(conv: &str, created: bool, ums_reply: &str) -> Vec<Value> {
+    let mut d = opening("UMS");
+    if created {
+        d.push(stage_content(
+            1,
+            &format!("_Created new UMS conversation: {conv}_\n\n"),
+        ));
+    }
+    d.push(state(json!({"ums_conversation_id": conv})));
+    d.extend(split_words(ums_reply).iter().map(|w| stage_content(1, w)));
+    d.push(stage_close(1, "completed"));
+    d.extend(closing(ums_reply));
+    d
+}
+
+fn image_url(n: u32) -> String {
+    format!("files/world-bucket/images/image-{n}.png")
+}
+
+fn tool_call(k: u32, tool: &str, arguments: &Value, result: &str) -> [Value; 2] {
+    let id = format!("call_{k}");
+    [
+        json!({"role": "assistant", "content": "", "custom_content": {"attachments": []},
+               "tool_calls": [{"index": 0, "id": id, "type": "function",
+                               "function": {"name": tool, "arguments": arguments.to_string()}}]}),
+        json!({"role": "tool", "content": result, "tool_call_id": id, "name": tool}),
+    ]
+}
+
+/// What the world's GPA streams for `request` (world docs, GPA steps 1–6) and
+/// how it must come out of the coordinator: mirrored stages from index 2 under
+/// stage 1, GPA's text in stage 1, the choice attachment, and our state.
+struct GpaScript {
+    /// Expected deltas from the GPA stage's first event to its close.
+    deltas: Vec<Value>,
+    /// GPA's text (what goes to synthesis).
+    text: String,
+    /// GPA's own state.
+    gpa_state: Value,
+}
+
+fn gpa_script(request: &str, received: &str, image: Option<u32>) -> GpaScript {
+    let tl = request.to_lowercase();
+    let mut d = Vec::new();
+    let mut text = String::new();
+    let mut history = Vec::new();
+    let mut next_stage = 2;
+    let mut k = 1;
+    if tl.contains("weather") || tl.contains("search") {
+        let i = next_stage;
+        next_stage += 1;
+        let args = json!({"query": request});
+        d.push(stage_open(i, "web_search", Some(1)));
+        d.push(stage_content(
+            i,
+            &format!("## Request arguments: \n```json\n{args}\n```\n## Response: \n"),
+        ));
+        d.push(stage_content(i, "Kyiv: +5°C, light rain"));
+        d.push(stage_close(i, "completed"));
+        let summary = "Weather in Kyiv: +5°C, light rain. ";
+        d.push(stage_content(1, summary));
+        text.push_str(summary);
+        history.extend(tool_call(k, "web_search", &args, "Kyiv: +5°C, light rain"));
+        k += 1;
+    }
+    let mut attachment = None;
+    if let Some(n) = image {
+        let j = next_stage;
+        let url = image_url(n);
+        let args = json!({"prompt": request});
+        d.push(stage_open(j, "image_generation_tool", Some(1)));
+        d.push(stage_content(
+            j,
+            &format!("## Request arguments: \n```json\n{args}\n```\n"),
+        ));
+        d.push(json!({"custom_content": {"stages": [{"index": j, "status": null,
+            "attachments": [{"index": 0, "type": "image/png", "title": "Generated image", "url": url}]}]}}));
+        let markdown = format!("\n\r![image]({url})\n\r");
+        d.push(stage_content(1, &markdown));
+        text.push_str(&markdown);
+        d.push(stage_close(j, "completed"));
+        attachment = Some(json!({"custom_content": {"attachments": [
+            {"index": 0, "type": "image/png", "title": format!("image-{n}.png"), "url": url}]}}));
+        history.extend(tool_call(
+            k,
+            "image_generation_tool",
+            &args,
+            &format!("Generated image: {url}"),
+        ));
+    }
+    let summary = format!("GPA[general-purpose-agent] got {received}; request: {request}");
+    d.push(stage_content(1, &summary));
+    text.push_str(&summary);
+    d.extend(attachment);
+    let gpa_state = json!({"tool_call_history": history});
+    d.push(state(
+        json!({"is_gpa": true, "gpa_messages": gpa_state.clone()}),
+    ));
+    d.push(stage_close(1, "completed"));
+    GpaScript {
+        deltas: d,
+        text,
+        gpa_state,
+    }
+}
+
+fn gpa_expected(script: &GpaScript) -> Vec<Value> {
+    let mut d = opening("GPA");
+    d.extend(script.deltas.iter().cloned());
+    d.extend(closing(&script.text));
+    d
+}
+
+fn requests_to(world: &World, service: &str) -> Vec<Recorded> {
+    world
+        .requests()
+        .into_iter()
+        .filter(|r| r.service == service)
+        .collect()
+}
+
+/// The assistant message DIAL Chat would send back next turn: only content and
+/// state (PROTOCOL §1.3).
+fn as_history(events: &[String]) -> Value {
+    let mut text = String::new();
+    let mut st = Value::Null;
+    for d in deltas(events) {
+        if let Some(t) = d["content"].as_str() {
+            text.push_str(t);
+        }
+        if let Some(s) = d.pointer("/custom_content/state") {
+            assert!(st.is_null(), "state is sent once");
+            st = s.clone();
+        }
+    }
+    assert!(!st.is_null(), "every turn sets a state");
+    json!({"role": "assistant", "content": text, "custom_content": {"state": st}})
+}
+
+// ---------------------------------------------------------------------------
+// The seed's examples
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed1_ums_query_end_to_end() {
+    let s = setup(&[]).await;
+    let r = chat_stream(&s.host, &[user(KARPATHY)], None).await;
+    let ums_reply = "UMS[ums-conv-0001#1]: No user named Andrej Karpathy was found.";
+    assert_eq!(
+        deltas(&r.events()),
+        ums_expected("ums-conv-0001", true, ums_reply)
+    );
+    // The final content is exactly the world's synthesis of the UMS answer.
+    let history = as_history(&r.events());
+    assert_eq!(
+        history["content"],
+        "Based on the agent's answer: UMS[ums-conv-0001#1]: No user named Andrej Karpathy was found."
+    );
+
+    let reqs = s.world.requests();
+    let route: Vec<(&str, &str, &str)> = reqs
+        .iter()
+        .map(|r| (r.service.as_str(), r.method.as_str(), r.path.as_str()))
+        .collect();
+    assert_eq!(
+        route,
+        vec![
+            ("core", "POST", LLM_PATH),
+            ("ums", "POST", "/conversations"),
+            ("ums", "POST", "/conversations/ums-conv-0001/chat"),
+            ("core", "POST", LLM_PATH),
+        ]
+    );
+    assert_eq!(reqs[1].json(), json!({"title": KARPATHY}));
+    assert_eq!(
+        reqs[2].json(),
+        json!({"message": {"role": "user", "content": KARPATHY}, "stream": true})
+    );
+    let synthesis = reqs[3].json();
+    assert_eq!(synthesis["stream"], true);
+    assert_eq!(
+        synthesis["messages"].as_array().unwrap().last().unwrap(),
+        &json!({"role": "user", "content": format!(
+            "## CONTEXT:\n{ums_reply}\n---\n## USER_REQUEST:\n{KARPATHY}")})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed2_gpa_weather_and_picture_end_to_end() {
+    let s = setup(&[]).await;
+    let r = chat_stream(&s.host, &[user(WEATHER)], Some("conv%2F42")).await;
+    let script = gpa_script(
+        WEATHER,
+        "1 messages (user), 0 with tool_call_history",
+        Some(1),
+    );
+    assert_eq!(deltas(&r.events()), gpa_expected(&script));
+
+    // The state is exactly GPA's state, wrapped.
+    let history = as_history(&r.events());
+    assert_eq!(
+        history["custom_content"]["state"],
+        json!({"is_gpa": true, "gpa_messages": {"tool_call_history": [
+            {"role": "assistant", "content": "", "custom_content": {"attachments": []},
+             "tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                 "function": {"name": "web_search", "arguments": format!("{{\"query\":\"{WEATHER}\"}}")}}]},
+            {"role": "tool", "content": "Kyiv: +5°C, light rain", "tool_call_id": "call_1", "name": "web_search"},
+            {"role": "assistant", "content": "", "custom_content": {"attachments": []},
+             "tool_calls": [{"index": 0, "id": "call_2", "type": "function",
+                 "function": {"name": "image_generation_tool", "arguments": format!("{{\"prompt\":\"{WEATHER}\"}}")}}]},
+            {"role": "tool", "content": "Generated image: files/world-bucket/images/image-1.png",
+             "tool_call_id": "call_2", "name": "image_generation_tool"},
+        ]}})
+    );
+
+    let core = requests_to(&s.world, "core");
+    let paths: Vec<&str> = core.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, vec![LLM_PATH, GPA_PATH, LLM_PATH]);
+    assert_eq!(
+        core[1].json(),
+        json!({"messages": [user(WEATHER)], "model": "general-purpose-agent", "stream": true})
+    );
+    assert_eq!(core[1].header("x-conversation-id"), Some("conv%2F42"));
+    assert!(requests_to(&s.world, "ums").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed3_four_turns_keep_each_agents_memory_apart() {
+    let s = setup(&[]).await;
+    let conv = Some("chat-seed-3");
+    let mut history: Vec<Value> = Vec::new();
+    let mut turn_starts = Vec::new();
+    let mut turn = |history: &mut Vec<Value>, text: &str| {
+        history.push(user(text));
+        turn_starts.push(s.world.requests().len());
+        history.clone()
+    };
+
+    // Turn 1: UMS creates the conversation.
+    let messages = turn(&mut history, KARPATHY);
+    let r1 = chat_stream(&s.host, &messages, conv).await;
+    let ums1 = "UMS[ums-conv-0001#1]: No user named Andrej Karpathy was found.";
+    assert_eq!(
+        deltas(&r1.events()),
+        ums_expected("ums-conv-0001", true, ums1)
+    );
+    history.push(as_history(&r1.events()));
+
+    // Turn 2: GPA, which sees only this turn.
+    let messages = turn(&mut history, WEATHER);
+    let r2 = chat_stream(&s.host, &messages, conv).await;
+    let gpa2 = gpa_script(
+        WEATHER,
+        "1 messages (user), 0 with tool_call_history",
+        Some(1),
+    );
+    assert_eq!(deltas(&r2.events()), gpa_expected(&gpa2));
+    let a2 = as_history(&r2.events());
+    history.push(a2.clone());
+
+    // Turn 3: UMS again, in the same UMS conversation (its turn #2).
+    let messages = turn(&mut history, ADD_KARPATHY);
+    let r3 = chat_stream(&s.host, &messages, conv).await;
+    let ums3 = "UMS[ums-conv-0001#2]: No user named Andrej Karpathy was found.";
+    assert_eq!(
+        deltas(&r3.events()),
+        ums_expected("ums-conv-0001", false, ums3)
+    );
+    history.push(as_history(&r3.events()));
+
+    // Turn 4: GPA with its own earlier turn restored.
+    let messages = turn(&mut history, NIGHT);
+    let r4 = chat_stream(&s.host, &messages, conv).await;
+    let gpa4 = gpa_script(
+        NIGHT,
+        "3 messages (user,assistant,user), 1 with tool_call_history",
+        Some(2),
+    );
+    assert_eq!(deltas(&r4.events()), gpa_expected(&gpa4));
+
+    let all = s.world.requests();
+    let turn_requests = |t: usize| -> Vec<Recorded> {
+        let end = turn_starts.get(t + 1).copied().unwrap_or(all.len());
+        all[turn_starts[t]..end].to_vec()
+    };
+
+    // Turn 3 reused ums-conv-0001: no second conversation was created.
+    let ums3_paths: Vec<String> = turn_requests(2)
+        .iter()
+        .filter(|r| r.service == "ums")
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(ums3_paths, vec!["POST /conversations/ums-conv-0001/chat"]);
+    let creations = all
+        .iter()
+        .filter(|r| r.service == "ums" && r.path == "/conversations")
+        .count();
+    assert_eq!(creations, 1, "one UMS conversation for the whole chat");
+
+    // GPA on turn 4 got exactly its own earlier turn (state restored) and the request.
+    let gpa_calls: Vec<&Recorded> = all.iter().filter(|r| r.path == GPA_PATH).collect();
+    assert_eq!(gpa_calls.len(), 2);
+    let a2_restored = json!({"role": "assistant", "content": a2["content"],
+                             "custom_content": {"state": gpa2.gpa_state}});
+    assert_eq!(
+        gpa_calls[1].json()["messages"],
+        json!([user(WEATHER), a2_restored, user(NIGHT)])
+    );
+    // ...and never a UMS turn.
+    for call in &gpa_calls {
+        let body = &call.body;
+        for ums_text in [KARPATHY, ADD_KARPATHY, "ums_conversation_id", "UMS["] {
+            assert!(!body.contains(ums_text), "GPA saw {ums_text:?}: {body}");
+        }
+    }
+
+    // The routing call of turn 4 saw the whole history, without custom_content.
+    let routing4: Vec<Recorded> = turn_requests(3)
+        .into_iter()
+        .filter(|r| r.path == LLM_PATH && r.json()["stream"] == false)
+        .collect();
+    assert_eq!(routing4.len(), 1);
+    let sent = routing4[0].json()["messages"].as_array().unwrap().clone();
+    assert_eq!(sent[0]["role"], "system");
+    let expected: Vec<Value> = history
+        .iter()
+        .map(|m| json!({"role": m["role"], "content": m["content"]}))
+        .collect();
+    assert_eq!(expected.len(), 7);
+    assert_eq!(sent[1..].to_vec(), expected);
+}
+
+// ---------------------------------------------------------------------------
+// Non-streaming mode equals the fold of the stream
+
+/// aidial-sdk's merge (PROTOCOL §2.7, `utils/merge_chunks.py`).
+fn merge(target: &mut Value, source: &Value) {
+    if source.is_null() {
+        return;
+    }
+    if target.is_null() {
+        match source {
+            Value::Object(_) => *target = Value::Object(Map::new()),
+            Value::Array(_) => *target = Value::Array(Vec::new()),
+            other => {
+                *target = other.clone();
+                return;
+            }
+        }
+    }
+    match (target, source) {
+        (Value::Object(t), Value::Object(s)) => {
+            for (k, v) in s {
+                merge(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (Value::Array(t), Value::Array(s)) => merge_lists(t, s),
+        (Value::String(t), Value::String(s)) => t.push_str(s),
+        (t @ (Value::Number(_) | Value::Bool(_)), s @ (Value::Number(_) | Value::Bool(_))) => {
+            *t = s.clone();
+        }
+        (t, s) => panic!("cannot merge {s} into {t}"),
+    }
+}
+
+/// Lists: elements that all carry an integer `index` merge by position (missing
+/// positions padded); other lists are appended (an indexed list never mixes with
+/// an un-indexed one).
+fn merge_lists(t: &mut Vec<Value>, s: &[Value]) {
+    let indexed = |l: &[Value]| l.iter().all(|e| e.get("index").is_some_and(Value::is_u64));
+    if s.is_empty() {
+        return;
+    }
+    if !indexed(s) && (t.is_empty() || !indexed(t)) {
+        t.extend_from_slice(s);
+        return;
+    }
+    assert!(
+        indexed(s) && indexed(t),
+        "cannot merge an indexed list with a non-indexed one: {t:?} {s:?}"
+    );
+    for e in s {
+        let i = usize::try_from(e["index"].as_u64().unwrap()).unwrap();
+        while t.len() < i {
+            t.push(json!({"index": t.len()}));
+        }
+        if i < t.len() {
+            merge(&mut t[i], e);
+        } else {
+            t.push(e.clone());
+        }
+    }
+}
+
+/// aidial-sdk's `cleanup_indices`: drops `index` from every list element.
+fn cleanup_indices(v: &mut Value) {
+    match v {
+        Value::Array(items) => {
+            for item in items {
+                if let Value::Object(o) = item {
+                    o.remove("index");
+                }
+                cleanup_indices(item);
+            }
+        }
+        Value::Object(o) => o.values_mut().for_each(cleanup_indices),
+        _ => {}
+    }
+}
+
+/// Folds a stream the way aidial-sdk builds its non-streaming answer (§2.8):
+/// chunks merged (top-level id/created/object taken once), `delta` renamed to
+/// `message` with nested `index` keys removed, `object: chat.completion`.
+fn fold(events: &[String]) -> Value {
+    let mut merged = Value::Null;
+    for e in events.iter().filter(|e| *e != "[DONE]") {
+        let mut chunk: Value = serde_json::from_str(e).unwrap();
+        assert!(chunk.get("error").is_none(), "error event: {e}");
+        if !merged.is_null() {
+            for k in ["id", "created", "object"] {
+                chunk.as_object_mut().unwrap().remove(k);
+            }
+        }
+        merge(&mut merged, &chunk);
+    }
+    merged["object"] = json!("chat.completion");
+    for choice in merged["choices"].as_array_mut().unwrap() {
+        let mut message = choice.as_object_mut().unwrap().remove("delta").unwrap();
+        cleanup_indices(&mut message);
+        choice["message"] = message;
+    }
+    merged
+}
+
+/// Drops `id` and `created` after checking their shape.
+fn without_envelope(mut v: Value) -> Value {
+    let o = v.as_object_mut().unwrap();
+    assert!(o.remove("id").unwrap().as_str().is_some());
+    assert!(o.remove("created").unwrap().is_u64());
+    v
+}
+
+async fn block_answer(body: Value) -> Value {
+    let s = setup(&[]).await;
+    let r = post_json(&s.host.chat_url(), &[("Api-Key", KEY)], &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    r.json()
+}
+
+/// Streams `messages` from a fresh stack and folds the stream as aidial-sdk would.
+async fn streamed_fold(messages: &[Value]) -> Value {
+    let s = setup(&[]).await;
+    let r = chat_stream(&s.host, messages, None).await;
+    fold(&r.events())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_streaming_equals_the_folded_stream() {
+    // UMS, `stream` absent.
+    let block = block_answer(json!({"messages": [user(KARPATHY)]})).await;
+    assert_eq!(block["object"], "chat.completion");
+    let folded = streamed_fold(&[user(KARPATHY)]).await;
+    assert_eq!(without_envelope(block.clone()), without_envelope(folded));
+    let message = &block["choices"][0]["message"];
+    assert_eq!(
+        message["custom_content"]["state"],
+        json!({"ums_conversation_id": "ums-conv-0001"})
+    );
+    assert_eq!(
+        message["content"],
+        "Based on the agent's answer: UMS[ums-conv-0001#1]: No user named Andrej Karpathy was found."
+    );
+    assert_eq!(block["choices"][0]["finish_reason"], "stop");
+
+    // GPA with stages, stage attachments and a choice attachment, `stream: false`.
+    let block = block_answer(json!({"stream": false, "messages": [user(WEATHER)]})).await;
+    let folded = streamed_fold(&[user(WEATHER)]).await;
+    assert_eq!(without_envelope(block.clone()), without_envelope(folded));
+    let message = &block["choices"][0]["message"];
+    let stages = message["custom_content"]["stages"].as_array().unwrap();
+    let names: Vec<&str> = stages.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "Coordination Request",
+            "Call GPA Agent",
+            "web_search",
+            "image_generation_tool"
+        ]
+    );
+    assert_eq!(
+        stages[3]["attachments"],
+        json!([{"type": "image/png", "title": "Generated image", "url": image_url(1)}])
+    );
+    assert_eq!(stages[3]["parent_stage_index"], 1);
+    assert_eq!(
+        message["custom_content"]["attachments"],
+        json!([{"type": "image/png", "title": "image-1.png", "url": image_url(1)}])
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Where the per-request key goes
+
+/// Names of the routing schema's `agent_name` values (enum or oneOf of consts).
+fn agent_names(schema: &Value) -> Vec<String> {
+    let mut prop = schema["properties"]["agent_name"].clone();
+    if let Some(r) = prop["$ref"].as_str() {
+        let pointer = r.trim_start_matches('#');
+        prop = schema.pointer(pointer).unwrap().clone();
+    }
+    if let Some(values) = prop["enum"].as_array() {
+        return values
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect();
+    }
+    prop["oneOf"]
+        .as_array()
+        .unwrap_or_else(|| panic!("agent_name has neither enum nor oneOf: {prop}"))
+        .iter()
+        .map(|alt| {
+            alt["const"]
+                .as_str()
+                .or_else(|| alt["enum"][0].as_str())
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_goes_to_dial_core_only_and_never_into_logs() {
+    let api_version = "2025-01-01-preview";
+    let s = setup(&[("DIAL_API_VERSION", api_version)]).await;
+    let mut bodies = Vec::new();
+
+    let r = chat_stream(&s.host, &[user(KARPATHY)], None).await;
+    bodies.push(r.body());
+    let r = chat_stream(
+        &s.host,
+        &[user("Search weather in Kyiv")],
+        Some("conv%2F42"),
+    )
+    .await;
+    bodies.push(r.body());
+    // GPA without X-CONVERSATION-ID works too.
+    let r = chat_stream(&s.host, &[user("What is the capital of France?")], None).await;
+    let d = deltas(&r.events());
+    assert_eq!(d[4], stage_open(1, "Call GPA Agent", None));
+    assert_eq!(d.last().unwrap(), "[DONE]");
+    assert!(d.iter().all(|e| e.get("error").is_none()), "{d:?}");
+    bodies.push(r.body());
+    // A failure, so that the component logs something.
+    s.world.set_fault(
+        "synthesis",
+        Fault {
+            kind: FaultKind::ErrorMidStream,
+            ..Fault::default()
+        },
+    );
+    let r = chat_stream(&s.host, &[user("Hello there")], None).await;
+    let d = deltas(&r.events());
+    assert_eq!(
+        d[d.len() - 2]["error"]["message"],
+        "LLM (gpt-4o) reported an error: injected mid-stream error"
+    );
+    bodies.push(r.body());
+
+    let reqs = s.world.requests();
+    let (core, ums): (Vec<&Recorded>, Vec<&Recorded>) =
+        reqs.iter().partition(|r| r.service == "core");
+    assert_eq!(core.len(), 2 + 3 + 3 + 3);
+    assert_eq!(ums.len(), 2);
+    for r in &core {
+        assert_eq!(r.header("api-key"), Some(KEY), "{} {}", r.method, r.path);
+        assert_eq!(r.query.as_deref(), Some("api-version=2025-01-01-preview"));
+    }
+    for r in &ums {
+        for (name, value) in &r.headers {
+            assert!(!value.contains(KEY), "UMS got the key in {name}");
+            assert!(
+                name != "api-key" && name != "authorization",
+                "UMS got a {name} header"
+            );
+        }
+        assert!(!r.body.contains(KEY), "UMS got the key in the body");
+        assert_eq!(r.query, None);
+    }
+    for body in &bodies {
+        assert!(!String::from_utf8_lossy(body).contains(KEY));
+    }
+
+    // X-CONVERSATION-ID reaches GPA when the client sent it, and only then.
+    let gpa: Vec<&&Recorded> = core.iter().filter(|r| r.path == GPA_PATH).collect();
+    assert_eq!(gpa.len(), 3);
+    assert_eq!(gpa[0].header("x-conversation-id"), Some("conv%2F42"));
+    assert_eq!(gpa[1].header("x-conversation-id"), None);
+
+    // Every routing call asks for the decision schema.
+    let routing: Vec<Value> = core
+        .iter()
+        .map(|r| r.json())
+        .filter(|b| b["stream"] == false)
+        .collect();
+    assert_eq!(routing.len(), 4);
+    for body in &routing {
+        assert_eq!(body["response_format"]["type"], "json_schema");
+        let schema = &body["response_format"]["json_schema"]["schema"];
+        assert_eq!(agent_names(schema), ["GPA", "UMS"]);
+    }
+
+    let logs = s.host.logs();
+    assert!(
+        logs.contains("injected mid-stream error"),
+        "the failure is logged: {logs}"
+    );
+    assert!(!logs.contains(KEY), "the key is in the logs: {logs}");
+}
+
+// ---------------------------------------------------------------------------
+// Streaming is real
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_bytes_arrive_before_the_routing_call_finishes() {
+    let s = setup(&[]).await;
+    s.world.set_fault(
+        "routing",
+        Fault {
+            kind: FaultKind::None,
+            first_byte_delay_ms: 700,
+            ..Fault::default()
+        },
+    );
+    let r = chat_stream(&s.host, &[user(KARPATHY)], None).await;
+    let events = r.timed_events();
+    let (first_at, _) = events[0];
+    let early: Vec<Value> = events
+        .iter()
+        .filter(|(at, _)| *at == first_at)
+        .map(|(_, e)| serde_json::from_str::<Value>(e).unwrap()["choices"][0]["delta"].clone())
+        .collect();
+    assert_eq!(
+        early,
+        vec![
+            json!({"role": "assistant"}),
+            stage_open(0, "Coordination Request", None)
+        ],
+        "the first frame carries the role chunk and stage 0"
+    );
+    let first = first_at - r.sent_at;
+    let total = r.finished_at() - r.sent_at;
+    assert!(
+        first < Duration::from_millis(500),
+        "first bytes after {first:?}"
+    );
+    assert!(total > Duration::from_millis(700), "total {total:?}");
+    let (decision_at, _) = events[2];
+    assert!(decision_at - r.sent_at >= Duration::from_millis(700));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpa_events_are_relayed_as_they_come() {
+    let s = setup(&[]).await;
+    s.world.set_fault(
+        "deployment:general-purpose-agent",
+        Fault {
+            kind: FaultKind::None,
+            chunk_delay_ms: 150,
+            ..Fault::default()
+        },
+    );
+    let r = chat_stream(&s.host, &[user("Search weather in Kyiv")], None).await;
+    let mut times = Vec::new();
+    for (at, e) in r.timed_events() {
+        if e == "[DONE]" {
+            continue;
+        }
+        let delta = serde_json::from_str::<Value>(&e).unwrap()["choices"][0]["delta"].clone();
+        let Some(stage) = delta.pointer("/custom_content/stages/0") else {
+            continue;
+        };
+        let index = stage["index"].as_u64().unwrap();
+        // GPA's mirrored stages, or GPA's text in our GPA stage.
+        if index >= 2 || (index == 1 && stage.get("content").is_some()) {
+            times.push(at);
+        }
+    }
+    assert_eq!(times.len(), 6, "open, 2 contents, close; 2 texts");
+    let mut distinct = times.clone();
+    distinct.dedup();
+    let span = *times.last().unwrap() - times[0];
+    assert!(
+        distinct.len() >= 4,
+        "GPA's events came in {} frames",
+        distinct.len()
+    );
+    assert!(span > Duration::from_millis(450), "spread over {span:?}");
+    assert!(
+        r.finished_at() - times[0] > Duration::from_millis(300),
+        "not all at the end"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Bad input through the real host
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_dial_errors() {
+    let s = setup(&[("MAX_REQUEST_BYTES", "65536")]).await;
+    let url = s.host.chat_url();
+    let body = json!({"stream": true, "messages": [user(KARPATHY)]});
+
+    let r = post_json(&url, &[], &body).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(
+        r.json(),
+        json!({"error": {"message": "Api-Key header is required", "type": "invalid_request_error",
+            "code": "400",
+            "display_message": "The request reached the coordinator without an API key. Call it through DIAL Core."}})
+    );
+
+    let r = send("POST", &url, &[("Api-Key", KEY)], b"{not json".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+    let e = r.json();
+    assert_eq!(e["error"]["type"], "invalid_request_error");
+    assert_eq!(e["error"]["code"], "400");
+    assert!(e["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Invalid request:"));
+
+    let r = get(&format!("{}/health", s.host.url())).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json(),
+        json!({"status": "ok", "breaker_store": "instance-memory"})
+    );
+
+    let r = get(&format!("{}/nope", s.host.url())).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"]["code"], "404");
+
+    let r = get(&url).await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.json()["error"]["code"], "405");
+
+    let big = json!({"messages": [user(&"x".repeat(70_000))]});
+    let r = post_json(&url, &[("Api-Key", KEY)], &big).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["error"]["code"], "413");
+    assert_eq!(
+        r.json()["error"]["message"],
+        "Request body is larger than the limit of 65536 bytes"
+    );
+
+    assert!(
+        s.world.requests().is_empty(),
+        "nothing reached the upstreams"
+    );
+    assert!(!s.host.logs().contains(KEY));
+}
