@@ -188,5 +188,8 @@ fn spin_kv_variant_adds_exactly_the_spin_key_value_import() {
     let allowed = world_component(&root().join("wit"), "coordinator", &scratch);
     let found = violations(&variant, &allowed);
     assert_eq!(found.len(), 1, "{found:?}");
-    assert!(found[0].starts_with("import fermyon:spin/key-value@2."), "{found:?}");
+    assert!(
+        found[0].starts_with("import fermyon:spin/key-value@2."),
+        "{found:?}"
+    );
 }
