@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::dial::request::Message;
+use crate::dial::request::{ChatBody, LlmMessages, Message};
 
 /// The agents the coordinator can route to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -81,19 +81,20 @@ pub fn decision_schema() -> Value {
 /// The body of the routing call: system prompt, the history without
 /// `custom_content`, and the structured-output format.
 pub fn request_body(deployment: &str, history: &[Message]) -> Vec<u8> {
-    let mut messages = Vec::with_capacity(history.len() + 1);
-    messages.push(Message::text_message("system", ROUTING_PROMPT));
-    messages.extend(history.iter().map(Message::without_custom_content));
-    let body = json!({
-        "messages": messages,
-        "model": deployment,
-        "stream": false,
-        "response_format": {
+    ChatBody {
+        messages: LlmMessages {
+            system: ROUTING_PROMPT,
+            history,
+            last_text: None,
+        },
+        model: deployment,
+        stream: false,
+        response_format: Some(json!({
             "type": "json_schema",
             "json_schema": {"name": "routing_decision", "schema": decision_schema()},
-        },
-    });
-    serde_json::to_vec(&body).unwrap_or_default()
+        })),
+    }
+    .to_vec()
 }
 
 /// The decision taken, and why a fallback was used if one was.
@@ -209,7 +210,10 @@ mod tests {
     #[test]
     fn request_strips_custom_content_and_carries_the_schema() {
         let mut user = Message::text_message("user", "hi");
-        user.custom_content = Some(Default::default());
+        user.custom_content = Some(crate::dial::request::CustomContent {
+            state: serde_json::value::to_raw_value(&json!({"a": 1})).ok(),
+            ..Default::default()
+        });
         let body: Value = serde_json::from_slice(&request_body("gpt-4o", &[user])).unwrap();
         assert_eq!(body["messages"][0]["role"], "system");
         assert_eq!(

@@ -1,9 +1,7 @@
 //! Step 3: the final answer. A streaming LLM call that turns the agent's answer
 //! into the reply the user sees. Builds the request; the coordinator streams it.
 
-use serde_json::json;
-
-use crate::dial::request::Message;
+use crate::dial::request::{ChatBody, LlmMessages, Message};
 
 /// The system prompt of the synthesis call.
 pub const SYNTHESIS_PROMPT: &str = "\
@@ -27,19 +25,20 @@ pub fn final_user_text(agent_answer: &str, user_request: &str) -> String {
 /// The body of the synthesis call: system prompt, history without
 /// `custom_content`, and the last message rewritten with the agent's answer.
 pub fn request_body(deployment: &str, history: &[Message], agent_answer: &str) -> Vec<u8> {
-    let mut messages = Vec::with_capacity(history.len() + 1);
-    messages.push(Message::text_message("system", SYNTHESIS_PROMPT));
-    if let Some((last, earlier)) = history.split_last() {
-        messages.extend(earlier.iter().map(Message::without_custom_content));
-        let mut last_msg = last.without_custom_content();
-        last_msg.content = Some(crate::dial::request::Content::Text(final_user_text(
-            agent_answer,
-            &last.text(),
-        )));
-        messages.push(last_msg);
+    let last_text = history
+        .last()
+        .map(|last| final_user_text(agent_answer, &last.text()));
+    ChatBody {
+        messages: LlmMessages {
+            system: SYNTHESIS_PROMPT,
+            history,
+            last_text: last_text.as_deref(),
+        },
+        model: deployment,
+        stream: true,
+        response_format: None,
     }
-    let body = json!({"messages": messages, "model": deployment, "stream": true});
-    serde_json::to_vec(&body).unwrap_or_default()
+    .to_vec()
 }
 
 #[cfg(test)]

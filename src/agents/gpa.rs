@@ -11,13 +11,15 @@
 
 use std::collections::HashMap;
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::{Agent, AgentCall};
 use crate::calls::{call, parse_event, pump_events, Next};
 use crate::client::{Host, OutboundRequest};
 use crate::coordinator::FlowError;
-use crate::dial::request::{CustomContent, Message};
+use crate::dial::request::{ChatBody, CustomContent, Message};
 use crate::dial::response::StageStatus;
 use crate::dial::upstream::{error_text, StageUpdate, StreamChunk};
 use crate::emitter::{Emitter, StageId, Transport};
@@ -37,17 +39,30 @@ pub struct Gpa;
 /// for a GPA turn without state, `None` when the turn is not GPA's (or its state
 /// is untrusted or malformed: `is_gpa` must be `true`, `gpa_messages` an object
 /// or null).
-fn gpa_turn_state<'a>(message: &'a Message, trust: &StateTrust<'_>) -> Option<Option<&'a Value>> {
-    if message.role != "assistant" {
+fn gpa_turn_state<'a>(
+    message: &'a Message,
+    trust: &StateTrust<'_>,
+) -> Option<Option<&'a RawValue>> {
+    /// The fields of our GPA state, read without building a tree.
+    #[derive(Deserialize)]
+    struct View<'a> {
+        #[serde(default)]
+        is_gpa: Option<Value>,
+        #[serde(default, borrow)]
+        gpa_messages: Option<&'a RawValue>,
+    }
+    // Cheap text checks first: most messages are not GPA turns.
+    if message.role != "assistant" || !message.state()?.get().contains(IS_GPA) {
         return None;
     }
     let state = trusted_state(message, trust.secret, trust.binding)?;
-    if state.get(IS_GPA).and_then(Value::as_bool) != Some(true) {
+    let view: View<'a> = serde_json::from_str(state.get()).ok()?;
+    if view.is_gpa != Some(Value::Bool(true)) {
         return None;
     }
-    match state.get(GPA_MESSAGES) {
-        None | Some(Value::Null) => Some(None),
-        Some(v @ Value::Object(_)) => Some(Some(v)),
+    match view.gpa_messages {
+        None => Some(None),
+        Some(raw) if raw.get().starts_with('{') => Some(Some(raw)),
         Some(_) => None,
     }
 }
@@ -82,8 +97,8 @@ pub fn gpa_history(
             }
         }
         let mut restored = message.clone();
-        restored.custom_content = gpa_state.cloned().map(|state| CustomContent {
-            state: Some(state),
+        restored.custom_content = gpa_state.map(|state| CustomContent {
+            state: Some(state.to_owned()),
             ..CustomContent::default()
         });
         out.push(restored);
@@ -229,12 +244,15 @@ impl Agent for Gpa {
             .chain(ctx.config.gpa_backups.iter().map(String::as_str))
             .collect();
         let answered = call(caller, Upstream::Gpa, &targets, |deployment| {
-            let body = json!({"messages": messages, "model": deployment, "stream": true});
-            let mut request = OutboundRequest::post_json(
-                ctx.config.deployment_url(deployment),
-                serde_json::to_vec(&body).unwrap_or_default(),
-            )
-            .header("api-key", &ctx.api_key);
+            let body = ChatBody {
+                messages: &messages,
+                model: deployment,
+                stream: true,
+                response_format: None,
+            };
+            let mut request =
+                OutboundRequest::post_json(ctx.config.deployment_url(deployment), body.to_vec())
+                    .header("api-key", &ctx.api_key);
             if let Some(id) = &ctx.conversation_id {
                 request = request.header("x-conversation-id", id);
             }
@@ -318,7 +336,7 @@ mod tests {
             msg(json!({"role": "user", "content": "next"})),
         ];
         let got = gpa_history(&history, None, &StateTrust::default());
-        assert_eq!(got[1].custom_content, None);
+        assert!(got[1].custom_content.is_none());
         assert_eq!(got.len(), 3);
     }
 

@@ -45,12 +45,23 @@ pub fn is_valid_conversation_id(id: &str) -> bool {
 
 /// The newest valid conversation id stored in the history's (trusted) state.
 pub fn find_conversation_id(history: &[Message], trust: &StateTrust<'_>) -> Option<String> {
+    /// The one field of our UMS state, read without building a tree.
+    #[derive(Deserialize)]
+    struct View {
+        #[serde(default)]
+        ums_conversation_id: Option<Value>,
+    }
     history.iter().rev().find_map(|m| {
-        trusted_state(m, trust.secret, trust.binding)
-            .and_then(|s| s.get(UMS_CONVERSATION_ID))
-            .and_then(Value::as_str)
-            .filter(|id| is_valid_conversation_id(id))
-            .map(str::to_owned)
+        // Cheap text check first: most states in a long history are GPA's.
+        if !m.state()?.get().contains(UMS_CONVERSATION_ID) {
+            return None;
+        }
+        let state = trusted_state(m, trust.secret, trust.binding)?;
+        let view: View = serde_json::from_str(state.get()).ok()?;
+        match view.ums_conversation_id {
+            Some(Value::String(id)) if is_valid_conversation_id(&id) => Some(id),
+            _ => None,
+        }
     })
 }
 

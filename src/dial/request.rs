@@ -1,11 +1,20 @@
 //! The request DIAL Core sends to an application (PROTOCOL.md §1.3).
 //!
-//! Parsed leniently: unknown fields are tolerated and kept (so messages pass on to
-//! agents unchanged), `content` is a string or a list of parts. Wrong types for the
-//! fields we use are errors with the JSON path that failed.
+//! Parsed leniently: unknown fields are tolerated and kept, `content` is a
+//! string or a list of parts. Everything the coordinator only passes on
+//! (content, attachments, state, unknown fields) is kept as raw JSON text
+//! ([`RawValue`]): it is checked to be valid JSON of the right kind once, never
+//! turned into a tree, and written out again by copying. That keeps a long
+//! history with large agent states cheap. Wrong types for the fields we use are
+//! errors with the JSON path that failed.
 
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
+use serde_json::Value;
 
 use crate::error::CoordError;
 
@@ -19,44 +28,45 @@ pub struct ChatRequest {
     pub stream: Option<bool>,
 }
 
+/// Other fields of an object, in order, as raw JSON (nulls dropped).
+pub type RawFields = Vec<(String, Box<RawValue>)>;
+
 /// One message of the conversation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct Message {
     /// `user`, `assistant`, `system`, ...
     pub role: String,
-    /// Text or content parts.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content: Option<Content>,
+    /// Text (a JSON string) or content parts (a JSON array), as raw JSON.
+    pub content: Option<Box<RawValue>>,
     /// DIAL extensions: attachments, stages, state.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_content: Option<CustomContent>,
-    /// Every other field, passed on unchanged (nulls dropped).
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
+    /// Every other field, passed on unchanged.
+    pub extra: RawFields,
 }
 
-/// Message content: a plain string or OpenAI content parts.
+/// `custom_content` of a message.
+#[derive(Debug, Clone, Default)]
+pub struct CustomContent {
+    /// Attachments (a JSON array), kept as sent: the agent that needs them reads them.
+    pub attachments: Option<Box<RawValue>>,
+    /// The application state stored on an assistant message.
+    pub state: Option<Box<RawValue>>,
+    /// Stages, form values and anything else.
+    pub extra: RawFields,
+}
+
+/// Message content, parsed when its text is needed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Content {
     /// Plain text.
     Text(String),
-    /// Content parts (`{"type":"text","text":...}`, images, ...), kept as they are.
+    /// Content parts (`{"type":"text","text":...}`, images, ...).
     Parts(Vec<Value>),
 }
 
-/// `custom_content` of a message.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct CustomContent {
-    /// Attachments (kept as sent: the agent that needs them reads them).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attachments: Option<Vec<Value>>,
-    /// The application state stored on an assistant message.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<Value>,
-    /// Stages, form values and anything else.
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
+fn raw(v: &impl Serialize) -> Option<Box<RawValue>> {
+    serde_json::value::to_raw_value(v).ok()
 }
 
 impl Message {
@@ -64,17 +74,22 @@ impl Message {
     pub fn text_message(role: &str, text: impl Into<String>) -> Message {
         Message {
             role: role.to_owned(),
-            content: Some(Content::Text(text.into())),
+            content: raw(&text.into()),
             custom_content: None,
-            extra: Map::new(),
+            extra: Vec::new(),
         }
+    }
+
+    /// The content, parsed.
+    pub fn parsed_content(&self) -> Option<Content> {
+        serde_json::from_str(self.content.as_ref()?.get()).ok()
     }
 
     /// The message's text: the string content, or the text parts joined with newlines.
     pub fn text(&self) -> String {
-        match &self.content {
+        match self.parsed_content() {
             None => String::new(),
-            Some(Content::Text(t)) => t.clone(),
+            Some(Content::Text(t)) => t,
             Some(Content::Parts(parts)) => {
                 let texts: Vec<&str> = parts
                     .iter()
@@ -86,30 +101,212 @@ impl Message {
         }
     }
 
-    /// The state stored on this message, if any.
-    pub fn state(&self) -> Option<&Value> {
-        self.custom_content.as_ref()?.state.as_ref()
+    /// The state stored on this message, as raw JSON.
+    pub fn state(&self) -> Option<&RawValue> {
+        self.custom_content.as_ref()?.state.as_deref()
+    }
+
+    /// The state stored on this message, parsed (tests and tools; the
+    /// request path reads only the fields it needs).
+    pub fn state_value(&self) -> Option<Value> {
+        serde_json::from_str(self.state()?.get()).ok()
+    }
+
+    /// Replaces the content with plain text.
+    pub fn set_text(&mut self, text: &str) {
+        self.content = raw(&text);
     }
 
     /// Appends text to the content: to the string, or as one more text part.
     pub fn append_text(&mut self, text: &str) {
-        match &mut self.content {
-            None => self.content = Some(Content::Text(text.to_owned())),
-            Some(Content::Text(t)) => t.push_str(text),
-            Some(Content::Parts(parts)) => {
-                parts.push(serde_json::json!({"type": "text", "text": text}));
+        let content = match self.parsed_content() {
+            None => Content::Text(text.to_owned()),
+            Some(Content::Text(mut t)) => {
+                t.push_str(text);
+                Content::Text(t)
             }
-        }
+            Some(Content::Parts(mut parts)) => {
+                parts.push(serde_json::json!({"type": "text", "text": text}));
+                Content::Parts(parts)
+            }
+        };
+        self.content = raw(&content);
     }
 
-    /// This message as sent to an LLM: everything but `custom_content`.
-    pub fn without_custom_content(&self) -> Message {
-        Message {
-            role: self.role.clone(),
-            content: self.content.clone(),
-            custom_content: None,
-            extra: self.extra.clone(),
+    /// This message as sent to an LLM: everything but `custom_content`,
+    /// serialized without copying.
+    pub fn without_custom_content(&self) -> WithoutCustomContent<'_> {
+        WithoutCustomContent(self)
+    }
+}
+
+/// A message serialized without its `custom_content` (see
+/// [`Message::without_custom_content`]).
+#[derive(Debug, Clone, Copy)]
+pub struct WithoutCustomContent<'a>(&'a Message);
+
+fn write_message<S: Serializer>(m: &Message, with_custom: bool, s: S) -> Result<S::Ok, S::Error> {
+    let mut map = s.serialize_map(None)?;
+    map.serialize_entry("role", &m.role)?;
+    if let Some(c) = &m.content {
+        map.serialize_entry("content", c)?;
+    }
+    if with_custom {
+        if let Some(cc) = &m.custom_content {
+            map.serialize_entry("custom_content", cc)?;
         }
+    }
+    for (k, v) in &m.extra {
+        map.serialize_entry(k, v)?;
+    }
+    map.end()
+}
+
+impl Serialize for Message {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        write_message(self, true, s)
+    }
+}
+
+impl Serialize for WithoutCustomContent<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        write_message(self.0, false, s)
+    }
+}
+
+impl Serialize for CustomContent {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        if let Some(a) = &self.attachments {
+            map.serialize_entry("attachments", a)?;
+        }
+        if let Some(st) = &self.state {
+            map.serialize_entry("state", st)?;
+        }
+        for (k, v) in &self.extra {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+/// `None` for a JSON null.
+fn non_null(v: Box<RawValue>) -> Option<Box<RawValue>> {
+    (v.get() != "null").then_some(v)
+}
+
+/// A raw value checked to be of one JSON kind (or null) as part of reading it,
+/// so that a wrong type is reported at its own path.
+struct Kinded<const KIND: u8>(Option<Box<RawValue>>);
+
+const STRING_OR_LIST: u8 = 0;
+const LIST: u8 = 1;
+
+impl<'de, const KIND: u8> Deserialize<'de> for Kinded<KIND> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = non_null(Box::<RawValue>::deserialize(d)?);
+        let checked = if KIND == STRING_OR_LIST {
+            expect_kind(v, b"\"[", "a string or a list of content parts")?
+        } else {
+            expect_kind(v, b"[", "a list")?
+        };
+        Ok(Kinded(checked))
+    }
+}
+
+/// Checks the kind of a raw value by its first character.
+fn expect_kind<E: de::Error>(
+    v: Option<Box<RawValue>>,
+    allowed: &[u8],
+    what: &str,
+) -> Result<Option<Box<RawValue>>, E> {
+    match &v {
+        Some(r) if !allowed.contains(&r.get().as_bytes()[0]) => Err(E::invalid_type(
+            de::Unexpected::Other(kind_name(r.get())),
+            &what,
+        )),
+        _ => Ok(v),
+    }
+}
+
+fn kind_name(json: &str) -> &'static str {
+    match json.as_bytes().first() {
+        Some(b'"') => "string",
+        Some(b'[') => "list",
+        Some(b'{') => "object",
+        Some(b't' | b'f') => "boolean",
+        _ => "number",
+    }
+}
+
+impl<'de> Deserialize<'de> for Message {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Message, D::Error> {
+        struct MessageVisitor;
+        impl<'de> Visitor<'de> for MessageVisitor {
+            type Value = Message;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a message object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message, A::Error> {
+                let mut role = None;
+                let mut content = None;
+                let mut custom_content = None;
+                let mut extra = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "role" => role = Some(map.next_value::<String>()?),
+                        "content" => content = map.next_value::<Kinded<STRING_OR_LIST>>()?.0,
+                        "custom_content" => {
+                            custom_content = map.next_value::<Option<CustomContent>>()?
+                        }
+                        _ => {
+                            if let Some(v) = non_null(map.next_value()?) {
+                                extra.push((key, v));
+                            }
+                        }
+                    }
+                }
+                Ok(Message {
+                    role: role.ok_or_else(|| de::Error::missing_field("role"))?,
+                    content,
+                    custom_content,
+                    extra,
+                })
+            }
+        }
+        d.deserialize_map(MessageVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for CustomContent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<CustomContent, D::Error> {
+        struct CustomVisitor;
+        impl<'de> Visitor<'de> for CustomVisitor {
+            type Value = CustomContent;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a custom_content object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<CustomContent, A::Error> {
+                let mut out = CustomContent::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "attachments" => out.attachments = map.next_value::<Kinded<LIST>>()?.0,
+                        "state" => out.state = non_null(map.next_value()?),
+                        _ => {
+                            if let Some(v) = non_null(map.next_value()?) {
+                                out.extra.push((key, v));
+                            }
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(CustomVisitor)
     }
 }
 
@@ -118,15 +315,16 @@ impl Message {
 /// Errors say which JSON path failed, e.g. `messages[1].content: invalid type`.
 pub fn parse_request(body: &[u8]) -> Result<ChatRequest, CoordError> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let mut request: ChatRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let request: ChatRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
+        let text = without_location(&inner);
         let what = if inner.is_syntax() || inner.is_eof() {
             format!("body is not valid JSON ({inner})")
         } else if path == "." {
-            without_location(&inner)
+            text
         } else {
-            format!("{path}: {}", without_location(&inner))
+            format!("{path}: {text}")
         };
         CoordError::BadRequest(what)
     })?;
@@ -136,12 +334,6 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, CoordError> {
         return Err(CoordError::BadRequest(
             "messages must not be empty".to_owned(),
         ));
-    }
-    for m in &mut request.messages {
-        m.extra.retain(|_, v| !v.is_null());
-        if let Some(cc) = &mut m.custom_content {
-            cc.extra.retain(|_, v| !v.is_null());
-        }
     }
     let last = request.messages.last().map(|m| m.role.as_str());
     if last != Some("user") {
@@ -180,14 +372,11 @@ mod tests {
         });
         let r = parse_request(body.to_string().as_bytes()).unwrap();
         assert_eq!(r.stream, Some(true));
-        assert_eq!(r.messages[0].extra.get("name"), Some(&json!("bob")));
-        assert!(
-            !r.messages[0].extra.contains_key("tool_calls"),
-            "nulls dropped"
-        );
+        assert_eq!(r.messages[0].extra.len(), 1, "nulls dropped");
+        assert_eq!(r.messages[0].extra[0].0, "name");
         assert_eq!(
-            r.messages[1].state(),
-            Some(&json!({"ums_conversation_id": "c1"}))
+            r.messages[1].state().map(RawValue::get),
+            Some(r#"{"ums_conversation_id":"c1"}"#)
         );
         assert_eq!(r.messages[2].text(), "a\nb");
         // Round trip keeps everything but nulls.
@@ -200,6 +389,21 @@ mod tests {
             json!({"role": "assistant", "content": "hello",
                    "custom_content": {"state": {"ums_conversation_id": "c1"}}})
         );
+        assert_eq!(
+            serde_json::to_value(r.messages[1].without_custom_content()).unwrap(),
+            json!({"role": "assistant", "content": "hello"})
+        );
+    }
+
+    #[test]
+    fn raw_values_are_written_back_byte_for_byte() {
+        let body = br#"{"messages":[{"role":"user","content":"caf\u00e9 \"q\"","x":{"b":1,"a":[1.50,2]}}]}"#;
+        let r = parse_request(body).unwrap();
+        assert_eq!(
+            serde_json::to_string(&r.messages[0]).unwrap(),
+            r#"{"role":"user","content":"caf\u00e9 \"q\"","x":{"b":1,"a":[1.50,2]}}"#
+        );
+        assert_eq!(r.messages[0].text(), "café \"q\"");
     }
 
     #[test]
@@ -240,6 +444,22 @@ mod tests {
             "{}",
             e.message()
         );
+        let e = parse_request(
+            br#"{"messages": [{"role": "user", "custom_content": {"attachments": {}}}]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.message()
+                .starts_with("Invalid request: messages[0].custom_content.attachments:"),
+            "{}",
+            e.message()
+        );
+        let e = parse_request(br#"{"messages": [{"content": "x"}]}"#).unwrap_err();
+        assert!(
+            e.message().contains("missing field `role`"),
+            "{}",
+            e.message()
+        );
     }
 
     #[test]
@@ -253,15 +473,78 @@ mod tests {
     }
 
     #[test]
-    fn append_text_extends_string_or_parts() {
+    fn append_and_set_text() {
         let mut m = Message::text_message("user", "hello");
         m.append_text("\n\nmore");
         assert_eq!(m.text(), "hello\n\nmore");
-        let mut p = Message {
-            content: Some(Content::Parts(vec![json!({"type": "text", "text": "a"})])),
-            ..Message::text_message("user", "")
-        };
+        let mut p: Message = serde_json::from_value(
+            json!({"role": "user", "content": [{"type": "text", "text": "a"}]}),
+        )
+        .unwrap();
         p.append_text("b");
         assert_eq!(p.text(), "a\nb");
+        p.set_text("plain");
+        assert_eq!(
+            serde_json::to_value(&p).unwrap(),
+            json!({"role": "user", "content": "plain"})
+        );
+    }
+}
+
+/// The body of a chat-completions call the coordinator makes (same shape as
+/// the requests it receives), serialized straight from borrowed parts.
+#[derive(Debug, Serialize)]
+pub struct ChatBody<'a, M: Serialize> {
+    /// The messages.
+    pub messages: M,
+    /// The deployment.
+    pub model: &'a str,
+    /// Streaming or not.
+    pub stream: bool,
+    /// Structured output, for the routing call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<Value>,
+}
+
+impl<M: Serialize> ChatBody<'_, M> {
+    /// The body as JSON bytes.
+    pub fn to_vec(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// The messages of an LLM call: our system prompt, then the history without
+/// `custom_content`; the last message's text replaced when `last_text` is set.
+#[derive(Debug, Clone, Copy)]
+pub struct LlmMessages<'a> {
+    /// The system prompt.
+    pub system: &'a str,
+    /// The conversation.
+    pub history: &'a [Message],
+    /// A replacement for the last message's content.
+    pub last_text: Option<&'a str>,
+}
+
+impl Serialize for LlmMessages<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.history.len() + 1))?;
+        seq.serialize_element(&serde_json::json!({"role": "system", "content": self.system}))?;
+        let (last, earlier) = match (self.last_text, self.history.split_last()) {
+            (Some(text), Some((last, earlier))) => {
+                let mut m = last.clone();
+                m.custom_content = None;
+                m.set_text(text);
+                (Some(m), earlier)
+            }
+            _ => (None, self.history),
+        };
+        for m in earlier {
+            seq.serialize_element(&m.without_custom_content())?;
+        }
+        if let Some(m) = &last {
+            seq.serialize_element(m)?;
+        }
+        seq.end()
     }
 }
