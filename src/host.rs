@@ -112,6 +112,8 @@ async fn read_limited(request: IncomingRequest, limit: usize) -> Result<Vec<u8>,
         let chunk = chunk
             .map_err(|_| CoordError::BadRequest("the request body could not be read".to_owned()))?;
         if body.len() + chunk.len() > limit {
+            // Answer at once; the host closes the connection after the 413
+            // (a client that reads while it sends gets the answer).
             return Err(CoordError::PayloadTooLarge(limit));
         }
         body.extend_from_slice(&chunk);
@@ -280,7 +282,9 @@ impl Stream for WasiBody {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.stream.as_mut().poll_next(cx).map(|item| {
             item.map(|r| {
-                r.map_err(|e| TransportError(format!("body read failed: {}", e.to_debug_string())))
+                r.map_err(|e| {
+                    TransportError(format!("body read failed: {}", describe_io_error(&e)))
+                })
             })
         })
     }
@@ -355,6 +359,24 @@ impl Host for WasiHost {
 fn describe_send_error(e: &spin_sdk::http::SendError) -> String {
     match e {
         spin_sdk::http::SendError::Http(code) => format!("{code:?}"),
-        other => other.to_string(),
+        // spin-sdk writes the request body before it waits for the response, so
+        // a refused or reset connection can surface as a closed body stream.
+        spin_sdk::http::SendError::Io(_) => {
+            "the connection closed before the request was sent (refused or reset)".to_owned()
+        }
+        other => first_line(&other.to_string()),
     }
+}
+
+/// The HTTP error behind a body read failure, or the first line of the host's
+/// description (which may carry a host-side backtrace after it).
+fn describe_io_error(e: &wasi::io::error::Error) -> String {
+    match wasi::http::types::http_error_code(e) {
+        Some(code) => format!("{code:?}"),
+        None => first_line(&e.to_debug_string()),
+    }
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or("").trim().to_owned()
 }

@@ -62,11 +62,14 @@ impl SseDecoder {
     /// Feeds bytes; appends the `data` of every event completed by them to `events`.
     pub fn push(&mut self, mut bytes: &[u8], events: &mut Vec<String>) -> Result<(), SseError> {
         if self.after_cr {
+            // The previous chunk ended with CR: an LF right after it belongs to
+            // that line end, whichever chunk it comes in.
+            if bytes.is_empty() {
+                return Ok(());
+            }
+            self.after_cr = false;
             if let Some(rest) = bytes.strip_prefix(b"\n") {
                 bytes = rest;
-            }
-            if !bytes.is_empty() {
-                self.after_cr = false;
             }
         }
         while let Some(end) = bytes.iter().position(|&b| b == b'\n' || b == b'\r') {
@@ -185,6 +188,19 @@ mod tests {
     fn byte_by_byte_gives_the_same_events() {
         let chunks: Vec<&[u8]> = SAMPLE.as_bytes().chunks(1).collect();
         assert_eq!(decode_all(&chunks), expected());
+    }
+
+    #[test]
+    fn crlf_split_before_a_blank_line_keeps_two_events() {
+        // Found by the property tests: "\r" | "\n" | "\n..." once merged events.
+        assert_eq!(
+            decode_all(&[b"data: a\r", b"\n", b"\ndata: b\n\n"]),
+            vec!["a".to_owned(), "b".to_owned()]
+        );
+        assert_eq!(
+            decode_all(&[b"data: a\r", b"", b"\n", b"\r\n"]),
+            vec!["a".to_owned()]
+        );
     }
 
     #[test]

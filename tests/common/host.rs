@@ -138,12 +138,18 @@ impl WasiHost {
     /// free port, its stdout and stderr going to a log file, and waits until
     /// `GET /health` answers 200.
     pub async fn start(env: &[(&str, &str)]) -> WasiHost {
+        WasiHost::start_with_args(&[], env).await
+    }
+
+    /// Like [`WasiHost::start`], with extra `wasmtime serve` flags placed before
+    /// the component (e.g. `["--max-instance-reuse-count", "1000"]`).
+    pub async fn start_with_args(args: &[&str], env: &[(&str, &str)]) -> WasiHost {
         let wasm = wasm_path();
         let wasmtime = wasmtime_path();
         // The port is picked by binding and releasing it, so another process may
         // take it in between: then wasmtime exits at once and we try another.
         for attempt in 1..=3 {
-            let mut host = WasiHost::spawn(&wasmtime, &wasm, env);
+            let mut host = WasiHost::spawn(&wasmtime, &wasm, args, env);
             match host.wait_healthy().await {
                 Ok(()) => return host,
                 Err(logs) if attempt < 3 && logs.contains("in use") => continue,
@@ -159,7 +165,7 @@ impl WasiHost {
         unreachable!("the loop returns or panics")
     }
 
-    fn spawn(wasmtime: &Path, wasm: &Path, env: &[(&str, &str)]) -> WasiHost {
+    fn spawn(wasmtime: &Path, wasm: &Path, args: &[&str], env: &[(&str, &str)]) -> WasiHost {
         let port = free_port();
         let n = NEXT_LOG.fetch_add(1, Ordering::Relaxed);
         let log_path = std::env::temp_dir().join(format!(
@@ -173,6 +179,7 @@ impl WasiHost {
             .arg("-Scli")
             .arg("--addr")
             .arg(format!("127.0.0.1:{port}"));
+        command.args(args);
         for (k, v) in env {
             command.arg("--env").arg(format!("{k}={v}"));
         }
@@ -235,6 +242,20 @@ impl WasiHost {
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()
     }
+
+    /// The component's JSON log lines so far (wasmtime prefixes each line with
+    /// `stderr [N] :: `; lines that hold no JSON object are skipped).
+    pub fn json_logs(&self) -> Vec<Value> {
+        self.logs()
+            .lines()
+            .filter_map(|line| {
+                let start = line.find('{')?;
+                serde_json::from_str::<Value>(&line[start..])
+                    .ok()
+                    .filter(Value::is_object)
+            })
+            .collect()
+    }
 }
 
 impl Drop for WasiHost {
@@ -263,6 +284,11 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(extra_env: &[(&str, &str)]) -> Stack {
+        Stack::start_with_args(&[], extra_env).await
+    }
+
+    /// Like [`Stack::start`], with extra `wasmtime serve` flags.
+    pub async fn start_with_args(args: &[&str], extra_env: &[(&str, &str)]) -> Stack {
         let world = World::start(WorldOptions::default()).await.unwrap();
         let core = world.core_url();
         let ums = world.ums_url();
@@ -271,7 +297,7 @@ impl Stack {
             ("UMS_AGENT_ENDPOINT", ums.as_str()),
         ];
         env.extend_from_slice(extra_env);
-        let host = WasiHost::start(&env).await;
+        let host = WasiHost::start_with_args(args, &env).await;
         Stack { world, host }
     }
 }
