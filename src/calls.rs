@@ -12,7 +12,7 @@
 //! streamed has reached the user, so a later failure is an error, not a retry.
 
 use futures::future::{select, Either};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
 use crate::client::{Host, OutboundRequest, TransportError};
 use crate::coordinator::{FlowError, RequestContext};
@@ -101,6 +101,14 @@ pub enum BodyError {
 }
 
 impl<H: Host> TimedBody<'_, H> {
+    /// The next chunk if one is already there, without waiting.
+    pub fn ready_now(&mut self) -> Option<Option<Result<Vec<u8>, BodyError>>> {
+        self.body
+            .next()
+            .now_or_never()
+            .map(|item| item.map(|r| r.map_err(BodyError::Transport)))
+    }
+
     /// The next chunk; `None` at the end of the body.
     pub async fn next(&mut self) -> Option<Result<Vec<u8>, BodyError>> {
         let now = self.host.now_ms();
@@ -462,9 +470,10 @@ pub enum Next {
     Done,
 }
 
-/// Reads an SSE body until `[DONE]`, handing each event's data to `on_event`
-/// and flushing `out` after every body chunk, so the client sees each piece as
-/// soon as the upstream sent it. EOF or a broken connection before `[DONE]` is
+/// Reads an SSE body until `[DONE]`, handing each event's data to `on_event`.
+/// Before it waits for more of the body it flushes `out`, so the client sees
+/// each piece as soon as the upstream sent it, while chunks that arrived
+/// together go out in one write. EOF or a broken connection before `[DONE]` is
 /// a truncation error. Ends the call (log line, breaker).
 pub async fn pump_events<H, T, F>(
     mut answered: Answered<'_, H>,
@@ -479,8 +488,18 @@ where
     let site = answered.site;
     let mut decoder = SseDecoder::default();
     let mut events = Vec::new();
+    let mut ready = None;
     let result: Result<(), FlowError> = loop {
-        match answered.body.next().await {
+        let item = match ready.take() {
+            Some(item) => item,
+            None => {
+                if let Err(gone) = out.flush().await {
+                    break Err(gone.into());
+                }
+                answered.body.next().await
+            }
+        };
+        match item {
             Some(Ok(bytes)) => {
                 events.clear();
                 if let Err(e) = decoder.push(&bytes, &mut events) {
@@ -508,12 +527,10 @@ where
                 if let Some(e) = failed {
                     break Err(e.into());
                 }
-                if let Err(gone) = out.flush().await {
-                    break Err(gone.into());
-                }
                 if done {
-                    break Ok(());
+                    break out.flush().await.map_err(FlowError::from);
                 }
+                ready = answered.body.ready_now();
             }
             Some(Err(e)) => break Err(body_fault(&site, e).into()),
             None => {

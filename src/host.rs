@@ -77,7 +77,8 @@ async fn chat(
         Ok(c) => c,
         Err(e) => return reply.rejected(host, &trace, &e).await,
     };
-    let body = match read_limited(request, config.max_request_bytes).await {
+    let expected = header("content-length").and_then(|v| v.trim().parse::<usize>().ok());
+    let body = match read_limited(request, config.max_request_bytes, expected).await {
         Ok(b) => b,
         Err(e) => return reply.rejected(host, &trace, &e).await,
     };
@@ -105,9 +106,14 @@ async fn chat(
 }
 
 /// Reads the request body, refusing more than `limit` bytes.
-async fn read_limited(request: IncomingRequest, limit: usize) -> Result<Vec<u8>, CoordError> {
+async fn read_limited(
+    request: IncomingRequest,
+    limit: usize,
+    expected: Option<usize>,
+) -> Result<Vec<u8>, CoordError> {
     let mut stream = request.into_body_stream();
-    let mut body = Vec::new();
+    // One allocation for the whole body when its length is announced.
+    let mut body = Vec::with_capacity(expected.unwrap_or(0).min(limit));
     while let Some(chunk) = stream.next().await {
         let chunk = chunk
             .map_err(|_| CoordError::BadRequest("the request body could not be read".to_owned()))?;
@@ -247,23 +253,30 @@ impl WasiHost {
     }
 }
 
-/// A timer on the monotonic clock that does not block the instance.
+/// A timer on the monotonic clock that does not block the instance. It keeps
+/// at most one registration with the executor and cancels it when dropped, so
+/// timers that lose a race (the common case) leave nothing behind.
 struct Sleep {
     deadline_ns: u64,
+    registration: Option<spin_executor::CancelOnDropToken>,
 }
 
 impl std::future::Future for Sleep {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         use wasi::clocks::monotonic_clock;
         if monotonic_clock::now() >= self.deadline_ns {
+            self.registration = None;
             return Poll::Ready(());
         }
-        spin_executor::push_waker(
-            monotonic_clock::subscribe_instant(self.deadline_ns),
-            cx.waker().clone(),
-        );
+        // Replacing the token cancels the previous registration.
+        self.registration = Some(spin_executor::CancelOnDropToken::from(
+            spin_executor::push_waker_and_get_token(
+                monotonic_clock::subscribe_instant(self.deadline_ns),
+                cx.waker().clone(),
+            ),
+        ));
         Poll::Pending
     }
 }
@@ -298,6 +311,7 @@ impl Host for WasiHost {
         Sleep {
             deadline_ns: wasi::clocks::monotonic_clock::now()
                 .saturating_add(ms.saturating_mul(1_000_000)),
+            registration: None,
         }
     }
 

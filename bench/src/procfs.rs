@@ -1,0 +1,172 @@
+//! CPU time and memory of processes and threads, from `/proc` (Linux only).
+
+use std::time::Duration;
+
+/// Clock ticks per second for `/proc/*/stat` times (`getconf CLK_TCK`; 100 on Linux).
+fn ticks_per_second() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(100)
+}
+
+/// Reads `/proc/...`'s stat line: `(comm, utime + stime in ticks)`.
+fn stat_ticks(path: &str) -> Option<(String, u64)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text[open + 1..close].to_owned();
+    // Fields after the comm start with field 3 (state); utime is field 14, stime 15.
+    let fields: Vec<&str> = text[close + 1..].split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((comm, utime + stime))
+}
+
+/// Converts CPU ticks to a duration.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    tick: u64,
+}
+
+impl Clock {
+    pub fn new() -> Clock {
+        Clock {
+            tick: ticks_per_second(),
+        }
+    }
+
+    pub fn duration(&self, ticks: u64) -> Duration {
+        Duration::from_secs_f64(ticks as f64 / self.tick as f64)
+    }
+}
+
+/// User + system CPU ticks of a whole process (all its threads, live or exited).
+pub fn process_ticks(pid: u32) -> u64 {
+    stat_ticks(&format!("/proc/{pid}/stat")).map_or(0, |(_, t)| t)
+}
+
+/// User + system CPU ticks of this process's live threads whose name starts with
+/// `prefix` (the world runs on threads named `mas-world*`).
+pub fn own_threads_ticks(prefix: &str) -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| stat_ticks(&format!("{}/stat", e.path().display())))
+        .filter(|(comm, _)| comm.starts_with(prefix))
+        .map(|(_, t)| t)
+        .sum()
+}
+
+/// A `/proc/<pid>/status` field in kB (e.g. `VmHWM`, `VmRSS`).
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// System CPU ticks of a whole process.
+pub fn process_system_ticks(pid: u32) -> u64 {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    let Some(close) = text.rfind(')') else {
+        return 0;
+    };
+    let fields: Vec<&str> = text[close + 1..].split_whitespace().collect();
+    fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// Machine-wide ticks from `/proc/stat`: `(busy, irq + softirq)`, all CPUs added up.
+/// Busy is everything but idle and iowait; interrupt time is not charged to any
+/// process, so it is reported on its own.
+pub fn machine_ticks() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
+        return (0, 0);
+    };
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let get = |i: usize| v.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal
+    let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
+    (busy, get(5) + get(6))
+}
+
+/// One snapshot of the CPU counters the benchmark follows.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSnap {
+    pub wasmtime: u64,
+    pub wasmtime_system: u64,
+    pub world: u64,
+    pub bench_total: u64,
+    pub machine_busy: u64,
+    pub machine_irq: u64,
+    pub at: std::time::Instant,
+}
+
+impl CpuSnap {
+    pub fn take(wasmtime_pid: u32) -> CpuSnap {
+        let (machine_busy, machine_irq) = machine_ticks();
+        CpuSnap {
+            wasmtime: process_ticks(wasmtime_pid),
+            wasmtime_system: process_system_ticks(wasmtime_pid),
+            world: own_threads_ticks("mas-world"),
+            bench_total: process_ticks(std::process::id()),
+            machine_busy,
+            machine_irq,
+            at: std::time::Instant::now(),
+        }
+    }
+}
+
+/// CPU use between two snapshots, in cores (1.0 = one core busy all the time).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuUse {
+    pub wall_s: f64,
+    pub wasmtime_s: f64,
+    pub wasmtime_system_s: f64,
+    pub world_s: f64,
+    /// The benchmark process minus the world's threads.
+    pub client_s: f64,
+    pub irq_s: f64,
+    /// Busy time of everything else on the machine (other processes: a build...).
+    pub other_s: f64,
+}
+
+impl CpuUse {
+    pub fn between(a: &CpuSnap, b: &CpuSnap, clock: Clock) -> CpuUse {
+        let s = |t: u64| clock.duration(t).as_secs_f64();
+        let wasmtime_s = s(b.wasmtime.saturating_sub(a.wasmtime));
+        let world_s = s(b.world.saturating_sub(a.world));
+        let bench_s = s(b.bench_total.saturating_sub(a.bench_total));
+        let irq_s = s(b.machine_irq.saturating_sub(a.machine_irq));
+        let busy_s = s(b.machine_busy.saturating_sub(a.machine_busy));
+        CpuUse {
+            wall_s: (b.at - a.at).as_secs_f64(),
+            wasmtime_s,
+            wasmtime_system_s: s(b.wasmtime_system.saturating_sub(a.wasmtime_system)),
+            world_s,
+            client_s: (bench_s - world_s).max(0.0),
+            irq_s,
+            other_s: (busy_s - irq_s - wasmtime_s - bench_s).max(0.0),
+        }
+    }
+
+    pub fn cores(&self, seconds: f64) -> f64 {
+        if self.wall_s > 0.0 {
+            seconds / self.wall_s
+        } else {
+            0.0
+        }
+    }
+}

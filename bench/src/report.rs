@@ -1,0 +1,947 @@
+//! Results: the JSON file, the printed summary, `BENCHMARKS.md`, the targets of
+//! the issue, and the criterion micro-benchmark estimates.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::stats::Dist;
+use crate::Opts;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Machine {
+    pub nproc: usize,
+    pub cpu_model: String,
+    pub mem_total_gib: f64,
+    pub kernel: String,
+    pub rustc: String,
+    pub wasmtime: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Meta {
+    pub date: String,
+    /// The command that produced the results.
+    pub command: String,
+    pub quick: bool,
+    /// Extra `wasmtime serve` flags of this run.
+    pub wasmtime_args: String,
+    pub label: Option<String>,
+    pub wasm_path: String,
+    pub machine: Machine,
+    /// Cores busy on the machine during the second before the run (other work).
+    #[serde(default)]
+    pub busy_cores_before: f64,
+    /// The commit measured, and whether the component's sources had local changes.
+    #[serde(default)]
+    pub source: String,
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// `<commit>`, plus a note when `src/`, `Cargo.toml` or `wit/` differ from it.
+fn source_version() -> String {
+    let root = crate::workspace_root();
+    let root = root.display().to_string();
+    let commit = command_output("git", &["-C", &root, "rev-parse", "--short", "HEAD"]);
+    if commit.is_empty() {
+        return "unknown (not a git checkout)".to_owned();
+    }
+    let dirty = command_output(
+        "git",
+        &[
+            "-C",
+            &root,
+            "status",
+            "--porcelain",
+            "--",
+            "src",
+            "Cargo.toml",
+            "wit",
+        ],
+    );
+    if dirty.is_empty() {
+        commit
+    } else {
+        format!("{commit} + uncommitted changes in src/, Cargo.toml or wit/")
+    }
+}
+
+fn shell_quote(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@+".contains(c));
+    if plain {
+        arg.to_owned()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
+impl Meta {
+    pub fn collect(opts: &Opts) -> anyhow::Result<Meta> {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+            .map(|(_, v)| v.trim().to_owned())
+            .unwrap_or_else(|| "unknown".to_owned());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_kib: f64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
+        let args: Vec<String> = opts.args.iter().map(|a| shell_quote(a)).collect();
+        let command = match std::env::var("MAS_BENCH_COMMAND") {
+            Ok(c) if !c.trim().is_empty() => c,
+            _ if std::env::var_os("CARGO").is_some() => {
+                let mut c = "cargo run --release -p mas-bench".to_owned();
+                if !args.is_empty() {
+                    c.push_str(" -- ");
+                    c.push_str(&args.join(" "));
+                }
+                c
+            }
+            _ => {
+                let exe = std::env::args()
+                    .next()
+                    .unwrap_or_else(|| "mas-bench".to_owned());
+                std::iter::once(exe)
+                    .chain(args)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }
+        };
+        Ok(Meta {
+            date: command_output("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"]),
+            command,
+            quick: opts.quick,
+            wasmtime_args: opts.wasmtime_args.join(" "),
+            label: opts.label.clone(),
+            wasm_path: opts.wasm.display().to_string(),
+            busy_cores_before: 0.0,
+            source: source_version(),
+            machine: Machine {
+                nproc: std::thread::available_parallelism().map_or(0, usize::from),
+                cpu_model,
+                mem_total_gib: mem_kib / 1024.0 / 1024.0,
+                kernel: command_output("uname", &["-sr"]),
+                rustc: command_output("rustc", &["--version"]),
+                wasmtime: command_output(&opts.wasmtime.display().to_string(), &["--version"]),
+            },
+        })
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StartupResult {
+    pub no_cache_median_ms: f64,
+    pub no_cache_ms: Vec<f64>,
+    pub cached_median_ms: f64,
+    pub cached_ms: Vec<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HealthResult {
+    pub latency: Dist,
+    pub failures: usize,
+    pub wasmtime_cpu_ms_per_request: f64,
+    #[serde(default)]
+    pub wasmtime_kernel_share: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LatencyResult {
+    pub scenario: String,
+    pub description: String,
+    pub upstream_calls: usize,
+    /// Bytes of the request body sent to the coordinator.
+    pub request_bytes: usize,
+    /// Bytes of the agent call's body (GPA messages or UMS chat).
+    pub agent_body_bytes: usize,
+    /// The upstream calls made directly, each on a new connection (as wasmtime does).
+    pub floor: Dist,
+    /// The upstream calls made directly on kept-alive connections.
+    pub floor_keepalive: Dist,
+    pub coordinated: Dist,
+    pub ttfb: Dist,
+    pub added_p50_ms: f64,
+    pub added_p99_ms: f64,
+    pub wasmtime_cpu_ms_per_request: f64,
+    /// Share of wasmtime's CPU time spent in the kernel.
+    #[serde(default)]
+    pub wasmtime_kernel_share: f64,
+    /// Cores used by other processes during the run (should be ~0).
+    #[serde(default)]
+    pub other_cores: f64,
+    pub failures: usize,
+    pub errors: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LongHistoryResult {
+    pub short: String,
+    pub long: String,
+    pub request_bytes: usize,
+    pub agent_body_bytes: usize,
+    pub coordinated_delta_p50_ms: f64,
+    pub coordinated_delta_p99_ms: f64,
+    pub floor_delta_p50_ms: f64,
+    pub added_delta_p50_ms: f64,
+    pub added_delta_p99_ms: f64,
+    pub cpu_delta_ms_per_request: f64,
+}
+
+impl LongHistoryResult {
+    pub fn from_runs(runs: &[LatencyResult], short: &str, long: &str) -> Option<LongHistoryResult> {
+        let s = runs.iter().find(|r| r.scenario == short)?;
+        let l = runs.iter().find(|r| r.scenario == long)?;
+        Some(LongHistoryResult {
+            short: short.to_owned(),
+            long: long.to_owned(),
+            request_bytes: l.request_bytes,
+            agent_body_bytes: l.agent_body_bytes,
+            coordinated_delta_p50_ms: l.coordinated.p50_ms - s.coordinated.p50_ms,
+            coordinated_delta_p99_ms: l.coordinated.p99_ms - s.coordinated.p99_ms,
+            floor_delta_p50_ms: l.floor.p50_ms - s.floor.p50_ms,
+            added_delta_p50_ms: l.added_p50_ms - s.added_p50_ms,
+            added_delta_p99_ms: l.added_p99_ms - s.added_p99_ms,
+            cpu_delta_ms_per_request: l.wasmtime_cpu_ms_per_request - s.wasmtime_cpu_ms_per_request,
+        })
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoadResult {
+    pub scenario: String,
+    pub clients: usize,
+    pub measure_s: f64,
+    pub requests: usize,
+    /// Failed requests during the whole level (warm-up included).
+    pub failures: usize,
+    pub errors: Vec<String>,
+    pub requests_per_s: f64,
+    pub latency: Dist,
+    pub wasmtime_cpu_ms_per_request: f64,
+    #[serde(default)]
+    pub wasmtime_kernel_share: f64,
+    pub wasmtime_cores: f64,
+    pub world_cores: f64,
+    pub world_cpu_ms_per_request: f64,
+    pub bench_client_cores: f64,
+    /// Interrupt time (loopback network processing), charged to no process.
+    #[serde(default)]
+    pub irq_cores: f64,
+    /// Other processes.
+    #[serde(default)]
+    pub other_cores: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TargetCheck {
+    pub target: String,
+    pub figure: String,
+    pub value: String,
+    pub met: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CriterionBench {
+    pub id: String,
+    pub median_ns: f64,
+    pub median_low_ns: f64,
+    pub median_high_ns: f64,
+    pub mean_ns: f64,
+    /// `("Bytes" | "Elements" | ..., n)` per iteration.
+    pub throughput: Option<(String, u64)>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Results {
+    pub meta: Meta,
+    pub wasm_bytes: u64,
+    pub startup: StartupResult,
+    pub health: HealthResult,
+    pub latency: Vec<LatencyResult>,
+    pub long_history: Option<LongHistoryResult>,
+    pub load: Vec<LoadResult>,
+    pub wasmtime_rss_after_latency_kib: u64,
+    pub wasmtime_peak_rss_kib: u64,
+    pub run_seconds: f64,
+    pub failures_total: usize,
+    pub targets: Vec<TargetCheck>,
+    #[serde(default)]
+    pub micro: Vec<CriterionBench>,
+}
+
+impl Results {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        meta: Meta,
+        wasm_bytes: u64,
+        startup: StartupResult,
+        health: HealthResult,
+        latency: Vec<LatencyResult>,
+        long_history: Option<LongHistoryResult>,
+        load: Vec<LoadResult>,
+        wasmtime_rss_after_latency_kib: u64,
+        wasmtime_peak_rss_kib: u64,
+        run_seconds: f64,
+    ) -> Results {
+        let failures_total = health.failures
+            + latency.iter().map(|r| r.failures).sum::<usize>()
+            + load.iter().map(|r| r.failures).sum::<usize>();
+        let mut results = Results {
+            meta,
+            wasm_bytes,
+            startup,
+            health,
+            latency,
+            long_history,
+            load,
+            wasmtime_rss_after_latency_kib,
+            wasmtime_peak_rss_kib,
+            run_seconds,
+            failures_total,
+            targets: Vec::new(),
+            micro: Vec::new(),
+        };
+        results.targets = targets(&results);
+        results
+    }
+
+    fn latency_of(&self, scenario: &str) -> Option<&LatencyResult> {
+        self.latency.iter().find(|r| r.scenario == scenario)
+    }
+
+    fn load_of(&self, scenario: &str, clients: usize) -> Option<&LoadResult> {
+        self.load
+            .iter()
+            .find(|r| r.scenario == scenario && r.clients == clients)
+    }
+}
+
+fn targets(r: &Results) -> Vec<TargetCheck> {
+    let mut out = Vec::new();
+    let mut check = |target: &str, figure: String, value: f64, unit: &str, met: bool| {
+        out.push(TargetCheck {
+            target: target.to_owned(),
+            figure,
+            value: format!("{value:.3} {unit}").replace(".000 req/s", " req/s"),
+            met,
+        });
+    };
+    for s in ["gpa", "ums", "ums_first_turn"] {
+        if let Some(l) = r.latency_of(s) {
+            check(
+                "added latency p50 ≤ 2 ms",
+                format!("{s}, 1 client"),
+                l.added_p50_ms,
+                "ms",
+                l.added_p50_ms <= 2.0,
+            );
+        }
+    }
+    for s in ["gpa", "ums", "ums_first_turn"] {
+        if let Some(l) = r.latency_of(s) {
+            check(
+                "added latency p99 ≤ 5 ms",
+                format!("{s}, 1 client"),
+                l.added_p99_ms,
+                "ms",
+                l.added_p99_ms <= 5.0,
+            );
+        }
+    }
+    for s in ["gpa", "ums"] {
+        if let Some(l) = r.latency_of(s) {
+            check(
+                "time to first byte p50 ≤ 2 ms",
+                format!("{s}, 1 client"),
+                l.ttfb.p50_ms,
+                "ms",
+                l.ttfb.p50_ms <= 2.0,
+            );
+        }
+    }
+    for s in ["gpa", "ums"] {
+        if let Some(l) = r.latency_of(s) {
+            check(
+                "CPU per request ≤ 1 ms",
+                format!("{s}, wasmtime process, 1 client"),
+                l.wasmtime_cpu_ms_per_request,
+                "ms",
+                l.wasmtime_cpu_ms_per_request <= 1.0,
+            );
+        }
+    }
+    for s in ["gpa", "ums"] {
+        if let Some(l) = r.load_of(s, 32) {
+            check(
+                "CPU per request ≤ 1 ms",
+                format!("{s}, wasmtime process, 32 clients"),
+                l.wasmtime_cpu_ms_per_request,
+                "ms",
+                l.wasmtime_cpu_ms_per_request <= 1.0,
+            );
+        }
+    }
+    for s in ["gpa", "ums"] {
+        if let Some(l) = r.load_of(s, 32) {
+            check(
+                "≥ 1,000 req/s at 32 clients",
+                format!("{s}, 32 clients"),
+                l.requests_per_s.round(),
+                "req/s",
+                l.requests_per_s >= 1000.0,
+            );
+        }
+    }
+    if let Some(h) = &r.long_history {
+        check(
+            "1,000-message history adds ≤ 5 ms",
+            "added latency p50, 1,000 vs 1 message (GPA)".to_owned(),
+            h.added_delta_p50_ms,
+            "ms",
+            h.added_delta_p50_ms <= 5.0,
+        );
+        check(
+            "1,000-message history adds ≤ 5 ms",
+            "coordinated latency p50, 1,000 vs 1 message (GPA), upstreams' own extra work included"
+                .to_owned(),
+            h.coordinated_delta_p50_ms,
+            "ms",
+            h.coordinated_delta_p50_ms <= 5.0,
+        );
+    }
+    let mib = r.wasm_bytes as f64 / 1024.0 / 1024.0;
+    check(
+        ".wasm ≤ 1.5 MiB",
+        "release component".to_owned(),
+        mib,
+        "MiB",
+        mib <= 1.5,
+    );
+    out
+}
+
+pub fn save(path: &Path, results: &Results) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut json = serde_json::to_string_pretty(results)?;
+    json.push('\n');
+    std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))
+}
+
+pub fn load(path: &Path) -> anyhow::Result<Results> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a results file", path.display()))
+}
+
+/// Every `<dir>/**/new/{benchmark,estimates}.json` criterion left, sorted by id;
+/// benchmarks older than the latest `cargo bench` run (renamed or removed since)
+/// are left out.
+pub fn read_criterion(dir: &Path) -> Vec<CriterionBench> {
+    let mut found: Vec<(CriterionBench, std::time::SystemTime)> = Vec::new();
+    let mut stack: Vec<(PathBuf, usize)> = vec![(dir.to_path_buf(), 0)];
+    while let Some((d, depth)) = stack.pop() {
+        let new = d.join("new");
+        if let Some(b) = read_one(&new) {
+            let modified = std::fs::metadata(new.join("estimates.json"))
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            found.push((b, modified));
+            continue;
+        }
+        if depth >= 4 {
+            continue;
+        }
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            for e in entries.filter_map(Result::ok) {
+                let p = e.path();
+                if p.is_dir() && p.file_name().is_some_and(|n| n != "report") {
+                    stack.push((p, depth + 1));
+                }
+            }
+        }
+    }
+    let latest = found.iter().map(|(_, t)| *t).max();
+    let mut out: Vec<CriterionBench> = found
+        .into_iter()
+        .filter(|(_, t)| {
+            latest.is_some_and(|l| {
+                l.duration_since(*t).unwrap_or_default() < std::time::Duration::from_secs(900)
+            })
+        })
+        .map(|(b, _)| b)
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
+fn read_one(new: &Path) -> Option<CriterionBench> {
+    let read = |name: &str| -> Option<Value> {
+        serde_json::from_str(&std::fs::read_to_string(new.join(name)).ok()?).ok()
+    };
+    let bench = read("benchmark.json")?;
+    let est = read("estimates.json")?;
+    let throughput = bench["throughput"].as_object().and_then(|o| {
+        let (kind, n) = o.iter().next()?;
+        Some((kind.clone(), n.as_u64()?))
+    });
+    Some(CriterionBench {
+        id: bench["full_id"].as_str()?.to_owned(),
+        median_ns: est["median"]["point_estimate"].as_f64()?,
+        median_low_ns: est["median"]["confidence_interval"]["lower_bound"].as_f64()?,
+        median_high_ns: est["median"]["confidence_interval"]["upper_bound"].as_f64()?,
+        mean_ns: est["mean"]["point_estimate"].as_f64()?,
+        throughput,
+    })
+}
+
+fn ns(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.3} ms", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.2} µs", v / 1e3)
+    } else {
+        format!("{v:.1} ns")
+    }
+}
+
+fn f3(v: f64) -> String {
+    format!("{v:.3}")
+}
+
+fn kib(bytes: usize) -> String {
+    if bytes >= 1024 * 1024 {
+        format!("{:.2} MiB", bytes as f64 / 1024.0 / 1024.0)
+    } else if bytes >= 1024 {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+fn mark(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "**not met**"
+    }
+}
+
+fn targets_table(r: &Results) -> String {
+    let mut s = String::from("| target | figure | measured | |\n|---|---|---:|---|\n");
+    for t in &r.targets {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} |",
+            t.target,
+            t.figure,
+            t.value,
+            mark(t.met)
+        );
+    }
+    s
+}
+
+fn latency_table(r: &Results) -> String {
+    let mut s = String::from(
+        "| scenario | upstream calls | floor p50 / p99 | coordinated p50 / p99 | **added p50 / p99** | TTFB p50 / p99 | floor, kept-alive p50 / p99 | wasmtime CPU / request (kernel share) | other load, cores | requests | failures |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for l in &r.latency {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} / {} | {} / {} | **{} / {}** | {} / {} | {} / {} | {} ({:.0}%) | {:.2} | {} | {} |",
+            l.scenario,
+            l.upstream_calls,
+            f3(l.floor.p50_ms),
+            f3(l.floor.p99_ms),
+            f3(l.coordinated.p50_ms),
+            f3(l.coordinated.p99_ms),
+            f3(l.added_p50_ms),
+            f3(l.added_p99_ms),
+            f3(l.ttfb.p50_ms),
+            f3(l.ttfb.p99_ms),
+            f3(l.floor_keepalive.p50_ms),
+            f3(l.floor_keepalive.p99_ms),
+            f3(l.wasmtime_cpu_ms_per_request),
+            l.wasmtime_kernel_share * 100.0,
+            l.other_cores,
+            l.coordinated.n,
+            l.failures
+        );
+    }
+    s
+}
+
+fn load_table(r: &Results) -> String {
+    let mut s = String::from(
+        "| scenario | clients | req/s | p50 | p90 | p99 | max | wasmtime CPU / request (kernel share) | wasmtime cores | world cores | world CPU / request | bench client cores | interrupts cores | other load, cores | requests | failures |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for l in &r.load {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} ({:.0}%) | {:.2} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {} | {} |",
+            l.scenario,
+            l.clients,
+            l.requests_per_s,
+            f3(l.latency.p50_ms),
+            f3(l.latency.p90_ms),
+            f3(l.latency.p99_ms),
+            f3(l.latency.max_ms),
+            f3(l.wasmtime_cpu_ms_per_request),
+            l.wasmtime_kernel_share * 100.0,
+            l.wasmtime_cores,
+            l.world_cores,
+            f3(l.world_cpu_ms_per_request),
+            l.bench_client_cores,
+            l.irq_cores,
+            l.other_cores,
+            l.requests,
+            l.failures
+        );
+    }
+    s
+}
+
+fn long_table(r: &Results) -> String {
+    let Some(h) = &r.long_history else {
+        return "Not measured.\n".to_owned();
+    };
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Request to the coordinator: {}; GPA call body: {}.\n",
+        kib(h.request_bytes),
+        kib(h.agent_body_bytes)
+    );
+    s.push_str("| 1,000 messages minus 1 message | p50 | p99 |\n|---|---:|---:|\n");
+    let _ = writeln!(
+        s,
+        "| **added latency (coordinator's own cost)** | **{}** | **{}** |",
+        f3(h.added_delta_p50_ms),
+        f3(h.added_delta_p99_ms)
+    );
+    let _ = writeln!(
+        s,
+        "| coordinated latency (includes the world parsing the bigger bodies) | {} | {} |",
+        f3(h.coordinated_delta_p50_ms),
+        f3(h.coordinated_delta_p99_ms)
+    );
+    let _ = writeln!(
+        s,
+        "| floor latency (the world's own extra work) | {} | |",
+        f3(h.floor_delta_p50_ms)
+    );
+    let _ = writeln!(
+        s,
+        "| wasmtime CPU per request | {} | |",
+        f3(h.cpu_delta_ms_per_request)
+    );
+    s
+}
+
+fn component_table(r: &Results) -> String {
+    let mut s = String::from("| figure | value |\n|---|---:|\n");
+    let _ = writeln!(
+        s,
+        "| release `.wasm` size | {} bytes ({:.3} MiB) |",
+        r.wasm_bytes,
+        r.wasm_bytes as f64 / 1024.0 / 1024.0
+    );
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(
+        s,
+        "| spawn → first `GET /health` 200, `-C cache=n` (compile every start), median | {:.0} ms (runs: {} ms) |",
+        r.startup.no_cache_median_ms,
+        list(&r.startup.no_cache_ms)
+    );
+    let _ = writeln!(
+        s,
+        "| spawn → first `GET /health` 200, default compile cache, median | {:.0} ms (runs: {} ms) |",
+        r.startup.cached_median_ms,
+        list(&r.startup.cached_ms)
+    );
+    let h = &r.health;
+    let _ = writeln!(
+        s,
+        "| `GET /health` at 1 client (fresh instance per request) p50 / p99 | {} / {} ms ({} requests) |",
+        f3(h.latency.p50_ms),
+        f3(h.latency.p99_ms),
+        h.latency.n
+    );
+    let _ = writeln!(
+        s,
+        "| `GET /health` wasmtime CPU per request (kernel share) | {} ms ({:.0}%) |",
+        f3(h.wasmtime_cpu_ms_per_request),
+        h.wasmtime_kernel_share * 100.0
+    );
+    let _ = writeln!(
+        s,
+        "| wasmtime peak RSS (VmHWM) after the 1-client runs | {:.1} MiB |",
+        r.wasmtime_rss_after_latency_kib as f64 / 1024.0
+    );
+    let _ = writeln!(
+        s,
+        "| wasmtime peak RSS (VmHWM) after the 128-client runs | {:.1} MiB |",
+        r.wasmtime_peak_rss_kib as f64 / 1024.0
+    );
+    s
+}
+
+fn machine_table(r: &Results) -> String {
+    let m = &r.meta.machine;
+    let mut s = String::from("| | |\n|---|---|\n");
+    let _ = writeln!(s, "| date | {} |", r.meta.date);
+    let _ = writeln!(s, "| command | `{}` |", r.meta.command);
+    let _ = writeln!(s, "| source measured | {} |", r.meta.source);
+    let _ = writeln!(s, "| `nproc` | {} |", m.nproc);
+    let _ = writeln!(s, "| CPU | {} |", m.cpu_model);
+    let _ = writeln!(s, "| memory | {:.1} GiB |", m.mem_total_gib);
+    let _ = writeln!(s, "| kernel | {} |", m.kernel);
+    let _ = writeln!(s, "| rustc | {} |", m.rustc);
+    let _ = writeln!(s, "| wasmtime | {} |", m.wasmtime);
+    let args = if r.meta.wasmtime_args.is_empty() {
+        "(none: defaults, a fresh instance per request)".to_owned()
+    } else {
+        format!("`{}`", r.meta.wasmtime_args)
+    };
+    let _ = writeln!(s, "| extra `wasmtime serve` flags | {args} |");
+    let _ = writeln!(
+        s,
+        "| other processes' load before the run | {:.2} cores |",
+        r.meta.busy_cores_before
+    );
+    let _ = writeln!(
+        s,
+        "| run | {}{:.0} s, {} failed requests |",
+        if r.meta.quick { "`--quick`, " } else { "" },
+        r.run_seconds,
+        r.failures_total
+    );
+    s
+}
+
+fn run_label(r: &Results) -> String {
+    r.meta.label.clone().unwrap_or_else(|| {
+        if r.meta.wasmtime_args.is_empty() {
+            "defaults".to_owned()
+        } else {
+            format!("`{}`", r.meta.wasmtime_args)
+        }
+    })
+}
+
+fn compare_table(main: &Results, others: &[Results]) -> String {
+    let mut s = String::from(
+        "| wasmtime serve flags | GPA added p50 / p99 | UMS added p50 / p99 | GPA TTFB p50 | GPA CPU / req (1 client) | `/health` p50 / CPU | GPA req/s @8 / 32 / 128 | UMS req/s @32 | GPA CPU / req @32 | peak RSS | failures |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in std::iter::once(main).chain(others) {
+        let lat = |sc: &str| r.latency_of(sc);
+        let rps = |sc: &str, c: usize| {
+            r.load_of(sc, c)
+                .map_or_else(|| "-".to_owned(), |l| format!("{:.0}", l.requests_per_s))
+        };
+        let pair = |l: Option<&LatencyResult>| {
+            l.map_or_else(
+                || "-".to_owned(),
+                |l| format!("{} / {}", f3(l.added_p50_ms), f3(l.added_p99_ms)),
+            )
+        };
+        let _ = writeln!(
+            s,
+            "| {}{} | {} | {} | {} | {} | {} / {} | {} / {} / {} | {} | {} | {:.1} MiB | {} |",
+            run_label(r),
+            if r.meta.quick { " (quick)" } else { "" },
+            pair(lat("gpa")),
+            pair(lat("ums")),
+            lat("gpa").map_or_else(|| "-".to_owned(), |l| f3(l.ttfb.p50_ms)),
+            lat("gpa").map_or_else(|| "-".to_owned(), |l| f3(l.wasmtime_cpu_ms_per_request)),
+            f3(r.health.latency.p50_ms),
+            f3(r.health.wasmtime_cpu_ms_per_request),
+            rps("gpa", 8),
+            rps("gpa", 32),
+            rps("gpa", 128),
+            rps("ums", 32),
+            r.load_of("gpa", 32)
+                .map_or_else(|| "-".to_owned(), |l| f3(l.wasmtime_cpu_ms_per_request)),
+            r.wasmtime_peak_rss_kib as f64 / 1024.0,
+            r.failures_total
+        );
+    }
+    s
+}
+
+fn micro_table(micro: &[CriterionBench]) -> String {
+    if micro.is_empty() {
+        return "Not run yet: `cargo bench --bench hot_paths`, then `cargo run --release -p mas-bench -- report`.\n".to_owned();
+    }
+    let mut s = String::from(
+        "| benchmark | median | 95% CI of the median | mean | throughput |\n|---|---:|---:|---:|---:|\n",
+    );
+    for b in micro {
+        let throughput = match &b.throughput {
+            Some((kind, n)) if kind == "Bytes" || kind == "BytesDecimal" => {
+                format!(
+                    "{:.0} MiB/s",
+                    *n as f64 / (b.median_ns / 1e9) / 1024.0 / 1024.0
+                )
+            }
+            Some((kind, n)) if kind == "Elements" => {
+                format!("{} / element", ns(b.median_ns / *n as f64))
+            }
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            s,
+            "| `{}` | {} | {} – {} | {} | {} |",
+            b.id,
+            ns(b.median_ns),
+            ns(b.median_low_ns),
+            ns(b.median_high_ns),
+            ns(b.mean_ns),
+            throughput
+        );
+    }
+    s
+}
+
+/// The tables printed at the end of a run.
+pub fn summary(r: &Results) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "\n## Latency at 1 client (ms)\n\n{}", latency_table(r));
+    let _ = writeln!(s, "## 1,000-message history\n\n{}", long_table(r));
+    let _ = writeln!(s, "## Throughput\n\n{}", load_table(r));
+    let _ = writeln!(s, "## Component\n\n{}", component_table(r));
+    let _ = writeln!(s, "## Targets\n\n{}", targets_table(r));
+    s
+}
+
+const METHOD: &str = "\
+- **World**: `mas-world` runs inside the benchmark process on its own 2-thread Tokio runtime \
+(threads `mas-world*`), with no delays or faults: every upstream answers as fast as it can. \
+The benchmark client, the world and `wasmtime serve` share the machine's cores.
+- **Component**: `wasmtime serve -Scli --addr 127.0.0.1:PORT --env DIAL_ENDPOINT=… --env \
+UMS_AGENT_ENDPOINT=… [extra flags] mas_coordinator.wasm`, the release build.
+- **Floor**: the scenario's upstream calls (routing, the agent call(s), synthesis) made by the \
+benchmark client itself, one after the other, with the request bodies built by the \
+coordinator's own functions (`routing::request_body`, `gpa_history`, `synthesis::request_body`), \
+every answer read to its end and checked. The *floor* opens a new TCP connection per call, \
+as wasmtime does for every outbound request; *floor, kept-alive* reuses one connection per \
+upstream (what a pooled client could reach).
+- **Coordinated**: the streaming request to the component on a kept-alive connection, read to \
+the end. **Added latency** = coordinated − floor, per percentile (p50 − p50, p99 − p99). \
+Floor, kept-alive floor and coordinated requests are interleaved one by one, so all see the \
+same conditions. **TTFB**: from handing the request to the connection to the first non-empty \
+body frame of the response.
+- **Checks**: every measured coordinated response must be `200`, contain the chosen agent's \
+stage and the synthesized answer, carry no error event and end with `data: [DONE]`; every floor \
+call must be 200 and its stream end with `data: [DONE]`. Anything else is a failure and is \
+counted (warm-up included for the load levels).
+- **Throughput**: N clients, each on its own kept-alive connection, sending back to back for a \
+warm-up, then a measured window; req/s = responses completed in the window ÷ its length.
+- **CPU**: utime + stime of the wasmtime process from `/proc/<pid>/stat` (all threads), delta over \
+a run ÷ completed requests; the world's share from `/proc/self/task/*/stat` of the `mas-world*` \
+threads; \"bench client\" is the rest of the benchmark process. 1 core = 1.00. \
+Peak RSS is `VmHWM` from `/proc/<pid>/status`.
+- **Other load**: the machine may be shared (builds, tests). Before each phase the tool waits \
+(at most 3 minutes over the whole run) until other processes use less than 0.2 cores, and \
+a phase during which they used more than 0.2 cores is measured again (3 attempts at most); \
+every table shows the other processes' load during the phase (machine busy time from \
+`/proc/stat` minus interrupts, wasmtime and the benchmark process): rows where it is above \
+~0.1 cores are skewed.
+- **Percentiles**: nearest rank over all samples of the window.";
+
+/// `BENCHMARKS.md`.
+pub fn markdown(r: &Results, others: &[Results], root: &Path) -> String {
+    let micro = &r.micro;
+    let mut s = String::new();
+    s.push_str("# Benchmarks\n\n");
+    s.push_str(
+        "The coordinator's own cost: what it adds on top of the upstream calls it has to make. \
+Generated by `mas-bench` (`bench/`, see `scripts/bench.sh`); the raw figures are in \
+`bench/results.json`. All times are milliseconds unless marked.\n\n",
+    );
+    let _ = writeln!(s, "## Machine and command\n\n{}", machine_table(r));
+    let _ = writeln!(s, "## Targets\n\n{}", targets_table(r));
+    let _ = writeln!(
+        s,
+        "## Latency at 1 client\n\nScenarios: {}.\n\n{}",
+        r.latency
+            .iter()
+            .map(|l| format!("`{}` = {}", l.scenario, l.description))
+            .collect::<Vec<_>>()
+            .join("; "),
+        latency_table(r)
+    );
+    let _ = writeln!(s, "## 1,000-message history (GPA)\n\n{}", long_table(r));
+    let _ = writeln!(
+        s,
+        "## Throughput\n\n`gpa` and `ums` (follow-up) as above, streaming, each client on its own connection.\n\n{}",
+        load_table(r)
+    );
+    let _ = writeln!(
+        s,
+        "## Component size and instantiation\n\n{}",
+        component_table(r)
+    );
+    if !others.is_empty() {
+        let _ = writeln!(
+            s,
+            "## wasmtime serve variants\n\nThe same benchmark with other `wasmtime serve` flags (`--wasmtime-args`).\n\n{}",
+            compare_table(r, others)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "## Micro-benchmarks (native, criterion)\n\n`cargo bench --bench hot_paths` (`benches/hot_paths.rs`): the hot pure code, \
+compiled natively (`opt-level=3`), so absolute figures are lower than inside wasmtime.\n\n{}",
+        micro_table(micro)
+    );
+    if let Ok(notes) = std::fs::read_to_string(root.join("bench/observations.md")) {
+        let _ = writeln!(s, "{}\n", notes.trim_end());
+    }
+    let _ = writeln!(s, "## Method\n\n{METHOD}");
+    let errors: Vec<String> = r
+        .latency
+        .iter()
+        .flat_map(|l| l.errors.iter().map(move |e| format!("{}: {e}", l.scenario)))
+        .chain(r.load.iter().flat_map(|l| {
+            l.errors
+                .iter()
+                .map(move |e| format!("{} @{}: {e}", l.scenario, l.clients))
+        }))
+        .collect();
+    if !errors.is_empty() {
+        let _ = writeln!(s, "\n## Failures (first errors)\n");
+        for e in errors {
+            let _ = writeln!(s, "- {e}");
+        }
+    }
+    s
+}
