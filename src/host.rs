@@ -1,8 +1,10 @@
 //! The host adapter: wasi:http through spin-sdk 5.2. The only module that does
 //! I/O. It reads the incoming request, hands it to `coordinator`, streams the
-//! response through the body sink, and implements `client::HttpClient` with
-//! outgoing wasi:http requests. Only standard `wasi:*` interfaces are used, so
-//! the component runs on Spin and on plain WASI hosts alike.
+//! response through the body sink, and implements `client::Host` with outgoing
+//! wasi:http requests, monotonic-clock timers, wasi:random, stderr and an
+//! in-instance breaker store. Only standard `wasi:*` interfaces are used (the
+//! `spin-kv` build adds Spin's key-value store), so the default component runs
+//! on Spin and on plain WASI hosts alike.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
