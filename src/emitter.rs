@@ -187,11 +187,6 @@ impl<T: Transport> Emitter<T> {
         true
     }
 
-    /// Whether the state was already set.
-    pub fn state_sent(&self) -> bool {
-        self.state_sent
-    }
-
     /// Closes every open stage with `status`, children (higher indices) first.
     pub fn close_open_stages(&mut self, status: StageStatus) {
         for index in (0..self.stages.len()).rev() {
