@@ -16,6 +16,7 @@ mod common;
 use std::time::Duration;
 
 use common::host::{get, post_json, post_json_timed, send, Stack, TimedResponse, WasiHost};
+use common::wire::*;
 use mas_world::{Fault, FaultKind, Recorded, World, WorldOptions};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,10 +36,6 @@ const SECRET: &str = "faults-state-secret-0123456789";
 
 // ---------------------------------------------------------------------------
 // Helpers
-
-fn user(text: &str) -> Value {
-    json!({"role": "user", "content": text})
-}
 
 fn fault(kind: FaultKind) -> Fault {
     Fault {
@@ -68,103 +65,8 @@ async fn chat_stream(host: &WasiHost, messages: &[Value], conv: Option<&str>) ->
     r
 }
 
-/// The `delta` of every chunk; the stop chunk as `"STOP"`, `[DONE]` as
-/// `"[DONE]"`, error events as they are. Checks the envelope on the way.
-fn deltas(events: &[String]) -> Vec<Value> {
-    let mut envelope: Option<(Value, Value)> = None;
-    events
-        .iter()
-        .map(|e| {
-            if e == "[DONE]" {
-                return json!("[DONE]");
-            }
-            let v: Value = serde_json::from_str(e).unwrap();
-            if v.get("error").is_some() {
-                return v;
-            }
-            assert_eq!(v["object"], "chat.completion.chunk", "{e}");
-            assert_eq!(v["usage"], Value::Null, "{e}");
-            let this = (v["id"].clone(), v["created"].clone());
-            assert!(this.0.as_str().is_some_and(|id| !id.is_empty()), "{e}");
-            assert!(this.1.is_u64(), "{e}");
-            assert_eq!(envelope.get_or_insert_with(|| this.clone()), &this);
-            assert_eq!(v["choices"].as_array().unwrap().len(), 1, "{e}");
-            assert_eq!(v["choices"][0]["index"], 0, "{e}");
-            if v["choices"][0]["finish_reason"] == "stop" {
-                assert_eq!(v["choices"][0]["delta"], json!({}), "{e}");
-                return json!("STOP");
-            }
-            assert_eq!(v["choices"][0]["finish_reason"], Value::Null, "{e}");
-            v["choices"][0]["delta"].clone()
-        })
-        .collect()
-}
-
-fn stage_open(index: usize, name: &str, parent: Option<usize>) -> Value {
-    let mut s = json!({"index": index, "name": name, "status": null});
-    if let Some(p) = parent {
-        s["parent_stage_index"] = json!(p);
-    }
-    json!({"custom_content": {"stages": [s]}})
-}
-fn stage_content(index: usize, content: &str) -> Value {
-    json!({"custom_content": {"stages": [{"index": index, "content": content, "status": null}]}})
-}
-fn stage_close(index: usize, status: &str) -> Value {
-    json!({"custom_content": {"stages": [{"index": index, "status": status}]}})
-}
-fn state(state: Value) -> Value {
-    json!({"custom_content": {"state": state}})
-}
-fn content(text: &str) -> Value {
-    json!({"content": text})
-}
-fn decision_block(agent: &str) -> String {
-    format!(
-        "```json\n{{\n  \"agent_name\": \"{agent}\",\n  \"additional_instructions\": null\n}}\n```\n"
-    )
-}
 fn gpa_state_empty() -> Value {
     state(json!({"is_gpa": true, "gpa_messages": {"tool_call_history": []}}))
-}
-
-/// A DIAL error event for an upstream failure (always `runtime_error`, code 500).
-fn runtime_error(message: &str, display_message: &str) -> Value {
-    json!({"error": {"message": message, "type": "runtime_error", "code": "500",
-                     "display_message": display_message}})
-}
-
-/// The end of a failed stream: the listed stages closed as failed (in this
-/// order), the stop chunk, the error event, `[DONE]`.
-fn failed_tail(failed_stages: &[usize], error: Value) -> Vec<Value> {
-    let mut d: Vec<Value> = failed_stages
-        .iter()
-        .map(|i| stage_close(*i, "failed"))
-        .collect();
-    d.push(json!("STOP"));
-    d.push(error);
-    d.push(json!("[DONE]"));
-    d
-}
-
-/// The world's word split (world docs: "split after every run of whitespace").
-fn split_words(text: &str) -> Vec<String> {
-    let mut pieces = Vec::new();
-    let mut current = String::new();
-    let mut in_space = false;
-    for c in text.chars() {
-        if c.is_whitespace() {
-            in_space = true;
-        } else if in_space {
-            pieces.push(std::mem::take(&mut current));
-            in_space = false;
-        }
-        current.push(c);
-    }
-    if !current.is_empty() {
-        pieces.push(current);
-    }
-    pieces
 }
 
 /// Role chunk, stage 0 opened, `stage0` as its content, closed, stage 1 opened.

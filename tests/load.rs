@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::host::WasiHost;
+use common::wire::{split_words, stage_close, stage_content, stage_open, state};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
@@ -118,43 +119,6 @@ async fn stream_one(
 // ---------------------------------------------------------------------------
 // The expected stream of each request (the world's rules, see world/src/lib.rs)
 
-fn stage_open(index: usize, name: &str, parent: Option<usize>) -> Value {
-    let mut s = json!({"index": index, "name": name, "status": null});
-    if let Some(p) = parent {
-        s["parent_stage_index"] = json!(p);
-    }
-    json!({"custom_content": {"stages": [s]}})
-}
-fn stage_content(index: usize, content: &str) -> Value {
-    json!({"custom_content": {"stages": [{"index": index, "content": content, "status": null}]}})
-}
-fn stage_close(index: usize) -> Value {
-    json!({"custom_content": {"stages": [{"index": index, "status": "completed"}]}})
-}
-fn state(state: Value) -> Value {
-    json!({"custom_content": {"state": state}})
-}
-
-/// The world's word split: after every run of whitespace.
-fn split_words(text: &str) -> Vec<String> {
-    let mut pieces = Vec::new();
-    let mut current = String::new();
-    let mut in_space = false;
-    for c in text.chars() {
-        if c.is_whitespace() {
-            in_space = true;
-        } else if in_space {
-            pieces.push(std::mem::take(&mut current));
-            in_space = false;
-        }
-        current.push(c);
-    }
-    if !current.is_empty() {
-        pieces.push(current);
-    }
-    pieces
-}
-
 /// The deltas of request `i`'s stream (`conv`: its UMS conversation), ending
 /// with `"STOP"` and `"[DONE]"`.
 fn expected(i: usize, conv: &str) -> Vec<Value> {
@@ -169,7 +133,7 @@ fn expected(i: usize, conv: &str) -> Vec<Value> {
                 "```json\n{{\n  \"agent_name\": \"{agent}\",\n  \"additional_instructions\": null\n}}\n```\n"
             ),
         ),
-        stage_close(0),
+        stage_close(0, "completed"),
         stage_open(1, &format!("Call {agent} Agent"), None),
     ];
     let answer = match kind(i) {
@@ -194,7 +158,7 @@ fn expected(i: usize, conv: &str) -> Vec<Value> {
                     &format!("## Request arguments: \n```json\n{args}\n```\n## Response: \n"),
                 ));
                 d.push(stage_content(2, "Kyiv: +5°C, light rain"));
-                d.push(stage_close(2));
+                d.push(stage_close(2, "completed"));
                 text.push_str("Weather in Kyiv: +5°C, light rain. ");
                 d.push(stage_content(1, &text));
                 history.push(json!({"role": "assistant", "content": "", "custom_content": {"attachments": []},
@@ -214,7 +178,7 @@ fn expected(i: usize, conv: &str) -> Vec<Value> {
             text
         }
     };
-    d.push(stage_close(1));
+    d.push(stage_close(1, "completed"));
     let reply = format!("Based on the agent's answer: {}", answer.trim());
     d.extend(split_words(&reply).iter().map(|w| json!({"content": w})));
     d.push(json!("STOP"));
