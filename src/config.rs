@@ -191,6 +191,21 @@ impl Config {
         })
     }
 
+    /// The LLM deployments: primary, then backups.
+    pub fn llm_targets(&self) -> Vec<&str> {
+        with_backups(&self.deployment_name, &self.llm_backups)
+    }
+
+    /// The GPA deployments: primary, then backups.
+    pub fn gpa_targets(&self) -> Vec<&str> {
+        with_backups(&self.gpa_deployment, &self.gpa_backups)
+    }
+
+    /// The UMS endpoints: primary, then backups.
+    pub fn ums_targets(&self) -> Vec<&str> {
+        with_backups(&self.ums_endpoint, &self.ums_backups)
+    }
+
     /// URL of a deployment's chat-completions endpoint in DIAL Core.
     pub fn deployment_url(&self, deployment: &str) -> String {
         let mut url = format!(
@@ -203,6 +218,12 @@ impl Config {
         }
         url
     }
+}
+
+fn with_backups<'a>(primary: &'a str, backups: &'a [String]) -> Vec<&'a str> {
+    std::iter::once(primary)
+        .chain(backups.iter().map(String::as_str))
+        .collect()
 }
 
 fn to_usize(n: u64) -> usize {

@@ -11,7 +11,7 @@
 
 use serde_json::Value;
 
-use crate::agents::gpa::Gpa;
+use crate::agents::gpa::{Gpa, StateTrust};
 use crate::agents::ums::Ums;
 use crate::agents::{Agent, AgentCall};
 use crate::calls::{call, parse_event, pump_events, read_answer, Caller, Next};
@@ -68,6 +68,15 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
+    /// How to trust the states in this request's history: the signing secret
+    /// and the conversation they must belong to.
+    pub fn state_trust(&self) -> StateTrust<'_> {
+        StateTrust {
+            secret: self.config.state_secret.as_deref(),
+            binding: self.conversation_id.as_deref().unwrap_or(""),
+        }
+    }
+
     /// Whether the client asked for SSE.
     pub fn streaming(&self) -> bool {
         self.request.stream.unwrap_or(false)
@@ -185,13 +194,6 @@ pub async fn coordinate<H: Host, T: Transport>(
     synthesize(caller, &answer, out).await
 }
 
-/// The LLM deployments: primary, then backups.
-fn llm_targets(ctx: &RequestContext) -> Vec<&str> {
-    std::iter::once(ctx.config.deployment_name.as_str())
-        .chain(ctx.config.llm_backups.iter().map(String::as_str))
-        .collect()
-}
-
 fn llm_request(ctx: &RequestContext, deployment: &str, body: &[u8]) -> OutboundRequest {
     OutboundRequest::post_json(ctx.config.deployment_url(deployment), body.to_vec())
         .header("api-key", &ctx.api_key)
@@ -203,7 +205,7 @@ async fn route<H: Host>(
     caller: Caller<'_, H>,
 ) -> Result<(routing::Routed, Option<String>), CoordError> {
     let ctx = caller.ctx;
-    let targets = llm_targets(ctx);
+    let targets = ctx.config.llm_targets();
     let answered = call(caller, Upstream::Llm, &targets, |deployment| {
         let body = routing::request_body(deployment, &ctx.request.messages);
         llm_request(ctx, deployment, &body)
@@ -232,7 +234,7 @@ async fn synthesize<H: Host, T: Transport>(
     out: &mut Emitter<T>,
 ) -> Result<(), FlowError> {
     let ctx = caller.ctx;
-    let targets = llm_targets(ctx);
+    let targets = ctx.config.llm_targets();
     let answered = call(caller, Upstream::Llm, &targets, |deployment| {
         let body = synthesis::request_body(deployment, &ctx.request.messages, answer);
         llm_request(ctx, deployment, &body)

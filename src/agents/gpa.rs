@@ -231,18 +231,13 @@ impl Agent for Gpa {
     ) -> Result<String, FlowError> {
         let caller = call_ctx.caller;
         let ctx = caller.ctx;
-        let trust = StateTrust {
-            secret: ctx.config.state_secret.as_deref(),
-            binding: ctx.conversation_id.as_deref().unwrap_or(""),
-        };
+        let trust = ctx.state_trust();
         let messages = gpa_history(
             &ctx.request.messages,
             call_ctx.decision.additional_instructions.as_deref(),
             &trust,
         );
-        let targets: Vec<&str> = std::iter::once(ctx.config.gpa_deployment.as_str())
-            .chain(ctx.config.gpa_backups.iter().map(String::as_str))
-            .collect();
+        let targets = ctx.config.gpa_targets();
         let answered = call(caller, Upstream::Gpa, &targets, |deployment| {
             let body = ChatBody {
                 messages: &messages,

@@ -207,13 +207,8 @@ impl Agent for Ums {
         let caller = call_ctx.caller;
         let ctx = caller.ctx;
         let stage = call_ctx.stage;
-        let trust = StateTrust {
-            secret: ctx.config.state_secret.as_deref(),
-            binding: ctx.conversation_id.as_deref().unwrap_or(""),
-        };
-        let endpoints: Vec<&str> = std::iter::once(ctx.config.ums_endpoint.as_str())
-            .chain(ctx.config.ums_backups.iter().map(String::as_str))
-            .collect();
+        let trust = ctx.state_trust();
+        let endpoints = ctx.config.ums_targets();
         let Some(current) = ctx.request.messages.last() else {
             return Ok(String::new());
         };

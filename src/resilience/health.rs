@@ -28,14 +28,12 @@ pub fn wants_deep(path_and_query: &str) -> bool {
 /// Every breaker key of the configuration, as `calls` names them.
 fn breaker_keys(config: &Config) -> Vec<String> {
     let mut keys = Vec::new();
-    for d in std::iter::once(&config.deployment_name).chain(&config.llm_backups) {
-        keys.push(format!("LLM:{d}"));
-    }
-    for d in std::iter::once(&config.gpa_deployment).chain(&config.gpa_backups) {
-        keys.push(format!("GPA:{d}"));
-    }
-    for e in std::iter::once(&config.ums_endpoint).chain(&config.ums_backups) {
-        keys.push(format!("UMS:{e}"));
+    for (agent, targets) in [
+        ("LLM", config.llm_targets()),
+        ("GPA", config.gpa_targets()),
+        ("UMS", config.ums_targets()),
+    ] {
+        keys.extend(targets.into_iter().map(|t| format!("{agent}:{t}")));
     }
     keys
 }
@@ -68,7 +66,7 @@ async fn probe<H: Host>(host: &H, service: &str, base: &str, timeout_ms: u64) ->
 pub async fn deep<H: Host>(host: &H, config: &Config) -> Value {
     let timeout = config.timeouts.first_byte_ms.min(PROBE_TIMEOUT_MS);
     let mut probes = vec![probe(host, "DIAL Core", &config.dial_endpoint, timeout)];
-    for e in std::iter::once(&config.ums_endpoint).chain(&config.ums_backups) {
+    for e in config.ums_targets() {
         probes.push(probe(host, "UMS", e, timeout));
     }
     let checks = join_all(probes).await;
