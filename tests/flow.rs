@@ -7,6 +7,7 @@
 mod common;
 
 use common::fakes::*;
+use common::wire::{content, stage_close, stage_content, stage_open};
 use futures::executor::block_on;
 use mas_coordinator::config::Config;
 use mas_coordinator::coordinator::{collect_response, prepare, stream_response, RequestContext};
@@ -93,22 +94,6 @@ fn deltas(events: &[String]) -> Vec<Value> {
         .collect()
 }
 
-fn stage_open(index: usize, name: &str, parent: Option<usize>) -> Value {
-    let mut s = json!({"index": index, "name": name, "status": null});
-    if let Some(p) = parent {
-        s["parent_stage_index"] = json!(p);
-    }
-    json!({"custom_content": {"stages": [s]}})
-}
-fn stage_content(index: usize, content: &str) -> Value {
-    json!({"custom_content": {"stages": [{"index": index, "content": content, "status": null}]}})
-}
-fn stage_close(index: usize, status: &str) -> Value {
-    json!({"custom_content": {"stages": [{"index": index, "status": status}]}})
-}
-fn content(text: &str) -> Value {
-    json!({"content": text})
-}
 fn decision_block(agent: &str, instructions: Value) -> String {
     format!(
         "```json\n{{\n  \"agent_name\": \"{agent}\",\n  \"additional_instructions\": {}\n}}\n```\n",
