@@ -10,12 +10,16 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use futures::executor::block_on;
-use mas_coordinator::agents::gpa::{gpa_history, StateTrust};
-use mas_coordinator::agents::ums::find_conversation_id;
+use mas_coordinator::agents::dial::agent_history;
+use mas_coordinator::agents::ums::find_conversation;
+use mas_coordinator::config::Config;
+use mas_coordinator::context::RequestContext;
 use mas_coordinator::dial::request::{parse_request, ChatBody, ChatRequest, Message};
 use mas_coordinator::dial::response::{Delta, SseEncoder, StageStatus};
 use mas_coordinator::emitter::{BufferTransport, Emitter};
 use mas_coordinator::sse::SseDecoder;
+use mas_coordinator::state::{Binding, StateTrust};
+use mas_coordinator::trace::Trace;
 use mas_coordinator::{routing, state, synthesis};
 use serde_json::{json, Value};
 
@@ -245,6 +249,40 @@ fn request_parsing(c: &mut Criterion) {
 
 const SECRET: &str = "bench-state-secret-0123456789abcdef";
 const BINDING: &str = "conversation-0001";
+const NOW_S: u64 = 1_700_000_000;
+
+/// A validated request for `messages`, with or without state signing.
+fn context(messages: Vec<Message>, secret: Option<&str>) -> RequestContext {
+    RequestContext {
+        config: Config {
+            state_secret: secret.map(str::to_owned),
+            ..Config::default()
+        },
+        api_key: "sk-bench".to_owned(),
+        conversation_id: Some(BINDING.to_owned()),
+        subject: None,
+        coordinator: "mas-coordinator".to_owned(),
+        request: ChatRequest {
+            messages,
+            stream: Some(true),
+        },
+        trace: Trace::from_headers(None, None, "a".repeat(32), "b".repeat(16)),
+        start_ms: 0,
+        unix_s: NOW_S,
+    }
+}
+
+fn trust() -> StateTrust<'static> {
+    StateTrust {
+        secret: Some(SECRET),
+        binding: Binding {
+            conversation: BINDING,
+            subject: "",
+        },
+        now_s: NOW_S,
+        max_age_s: None,
+    }
+}
 
 /// The same history with every state signed (`STATE_SECRET` set).
 fn signed(mut history: Vec<Message>) -> Vec<Message> {
@@ -253,7 +291,7 @@ fn signed(mut history: Vec<Message>) -> Vec<Message> {
             continue;
         };
         if let Some(cc) = m.custom_content.as_mut() {
-            let signed = state::sign(value, Some(SECRET), BINDING);
+            let signed = state::sign(value, &trust());
             cc.state = Some(serde_json::value::to_raw_value(&signed).expect("serializable"));
         }
     }
@@ -261,69 +299,69 @@ fn signed(mut history: Vec<Message>) -> Vec<Message> {
 }
 
 fn history_and_state(c: &mut Criterion) {
-    let short = history(1);
-    let long = history(1000);
-    let ums_long = ums_history(1000);
-    let long_signed = signed(history(1000));
-    let unsigned = StateTrust::default();
-    let trust = StateTrust {
-        secret: Some(SECRET),
-        binding: BINDING,
-    };
+    let short = context(history(1), None);
+    let long = context(history(1000), None);
+    let ums_long = context(ums_history(1000), None);
+    let long_signed = context(signed(history(1000)), Some(SECRET));
+    let gpa = short.config.registry.get("GPA").expect("GPA").clone();
+    let ums = short.config.registry.get("UMS").expect("UMS").clone();
     let mut g = c.benchmark_group("history");
     g.bench_function("gpa_history_1_message", |b| {
-        b.iter(|| gpa_history(black_box(&short), None, &unsigned));
+        b.iter(|| agent_history(black_box(&short), &gpa, None));
     });
     g.bench_function("gpa_history_1000_messages", |b| {
-        b.iter(|| gpa_history(black_box(&long), Some("Be brief."), &unsigned));
+        b.iter(|| agent_history(black_box(&long), &gpa, Some("Be brief.")));
     });
     g.bench_function("gpa_history_1000_messages_signed_states", |b| {
         b.iter(|| {
-            let h = gpa_history(black_box(&long_signed), None, &trust);
+            let h = agent_history(black_box(&long_signed), &gpa, None);
             assert_eq!(h.len(), 999);
             h
         });
     });
     g.bench_function("find_conversation_id_1000_messages_newest", |b| {
-        b.iter(|| find_conversation_id(black_box(&ums_long), &unsigned).expect("present"));
+        b.iter(|| find_conversation(black_box(&ums_long), &ums).expect("present"));
     });
     g.bench_function("find_conversation_id_1000_messages_absent", |b| {
-        b.iter(|| find_conversation_id(black_box(&long), &unsigned));
+        b.iter(|| find_conversation(black_box(&long), &ums));
     });
     g.bench_function("find_conversation_id_1000_messages_signed_absent", |b| {
-        b.iter(|| find_conversation_id(black_box(&long_signed), &trust));
+        b.iter(|| find_conversation(black_box(&long_signed), &ums));
     });
-    let state_2k = long_signed[2].state_value().expect("a state");
+    let state_2k = long_signed.request.messages[2]
+        .state_value()
+        .expect("a state");
     g.bench_function("state_verify_2KB", |b| {
-        b.iter(|| assert!(state::verify(black_box(&state_2k), SECRET, BINDING)));
+        b.iter(|| assert!(state::verify(black_box(&state_2k), SECRET, &trust())));
     });
     g.finish();
 }
 
 fn request_bodies(c: &mut Criterion) {
-    let short = history(1);
-    let long = history(1000);
+    let short = context(history(1), None);
+    let long = context(history(1000), None);
+    let gpa = short.config.registry.get("GPA").expect("GPA").clone();
     let answer = "Weather in Kyiv: +5°C, light rain. GPA[general-purpose-agent] got 1 messages (user), 0 with tool_call_history; request: Search weather in Kyiv";
+    let last = synthesis::final_user_text(answer, "Search weather in Kyiv");
     let mut g = c.benchmark_group("request_body");
     g.bench_function("routing_1_message", |b| {
-        b.iter(|| routing::request_body("gpt-4o", black_box(&short)));
+        b.iter(|| routing::request_body(black_box(&short)));
     });
     g.bench_function("routing_1000_messages", |b| {
-        b.iter(|| routing::request_body("gpt-4o", black_box(&long)));
+        b.iter(|| routing::request_body(black_box(&long)));
     });
     g.bench_function("synthesis_1_message", |b| {
-        b.iter(|| synthesis::request_body("gpt-4o", black_box(&short), answer));
+        b.iter(|| synthesis::request_body(black_box(&short), synthesis::SYNTHESIS_PROMPT, &last));
     });
     g.bench_function("synthesis_1000_messages", |b| {
-        b.iter(|| synthesis::request_body("gpt-4o", black_box(&long), answer));
+        b.iter(|| synthesis::request_body(black_box(&long), synthesis::SYNTHESIS_PROMPT, &last));
     });
-    // As `agents::gpa` builds it: the filtered history serialized straight into the body.
+    // As `agents::dial` builds it: the agent's history serialized straight into the body.
     g.bench_function("gpa_1000_messages", |b| {
         b.iter(|| {
-            let messages = gpa_history(black_box(&long), None, &StateTrust::default());
+            let messages = agent_history(black_box(&long), &gpa, None);
             ChatBody {
                 messages: &messages,
-                model: "general-purpose-agent",
                 stream: true,
                 response_format: None,
             }

@@ -2,57 +2,41 @@
 //! per target, timeouts (first byte, idle gap, total), tracing headers, one log
 //! line per call, and every failure mapped to the one error type.
 //!
-//! [`call`] walks the targets in order (primary, then backups). A target whose
-//! breaker is open is skipped at once; a target that fails before its response
-//! head (connection error, first-byte timeout, 5xx, 408, 429) is recorded as a
-//! breaker failure and the next one is tried. Once a head with a success status
-//! arrives the call is committed: its body is read with [`read_answer`] or
-//! [`pump_events`], which finish the call's log line and feed its outcome to
-//! the breaker. There is no replay after that point: whatever the agent
-//! streamed has reached the user, so a later failure is an error, not a retry.
+//! [`open`] walks the targets of a [`CallSpec`] in order (primary, then
+//! backups) until one accepts the call with a success head; [`Opened::body`]
+//! then yields the body under the idle and total deadlines, and
+//! [`Opened::finish`] writes the call's log line and feeds the breaker.
+//!
+//! **Failover** happens only where the upstream provably did not start the
+//! work, or where the work has no side effects: a target whose breaker is open
+//! is skipped; a request that could not be sent (connection refused, name not
+//! resolved, TLS failure), a 503 or a 429 moves to the next target. A call
+//! marked [`Replay::Safe`] (an LLM answer, a health probe, a lookup) also moves
+//! on after a 5xx, a 408 or a first-byte timeout; any other call reports those,
+//! because the upstream may have acted on it (a UMS "delete user", a GPA code
+//! run). Once a head with a success status has arrived nothing is replayed.
+//!
+//! **The breaker** counts infrastructure failures only: the request could not
+//! be sent, no head in time, a 5xx/408/429 before the head, a body cut by the
+//! transport. What one request's content causes (an error event, a 4xx, a slow
+//! tool after the head, malformed or oversized data) does not count; an answer
+//! with a head shows the target is alive. Failures are counted with the
+//! request's caller (see `BreakerConfig::min_callers`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use futures::future::{select, Either};
-use futures::{FutureExt, StreamExt};
+use futures::{Stream, StreamExt};
 
-use crate::client::{Host, OutboundRequest, TransportError};
-use crate::coordinator::{FlowError, RequestContext};
-use crate::emitter::{Emitter, Transport};
-use crate::error::{redact, CoordError, Upstream, UpstreamFault};
-use crate::resilience::breaker::Admission;
-use crate::sse::SseDecoder;
+use crate::breaker::{self, Admission};
+use crate::client::{Host, Method, OutboundRequest, TransportError};
+use crate::config::Config;
+use crate::context::RequestContext;
+use crate::error::{redact, CoordError, Deadline, Service, UpstreamFault};
+use crate::limits::{ERROR_EXCERPT_WAIT_MS, MAX_ERROR_EXCERPT_BYTES};
 use crate::trace::span_id;
-
-/// Largest error body read from an upstream for the error message.
-const ERROR_BODY_LIMIT: usize = 4096;
-/// Largest non-streaming answer accepted from an upstream.
-pub const ANSWER_LIMIT: usize = 8 * 1024 * 1024;
-
-/// Identifies an upstream call in errors; holds the secret to redact.
-#[derive(Debug, Clone, Copy)]
-pub struct CallSite<'a> {
-    /// Which upstream.
-    pub upstream: Upstream,
-    /// Deployment name or endpoint.
-    pub target: &'a str,
-    /// The per-request key, removed from any upstream text put into an error.
-    pub secret: &'a str,
-}
-
-impl CallSite<'_> {
-    /// The error for `fault` at this call site.
-    pub fn error(&self, fault: UpstreamFault) -> CoordError {
-        CoordError::Upstream {
-            upstream: self.upstream,
-            target: self.target.to_owned(),
-            fault,
-        }
-    }
-
-    /// Redacts upstream text for an error message.
-    pub fn redact(&self, text: &str) -> String {
-        redact(text, self.secret)
-    }
-}
 
 /// The request being served and the host it runs on: what every call needs.
 #[derive(Debug)]
@@ -70,83 +54,217 @@ impl<H> Clone for Caller<'_, H> {
 }
 impl<H> Copy for Caller<'_, H> {}
 
-fn breaker_key(upstream: Upstream, target: &str) -> String {
-    format!("{}:{target}", upstream.short_name())
-}
-
-/// A response body read with the idle and total timeouts.
-pub struct TimedBody<'a, H: Host> {
-    host: &'a H,
-    body: H::Body,
-    idle_ms: u64,
-    deadline_ms: u64,
-}
-
-impl<H: Host> std::fmt::Debug for TimedBody<'_, H> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TimedBody")
-            .field("idle_ms", &self.idle_ms)
-            .field("deadline_ms", &self.deadline_ms)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Why a body could not be read further.
+/// One place a call can go.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BodyError {
-    /// The connection failed.
-    Transport(TransportError),
-    /// No data within the idle timeout, or past the total deadline.
-    Timeout(String),
+pub struct Target {
+    /// What goes into the URL (and a DIAL body's `model`): a deployment name
+    /// or an endpoint's base URL.
+    pub id: String,
+    /// How messages shown to the person name it: the deployment name, or
+    /// `primary endpoint` / `backup endpoint N` (URLs stay in logs).
+    pub label: String,
+    /// What the breaker is keyed by: the deployment's URL in DIAL Core, or the
+    /// endpoint.
+    pub identity: String,
 }
 
-impl<H: Host> TimedBody<'_, H> {
-    /// The next chunk if one is already there, without waiting.
-    pub fn ready_now(&mut self) -> Option<Option<Result<Vec<u8>, BodyError>>> {
-        self.body
-            .next()
-            .now_or_never()
-            .map(|item| item.map(|r| r.map_err(BodyError::Transport)))
-    }
+/// The targets of a DIAL deployment list (primary first).
+pub fn dial_targets(config: &Config, deployments: &[String]) -> Vec<Target> {
+    deployments
+        .iter()
+        .map(|d| Target {
+            id: d.clone(),
+            label: d.clone(),
+            identity: format!("{}/openai/deployments/{d}", config.dial_endpoint),
+        })
+        .collect()
+}
 
-    /// The next chunk; `None` at the end of the body.
-    pub async fn next(&mut self) -> Option<Result<Vec<u8>, BodyError>> {
-        let now = self.host.now_ms();
-        if now >= self.deadline_ms {
-            return Some(Err(BodyError::Timeout(
-                "the call exceeded its total time".to_owned(),
-            )));
-        }
-        let wait = self.idle_ms.min(self.deadline_ms - now);
-        match select(self.body.next(), self.host.sleep(wait)).await {
-            Either::Left((item, _)) => item.map(|r| r.map_err(BodyError::Transport)),
-            Either::Right(_) => Some(Err(BodyError::Timeout(if wait == self.idle_ms {
-                format!("no data for {wait} ms")
+/// The targets of an endpoint list (primary first).
+pub fn endpoint_targets(endpoints: &[String]) -> Vec<Target> {
+    endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, e)| Target {
+            id: e.clone(),
+            label: if i == 0 {
+                "primary endpoint".to_owned()
             } else {
-                "the call exceeded its total time".to_owned()
-            }))),
+                format!("backup endpoint {i}")
+            },
+            identity: e.clone(),
+        })
+        .collect()
+}
+
+/// The breaker key of a target: per coordinator deployment, service and target.
+pub fn breaker_key(coordinator: &str, service: &str, identity: &str) -> String {
+    format!("breaker:{coordinator}:{service}:{identity}")
+}
+
+/// Whether a call may be sent again to another target after an ambiguous failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// The call has no side effects: any infrastructure failure fails over.
+    Safe,
+    /// The upstream may act on the call: fail over only when it provably did not start.
+    NotStarted,
+}
+
+/// A request to be sent to any of a spec's targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestTemplate {
+    /// Method.
+    pub method: Method,
+    /// The URL is `url_before + target.id + url_after`.
+    pub url_before: String,
+    /// See `url_before`.
+    pub url_after: String,
+    /// Header names (lowercase) and values.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes (a JSON object when `with_model`).
+    pub body: Vec<u8>,
+    /// Whether the body gets `"model": <target id>` as its last field.
+    pub with_model: bool,
+}
+
+impl RequestTemplate {
+    /// A chat-completions call into DIAL Core with the per-request key; the
+    /// body is a JSON object without `model` (each target adds its own).
+    pub fn dial_chat(ctx: &RequestContext, body: Vec<u8>) -> RequestTemplate {
+        let config = &ctx.config;
+        let url_after = match &config.api_version {
+            Some(v) => format!("/chat/completions?api-version={v}"),
+            None => "/chat/completions".to_owned(),
+        };
+        RequestTemplate {
+            method: Method::Post,
+            url_before: format!("{}/openai/deployments/", config.dial_endpoint),
+            url_after,
+            headers: vec![
+                ("content-type".to_owned(), "application/json".to_owned()),
+                ("api-key".to_owned(), ctx.api_key.clone()),
+            ],
+            body,
+            with_model: true,
+        }
+    }
+
+    /// A call to `<endpoint><path>` (never with DIAL credentials).
+    pub fn endpoint(method: Method, path: &str, body: Vec<u8>) -> RequestTemplate {
+        let headers = if method == Method::Post {
+            vec![("content-type".to_owned(), "application/json".to_owned())]
+        } else {
+            Vec::new()
+        };
+        RequestTemplate {
+            method,
+            url_before: String::new(),
+            url_after: path.to_owned(),
+            headers,
+            body,
+            with_model: false,
+        }
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: &str, value: &str) -> RequestTemplate {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The request for `target`.
+    pub fn build(&self, target: &Target) -> OutboundRequest {
+        let body = if self.with_model && self.body.last() == Some(&b'}') {
+            let mut body = self.body.clone();
+            body.pop();
+            if body.len() > 1 {
+                body.push(b',');
+            }
+            body.extend_from_slice(br#""model":"#);
+            let _ = serde_json::to_writer(&mut body, &target.id);
+            body.push(b'}');
+            body
+        } else {
+            self.body.clone()
+        };
+        OutboundRequest {
+            method: self.method,
+            url: format!("{}{}{}", self.url_before, target.id, self.url_after),
+            headers: self.headers.clone(),
+            body,
         }
     }
 }
 
-/// A committed call: the target answered with a success head.
-pub struct Answered<'a, H: Host> {
+/// One call to make: who, where, what, and how it may be retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallSpec {
+    /// Who is called (for errors and logs).
+    pub service: Service,
+    /// Primary, then backups.
+    pub targets: Vec<Target>,
+    /// The request.
+    pub request: RequestTemplate,
+    /// Whether an ambiguous failure may be retried on the next target.
+    pub replay: Replay,
+    /// A failure status that ends the call is not counted by the breaker at
+    /// once: the caller decides ([`CallFailed::blame`]), e.g. after learning
+    /// that UMS answered 500 because the conversation no longer exists.
+    pub defer_blame: bool,
+}
+
+/// A breaker failure held back (see [`CallSpec::defer_blame`]); [`blame`]
+/// records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blame {
+    key: String,
+}
+
+/// A call that failed before a success head (after failover).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallFailed {
+    /// What to report.
+    pub error: CoordError,
+    /// The breaker failure held back, when the spec deferred it.
+    pub blame: Option<Blame>,
+    /// Index of the target that failed last, if one was called.
+    pub target: Option<usize>,
+}
+
+/// Records a held-back breaker failure.
+pub fn blame<H: Host>(caller: Caller<'_, H>, blame: &Blame) {
+    let store = caller.host.store();
+    let state = breaker::load(store, &blame.key);
+    let next = state.on_failure(
+        &caller.ctx.config.breaker,
+        caller.host.unix_ms(),
+        caller.ctx.caller_id(),
+    );
+    breaker::save(store, &blame.key, &next);
+}
+
+/// A committed call: a target answered with a success head.
+pub struct Opened<'a, H: Host> {
     caller: Caller<'a, H>,
-    /// Where the answer comes from (for errors).
-    pub site: CallSite<'a>,
+    /// The spec it was made from.
+    pub spec: CallSpec,
+    /// Index of the target that answered.
+    pub target: usize,
     /// HTTP status of the head.
     pub status: u16,
-    /// The body.
-    pub body: TimedBody<'a, H>,
-    /// Targets tried before this one, and why they were passed over.
+    /// Targets tried before this one (labels), and why they were passed over.
     pub passed_over: Vec<(String, String)>,
+    /// The body, under the idle and total deadlines.
+    pub body: CallBody<'a, H>,
     log: CallLog,
 }
 
-impl<H: Host> std::fmt::Debug for Answered<'_, H> {
+impl<H: Host> std::fmt::Debug for Opened<'_, H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Answered")
-            .field("site", &self.site)
+        f.debug_struct("Opened")
+            .field("spec", &self.spec)
+            .field("target", &self.target)
             .field("status", &self.status)
             .field("passed_over", &self.passed_over)
             .finish_non_exhaustive()
@@ -160,68 +278,45 @@ struct CallLog {
     path: String,
     start_ms: u64,
     head_ms: u64,
+    breaker_key: String,
 }
 
-impl<H: Host> Answered<'_, H> {
-    /// A sentence for the agent's stage when a backup answered.
-    pub fn failover_note(&self) -> Option<String> {
-        let (primary, reason) = self.passed_over.first()?;
-        Some(format!(
-            "_{primary} was unavailable ({reason}); answered by backup {}._\n\n",
-            self.site.target
-        ))
-    }
-
-    /// Ends the call: one log line, and its outcome fed to the breaker.
-    fn finish(self, outcome: Outcome) {
-        let now = self.caller.host.now_ms();
-        let breakers = self.caller.host.breakers();
-        let key = breaker_key(self.site.upstream, self.site.target);
-        let state = breakers.load(&key);
-        match outcome {
-            Outcome::Ok => breakers.save(&key, state.on_success()),
-            Outcome::Failed(_) => {
-                breakers.save(&key, state.on_failure(&self.caller.ctx.config.breaker, now));
-            }
-            Outcome::ClientGone => {}
-        }
-        log_call(
-            self.caller,
-            &self.site,
-            &self.log,
-            Some(self.status),
-            outcome.name(),
-            Some(self.log.head_ms.saturating_sub(self.log.start_ms)),
-            now.saturating_sub(self.log.start_ms),
-        );
-    }
-}
-
+/// How a committed call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
+pub enum Outcome {
+    /// Read to its end.
     Ok,
-    Failed(&'static str),
+    /// Ended with an upstream fault.
+    Failed(&'static str, bool),
+    /// The client went away first.
     ClientGone,
+    /// The call was no longer needed (its session ended for another reason).
+    Abandoned,
 }
 
 impl Outcome {
-    fn name(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Failed(what) => what,
-            Outcome::ClientGone => "client_gone",
+    /// The outcome of a call that ended with `error`.
+    pub fn of(error: &CoordError) -> Outcome {
+        match error.fault() {
+            Some(fault) => Outcome::Failed(fault_name(fault), is_infrastructure_after_head(fault)),
+            None => Outcome::Failed("error", false),
         }
     }
 
-    fn of(error: &FlowError) -> Outcome {
-        match error {
-            FlowError::ClientGone => Outcome::ClientGone,
-            FlowError::Failed(CoordError::Upstream { fault, .. }) => {
-                Outcome::Failed(fault_name(fault))
-            }
-            FlowError::Failed(_) => Outcome::Failed("error"),
+    fn name(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed(what, _) => what,
+            Outcome::ClientGone => "client_gone",
+            Outcome::Abandoned => "abandoned",
         }
     }
+}
+
+/// Whether a failure after the head is the infrastructure's (the transport
+/// cut the stream), not this request's content.
+fn is_infrastructure_after_head(fault: &UpstreamFault) -> bool {
+    matches!(fault, UpstreamFault::Truncated(_))
 }
 
 fn fault_name(fault: &UpstreamFault) -> &'static str {
@@ -231,14 +326,88 @@ fn fault_name(fault: &UpstreamFault) -> &'static str {
         UpstreamFault::ErrorEvent(_) => "error_event",
         UpstreamFault::Truncated(_) => "truncated",
         UpstreamFault::Malformed(_) => "malformed",
-        UpstreamFault::Timeout(_) => "timeout",
+        UpstreamFault::Oversized(_) => "oversized",
+        UpstreamFault::Timeout(..) => "timeout",
         UpstreamFault::CircuitOpen { .. } => "circuit_open",
     }
 }
 
+impl<'a, H: Host> Opened<'a, H> {
+    /// The target that answered.
+    pub fn answered_by(&self) -> &Target {
+        &self.spec.targets[self.target]
+    }
+
+    /// The error for `fault` at this call.
+    pub fn error(&self, fault: UpstreamFault) -> CoordError {
+        site_error(&self.spec, self.answered_by(), fault)
+    }
+
+    /// Upstream text made safe for an error message.
+    pub fn redact(&self, text: &str) -> String {
+        redact(text, &self.caller.ctx.api_key)
+    }
+
+    /// A sentence for the agent's stage when a backup answered.
+    pub fn failover_note(&self) -> Option<String> {
+        let (primary, reason) = self.passed_over.first()?;
+        Some(format!(
+            "_{primary} was unavailable ({reason}); answered by {}._\n\n",
+            self.answered_by().label
+        ))
+    }
+
+    /// Ends the call: one log line, and its outcome fed to the breaker.
+    pub fn finish(self, outcome: Outcome) {
+        let caller = self.caller;
+        let store = caller.host.store();
+        let key = &self.log.breaker_key;
+        match outcome {
+            // An answer with a head shows the target is alive.
+            Outcome::Ok | Outcome::Failed(_, false) => {
+                let state = breaker::load(store, key);
+                if state != breaker::BreakerState::default() {
+                    breaker::save(store, key, &state.on_success());
+                }
+            }
+            Outcome::Failed(_, true) => {
+                let state = breaker::load(store, key);
+                let next = state.on_failure(
+                    &caller.ctx.config.breaker,
+                    caller.host.unix_ms(),
+                    caller.ctx.caller_id(),
+                );
+                breaker::save(store, key, &next);
+            }
+            Outcome::ClientGone | Outcome::Abandoned => {}
+        }
+        let now = caller.host.now_ms();
+        log_call(
+            caller,
+            &self.spec,
+            self.answered_by(),
+            &self.log,
+            Some(self.status),
+            outcome.name(),
+            Some(self.log.head_ms.saturating_sub(self.log.start_ms)),
+            now.saturating_sub(self.log.start_ms),
+        );
+    }
+}
+
+fn site_error(spec: &CallSpec, target: &Target, fault: UpstreamFault) -> CoordError {
+    CoordError::Upstream {
+        service: spec.service.clone(),
+        target: target.label.clone(),
+        fault,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn log_call<H: Host>(
     caller: Caller<'_, H>,
-    site: &CallSite<'_>,
+    spec: &CallSpec,
+    target: &Target,
     log: &CallLog,
     status: Option<u16>,
     outcome: &str,
@@ -253,8 +422,8 @@ fn log_call<H: Host>(
         "trace_id": trace.trace_id,
         "span_id": log.span,
         "parent_span_id": trace.span_id,
-        "agent": site.upstream.short_name(),
-        "target": site.target,
+        "agent": spec.service.name,
+        "target": target.id,
         "method": log.method,
         "path": log.path,
         "status": status,
@@ -272,55 +441,55 @@ fn url_path(url: &str) -> String {
     path.split('?').next().unwrap_or("/").to_owned()
 }
 
-/// Whether a status means "this target is failing": fail over and count it.
+/// Whether a status before the head means "this target is failing".
 fn is_target_failure(status: u16) -> bool {
     status >= 500 || status == 408 || status == 429
 }
 
-/// Calls the first available target of `targets` (primary first, then backups),
-/// building each request with `build(target)`. Returns the committed answer.
-pub async fn call<'a, H: Host>(
+/// Whether a status says the upstream did not take the request at all.
+fn is_not_started(status: u16) -> bool {
+    status == 503 || status == 429
+}
+
+/// Calls the first available target of `spec` (primary first, then backups).
+/// Returns the committed call, or why none accepted it.
+pub async fn open<'a, H: Host>(
     caller: Caller<'a, H>,
-    upstream: Upstream,
-    targets: &[&'a str],
-    build: impl Fn(&str) -> OutboundRequest,
-) -> Result<Answered<'a, H>, CoordError> {
+    spec: CallSpec,
+) -> Result<Opened<'a, H>, CallFailed> {
     let ctx = caller.ctx;
     let host = caller.host;
     let timeouts = ctx.config.timeouts;
-    let breakers = host.breakers();
+    let store = host.store();
     let mut passed_over: Vec<(String, String)> = Vec::new();
-    let mut last_error: Option<CoordError> = None;
+    let mut last: Option<(CoordError, usize)> = None;
     let mut earliest_retry: Option<u64> = None;
 
-    for &target in targets {
-        let site = CallSite {
-            upstream,
-            target,
-            secret: &ctx.api_key,
-        };
-        let key = breaker_key(upstream, target);
-        let now = host.now_ms();
-        let state = breakers.load(&key);
-        let (admission, next) = state.admit(&ctx.config.breaker, now);
+    for (index, target) in spec.targets.iter().enumerate() {
+        let key = breaker_key(&ctx.coordinator, &spec.service.name, &target.identity);
+        let wall = host.unix_ms();
+        let state = breaker::load(store, &key);
+        let (admission, next) = state.clone().admit(&ctx.config.breaker, wall);
         if next != state {
-            breakers.save(&key, next);
+            breaker::save(store, &key, &next);
         }
-        let mut request = build(target);
+        let mut request = spec.request.build(target);
+        let start_ms = host.now_ms();
         let log = CallLog {
             span: span_id(host.random_u64()),
             method: match request.method {
-                crate::client::Method::Get => "GET",
-                crate::client::Method::Post => "POST",
+                Method::Get => "GET",
+                Method::Post => "POST",
             },
             path: url_path(&request.url),
-            start_ms: now,
-            head_ms: now,
+            start_ms,
+            head_ms: start_ms,
+            breaker_key: key,
         };
         if let Admission::Reject { retry_at } = admission {
             earliest_retry = Some(earliest_retry.map_or(retry_at, |e| e.min(retry_at)));
-            log_call(caller, &site, &log, None, "circuit_open", None, 0);
-            passed_over.push((target.to_owned(), "circuit open".to_owned()));
+            log_call(caller, &spec, target, &log, None, "circuit_open", None, 0);
+            passed_over.push((target.label.clone(), "circuit open".to_owned()));
             continue;
         }
         for (name, value) in ctx.trace.call_headers(&log.span) {
@@ -330,94 +499,155 @@ pub async fn call<'a, H: Host>(
         let sending = std::pin::pin!(host.send(request));
         let sent = select(sending, host.sleep(timeouts.first_byte_ms)).await;
         let head_ms = host.now_ms();
-        let failure = match sent {
+        let latency = head_ms.saturating_sub(start_ms);
+        // (error, reason for the note, may fail over, counted by the breaker now)
+        let (error, reason, failover, counted) = match sent {
             Either::Left((Ok(mut response), _)) => {
                 if (200..300).contains(&response.status) {
-                    let log = CallLog { head_ms, ..log };
-                    return Ok(Answered {
+                    let deadline_ms = start_ms.saturating_add(timeouts.total_ms);
+                    return Ok(Opened {
                         caller,
-                        site,
+                        target: index,
                         status: response.status,
-                        body: TimedBody {
-                            host,
-                            body: response.body,
-                            idle_ms: timeouts.idle_ms,
-                            deadline_ms: now.saturating_add(timeouts.total_ms),
-                        },
                         passed_over,
-                        log,
+                        body: CallBody::new(host, response.body, timeouts.idle_ms, deadline_ms),
+                        log: CallLog { head_ms, ..log },
+                        spec,
                     });
                 }
-                let excerpt = read_excerpt(host, &mut response.body, timeouts.idle_ms).await;
-                let error = site.error(UpstreamFault::Status(
-                    response.status,
-                    site.redact(&excerpt),
-                ));
-                let latency = head_ms.saturating_sub(now);
+                let status = response.status;
+                let wait_until = head_ms
+                    .saturating_add(ERROR_EXCERPT_WAIT_MS)
+                    .min(start_ms.saturating_add(timeouts.total_ms));
+                let excerpt = read_excerpt(host, &mut response.body, wait_until).await;
+                let error = site_error(
+                    &spec,
+                    target,
+                    UpstreamFault::Status(status, redact(&excerpt, &ctx.api_key)),
+                );
                 log_call(
                     caller,
-                    &site,
+                    &spec,
+                    target,
                     &log,
-                    Some(response.status),
+                    Some(status),
                     "http_error",
                     Some(latency),
                     latency,
                 );
-                if !is_target_failure(response.status) {
+                if !is_target_failure(status) {
                     // The target is alive and refused this request: no failover.
-                    breakers.save(&key, breakers.load(&key).on_success());
-                    return Err(error);
+                    let state = breaker::load(store, &log.breaker_key);
+                    if state != breaker::BreakerState::default() {
+                        breaker::save(store, &log.breaker_key, &state.on_success());
+                    }
+                    return Err(CallFailed {
+                        error,
+                        blame: None,
+                        target: Some(index),
+                    });
                 }
-                (error, format!("HTTP {}", response.status))
+                let failover = is_not_started(status) || spec.replay == Replay::Safe;
+                let counted = !spec.defer_blame || failover;
+                (error, format!("HTTP {status}"), failover, counted)
             }
             Either::Left((Err(e), _)) => {
-                let latency = head_ms.saturating_sub(now);
-                log_call(caller, &site, &log, None, "connect_error", None, latency);
+                log_call(
+                    caller,
+                    &spec,
+                    target,
+                    &log,
+                    None,
+                    "connect_error",
+                    None,
+                    latency,
+                );
+                let failover = e.not_sent || spec.replay == Replay::Safe;
                 (
-                    site.error(UpstreamFault::Connect(site.redact(&e.0))),
+                    site_error(
+                        &spec,
+                        target,
+                        UpstreamFault::Connect(redact(&e.message, &ctx.api_key)),
+                    ),
                     "unreachable".to_owned(),
+                    failover,
+                    true,
                 )
             }
             Either::Right(_) => {
-                let latency = head_ms.saturating_sub(now);
-                log_call(caller, &site, &log, None, "timeout", None, latency);
+                log_call(caller, &spec, target, &log, None, "timeout", None, latency);
                 let what = format!("no response within {} ms", timeouts.first_byte_ms);
-                (site.error(UpstreamFault::Timeout(what.clone())), what)
+                (
+                    site_error(
+                        &spec,
+                        target,
+                        UpstreamFault::Timeout(Deadline::FirstByte, what.clone()),
+                    ),
+                    what,
+                    spec.replay == Replay::Safe,
+                    true,
+                )
             }
         };
-        let (error, reason) = failure;
-        breakers.save(
-            &key,
-            breakers.load(&key).on_failure(&ctx.config.breaker, head_ms),
-        );
-        passed_over.push((target.to_owned(), reason));
-        last_error = Some(error);
+        let pending = Blame {
+            key: log.breaker_key,
+        };
+        if counted {
+            blame(caller, &pending);
+        }
+        let more = index + 1 < spec.targets.len();
+        if !failover || !more {
+            return Err(CallFailed {
+                error,
+                blame: (!counted).then_some(pending),
+                target: Some(index),
+            });
+        }
+        passed_over.push((target.label.clone(), reason));
+        last = Some((error, index));
     }
 
-    Err(match last_error {
-        Some(e) => e,
-        None => CoordError::Upstream {
-            upstream,
-            target: targets.first().copied().unwrap_or_default().to_owned(),
-            fault: UpstreamFault::CircuitOpen {
-                retry_in_s: earliest_retry
-                    .map_or(0, |r| r.saturating_sub(host.now_ms()).div_ceil(1000)),
+    Err(match last {
+        Some((error, index)) => CallFailed {
+            error,
+            blame: None,
+            target: Some(index),
+        },
+        None => CallFailed {
+            error: CoordError::Upstream {
+                service: spec.service.clone(),
+                target: spec
+                    .targets
+                    .first()
+                    .map(|t| t.label.clone())
+                    .unwrap_or_default(),
+                fault: UpstreamFault::CircuitOpen {
+                    retry_in_s: earliest_retry
+                        .map_or(0, |r| r.saturating_sub(host.unix_ms()).div_ceil(1000)),
+                },
             },
+            blame: None,
+            target: None,
         },
     })
 }
 
-/// Reads up to [`ERROR_BODY_LIMIT`] bytes of an error body: the DIAL/JSON error
-/// message if there is one, else the text.
-async fn read_excerpt<H: Host>(host: &H, body: &mut H::Body, idle_ms: u64) -> String {
+/// Reads up to [`MAX_ERROR_EXCERPT_BYTES`] of an error body, until
+/// `wait_until` (monotonic ms) at the latest: the DIAL/JSON error message if
+/// there is one, else the text.
+async fn read_excerpt<H: Host>(host: &H, body: &mut H::Body, wait_until: u64) -> String {
     let mut bytes = Vec::new();
-    while bytes.len() < ERROR_BODY_LIMIT {
-        match select(body.next(), host.sleep(idle_ms)).await {
+    while bytes.len() < MAX_ERROR_EXCERPT_BYTES {
+        let left = wait_until.saturating_sub(host.now_ms());
+        if left == 0 {
+            break;
+        }
+        match select(body.next(), host.sleep(left)).await {
             Either::Left((Some(Ok(chunk)), _)) => bytes.extend_from_slice(&chunk),
             _ => break,
         }
     }
-    bytes.truncate(ERROR_BODY_LIMIT);
+    bytes.truncate(MAX_ERROR_EXCERPT_BYTES);
     let text = String::from_utf8_lossy(&bytes);
     match serde_json::from_str::<serde_json::Value>(&text) {
         Ok(v) => v
@@ -429,137 +659,116 @@ async fn read_excerpt<H: Host>(host: &H, body: &mut H::Body, idle_ms: u64) -> St
     }
 }
 
-fn body_fault(site: &CallSite<'_>, e: BodyError) -> CoordError {
-    match e {
-        BodyError::Transport(t) => site.error(UpstreamFault::Truncated(site.redact(&t.0))),
-        BodyError::Timeout(what) => site.error(UpstreamFault::Timeout(what)),
+/// Why a body could not be read further.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyError {
+    /// The connection failed.
+    Transport(TransportError),
+    /// A deadline passed.
+    Timeout(Deadline, String),
+}
+
+impl BodyError {
+    /// The fault to report.
+    pub fn fault(self, secret: &str) -> UpstreamFault {
+        match self {
+            BodyError::Transport(t) => UpstreamFault::Truncated(redact(&t.message, secret)),
+            BodyError::Timeout(deadline, what) => UpstreamFault::Timeout(deadline, what),
+        }
     }
 }
 
-/// Reads a whole successful body (non-streaming answers) and ends the call.
-pub async fn read_answer<H: Host>(mut answered: Answered<'_, H>) -> Result<Vec<u8>, CoordError> {
-    let mut out = Vec::new();
-    let result = loop {
-        match answered.body.next().await {
-            Some(Ok(chunk)) => {
-                if out.len() + chunk.len() > ANSWER_LIMIT {
-                    break Err(answered.site.error(UpstreamFault::Malformed(format!(
-                        "the answer is larger than {ANSWER_LIMIT} bytes"
-                    ))));
-                }
-                out.extend_from_slice(&chunk);
-            }
-            Some(Err(e)) => break Err(body_fault(&answered.site, e)),
-            None => break Ok(out),
+/// A response body under two deadlines: no chunk for `idle_ms`, or the call's
+/// total time. Both are checked on every poll, including when chunks are
+/// already waiting (a fast upstream cannot outrun the total deadline).
+pub struct CallBody<'a, H: Host> {
+    host: &'a H,
+    body: H::Body,
+    idle_ms: u64,
+    deadline_ms: u64,
+    timer: Option<(H::Sleep, Deadline)>,
+    ended: bool,
+}
+
+impl<H: Host> std::fmt::Debug for CallBody<'_, H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallBody")
+            .field("idle_ms", &self.idle_ms)
+            .field("deadline_ms", &self.deadline_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a, H: Host> CallBody<'a, H> {
+    fn new(host: &'a H, body: H::Body, idle_ms: u64, deadline_ms: u64) -> CallBody<'a, H> {
+        CallBody {
+            host,
+            body,
+            idle_ms,
+            deadline_ms,
+            timer: None,
+            ended: false,
         }
-    };
-    let outcome = match &result {
-        Ok(_) => Outcome::Ok,
-        Err(e) => Outcome::of(&FlowError::Failed(e.clone())),
-    };
-    answered.finish(outcome);
-    result
+    }
+
+    fn total_exceeded() -> BodyError {
+        BodyError::Timeout(
+            Deadline::Total,
+            "the call exceeded its total time".to_owned(),
+        )
+    }
 }
 
-/// What an event handler wants next.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Next {
-    /// Keep reading.
-    Continue,
-    /// The stream is complete (its own end marker was seen).
-    Done,
-}
+impl<H: Host> Stream for CallBody<'_, H> {
+    type Item = Result<Vec<u8>, BodyError>;
 
-/// Reads an SSE body until `[DONE]`, handing each event's data to `on_event`.
-/// Before it waits for more of the body it flushes `out`, so the client sees
-/// each piece as soon as the upstream sent it, while chunks that arrived
-/// together go out in one write. EOF or a broken connection before `[DONE]` is
-/// a truncation error. Ends the call (log line, breaker).
-pub async fn pump_events<H, T, F>(
-    mut answered: Answered<'_, H>,
-    out: &mut Emitter<T>,
-    mut on_event: F,
-) -> Result<(), FlowError>
-where
-    H: Host,
-    T: Transport,
-    F: FnMut(&str, &mut Emitter<T>) -> Result<Next, CoordError>,
-{
-    let site = answered.site;
-    let mut decoder = SseDecoder::default();
-    let mut events = Vec::new();
-    let mut ready = None;
-    let result: Result<(), FlowError> = loop {
-        let item = match ready.take() {
-            Some(item) => item,
-            None => {
-                if let Err(gone) = out.flush().await {
-                    break Err(gone.into());
-                }
-                answered.body.next().await
-            }
-        };
-        match item {
-            Some(Ok(bytes)) => {
-                events.clear();
-                if let Err(e) = decoder.push(&bytes, &mut events) {
-                    break Err(site.error(UpstreamFault::Malformed(e.to_string())).into());
-                }
-                let mut done = false;
-                let mut failed = None;
-                for data in &events {
-                    if data == "[DONE]" {
-                        done = true;
-                        break;
-                    }
-                    match on_event(data, out) {
-                        Ok(Next::Continue) => {}
-                        Ok(Next::Done) => {
-                            done = true;
-                            break;
-                        }
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                }
-                if let Some(e) = failed {
-                    break Err(e.into());
-                }
-                if done {
-                    break out.flush().await.map_err(FlowError::from);
-                }
-                ready = answered.body.ready_now();
-            }
-            Some(Err(e)) => break Err(body_fault(&site, e).into()),
-            None => {
-                break Err(site
-                    .error(UpstreamFault::Truncated(
-                        "the stream ended without [DONE]".to_owned(),
-                    ))
-                    .into())
-            }
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
         }
-    };
-    let outcome = match &result {
-        Ok(()) => Outcome::Ok,
-        Err(e) => Outcome::of(e),
-    };
-    answered.finish(outcome);
-    result
-}
-
-/// Parses one event's JSON, or reports the upstream as malformed.
-pub fn parse_event<V: serde::de::DeserializeOwned>(
-    site: CallSite<'_>,
-    data: &str,
-) -> Result<V, CoordError> {
-    serde_json::from_str(data).map_err(|e| {
-        site.error(UpstreamFault::Malformed(format!(
-            "an event is not the expected JSON ({e})"
-        )))
-    })
+        let now = this.host.now_ms();
+        if now >= this.deadline_ms {
+            this.ended = true;
+            return Poll::Ready(Some(Err(CallBody::<H>::total_exceeded())));
+        }
+        if let Poll::Ready(item) = this.body.poll_next_unpin(cx) {
+            this.timer = None;
+            return Poll::Ready(match item {
+                Some(Ok(chunk)) => Some(Ok(chunk)),
+                Some(Err(e)) => {
+                    this.ended = true;
+                    Some(Err(BodyError::Transport(e)))
+                }
+                None => {
+                    this.ended = true;
+                    None
+                }
+            });
+        }
+        let (timer, deadline) = this.timer.get_or_insert_with(|| {
+            let left = this.deadline_ms - now;
+            if left <= this.idle_ms {
+                (this.host.sleep(left), Deadline::Total)
+            } else {
+                (this.host.sleep(this.idle_ms), Deadline::Idle)
+            }
+        });
+        match Pin::new(timer).poll(cx) {
+            Poll::Ready(()) => {
+                this.ended = true;
+                let error = match deadline {
+                    Deadline::Idle => BodyError::Timeout(
+                        Deadline::Idle,
+                        format!("no data for {} ms", this.idle_ms),
+                    ),
+                    _ => CallBody::<H>::total_exceeded(),
+                };
+                Poll::Ready(Some(Err(error)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -576,12 +785,70 @@ mod tests {
     }
 
     #[test]
-    fn target_failures_are_5xx_408_429() {
+    fn target_failures_are_5xx_408_429_and_only_503_429_prove_nothing_started() {
         for s in [500, 502, 503, 504, 408, 429] {
             assert!(is_target_failure(s));
         }
         for s in [400, 401, 403, 404, 413, 422] {
             assert!(!is_target_failure(s));
         }
+        assert!(is_not_started(503) && is_not_started(429));
+        for s in [500, 502, 504, 408] {
+            assert!(!is_not_started(s));
+        }
+    }
+
+    #[test]
+    fn only_a_transport_cut_after_the_head_is_the_infrastructure() {
+        assert!(is_infrastructure_after_head(&UpstreamFault::Truncated(
+            "x".into()
+        )));
+        for content in [
+            UpstreamFault::ErrorEvent("x".into()),
+            UpstreamFault::Malformed("x".into()),
+            UpstreamFault::Oversized("x".into()),
+            UpstreamFault::Timeout(Deadline::Idle, "x".into()),
+            UpstreamFault::Timeout(Deadline::Total, "x".into()),
+        ] {
+            assert!(!is_infrastructure_after_head(&content), "{content:?}");
+        }
+    }
+
+    fn target(id: &str) -> Target {
+        Target {
+            id: id.to_owned(),
+            label: id.to_owned(),
+            identity: id.to_owned(),
+        }
+    }
+
+    #[test]
+    fn templates_put_the_target_into_url_and_model() {
+        let t = RequestTemplate {
+            method: Method::Post,
+            url_before: "http://core/openai/deployments/".into(),
+            url_after: "/chat/completions".into(),
+            headers: vec![],
+            body: br#"{"messages":[],"stream":true}"#.to_vec(),
+            with_model: true,
+        };
+        let r = t.build(&target("gpa-b"));
+        assert_eq!(
+            r.url,
+            "http://core/openai/deployments/gpa-b/chat/completions"
+        );
+        assert_eq!(r.body, br#"{"messages":[],"stream":true,"model":"gpa-b"}"#);
+        let e = RequestTemplate::endpoint(Method::Get, "/conversations/c1", Vec::new());
+        let r = e.build(&target("http://ums:1"));
+        assert_eq!(r.url, "http://ums:1/conversations/c1");
+        assert!(r.headers.is_empty());
+    }
+
+    #[test]
+    fn endpoint_targets_are_labelled_without_their_urls() {
+        let t = endpoint_targets(&["http://a".into(), "http://b".into()]);
+        assert_eq!(t[0].label, "primary endpoint");
+        assert_eq!(t[1].label, "backup endpoint 1");
+        assert_eq!(t[1].identity, "http://b");
     }
 }

@@ -7,7 +7,7 @@
 
 use futures::Stream;
 
-use crate::resilience::breaker::BreakerStore;
+use crate::breaker::SharedStore;
 
 /// HTTP method of an outbound call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,9 +67,34 @@ impl OutboundRequest {
     }
 }
 
-/// A transport-level failure (no usable response).
+/// A transport-level failure (no usable response, or a body that broke).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TransportError(pub String);
+pub struct TransportError {
+    /// The request provably never reached the upstream (connection refused,
+    /// name not resolved, TLS failed, the request could not be written): it
+    /// cannot have started any work, so another target may be tried.
+    pub not_sent: bool,
+    /// What happened, in the host's words (first line only).
+    pub message: String,
+}
+
+impl TransportError {
+    /// A failure before the request reached the upstream.
+    pub fn not_sent(message: impl Into<String>) -> TransportError {
+        TransportError {
+            not_sent: true,
+            message: message.into(),
+        }
+    }
+
+    /// A failure after the request may have reached the upstream.
+    pub fn other(message: impl Into<String>) -> TransportError {
+        TransportError {
+            not_sent: false,
+            message: message.into(),
+        }
+    }
+}
 
 /// A response whose body is read as a stream of byte chunks.
 #[derive(Debug)]
@@ -81,7 +106,7 @@ pub struct OutboundResponse<B> {
 }
 
 /// What the coordinator needs from the host it runs on: outbound HTTP, a timer,
-/// a clock, randomness, a log line sink and the circuit-breaker store. The
+/// two clocks, randomness, a log line sink and a small key-value store. The
 /// component implements it with WASI (`host.rs`); tests with fakes.
 pub trait Host {
     /// The body stream of a response.
@@ -98,10 +123,12 @@ pub trait Host {
     /// A future that completes after `ms` milliseconds.
     fn sleep(&self, ms: u64) -> Self::Sleep;
 
-    /// Milliseconds of a monotonic clock.
+    /// Milliseconds of a monotonic clock (timeouts; it may start anywhere in
+    /// each instance).
     fn now_ms(&self) -> u64;
 
-    /// Unix time in milliseconds (for log lines).
+    /// Unix time in milliseconds (log lines, breakers, state issue times: what
+    /// is compared across instances).
     fn unix_ms(&self) -> u64;
 
     /// 64 random bits (span and trace ids).
@@ -111,5 +138,9 @@ pub trait Host {
     fn log(&self, line: &str);
 
     /// Where circuit-breaker states live.
-    fn breakers(&self) -> &dyn BreakerStore;
+    fn store(&self) -> &dyn SharedStore;
+
+    /// True the first time it is asked for `what` in this instance (for
+    /// warnings logged once per instance).
+    fn first_in_instance(&self, what: &'static str) -> bool;
 }

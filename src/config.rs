@@ -4,19 +4,17 @@
 //! (`wasmtime serve --env`, `spin up -e`, `environment` in `spin.toml`). Spin
 //! variables are deliberately not used: their import stops plain WASI hosts from
 //! starting the component. The names of the Python reference are kept so that
-//! existing set-ups carry over. Parsing is pure: it takes a lookup function.
+//! existing set-ups carry over. The agents are a table of their own
+//! (`registry.rs`). Parsing is pure: it takes a lookup function.
 
+use crate::breaker::BreakerConfig;
 use crate::error::CoordError;
-use crate::resilience::breaker::BreakerConfig;
+use crate::registry::Registry;
 
 /// Default DIAL Core base URL.
 pub const DEFAULT_DIAL_ENDPOINT: &str = "http://localhost:8080";
-/// Default LLM deployment for routing and synthesis.
+/// Default LLM deployment for coordination and synthesis.
 pub const DEFAULT_DEPLOYMENT_NAME: &str = "gpt-4o";
-/// Default UMS agent base URL.
-pub const DEFAULT_UMS_AGENT_ENDPOINT: &str = "http://localhost:8042";
-/// Default GPA deployment name.
-pub const DEFAULT_GPA_DEPLOYMENT_NAME: &str = "general-purpose-agent";
 /// Default request body limit: 4 MiB.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// Default limit on the number of messages in a request.
@@ -49,49 +47,34 @@ impl Default for Timeouts {
 pub struct Config {
     /// DIAL Core base URL, without a trailing slash.
     pub dial_endpoint: String,
-    /// LLM deployment used for routing and synthesis.
+    /// LLM deployment used for coordination and synthesis.
     pub deployment_name: String,
-    /// UMS agent base URL, without a trailing slash.
-    pub ums_endpoint: String,
-    /// GPA deployment name.
-    pub gpa_deployment: String,
+    /// Backup LLM deployments, tried in order when the primary fails.
+    pub llm_backups: Vec<String>,
+    /// The agents.
+    pub registry: Registry,
     /// `api-version` query sent on calls into DIAL Core, if set.
     pub api_version: Option<String>,
     /// Largest accepted request body, in bytes.
     pub max_request_bytes: usize,
     /// Largest accepted number of messages.
     pub max_messages: usize,
-    /// Backup LLM deployments, tried in order when the primary fails.
-    pub llm_backups: Vec<String>,
-    /// Backup GPA deployments, tried in order.
-    pub gpa_backups: Vec<String>,
-    /// Backup UMS endpoints, tried in order.
-    pub ums_backups: Vec<String>,
     /// Upstream call timeouts.
     pub timeouts: Timeouts,
     /// Circuit-breaker settings (per upstream target).
     pub breaker: BreakerConfig,
     /// Secret for signing the state we emit; `None` disables signing.
     pub state_secret: Option<String>,
+    /// Signed states older than this many seconds are ignored.
+    pub state_max_age_s: Option<u64>,
+    /// Token `GET /health?deep=1` requires (`Authorization: Bearer <token>`).
+    pub health_token: Option<String>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config {
-            dial_endpoint: DEFAULT_DIAL_ENDPOINT.to_owned(),
-            deployment_name: DEFAULT_DEPLOYMENT_NAME.to_owned(),
-            ums_endpoint: DEFAULT_UMS_AGENT_ENDPOINT.to_owned(),
-            gpa_deployment: DEFAULT_GPA_DEPLOYMENT_NAME.to_owned(),
-            api_version: None,
-            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
-            max_messages: DEFAULT_MAX_MESSAGES,
-            llm_backups: Vec::new(),
-            gpa_backups: Vec::new(),
-            ums_backups: Vec::new(),
-            timeouts: Timeouts::default(),
-            breaker: BreakerConfig::default(),
-            state_secret: None,
-        }
+        // The built-in defaults are valid (see the test `defaults_match_the_python_reference`).
+        Config::from_lookup(|_| None).expect("the built-in defaults are a valid configuration")
     }
 }
 
@@ -122,26 +105,28 @@ impl Config {
                 Some(v) => match v.trim().parse::<u64>() {
                     Ok(n) if n >= min => Ok(n),
                     _ => Err(CoordError::Config {
-                        var,
+                        var: var.to_owned(),
                         reason: format!("must be a whole number, at least {min}"),
                     }),
                 },
                 None => Ok(default),
             }
         };
-        let list =
-            |var: &'static str, parse: fn(&'static str, &str) -> Result<String, CoordError>| {
-                get(var)
-                    .map(|v| {
-                        v.split(',')
-                            .map(str::trim)
-                            .filter(|s| !s.is_empty())
-                            .map(|s| parse(var, s))
-                            .collect::<Result<Vec<_>, _>>()
-                    })
-                    .transpose()
-                    .map(Option::unwrap_or_default)
-            };
+        let optional_number = |var: &'static str, min: u64| -> Result<Option<u64>, CoordError> {
+            match get(var) {
+                Some(_) => number(var, 0, min).map(Some),
+                None => Ok(None),
+            }
+        };
+        let llm_backups = match get("BACKUP_DEPLOYMENT_NAMES") {
+            Some(v) => v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| parse_deployment("BACKUP_DEPLOYMENT_NAMES", s))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
         let max_request_bytes = to_usize(number(
             "MAX_REQUEST_BYTES",
             DEFAULT_MAX_REQUEST_BYTES as u64,
@@ -164,46 +149,45 @@ impl Config {
             .unwrap_or(u32::MAX),
             window_ms: number("BREAKER_WINDOW_MS", b.window_ms, 1)?,
             open_ms: number("BREAKER_OPEN_MS", b.open_ms, 1)?,
+            min_callers: match number("BREAKER_MIN_CALLERS", u64::from(b.min_callers), 1)? {
+                n @ 1..=4 => n as u8,
+                _ => {
+                    return Err(CoordError::Config {
+                        var: "BREAKER_MIN_CALLERS".to_owned(),
+                        reason: "must be a whole number from 1 to 4".to_owned(),
+                    })
+                }
+            },
         };
-        let state_secret = match get("STATE_SECRET") {
-            Some(v) if v.len() < 16 => {
-                return Err(CoordError::Config {
-                    var: "STATE_SECRET",
-                    reason: "must be at least 16 characters long".to_owned(),
-                })
-            }
-            other => other,
+        let secret = |var: &'static str| match get(var) {
+            Some(v) if v.len() < 16 => Err(CoordError::Config {
+                var: var.to_owned(),
+                reason: "must be at least 16 characters long".to_owned(),
+            }),
+            other => Ok(other),
         };
+        let registry = Registry::from_lookup(&get, parse_endpoint, parse_deployment)?;
         Ok(Config {
-            max_messages,
-            llm_backups: list("BACKUP_DEPLOYMENT_NAMES", parse_deployment)?,
-            gpa_backups: list("GPA_BACKUP_DEPLOYMENTS", parse_deployment)?,
-            ums_backups: list("UMS_AGENT_BACKUP_ENDPOINTS", parse_endpoint)?,
-            timeouts,
-            breaker,
-            state_secret,
             dial_endpoint: endpoint("DIAL_ENDPOINT", DEFAULT_DIAL_ENDPOINT)?,
             deployment_name: deployment("DEPLOYMENT_NAME", DEFAULT_DEPLOYMENT_NAME)?,
-            ums_endpoint: endpoint("UMS_AGENT_ENDPOINT", DEFAULT_UMS_AGENT_ENDPOINT)?,
-            gpa_deployment: deployment("GPA_DEPLOYMENT_NAME", DEFAULT_GPA_DEPLOYMENT_NAME)?,
+            llm_backups,
+            registry,
             api_version,
             max_request_bytes,
+            max_messages,
+            timeouts,
+            breaker,
+            state_secret: secret("STATE_SECRET")?,
+            state_max_age_s: optional_number("STATE_MAX_AGE_S", 60)?,
+            health_token: secret("HEALTH_TOKEN")?,
         })
     }
 
     /// The LLM deployments: primary, then backups.
-    pub fn llm_targets(&self) -> Vec<&str> {
-        with_backups(&self.deployment_name, &self.llm_backups)
-    }
-
-    /// The GPA deployments: primary, then backups.
-    pub fn gpa_targets(&self) -> Vec<&str> {
-        with_backups(&self.gpa_deployment, &self.gpa_backups)
-    }
-
-    /// The UMS endpoints: primary, then backups.
-    pub fn ums_targets(&self) -> Vec<&str> {
-        with_backups(&self.ums_endpoint, &self.ums_backups)
+    pub fn llm_targets(&self) -> Vec<String> {
+        std::iter::once(self.deployment_name.clone())
+            .chain(self.llm_backups.iter().cloned())
+            .collect()
     }
 
     /// URL of a deployment's chat-completions endpoint in DIAL Core.
@@ -220,20 +204,15 @@ impl Config {
     }
 }
 
-fn with_backups<'a>(primary: &'a str, backups: &'a [String]) -> Vec<&'a str> {
-    std::iter::once(primary)
-        .chain(backups.iter().map(String::as_str))
-        .collect()
-}
-
 fn to_usize(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }
 
-/// An `http(s)://host[:port][/base]` URL without query, fragment, credentials or spaces.
-fn parse_endpoint(var: &'static str, value: &str) -> Result<String, CoordError> {
+/// An `http(s)://host[:port][/base]` URL: printable ASCII a URI can hold, no
+/// query, fragment, credentials or spaces.
+pub fn parse_endpoint(var: &str, value: &str) -> Result<String, CoordError> {
     let bad = |reason: &str| CoordError::Config {
-        var,
+        var: var.to_owned(),
         reason: reason.to_owned(),
     };
     let v = value.trim();
@@ -245,20 +224,45 @@ fn parse_endpoint(var: &'static str, value: &str) -> Result<String, CoordError> 
     if host.is_empty() {
         return Err(bad("must name a host"));
     }
-    if v.chars()
-        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '?' | '#' | '@'))
-    {
+    // RFC 3986: only these ASCII characters may appear in a URI unescaped.
+    let uri_char = |c: char| {
+        c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                '-' | '.'
+                    | '_'
+                    | '~'
+                    | ':'
+                    | '/'
+                    | '['
+                    | ']'
+                    | '!'
+                    | '$'
+                    | '&'
+                    | '\''
+                    | '('
+                    | ')'
+                    | '*'
+                    | '+'
+                    | ','
+                    | ';'
+                    | '='
+                    | '%'
+            )
+    };
+    if !v.chars().all(uri_char) {
         return Err(bad(
-            "must be a plain base URL (no spaces, query, fragment or credentials)",
+            "must be a plain base URL (ASCII URI characters only; no spaces, query, fragment or credentials)",
         ));
     }
     Ok(v.trim_end_matches('/').to_owned())
 }
 
 /// A deployment name: it is put into a URL path, so only URL-safe characters.
-fn parse_deployment(var: &'static str, value: &str) -> Result<String, CoordError> {
+pub fn parse_deployment(var: &str, value: &str) -> Result<String, CoordError> {
     let v = value.trim();
-    if v.len() > 256
+    if v.is_empty()
+        || v.len() > 256
         || !v
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
@@ -266,7 +270,7 @@ fn parse_deployment(var: &'static str, value: &str) -> Result<String, CoordError
         || v == ".."
     {
         return Err(CoordError::Config {
-            var,
+            var: var.to_owned(),
             reason: "must be a deployment name made of letters, digits, '-', '_' and '.'"
                 .to_owned(),
         });
@@ -274,14 +278,14 @@ fn parse_deployment(var: &'static str, value: &str) -> Result<String, CoordError
     Ok(v.to_owned())
 }
 
-fn parse_token(var: &'static str, value: &str) -> Result<String, CoordError> {
+fn parse_token(var: &str, value: &str) -> Result<String, CoordError> {
     let v = value.trim();
     if !v
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     {
         return Err(CoordError::Config {
-            var,
+            var: var.to_owned(),
             reason: "must contain only letters, digits, '-', '_' and '.'".to_owned(),
         });
     }
@@ -305,7 +309,10 @@ mod tests {
     fn defaults_match_the_python_reference() {
         assert_eq!(cfg(&[]).unwrap(), Config::default());
         assert_eq!(Config::default().dial_endpoint, "http://localhost:8080");
-        assert_eq!(Config::default().ums_endpoint, "http://localhost:8042");
+        assert_eq!(
+            Config::default().registry.get("UMS").unwrap().targets(),
+            ["http://localhost:8042"]
+        );
     }
 
     #[test]
@@ -323,7 +330,11 @@ mod tests {
             c.deployment_url("gpa"),
             "https://core.example.com/openai/deployments/gpa/chat/completions?api-version=2025-01-01-preview"
         );
-        assert_eq!(c.ums_endpoint, "http://127.0.0.1:9000");
+        assert_eq!(
+            c.registry.get("UMS").unwrap().targets(),
+            ["http://127.0.0.1:9000"]
+        );
+        assert_eq!(c.registry.get("GPA").unwrap().targets(), ["gpa"]);
     }
 
     #[test]
@@ -345,6 +356,25 @@ mod tests {
         assert!(!e.message().contains("short"), "the secret is never echoed");
         let e = cfg(&[("UPSTREAM_IDLE_TIMEOUT_MS", "0")]).unwrap_err();
         assert!(e.message().contains("UPSTREAM_IDLE_TIMEOUT_MS"));
+        for bad in [
+            "http://ums:8042/ä",
+            "http://ums<x>",
+            "http://ums:8042/a\"b",
+            "http://ums/{x}",
+        ] {
+            let e = cfg(&[("UMS_AGENT_ENDPOINT", bad)]).unwrap_err();
+            assert!(
+                e.message().contains("UMS_AGENT_ENDPOINT"),
+                "{bad}: {}",
+                e.message()
+            );
+        }
+        let e = cfg(&[("HEALTH_TOKEN", "short")]).unwrap_err();
+        assert!(e.message().contains("HEALTH_TOKEN"));
+        let e = cfg(&[("BREAKER_MIN_CALLERS", "9")]).unwrap_err();
+        assert!(e.message().contains("BREAKER_MIN_CALLERS"));
+        let e = cfg(&[("AGENTS", "GPA,RAG")]).unwrap_err();
+        assert!(e.message().contains("AGENT_RAG_KIND"), "{}", e.message());
     }
 
     #[test]
@@ -357,11 +387,21 @@ mod tests {
             ("BREAKER_FAILURE_THRESHOLD", "3"),
             ("MAX_MESSAGES", "10"),
             ("STATE_SECRET", "0123456789abcdef"),
+            ("STATE_MAX_AGE_S", "86400"),
+            ("BREAKER_MIN_CALLERS", "3"),
         ])
         .unwrap();
-        assert_eq!(c.gpa_backups, vec!["gpa-b1", "gpa-b2"]);
+        assert_eq!(c.state_max_age_s, Some(86_400));
+        assert_eq!(c.breaker.min_callers, 3);
+        assert_eq!(
+            c.registry.get("GPA").unwrap().targets(),
+            ["general-purpose-agent", "gpa-b1", "gpa-b2"]
+        );
         assert_eq!(c.llm_backups, vec!["gpt-4o-mini"]);
-        assert_eq!(c.ums_backups, vec!["http://ums2:8042"]);
+        assert_eq!(
+            c.registry.get("UMS").unwrap().targets(),
+            ["http://localhost:8042", "http://ums2:8042"]
+        );
         assert_eq!(c.timeouts.first_byte_ms, 500);
         assert_eq!(c.timeouts.idle_ms, Timeouts::default().idle_ms);
         assert_eq!(c.breaker.failure_threshold, 3);

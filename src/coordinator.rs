@@ -1,87 +1,40 @@
-//! The three-step flow: routing, the agent call, synthesis.
+//! The flow of one request: coordination, the agents, synthesis.
 //!
 //! [`prepare`] validates everything that can be checked before the first byte
-//! (path, method, body size, JSON, `Api-Key`), so those errors are HTTP statuses.
-//! [`coordinate`] then runs the flow against an [`Host`] and writes into an
-//! [`Emitter`]: the role chunk and the opening of stage 0 are flushed before the
-//! routing call, so the client's first byte never waits on the LLM. After that,
-//! a failure ends the stream with failed stages, the stop chunk, one error event
-//! and `[DONE]` ([`stream_response`]); in non-streaming mode it becomes an HTTP
-//! error ([`collect_response`]).
+//! (body size, JSON, `Api-Key`), so those errors are HTTP statuses.
+//! [`coordinate`] then runs the flow against a [`Host`] and writes into an
+//! [`Emitter`] through one [`Driver`]: the role chunk and the opening of stage
+//! 0 are flushed before the coordination call, so the client's first byte
+//! never waits on the LLM. The state of the response (what every agent left
+//! for later turns, `memory.rs`) is written once, when the agents are done, on
+//! success and on failure alike. After the first byte a failure ends the
+//! stream with failed stages, the stop chunk, one error event and `[DONE]`
+//! ([`stream_response`]); in non-streaming mode it becomes an HTTP error
+//! ([`collect_response`]).
 
 use serde_json::Value;
 
-use crate::agents::gpa::{Gpa, StateTrust};
-use crate::agents::ums::Ums;
-use crate::agents::{Agent, AgentCall};
-use crate::calls::{call, parse_event, pump_events, read_answer, Caller, Next};
-use crate::client::{Host, OutboundRequest};
+use crate::agents::dial::DialSession;
+use crate::agents::ums::{find_conversation, UmsSession};
+use crate::agents::{CompletionCall, Session};
+use crate::calls::{dial_targets, CallSpec, Caller, Replay, RequestTemplate};
+use crate::client::Host;
 use crate::config::Config;
-use crate::dial::request::{parse_request, ChatRequest};
+pub use crate::context::{FlowError, RequestContext};
+use crate::dial::request::parse_request;
 use crate::dial::response::StageStatus;
-use crate::dial::upstream::{error_text, Completion, StreamChunk};
+use crate::driver::{Driver, Root, Single};
 use crate::emitter::{ClientGone, Emitter, Transport};
-use crate::error::{CoordError, Upstream, UpstreamFault};
-use crate::routing::{self, AgentName};
-use crate::synthesis;
+use crate::error::{CoordError, Service};
+use crate::memory::{self, Memory};
+use crate::registry::{AgentKind, AgentSpec};
+use crate::routing;
+use crate::state::{sign, token_subject};
+use crate::synthesis::{SynthesisSession, SYNTHESIS_PROMPT};
 use crate::trace::Trace;
 
 /// Name of stage 0.
 pub const COORDINATION_STAGE: &str = "Coordination Request";
-
-/// Why the flow stopped early.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FlowError {
-    /// The client disconnected: stop quietly.
-    ClientGone,
-    /// A failure to report to the client.
-    Failed(CoordError),
-}
-
-impl From<ClientGone> for FlowError {
-    fn from(_: ClientGone) -> Self {
-        FlowError::ClientGone
-    }
-}
-
-impl From<CoordError> for FlowError {
-    fn from(e: CoordError) -> Self {
-        FlowError::Failed(e)
-    }
-}
-
-/// A validated request, ready to be coordinated.
-#[derive(Debug, Clone)]
-pub struct RequestContext {
-    /// Configuration for this request.
-    pub config: Config,
-    /// The per-request DIAL key: sent only to DIAL Core.
-    pub api_key: String,
-    /// `X-CONVERSATION-ID`, forwarded to GPA when present.
-    pub conversation_id: Option<String>,
-    /// The parsed body.
-    pub request: ChatRequest,
-    /// The trace this request belongs to.
-    pub trace: Trace,
-    /// When the request arrived (host's monotonic milliseconds).
-    pub start_ms: u64,
-}
-
-impl RequestContext {
-    /// How to trust the states in this request's history: the signing secret
-    /// and the conversation they must belong to.
-    pub fn state_trust(&self) -> StateTrust<'_> {
-        StateTrust {
-            secret: self.config.state_secret.as_deref(),
-            binding: self.conversation_id.as_deref().unwrap_or(""),
-        }
-    }
-
-    /// Whether the client asked for SSE.
-    pub fn streaming(&self) -> bool {
-        self.request.stream.unwrap_or(false)
-    }
-}
 
 /// What an incoming request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,14 +70,44 @@ fn truncate(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
 }
 
+/// The coordinator's deployment name in a request path
+/// (`/openai/deployments/<name>/...`), else `mas-coordinator` (the name
+/// `GET /health?deep=1` reports by default).
+pub fn deployment_of(path_and_query: &str) -> String {
+    let path = path_and_query.split('?').next().unwrap_or("");
+    path.strip_prefix("/openai/deployments/")
+        .and_then(|rest| rest.split('/').next())
+        .filter(|name| {
+            !name.is_empty()
+                && name.len() <= 128
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        })
+        .unwrap_or(crate::health::DEFAULT_DEPLOYMENT)
+        .to_owned()
+}
+
+/// What the host knows about the request besides its body.
+#[derive(Debug, Clone)]
+pub struct Incoming<'a> {
+    /// Path and query.
+    pub path: &'a str,
+    /// The trace the request belongs to.
+    pub trace: Trace,
+    /// Monotonic milliseconds at arrival.
+    pub start_ms: u64,
+    /// Unix milliseconds at arrival.
+    pub unix_ms: u64,
+}
+
 /// Validates a chat-completions request. `header` looks a header up by
 /// lowercase name.
 pub fn prepare(
     config: Config,
     header: impl Fn(&str) -> Option<String>,
     body: &[u8],
-    trace: Trace,
-    start_ms: u64,
+    incoming: Incoming<'_>,
 ) -> Result<RequestContext, CoordError> {
     if body.len() > config.max_request_bytes {
         return Err(CoordError::PayloadTooLarge(config.max_request_bytes));
@@ -144,114 +127,131 @@ pub fn prepare(
     let conversation_id = header("x-conversation-id")
         .map(|v| v.trim().to_owned())
         .filter(|v| !v.is_empty());
+    let subject = header("authorization").and_then(|a| token_subject(&a));
     Ok(RequestContext {
         config,
         api_key,
         conversation_id,
+        subject,
+        coordinator: deployment_of(incoming.path),
         request,
-        trace,
-        start_ms,
+        trace: incoming.trace,
+        start_ms: incoming.start_ms,
+        unix_s: incoming.unix_ms / 1000,
     })
 }
 
-/// Runs routing, the agent and synthesis, writing the response into `out`.
-/// Does not end the response: the caller does, by success or failure. The
-/// chosen agent is written to `agent` as soon as it is known (for the log).
+/// A session for one call of `agent`, with `task` appended to the user's
+/// message, in the conversation `known` for UMS-kind agents.
+pub fn agent_session<'a>(
+    ctx: &'a RequestContext,
+    agent: &'a AgentSpec,
+    task: Option<String>,
+    known: Option<(String, Option<String>)>,
+) -> Box<dyn Session + 'a> {
+    match &agent.kind {
+        AgentKind::Dial { .. } => Box::new(DialSession::new(ctx, agent, task)),
+        AgentKind::Ums { .. } => Box::new(UmsSession::new(ctx, agent, task.as_deref(), known)),
+    }
+}
+
+/// The non-streaming coordination call of `body` on the LLM deployments.
+pub fn coordination_call(ctx: &RequestContext, body: Vec<u8>) -> CompletionCall {
+    CompletionCall::new(CallSpec {
+        service: Service::llm(),
+        targets: dial_targets(&ctx.config, &ctx.config.llm_targets()),
+        request: RequestTemplate::dial_chat(ctx, body),
+        replay: Replay::Safe,
+        defer_blame: false,
+    })
+}
+
+/// Writes the one state of the response: what the agents left, signed.
+pub fn write_state<T: Transport>(
+    ctx: &RequestContext,
+    out: &mut Emitter<T>,
+    memories: &[(&AgentSpec, Memory)],
+) {
+    if let Some(state) = memory::compose(memories.iter().map(|(a, m)| (*a, m))) {
+        out.set_state(sign(state, &ctx.state_trust()));
+    }
+}
+
+/// Runs coordination, the agents and synthesis, writing the response into
+/// `out`. Does not end the response: the caller does, by success or failure.
+/// The agents called are added to `agents` as soon as they are known (for the
+/// log).
 pub async fn coordinate<H: Host, T: Transport>(
     ctx: &RequestContext,
     host: &H,
     out: &mut Emitter<T>,
-    agent: &mut Option<AgentName>,
+    agents: &mut Vec<String>,
 ) -> Result<(), FlowError> {
     let caller = Caller { host, ctx };
+    let registry = &ctx.config.registry;
     out.role();
     let stage0 = out.open_stage(COORDINATION_STAGE, None);
-    out.flush().await?;
+    let mut driver = Driver::new(caller, out);
 
-    let (routed, note) = route(caller).await?;
-    if let Some(note) = note {
-        out.stage_content(stage0, &note);
-    }
-    out.stage_content(stage0, &routing::stage_text(&routed));
-    out.close_stage(stage0, StageStatus::Completed);
+    let mut routing_call = Single::new(
+        Root::Existing(stage0),
+        Box::new(coordination_call(ctx, routing::request_body(ctx))),
+    );
+    driver.run(&mut routing_call).await?;
+    let answer = routing_call.result()?;
+    let routed = routing::parse_decision(Some(&answer), registry);
+    driver
+        .out
+        .stage_content(stage0, &routing::stage_text(&routed, registry));
+    driver.out.close_stage(stage0, StageStatus::Completed);
 
-    let chosen = routed.decision.agent_name;
-    *agent = Some(chosen);
-    let stage1 = out.open_stage(&format!("Call {} Agent", chosen.as_str()), None);
-    out.flush().await?;
-    let call = AgentCall {
-        caller,
-        decision: &routed.decision,
-        stage: stage1,
+    let agent = registry
+        .get(&routed.decision.agent_name)
+        .unwrap_or_else(|| registry.fallback());
+    agents.push(agent.name.clone());
+    let known = match agent.kind {
+        AgentKind::Ums { .. } => find_conversation(ctx, agent),
+        AgentKind::Dial { .. } => None,
     };
-    let answer = match chosen {
-        AgentName::Gpa => Gpa::run(call, out).await?,
-        AgentName::Ums => Ums::run(call, out).await?,
-    };
-    out.close_stage(stage1, StageStatus::Completed);
-    out.flush().await?;
-
-    synthesize(caller, &answer, out).await
-}
-
-fn llm_request(ctx: &RequestContext, deployment: &str, body: &[u8]) -> OutboundRequest {
-    OutboundRequest::post_json(ctx.config.deployment_url(deployment), body.to_vec())
-        .header("api-key", &ctx.api_key)
-}
-
-/// Step 1: the routing call. Returns the decision and, when a backup
-/// deployment answered, a note for stage 0.
-async fn route<H: Host>(
-    caller: Caller<'_, H>,
-) -> Result<(routing::Routed, Option<String>), CoordError> {
-    let ctx = caller.ctx;
-    let targets = ctx.config.llm_targets();
-    let answered = call(caller, Upstream::Llm, &targets, |deployment| {
-        let body = routing::request_body(deployment, &ctx.request.messages);
-        llm_request(ctx, deployment, &body)
-    })
-    .await?;
-    let site = answered.site;
-    let note = answered.failover_note();
-    let bytes = read_answer(answered).await?;
-    let completion: Completion = serde_json::from_slice(&bytes).map_err(|_| {
-        site.error(UpstreamFault::Malformed(
-            "the routing answer is not a chat completion".to_owned(),
-        ))
-    })?;
-    let text = completion
-        .choices
+    let session = agent_session(
+        ctx,
+        agent,
+        routed.decision.additional_instructions.clone(),
+        known,
+    );
+    let mut agent_call = Single::new(Root::NewStage(agent.stage_name()), session);
+    driver.run(&mut agent_call).await?;
+    let memories: Vec<(&AgentSpec, Memory)> = agent_call
+        .ended
+        .as_mut()
+        .map(|e| std::mem::take(&mut e.memory))
+        .unwrap_or_default()
         .into_iter()
-        .next()
-        .and_then(|c| c.message.content);
-    Ok((routing::parse_decision(text.as_deref()), note))
+        .map(|m| (agent, m))
+        .collect();
+    write_state(ctx, driver.out, &memories);
+    let answer = agent_call.result()?;
+
+    let mut synthesis = Single::new(
+        Root::Choice,
+        Box::new(SynthesisSession::new(ctx, SYNTHESIS_PROMPT, &answer)),
+    );
+    driver.run(&mut synthesis).await?;
+    synthesis.result()?;
+    Ok(())
 }
 
-/// Step 3: the streamed final answer.
-async fn synthesize<H: Host, T: Transport>(
-    caller: Caller<'_, H>,
-    answer: &str,
-    out: &mut Emitter<T>,
-) -> Result<(), FlowError> {
-    let ctx = caller.ctx;
-    let targets = ctx.config.llm_targets();
-    let answered = call(caller, Upstream::Llm, &targets, |deployment| {
-        let body = synthesis::request_body(deployment, &ctx.request.messages, answer);
-        llm_request(ctx, deployment, &body)
-    })
-    .await?;
-    let site = answered.site;
-    pump_events(answered, out, |data, out| {
-        let chunk: StreamChunk = parse_event(site, data)?;
-        if let Some(error) = &chunk.error {
-            return Err(site.error(UpstreamFault::ErrorEvent(site.redact(&error_text(error)))));
-        }
-        if let Some(text) = chunk.into_delta().and_then(|d| d.content) {
-            out.content(&text);
-        }
-        Ok(Next::Continue)
-    })
-    .await
+/// Logs, once per instance, that states are not signed.
+fn warn_unsigned<H: Host>(host: &H, ctx: &RequestContext) {
+    if ctx.config.state_secret.is_none() && host.first_in_instance("state_signing_off") {
+        let line = serde_json::json!({
+            "ts_ms": host.unix_ms(),
+            "level": "warn",
+            "event": "config",
+            "message": "STATE_SECRET is not set: client-supplied state is trusted as it comes (see README, Operating in production)",
+        });
+        host.log(&line.to_string());
+    }
 }
 
 /// Runs the flow as an SSE stream and ends it properly either way, then
@@ -261,8 +261,9 @@ pub async fn stream_response<H: Host, T: Transport>(
     host: &H,
     out: &mut Emitter<T>,
 ) {
-    let mut agent = None;
-    let result = coordinate(ctx, host, out, &mut agent).await;
+    warn_unsigned(host, ctx);
+    let mut agents = Vec::new();
+    let result = coordinate(ctx, host, out, &mut agents).await;
     let (outcome, error) = match result {
         Ok(()) => {
             let gone = out.finish_ok().await.is_err();
@@ -274,7 +275,7 @@ pub async fn stream_response<H: Host, T: Transport>(
             ("error", Some(e))
         }
     };
-    log_request(host, ctx, "stream", agent, 200, outcome, error.as_ref());
+    log_request(host, ctx, "stream", &agents, 200, outcome, error.as_ref());
 }
 
 /// Runs the flow collecting the merged message (non-streaming mode), and
@@ -285,9 +286,10 @@ pub async fn collect_response<H: Host>(
     id: &str,
     created: u64,
 ) -> Result<Value, CoordError> {
+    warn_unsigned(host, ctx);
     let mut out: Emitter<NoTransport> = Emitter::collecting();
-    let mut agent = None;
-    let result = match coordinate(ctx, host, &mut out, &mut agent).await {
+    let mut agents = Vec::new();
+    let result = match coordinate(ctx, host, &mut out, &mut agents).await {
         Ok(()) => {
             out.close_open_stages(StageStatus::Completed);
             Ok(out.into_merged(id, created).unwrap_or(Value::Null))
@@ -297,8 +299,8 @@ pub async fn collect_response<H: Host>(
         Err(FlowError::ClientGone) => Err(CoordError::BadRequest("client went away".to_owned())),
     };
     match &result {
-        Ok(_) => log_request(host, ctx, "json", agent, 200, "ok", None),
-        Err(e) => log_request(host, ctx, "json", agent, e.status(), "error", Some(e)),
+        Ok(_) => log_request(host, ctx, "json", &agents, 200, "ok", None),
+        Err(e) => log_request(host, ctx, "json", &agents, e.status(), "error", Some(e)),
     }
     result
 }
@@ -308,7 +310,7 @@ fn log_request<H: Host>(
     host: &H,
     ctx: &RequestContext,
     mode: &str,
-    agent: Option<AgentName>,
+    agents: &[String],
     status: u16,
     outcome: &str,
     error: Option<&CoordError>,
@@ -321,7 +323,8 @@ fn log_request<H: Host>(
         "span_id": ctx.trace.span_id,
         "parent_span_id": ctx.trace.parent_span_id,
         "mode": mode,
-        "agent": agent.map(AgentName::as_str),
+        "agent": agents.first(),
+        "agents": agents,
         "messages": ctx.request.messages.len(),
         "status": status,
         "outcome": outcome,
@@ -370,6 +373,28 @@ mod tests {
     }
 
     #[test]
+    fn the_coordinator_deployment_comes_from_the_path() {
+        assert_eq!(
+            deployment_of("/openai/deployments/mas-coordinator/chat/completions?x=1"),
+            "mas-coordinator"
+        );
+        assert_eq!(deployment_of("/chat/completions"), "mas-coordinator");
+        assert_eq!(
+            deployment_of("/openai/deployments/a%2Fb/chat/completions"),
+            "mas-coordinator"
+        );
+    }
+
+    fn incoming() -> Incoming<'static> {
+        Incoming {
+            path: "/openai/deployments/mas/chat/completions",
+            trace: Trace::from_headers(None, None, "a".repeat(32), "b".repeat(16)),
+            start_ms: 0,
+            unix_ms: 1_700_000_000_000,
+        }
+    }
+
+    #[test]
     fn prepare_checks_size_body_and_key_in_that_order() {
         let cfg = Config {
             max_request_bytes: 1024,
@@ -377,22 +402,21 @@ mod tests {
         };
         let key = |k: &str| (k == "api-key").then(|| "sk".to_owned());
         let big = vec![b' '; 2000];
-        let t = || Trace::from_headers(None, None, "a".repeat(32), "b".repeat(16));
         assert_eq!(
-            prepare(cfg.clone(), key, &big, t(), 0)
+            prepare(cfg.clone(), key, &big, incoming())
                 .unwrap_err()
                 .status(),
             413
         );
         assert_eq!(
-            prepare(cfg.clone(), key, b"nope", t(), 0)
+            prepare(cfg.clone(), key, b"nope", incoming())
                 .unwrap_err()
                 .status(),
             400
         );
         let body = br#"{"messages":[{"role":"user","content":"hi"}]}"#;
         assert_eq!(
-            prepare(cfg.clone(), |_| None, body, t(), 0).unwrap_err(),
+            prepare(cfg.clone(), |_| None, body, incoming()).unwrap_err(),
             CoordError::MissingApiKey
         );
         let few = Config {
@@ -401,7 +425,7 @@ mod tests {
         };
         let two = br#"{"messages":[{"role":"user","content":"a"},{"role":"user","content":"b"}]}"#;
         assert_eq!(
-            prepare(few, key, two, t(), 0).unwrap_err().message(),
+            prepare(few, key, two, incoming()).unwrap_err().message(),
             "Invalid request: too many messages (2 > 1)"
         );
         let ctx = prepare(
@@ -409,15 +433,21 @@ mod tests {
             |k| match k {
                 "api-key" => Some("sk".into()),
                 "x-conversation-id" => Some("conv%201".into()),
+                // {"sub":"user-42","name":"Ada"}
+                "authorization" => Some(
+                    "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJ1c2VyLTQyIiwibmFtZSI6IkFkYSJ9.x".into(),
+                ),
                 _ => None,
             },
             body,
-            t(),
-            0,
+            incoming(),
         )
         .unwrap();
         assert_eq!(ctx.api_key, "sk");
         assert_eq!(ctx.conversation_id.as_deref(), Some("conv%201"));
+        assert_eq!(ctx.subject.as_deref(), Some("user-42"));
+        assert_eq!(ctx.coordinator, "mas");
+        assert_eq!(ctx.unix_s, 1_700_000_000);
         assert!(!ctx.streaming());
     }
 }

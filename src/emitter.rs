@@ -7,16 +7,15 @@
 //! [`Emitter::flush`] hands the buffer to the [`Transport`] in one write, so the
 //! flow flushes right before it waits on an upstream and every event reaches the
 //! client as soon as it exists. In non-streaming mode the same deltas are folded
-//! into the merged message instead.
+//! into the merged message instead. It also keeps the response's token usage,
+//! which the last chunk carries.
 
 use serde_json::Value;
 
+pub use crate::context::ClientGone;
 use crate::dial::response::{Attachment, Delta, MessageAccumulator, SseEncoder, StageStatus};
+use crate::dial::usage::{Usage, UsageReport};
 use crate::error::CoordError;
-
-/// The client went away; nothing more can be sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientGone;
 
 /// Where the streamed bytes go (the host's response body, or a test's buffer).
 pub trait Transport {
@@ -55,6 +54,7 @@ pub struct Emitter<T> {
     attachments: usize,
     state_sent: bool,
     finished: bool,
+    usage: UsageReport,
 }
 
 impl<T: Transport> Emitter<T> {
@@ -79,6 +79,25 @@ impl<T: Transport> Emitter<T> {
             attachments: 0,
             state_sent: false,
             finished: false,
+            usage: UsageReport::default(),
+        }
+    }
+
+    /// Adds the usage one call to `model` reported.
+    pub fn add_usage(&mut self, model: &str, usage: Usage) {
+        self.usage.add(model, usage);
+    }
+
+    /// The usage reported so far.
+    pub fn usage(&self) -> &UsageReport {
+        &self.usage
+    }
+
+    /// Bytes written but not yet flushed (streaming mode).
+    pub fn buffered(&self) -> usize {
+        match &self.sink {
+            Sink::Stream { buffer, .. } => buffer.len(),
+            Sink::Collect(_) => 0,
         }
     }
 
@@ -231,9 +250,9 @@ impl<T: Transport> Emitter<T> {
             encoder, buffer, ..
         } = &mut self.sink
         {
-            encoder.stop(buffer);
+            encoder.stop(buffer, &self.usage);
             if let Some(e) = error {
-                SseEncoder::error(buffer, e);
+                SseEncoder::error(buffer, &e.body());
             }
             SseEncoder::done(buffer);
         }
@@ -250,7 +269,7 @@ impl<T: Transport> Emitter<T> {
     /// The merged message (collecting mode), `None` when streaming.
     pub fn into_merged(self, id: &str, created: u64) -> Option<Value> {
         match self.sink {
-            Sink::Collect(acc) => Some(acc.into_response(id, created)),
+            Sink::Collect(acc) => Some(acc.into_response(id, created, &self.usage)),
             Sink::Stream { .. } => None,
         }
     }

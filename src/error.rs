@@ -8,37 +8,38 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use crate::dial::error::{ErrorBody, ErrorDetail};
+use crate::dial::request::RequestError;
 
-/// Which upstream a fault came from; names what the user sees in messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Upstream {
-    /// The LLM deployment behind DIAL Core (routing and synthesis).
-    Llm,
-    /// The General Purpose Agent deployment behind DIAL Core.
-    Gpa,
-    /// The User Management Service agent.
-    Ums,
+/// Who a fault came from: the short name used in logs and technical messages
+/// (`GPA`, `LLM`, `RAG`) and the words DIAL Chat shows to the person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// Short machine name, e.g. `GPA`.
+    pub name: String,
+    /// Human name, e.g. `the General Purpose Agent`.
+    pub display: String,
 }
 
-impl Upstream {
-    /// Human name used in messages shown in DIAL Chat.
-    pub fn display_name(self) -> &'static str {
-        match self {
-            Upstream::Llm => "the coordinator's language model",
-            Upstream::Gpa => "the General Purpose Agent",
-            Upstream::Ums => "the User Management agent",
+impl Service {
+    /// The coordinator's own language model (coordination and synthesis calls).
+    pub fn llm() -> Service {
+        Service {
+            name: "LLM".to_owned(),
+            display: "the coordinator's language model".to_owned(),
         }
     }
+}
 
-    /// Short machine name used in logs and error messages.
-    pub fn short_name(self) -> &'static str {
-        match self {
-            Upstream::Llm => "LLM",
-            Upstream::Gpa => "GPA",
-            Upstream::Ums => "UMS",
-        }
-    }
+/// Which deadline a call missed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// No response head in time.
+    FirstByte,
+    /// Silence between two body chunks.
+    Idle,
+    /// The whole call took too long.
+    Total,
 }
 
 /// What went wrong while talking to an upstream.
@@ -54,8 +55,10 @@ pub enum UpstreamFault {
     Truncated(String),
     /// The upstream sent something that is not its protocol (non-JSON, wrong shape).
     Malformed(String),
+    /// The upstream sent more than the coordinator accepts (an event, stages, state...).
+    Oversized(String),
     /// The upstream did not answer in time.
-    Timeout(String),
+    Timeout(Deadline, String),
     /// Every target's circuit breaker is open; the next trial is in `retry_in_s` seconds.
     CircuitOpen {
         /// Seconds until a trial call is allowed.
@@ -76,43 +79,31 @@ pub enum CoordError {
     NotFound(String),
     /// The path exists but not for this method.
     MethodNotAllowed(String),
+    /// The endpoint needs a token the request did not carry (`HEALTH_TOKEN`).
+    Unauthorized(String),
     /// A configuration variable has a malformed value.
     Config {
         /// The environment variable's name.
-        var: &'static str,
+        var: String,
         /// Why the value was rejected (never the value itself: it may be a secret).
         reason: String,
     },
     /// An upstream call failed.
     Upstream {
         /// Which upstream.
-        upstream: Upstream,
-        /// The deployment or endpoint that was called.
+        service: Service,
+        /// The deployment, or the label of the endpoint (never its URL: URLs
+        /// stay in logs), that was called.
         target: String,
         /// What went wrong.
         fault: UpstreamFault,
     },
 }
 
-/// The JSON body `{"error": {...}}` DIAL uses for every error.
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct ErrorBody {
-    /// The inner object.
-    pub error: ErrorDetail,
-}
-
-/// The inner error object, field names as DIAL expects them.
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct ErrorDetail {
-    /// Technical message (for logs and API clients).
-    pub message: String,
-    /// Error class, e.g. `invalid_request_error`.
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    /// The HTTP status as a string, as aidial-sdk does.
-    pub code: String,
-    /// What DIAL Chat shows to the person.
-    pub display_message: String,
+impl From<RequestError> for CoordError {
+    fn from(e: RequestError) -> Self {
+        CoordError::BadRequest(e.0)
+    }
 }
 
 impl CoordError {
@@ -126,6 +117,7 @@ impl CoordError {
             CoordError::PayloadTooLarge(_) => 413,
             CoordError::NotFound(_) => 404,
             CoordError::MethodNotAllowed(_) => 405,
+            CoordError::Unauthorized(_) => 401,
             CoordError::Config { .. } | CoordError::Upstream { .. } => 500,
         }
     }
@@ -135,7 +127,8 @@ impl CoordError {
             CoordError::BadRequest(_)
             | CoordError::MissingApiKey
             | CoordError::PayloadTooLarge(_)
-            | CoordError::MethodNotAllowed(_) => "invalid_request_error",
+            | CoordError::MethodNotAllowed(_)
+            | CoordError::Unauthorized(_) => "invalid_request_error",
             CoordError::NotFound(_) => "not_found_error",
             CoordError::Config { .. } => "internal_server_error",
             CoordError::Upstream { .. } => "runtime_error",
@@ -152,15 +145,16 @@ impl CoordError {
             }
             CoordError::NotFound(path) => format!("No route for path {path}"),
             CoordError::MethodNotAllowed(m) => format!("Method {m} is not allowed on this path"),
+            CoordError::Unauthorized(what) => what.clone(),
             CoordError::Config { var, reason } => {
                 format!("Invalid configuration: {var} {reason}")
             }
             CoordError::Upstream {
-                upstream,
+                service,
                 target,
                 fault,
             } => {
-                let who = format!("{} ({target})", upstream.short_name());
+                let who = format!("{} ({target})", service.name);
                 match fault {
                     UpstreamFault::Connect(d) => format!("{who} could not be reached: {d}"),
                     UpstreamFault::Status(s, d) if d.is_empty() => {
@@ -172,7 +166,8 @@ impl CoordError {
                         format!("{who} stopped before finishing its answer: {d}")
                     }
                     UpstreamFault::Malformed(d) => format!("{who} sent malformed data: {d}"),
-                    UpstreamFault::Timeout(d) => format!("{who} did not answer in time: {d}"),
+                    UpstreamFault::Oversized(d) => format!("{who} sent too much: {d}"),
+                    UpstreamFault::Timeout(_, d) => format!("{who} did not answer in time: {d}"),
                     UpstreamFault::CircuitOpen { retry_in_s } => format!(
                         "{who} is skipped after repeated failures (circuit open, next try in {retry_in_s} s)"
                     ),
@@ -196,13 +191,12 @@ impl CoordError {
             CoordError::NotFound(_) | CoordError::MethodNotAllowed(_) => {
                 "The coordinator does not serve this address.".to_owned()
             }
+            CoordError::Unauthorized(_) => "This endpoint needs a valid token.".to_owned(),
             CoordError::Config { var, .. } => format!(
                 "The coordinator is misconfigured ({var}). Please tell the administrator."
             ),
-            CoordError::Upstream {
-                upstream, fault, ..
-            } => {
-                let who = upstream.display_name();
+            CoordError::Upstream { service, fault, .. } => {
+                let who = &service.display;
                 let what = match fault {
                     UpstreamFault::Connect(_) => format!("{who} is unreachable right now"),
                     UpstreamFault::Status(s, _) => format!("{who} failed (HTTP {s})"),
@@ -211,7 +205,8 @@ impl CoordError {
                         format!("{who} stopped before finishing its answer")
                     }
                     UpstreamFault::Malformed(_) => format!("{who} sent an answer that could not be read"),
-                    UpstreamFault::Timeout(_) => format!("{who} did not answer in time"),
+                    UpstreamFault::Oversized(_) => format!("{who} sent more than the coordinator accepts"),
+                    UpstreamFault::Timeout(..) => format!("{who} did not answer in time"),
                     UpstreamFault::CircuitOpen { retry_in_s } => format!(
                         "{who} is unavailable after repeated failures; it will be tried again in {retry_in_s} s"
                     ),
@@ -240,7 +235,15 @@ impl CoordError {
 
     /// The DIAL error body serialized as JSON bytes.
     pub fn body_json(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.body()).unwrap_or_default()
+        self.body().to_json()
+    }
+
+    /// The fault, when this is an upstream's error.
+    pub fn fault(&self) -> Option<&UpstreamFault> {
+        match self {
+            CoordError::Upstream { fault, .. } => Some(fault),
+            _ => None,
+        }
     }
 }
 
@@ -258,10 +261,18 @@ const EXCERPT_CHARS: usize = 200;
 /// Shortens upstream text for an error message and removes every occurrence of
 /// `secret` (the per-request key), so that an upstream echoing it cannot leak it.
 pub fn redact(text: &str, secret: &str) -> String {
+    // Only the start of the text can end up in the excerpt: look no further
+    // than that (plus room for a secret that straddles the cut).
+    let text = text.trim_start();
+    let room = EXCERPT_CHARS + secret.chars().count() + 1;
+    let head = match text.char_indices().nth(room) {
+        Some((cut, _)) => &text[..cut],
+        None => text,
+    };
     let cleaned = if secret.is_empty() {
-        text.to_owned()
+        head.to_owned()
     } else {
-        text.replace(secret, "***")
+        head.replace(secret, "***")
     };
     let cleaned = cleaned.trim();
     match cleaned.char_indices().nth(EXCERPT_CHARS) {
@@ -273,6 +284,13 @@ pub fn redact(text: &str, secret: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn gpa() -> Service {
+        Service {
+            name: "GPA".into(),
+            display: "the General Purpose Agent".into(),
+        }
+    }
 
     #[test]
     fn bad_request_body_has_dial_shape() {
@@ -293,10 +311,10 @@ mod tests {
             UpstreamFault::Connect("refused".into()),
             UpstreamFault::Status(503, String::new()),
             UpstreamFault::Status(429, String::new()),
-            UpstreamFault::Timeout("30 s".into()),
+            UpstreamFault::Timeout(Deadline::FirstByte, "30 s".into()),
         ] {
             let e = CoordError::Upstream {
-                upstream: Upstream::Gpa,
+                service: gpa(),
                 target: "general-purpose-agent".into(),
                 fault,
             };
@@ -307,8 +325,11 @@ mod tests {
     #[test]
     fn upstream_display_message_names_the_agent() {
         let e = CoordError::Upstream {
-            upstream: Upstream::Ums,
-            target: "http://ums".into(),
+            service: Service {
+                name: "UMS".into(),
+                display: "the User Management agent".into(),
+            },
+            target: "primary endpoint".into(),
             fault: UpstreamFault::Connect("connection refused".into()),
         };
         assert_eq!(
@@ -317,7 +338,7 @@ mod tests {
         );
         assert_eq!(
             e.message(),
-            "UMS (http://ums) could not be reached: connection refused"
+            "UMS (primary endpoint) could not be reached: connection refused"
         );
     }
 

@@ -1,10 +1,11 @@
 //! The host adapter: wasi:http through spin-sdk 5.2. The only module that does
 //! I/O. It reads the incoming request, hands it to `coordinator`, streams the
 //! response through the body sink, and implements `client::Host` with outgoing
-//! wasi:http requests, monotonic-clock timers, wasi:random, stderr and an
-//! in-instance breaker store. Only standard `wasi:*` interfaces are used (the
-//! `spin-kv` build adds Spin's key-value store), so the default component runs
-//! on Spin and on plain WASI hosts alike.
+//! wasi:http requests, monotonic-clock timers, wasi:random, stderr and a small
+//! key-value store for the breakers: the instance's memory in the default
+//! build (only standard `wasi:*` interfaces, so it runs on Spin and on plain
+//! WASI hosts alike), Spin's key-value store in the `spin-kv` build (shared by
+//! every instance of a Spin deployment; Spin only).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -15,14 +16,16 @@ use spin_sdk::http::{
     ResponseOutparam,
 };
 
+use crate::breaker::SharedStore;
 use crate::client::{Host, Method, OutboundRequest, OutboundResponse, TransportError};
 use crate::config::Config;
-use crate::coordinator::{collect_response, prepare, route_endpoint, stream_response, Endpoint};
+use crate::coordinator::{
+    collect_response, prepare, route_endpoint, stream_response, Endpoint, Incoming,
+};
 use crate::dial::response::SseEncoder;
 use crate::emitter::{ClientGone, Emitter, Transport};
 use crate::error::CoordError;
-use crate::resilience::breaker::BreakerStore;
-use crate::resilience::health;
+use crate::health;
 use crate::trace::{span_id, trace_id, Trace};
 
 #[spin_sdk::http_component]
@@ -54,15 +57,22 @@ async fn serve(request: IncomingRequest, out: ResponseOutparam) {
     };
     match route_endpoint(&method, &path) {
         Ok(Endpoint::Health) => {
-            let report = match (health::wants_deep(&path), Config::from_env()) {
-                (true, Ok(config)) => health::deep(&host, &config).await,
-                (true, Err(e)) => return reply.error(&e).await,
-                (false, _) => health::shallow(&host),
+            let config = match Config::from_env() {
+                Ok(config) => config,
+                Err(e) => return reply.json(500, &health::misconfigured(&e)).await,
+            };
+            let report = if health::wants_deep(&path) {
+                if let Err(e) = health::authorize(&config, header("authorization").as_deref()) {
+                    return reply.error(&e).await;
+                }
+                health::deep(&host, &config, &path).await
+            } else {
+                health::shallow(&host, &config)
             };
             reply.json(200, &report).await;
         }
         Ok(Endpoint::Rate) => reply.send(200, "application/json", Vec::new()).await,
-        Ok(Endpoint::ChatCompletions) => chat(&host, request, reply, &header, trace).await,
+        Ok(Endpoint::ChatCompletions) => chat(&host, request, reply, &header, &path, trace).await,
         Err(e) => reply.error(&e).await,
     }
 }
@@ -72,9 +82,11 @@ async fn chat(
     request: IncomingRequest,
     reply: Reply<'_>,
     header: &impl Fn(&str) -> Option<String>,
+    path: &str,
     trace: Trace,
 ) {
     let start_ms = host.now_ms();
+    let unix_ms = host.unix_ms();
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => return reply.rejected(host, &trace, &e).await,
@@ -84,7 +96,13 @@ async fn chat(
         Ok(b) => b,
         Err(e) => return reply.rejected(host, &trace, &e).await,
     };
-    let ctx = match prepare(config, header, &body, trace.clone(), start_ms) {
+    let incoming = Incoming {
+        path,
+        trace: trace.clone(),
+        start_ms,
+        unix_ms,
+    };
+    let ctx = match prepare(config, header, &body, incoming) {
         Ok(ctx) => ctx,
         Err(e) => return reply.rejected(host, &trace, &e).await,
     };
@@ -94,7 +112,7 @@ async fn chat(
         host.random_u64(),
         host.random_u64()
     );
-    let created = host.unix_ms() / 1000;
+    let created = unix_ms / 1000;
     if ctx.streaming() {
         let sink = reply.start(200, "text/event-stream; charset=utf-8");
         let mut emitter = Emitter::streaming(SseEncoder::new(&id, created), HostTransport { sink });
@@ -198,47 +216,43 @@ impl Transport for HostTransport {
 }
 
 /// The WASI host: outbound HTTP through wasi:http, monotonic-clock timers,
-/// wasi:random, stderr logs, and breaker states in this instance's memory.
+/// wasi:random, stderr logs, and the breaker store of this build.
 struct WasiHost {
-    breakers: &'static dyn BreakerStore,
+    store: &'static dyn SharedStore,
 }
 
 thread_local! {
     // Lives as long as the instance: across requests when the host reuses it.
-    static BREAKERS: &'static dyn BreakerStore = breaker_store();
+    static STORE: &'static dyn SharedStore = shared_store();
+    static FIRSTS: std::cell::RefCell<Vec<&'static str>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[cfg(not(feature = "spin-kv"))]
-fn breaker_store() -> &'static dyn BreakerStore {
-    Box::leak(Box::new(crate::resilience::breaker::MemoryStore::default()))
+fn shared_store() -> &'static dyn SharedStore {
+    Box::leak(Box::new(crate::breaker::MemoryStore::default()))
 }
 
 #[cfg(feature = "spin-kv")]
-fn breaker_store() -> &'static dyn BreakerStore {
+fn shared_store() -> &'static dyn SharedStore {
     Box::leak(Box::new(SpinKvStore))
 }
 
-/// Breaker states in Spin's default key-value store, shared by every instance
-/// of a Spin deployment (the `spin-kv` build; Spin-only, see README).
+/// Spin's default key-value store, shared by every instance of a Spin
+/// deployment (the `spin-kv` build; Spin-only, see README).
 #[cfg(feature = "spin-kv")]
 struct SpinKvStore;
 
 #[cfg(feature = "spin-kv")]
-impl BreakerStore for SpinKvStore {
-    fn load(&self, key: &str) -> crate::resilience::breaker::BreakerState {
+impl SharedStore for SpinKvStore {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
         spin_sdk::key_value::Store::open_default()
             .ok()
-            .and_then(|s| s.get(&format!("breaker:{key}")).ok().flatten())
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default()
+            .and_then(|s| s.get(key).ok().flatten())
     }
 
-    fn save(&self, key: &str, state: crate::resilience::breaker::BreakerState) {
-        if let (Ok(store), Ok(bytes)) = (
-            spin_sdk::key_value::Store::open_default(),
-            serde_json::to_vec(&state),
-        ) {
-            let _ = store.set(&format!("breaker:{key}"), &bytes);
+    fn set(&self, key: &str, value: &[u8]) {
+        if let Ok(store) = spin_sdk::key_value::Store::open_default() {
+            let _ = store.set(key, value);
         }
     }
 
@@ -250,7 +264,7 @@ impl BreakerStore for SpinKvStore {
 impl WasiHost {
     fn new() -> WasiHost {
         WasiHost {
-            breakers: BREAKERS.with(|b| *b),
+            store: STORE.with(|s| *s),
         }
     }
 }
@@ -298,7 +312,7 @@ impl Stream for WasiBody {
         self.stream.as_mut().poll_next(cx).map(|item| {
             item.map(|r| {
                 r.map_err(|e| {
-                    TransportError(format!("body read failed: {}", describe_io_error(&e)))
+                    TransportError::other(format!("body read failed: {}", describe_io_error(&e)))
                 })
             })
         })
@@ -336,8 +350,20 @@ impl Host for WasiHost {
         eprintln!("{line}");
     }
 
-    fn breakers(&self) -> &dyn BreakerStore {
-        self.breakers
+    fn store(&self) -> &dyn SharedStore {
+        self.store
+    }
+
+    fn first_in_instance(&self, what: &'static str) -> bool {
+        FIRSTS.with(|f| {
+            let mut seen = f.borrow_mut();
+            if seen.contains(&what) {
+                false
+            } else {
+                seen.push(what);
+                true
+            }
+        })
     }
 
     async fn send(
@@ -359,7 +385,7 @@ impl Host for WasiHost {
         builder.body(request.body);
         let response: IncomingResponse = spin_sdk::http::send(builder.build())
             .await
-            .map_err(|e| TransportError(describe_send_error(&e)))?;
+            .map_err(|e| describe_send_error(&e))?;
         let status = response.status();
         let stream = Box::pin(response.take_body_stream());
         Ok(OutboundResponse {
@@ -372,15 +398,43 @@ impl Host for WasiHost {
     }
 }
 
-fn describe_send_error(e: &spin_sdk::http::SendError) -> String {
+/// The send error as a transport error, saying whether the request provably
+/// never reached the upstream.
+fn describe_send_error(e: &spin_sdk::http::SendError) -> TransportError {
+    use spin_sdk::http::ErrorCode as E;
     match e {
-        spin_sdk::http::SendError::Http(code) => format!("{code:?}"),
-        // spin-sdk writes the request body before it waits for the response, so
-        // a refused or reset connection can surface as a closed body stream.
-        spin_sdk::http::SendError::Io(_) => {
-            "the connection closed before the request was sent (refused or reset)".to_owned()
+        spin_sdk::http::SendError::Http(code) => {
+            let not_sent = matches!(
+                code,
+                E::DnsTimeout
+                    | E::DnsError(_)
+                    | E::DestinationNotFound
+                    | E::DestinationUnavailable
+                    | E::DestinationIpProhibited
+                    | E::DestinationIpUnroutable
+                    | E::ConnectionRefused
+                    | E::ConnectionTimeout
+                    | E::ConnectionLimitReached
+                    | E::TlsProtocolError
+                    | E::TlsCertificateError
+                    | E::TlsAlertReceived(_)
+                    | E::HttpRequestDenied
+                    | E::HttpRequestUriInvalid
+                    | E::HttpRequestUriTooLong
+                    | E::HttpRequestMethodInvalid
+            );
+            TransportError {
+                not_sent,
+                message: format!("{code:?}"),
+            }
         }
-        other => first_line(&other.to_string()),
+        // spin-sdk writes the request body before it waits for the response, so
+        // a refused or reset connection can surface as a closed body stream: the
+        // request was not sent whole, and no server acts on half a request.
+        spin_sdk::http::SendError::Io(_) => TransportError::not_sent(
+            "the connection closed before the request was sent (refused or reset)",
+        ),
+        other => TransportError::other(first_line(&other.to_string())),
     }
 }
 

@@ -1,22 +1,29 @@
 //! mas-coordinator: a multi-agent coordinator for EPAM AI DIAL, shipped as a
 //! WASI HTTP component (Spin, `wasmtime serve`, any wasi:http host).
 //!
-//! A request from DIAL Core goes through three steps (see README "Architecture"):
-//! routing (`routing`), the chosen agent (`agents::gpa`, `agents::ums`), and
-//! synthesis (`synthesis`), driven by `coordinator` and written by `emitter`
-//! in the DIAL wire format (`dial`). Everything except `host` is plain Rust that
-//! runs natively in tests; `host` adapts it to wasi:http and is compiled only
-//! for the Wasm target.
+//! A request goes through three steps (see README "Architecture"):
+//! coordination (`routing`), the agents of the registry (`registry`,
+//! `agents::dial`, `agents::ums`) and synthesis (`synthesis`), run by
+//! `coordinator` through one `driver`, which owns the response (`emitter`,
+//! in the DIAL wire format of `dial`) and every upstream call (`calls`).
+//! Everything except `host` is plain Rust that runs natively in tests; `host`
+//! adapts it to wasi:http and is compiled only for the Wasm target.
 
 pub mod agents;
+pub mod breaker;
 pub mod calls;
 pub mod client;
 pub mod config;
+pub mod context;
 pub mod coordinator;
 pub mod dial;
+pub mod driver;
 pub mod emitter;
 pub mod error;
-pub mod resilience;
+pub mod health;
+pub mod limits;
+pub mod memory;
+pub mod registry;
 pub mod routing;
 pub mod sse;
 pub mod state;

@@ -14,21 +14,18 @@
 pub enum SseError {
     /// A line is not valid UTF-8.
     InvalidUtf8,
-    /// A single line grew past the limit without a line end.
-    LineTooLong(usize),
+    /// An event (its lines together) grew past the limit.
+    EventTooLarge(usize),
 }
 
 impl std::fmt::Display for SseError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SseError::InvalidUtf8 => f.write_str("event stream is not valid UTF-8"),
-            SseError::LineTooLong(n) => write!(f, "event stream line longer than {n} bytes"),
+            SseError::EventTooLarge(n) => write!(f, "an event is larger than {n} bytes"),
         }
     }
 }
-
-/// Default limit for one line: large enough for a big agent state in one event.
-pub const DEFAULT_MAX_LINE: usize = 64 * 1024 * 1024;
 
 /// Incremental SSE decoder.
 #[derive(Debug)]
@@ -39,23 +36,25 @@ pub struct SseDecoder {
     data: Option<String>,
     /// The previous chunk ended with CR, so a leading LF belongs to that line end.
     after_cr: bool,
-    max_line: usize,
+    max_event: usize,
 }
 
 impl Default for SseDecoder {
     fn default() -> Self {
-        SseDecoder::new(DEFAULT_MAX_LINE)
+        SseDecoder::new(crate::limits::MAX_EVENT_BYTES)
     }
 }
 
 impl SseDecoder {
-    /// A decoder that rejects lines longer than `max_line` bytes.
-    pub fn new(max_line: usize) -> SseDecoder {
+    /// A decoder that rejects events (the current line plus the data lines
+    /// gathered so far, however they are split into lines) larger than
+    /// `max_event` bytes.
+    pub fn new(max_event: usize) -> SseDecoder {
         SseDecoder {
             line: Vec::new(),
             data: None,
             after_cr: false,
-            max_line,
+            max_event,
         }
     }
 
@@ -75,6 +74,7 @@ impl SseDecoder {
         while let Some(end) = bytes.iter().position(|&b| b == b'\n' || b == b'\r') {
             let is_cr = bytes[end] == b'\r';
             if self.line.is_empty() {
+                self.check_len(end)?;
                 self.line_done(&bytes[..end], events)?;
             } else {
                 self.check_len(end)?;
@@ -99,8 +99,9 @@ impl SseDecoder {
     }
 
     fn check_len(&self, more: usize) -> Result<(), SseError> {
-        if self.line.len() + more > self.max_line {
-            Err(SseError::LineTooLong(self.max_line))
+        let data = self.data.as_ref().map_or(0, String::len);
+        if data + self.line.len() + more > self.max_event {
+            Err(SseError::EventTooLarge(self.max_event))
         } else {
             Ok(())
         }
@@ -218,7 +219,7 @@ mod tests {
     }
 
     #[test]
-    fn rejects_invalid_utf8_and_overlong_lines() {
+    fn rejects_invalid_utf8_and_oversized_events() {
         let mut d = SseDecoder::default();
         assert_eq!(
             d.push(b"data: \xff\xfe\n", &mut Vec::new()),
@@ -227,7 +228,25 @@ mod tests {
         let mut d = SseDecoder::new(8);
         assert_eq!(
             d.push(b"data: 0123456789", &mut Vec::new()),
-            Err(SseError::LineTooLong(8))
+            Err(SseError::EventTooLarge(8))
         );
+        // Many short data lines without a blank line between them are one
+        // event: their sum is bounded, not each line.
+        let mut d = SseDecoder::new(64);
+        let mut events = Vec::new();
+        let mut result = Ok(());
+        for _ in 0..20 {
+            result = d.push(b"data: xxxxxx\n", &mut events);
+            if result.is_err() {
+                break;
+            }
+        }
+        assert_eq!(result, Err(SseError::EventTooLarge(64)));
+        assert!(events.is_empty());
+        // A keep-alive with empty data is an empty event, not an error.
+        let mut d = SseDecoder::new(64);
+        let mut events = Vec::new();
+        d.push(b"data:\n\ndata: x\n\n", &mut events).unwrap();
+        assert_eq!(events, vec![String::new(), "x".to_owned()]);
     }
 }

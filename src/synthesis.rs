@@ -1,7 +1,12 @@
-//! Step 3: the final answer. A streaming LLM call that turns the agent's answer
-//! into the reply the user sees. Builds the request; the coordinator streams it.
+//! Step 3: the final answer. A streaming LLM call that turns the agents'
+//! answers into the reply the user sees; its text is the answer itself.
 
-use crate::dial::request::{ChatBody, LlmMessages, Message};
+use crate::agents::{Read, Say, Session, Step};
+use crate::calls::{dial_targets, CallFailed, CallSpec, Replay, RequestTemplate, Target};
+use crate::context::RequestContext;
+use crate::dial::request::{ChatBody, LlmMessages};
+use crate::dial::upstream::{error_text, StreamChunk};
+use crate::error::{CoordError, Service, UpstreamFault};
 
 /// The system prompt of the synthesis call.
 pub const SYNTHESIS_PROMPT: &str = "\
@@ -23,47 +28,97 @@ pub fn final_user_text(agent_answer: &str, user_request: &str) -> String {
 }
 
 /// The body of the synthesis call: system prompt, history without
-/// `custom_content`, and the last message rewritten with the agent's answer.
-pub fn request_body(deployment: &str, history: &[Message], agent_answer: &str) -> Vec<u8> {
-    let last_text = history
-        .last()
-        .map(|last| final_user_text(agent_answer, &last.text()));
+/// `custom_content`, and the last message rewritten as `last_text`.
+pub fn request_body(ctx: &RequestContext, prompt: &str, last_text: &str) -> Vec<u8> {
     ChatBody {
         messages: LlmMessages {
-            system: SYNTHESIS_PROMPT,
-            history,
-            last_text: last_text.as_deref(),
+            system: prompt,
+            history: &ctx.request.messages,
+            last_text: Some(last_text),
         },
-        model: deployment,
         stream: true,
         response_format: None,
     }
     .to_vec()
 }
 
+/// The synthesis call as a session whose text is the answer.
+#[derive(Debug)]
+pub struct SynthesisSession {
+    spec: Option<CallSpec>,
+    deployment: String,
+    failed: Option<CoordError>,
+}
+
+impl SynthesisSession {
+    /// The synthesis of `context` (the CONTEXT section) for the request.
+    pub fn new(ctx: &RequestContext, prompt: &str, context: &str) -> SynthesisSession {
+        let request = ctx
+            .request
+            .messages
+            .last()
+            .map(|m| m.text())
+            .unwrap_or_default();
+        let body = request_body(ctx, prompt, &final_user_text(context, &request));
+        SynthesisSession {
+            spec: Some(CallSpec {
+                service: Service::llm(),
+                targets: dial_targets(&ctx.config, &ctx.config.llm_targets()),
+                request: RequestTemplate::dial_chat(ctx, body),
+                replay: Replay::Safe,
+                defer_blame: false,
+            }),
+            deployment: String::new(),
+            failed: None,
+        }
+    }
+}
+
+impl Session for SynthesisSession {
+    fn step(&mut self, _say: &mut dyn Say) -> Step {
+        match (self.spec.take(), self.failed.take()) {
+            (Some(spec), _) => Step::Call(spec, Read::Events),
+            (None, Some(e)) => Step::Finish(Err(e)),
+            (None, None) => Step::Finish(Ok(String::new())),
+        }
+    }
+
+    fn on_open(&mut self, target: &Target, _say: &mut dyn Say) {
+        self.deployment = target.id.clone();
+    }
+
+    fn on_failed(&mut self, failed: CallFailed, _say: &mut dyn Say) {
+        self.failed = Some(failed.error);
+    }
+
+    fn on_event(&mut self, data: &str, say: &mut dyn Say) -> Result<(), CoordError> {
+        let chunk: StreamChunk = serde_json::from_str(data).map_err(|e| {
+            say.error(UpstreamFault::Malformed(format!(
+                "an event is not the expected JSON ({})",
+                say.redact(&e.to_string())
+            )))
+        })?;
+        if let Some(error) = &chunk.error {
+            return Err(say.error(UpstreamFault::ErrorEvent(say.redact(&error_text(error)))));
+        }
+        if let Some(usage) = chunk.usage {
+            say.usage(&self.deployment, usage);
+        }
+        if let Some(text) = chunk.into_delta().and_then(|d| d.content) {
+            say.text(&text);
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Value;
 
     #[test]
-    fn last_message_carries_context_and_request() {
-        let history = vec![
-            Message::text_message("user", "first"),
-            Message::text_message("assistant", "answer"),
-            Message::text_message("user", "Do we have Ada?"),
-        ];
-        let body: Value = serde_json::from_slice(&request_body("gpt-4o", &history, "No.")).unwrap();
-        assert_eq!(body["stream"], true);
-        let msgs = body["messages"].as_array().unwrap();
-        assert_eq!(msgs.len(), 4);
-        assert_eq!(msgs[0]["content"], SYNTHESIS_PROMPT);
+    fn context_and_request_sections() {
         assert_eq!(
-            msgs[2],
-            serde_json::json!({"role": "assistant", "content": "answer"})
-        );
-        assert_eq!(
-            msgs[3]["content"],
+            final_user_text("No.", "Do we have Ada?"),
             "## CONTEXT:\nNo.\n---\n## USER_REQUEST:\nDo we have Ada?"
         );
     }

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use common::host::{get, post_json, post_json_timed, send, Stack, TimedResponse, WasiHost};
 use common::wire::*;
+use mas_coordinator::memory::endpoint_tag;
 use mas_world::{Fault, FaultKind, Recorded, World};
 use serde_json::{json, Map, Value};
 
@@ -76,8 +77,13 @@ fn closing(agent_answer: &str) -> Vec<Value> {
     out
 }
 
-/// The expected response to a first-turn UMS request answered with `ums_reply`.
-fn ums_expected(conv: &str, created: bool, ums_reply: &str) -> Vec<Value> {
+/// Our state for a UMS turn in conversation `conv` of the world's UMS.
+fn ums_state(world: &World, conv: &str) -> Value {
+    json!({"ums_conversation_id": conv, "ums_endpoint": endpoint_tag(&world.ums_url())})
+}
+
+/// The expected response to a UMS request answered with `ums_reply`.
+fn ums_expected(world: &World, conv: &str, created: bool, ums_reply: &str) -> Vec<Value> {
     let mut d = opening("UMS");
     if created {
         d.push(stage_content(
@@ -85,9 +91,9 @@ fn ums_expected(conv: &str, created: bool, ums_reply: &str) -> Vec<Value> {
             &format!("_Created new UMS conversation: {conv}_\n\n"),
         ));
     }
-    d.push(state(json!({"ums_conversation_id": conv})));
     d.extend(split_words(ums_reply).iter().map(|w| stage_content(1, w)));
     d.push(stage_close(1, "completed"));
+    d.push(state(ums_state(world, conv)));
     d.extend(closing(ums_reply));
     d
 }
@@ -116,6 +122,8 @@ struct GpaScript {
     text: String,
     /// GPA's own state.
     gpa_state: Value,
+    /// GPA's choice attachments, as remembered in our state.
+    attachments: Vec<Value>,
 }
 
 fn gpa_script(request: &str, received: &str, image: Option<u32>) -> GpaScript {
@@ -143,6 +151,7 @@ fn gpa_script(request: &str, received: &str, image: Option<u32>) -> GpaScript {
         k += 1;
     }
     let mut attachment = None;
+    let mut remembered = Vec::new();
     if let Some(n) = image {
         let j = next_stage;
         let url = image_url(n);
@@ -160,6 +169,8 @@ fn gpa_script(request: &str, received: &str, image: Option<u32>) -> GpaScript {
         d.push(stage_close(j, "completed"));
         attachment = Some(json!({"custom_content": {"attachments": [
             {"index": 0, "type": "image/png", "title": format!("image-{n}.png"), "url": url}]}}));
+        remembered
+            .push(json!({"type": "image/png", "title": format!("image-{n}.png"), "url": url}));
         history.extend(tool_call(
             k,
             "image_generation_tool",
@@ -172,15 +183,24 @@ fn gpa_script(request: &str, received: &str, image: Option<u32>) -> GpaScript {
     text.push_str(&summary);
     d.extend(attachment);
     let gpa_state = json!({"tool_call_history": history});
-    d.push(state(
-        json!({"is_gpa": true, "gpa_messages": gpa_state.clone()}),
-    ));
     d.push(stage_close(1, "completed"));
+    d.push(state(our_gpa_state(&gpa_state, &text, &remembered)));
     GpaScript {
         deltas: d,
         text,
         gpa_state,
+        attachments: remembered,
     }
+}
+
+/// Our state for a GPA turn: GPA's own state under the reference's keys, and
+/// GPA's answer and attachments for its next turn.
+fn our_gpa_state(gpa_state: &Value, text: &str, attachments: &[Value]) -> Value {
+    let mut exchange = json!({"answer": text});
+    if !attachments.is_empty() {
+        exchange["attachments"] = json!(attachments);
+    }
+    json!({"is_gpa": true, "gpa_messages": gpa_state, "agents": {"GPA": [exchange]}})
 }
 
 fn gpa_expected(script: &GpaScript) -> Vec<Value> {
@@ -226,7 +246,7 @@ async fn seed1_ums_query_end_to_end() {
     let ums_reply = "UMS[ums-conv-0001#1]: No user named Andrej Karpathy was found.";
     assert_eq!(
         deltas(&r.events()),
-        ums_expected("ums-conv-0001", true, ums_reply)
+        ums_expected(&s.world, "ums-conv-0001", true, ums_reply)
     );
     // The final content is exactly the world's synthesis of the UMS answer.
     let history = as_history(&r.events());
@@ -274,11 +294,11 @@ async fn seed2_gpa_weather_and_picture_end_to_end() {
     );
     assert_eq!(deltas(&r.events()), gpa_expected(&script));
 
-    // The state is exactly GPA's state, wrapped.
+    // The state is exactly GPA's state, wrapped, with its answer and attachment.
     let history = as_history(&r.events());
     assert_eq!(
-        history["custom_content"]["state"],
-        json!({"is_gpa": true, "gpa_messages": {"tool_call_history": [
+        history["custom_content"]["state"]["gpa_messages"],
+        json!({"tool_call_history": [
             {"role": "assistant", "content": "", "custom_content": {"attachments": []},
              "tool_calls": [{"index": 0, "id": "call_1", "type": "function",
                  "function": {"name": "web_search", "arguments": format!("{{\"query\":\"{WEATHER}\"}}")}}]},
@@ -288,7 +308,12 @@ async fn seed2_gpa_weather_and_picture_end_to_end() {
                  "function": {"name": "image_generation_tool", "arguments": format!("{{\"prompt\":\"{WEATHER}\"}}")}}]},
             {"role": "tool", "content": "Generated image: files/world-bucket/images/image-1.png",
              "tool_call_id": "call_2", "name": "image_generation_tool"},
-        ]}})
+        ]})
+    );
+    assert_eq!(
+        history["custom_content"]["state"]["agents"]["GPA"],
+        json!([{"answer": script.text, "attachments": [
+            {"type": "image/png", "title": "image-1.png", "url": "files/world-bucket/images/image-1.png"}]}])
     );
 
     let core = requests_to(&s.world, "core");
@@ -320,7 +345,7 @@ async fn seed3_four_turns_keep_each_agents_memory_apart() {
     let ums1 = "UMS[ums-conv-0001#1]: No user named Andrej Karpathy was found.";
     assert_eq!(
         deltas(&r1.events()),
-        ums_expected("ums-conv-0001", true, ums1)
+        ums_expected(&s.world, "ums-conv-0001", true, ums1)
     );
     history.push(as_history(&r1.events()));
 
@@ -342,7 +367,7 @@ async fn seed3_four_turns_keep_each_agents_memory_apart() {
     let ums3 = "UMS[ums-conv-0001#2]: No user named Andrej Karpathy was found.";
     assert_eq!(
         deltas(&r3.events()),
-        ums_expected("ums-conv-0001", false, ums3)
+        ums_expected(&s.world, "ums-conv-0001", false, ums3)
     );
     history.push(as_history(&r3.events()));
 
@@ -375,11 +400,13 @@ async fn seed3_four_turns_keep_each_agents_memory_apart() {
         .count();
     assert_eq!(creations, 1, "one UMS conversation for the whole chat");
 
-    // GPA on turn 4 got exactly its own earlier turn (state restored) and the request.
+    // GPA on turn 4 got exactly its own earlier turn (its own answer, its
+    // attachment and its state restored; not our synthesised answer) and the request.
     let gpa_calls: Vec<&Recorded> = all.iter().filter(|r| r.path == GPA_PATH).collect();
     assert_eq!(gpa_calls.len(), 2);
-    let a2_restored = json!({"role": "assistant", "content": a2["content"],
-                             "custom_content": {"state": gpa2.gpa_state}});
+    assert_ne!(a2["content"], json!(gpa2.text));
+    let a2_restored = json!({"role": "assistant", "content": gpa2.text,
+                             "custom_content": {"attachments": gpa2.attachments, "state": gpa2.gpa_state}});
     assert_eq!(
         gpa_calls[1].json()["messages"],
         json!([user(WEATHER), a2_restored, user(NIGHT)])
@@ -510,11 +537,17 @@ fn fold(events: &[String]) -> Value {
     merged
 }
 
-/// Drops `id` and `created` after checking their shape.
+/// Drops `id`, `created` and the UMS endpoint tag (each stack's UMS has its
+/// own port) after checking their shape.
 fn without_envelope(mut v: Value) -> Value {
     let o = v.as_object_mut().unwrap();
     assert!(o.remove("id").unwrap().as_str().is_some());
     assert!(o.remove("created").unwrap().is_u64());
+    if let Some(state) = v.pointer_mut("/choices/0/message/custom_content/state") {
+        if let Some(tag) = state.as_object_mut().unwrap().remove("ums_endpoint") {
+            assert_eq!(tag.as_str().unwrap().len(), 16);
+        }
+    }
     v
 }
 
@@ -542,8 +575,8 @@ async fn non_streaming_equals_the_folded_stream() {
     assert_eq!(without_envelope(block.clone()), without_envelope(folded));
     let message = &block["choices"][0]["message"];
     assert_eq!(
-        message["custom_content"]["state"],
-        json!({"ums_conversation_id": "ums-conv-0001"})
+        message["custom_content"]["state"]["ums_conversation_id"],
+        "ums-conv-0001"
     );
     assert_eq!(
         message["content"],
@@ -816,7 +849,7 @@ async fn bad_input_gets_dial_errors() {
     assert_eq!(r.status, 200);
     assert_eq!(
         r.json(),
-        json!({"status": "ok", "breaker_store": "instance-memory"})
+        json!({"status": "ok", "breaker_store": "instance-memory", "state_signing": "off"})
     );
 
     let r = get(&format!("{}/nope", s.host.url())).await;

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use common::host::{get, post_json, post_json_timed, send, Stack, TimedResponse, WasiHost};
 use common::wire::*;
+use mas_coordinator::memory::endpoint_tag;
 use mas_world::{Fault, FaultKind, Recorded, World, WorldOptions};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -65,8 +66,17 @@ async fn chat_stream(host: &WasiHost, messages: &[Value], conv: Option<&str>) ->
     r
 }
 
-fn gpa_state_empty() -> Value {
-    state(json!({"is_gpa": true, "gpa_messages": {"tool_call_history": []}}))
+/// Our state after GPA answered `answer` without tools.
+fn gpa_state_empty(answer: &str) -> Value {
+    state(
+        json!({"is_gpa": true, "gpa_messages": {"tool_call_history": []},
+                 "agents": {"GPA": [{"answer": answer}]}}),
+    )
+}
+
+/// Our state for UMS conversation `conv` on the endpoint `ums_url`.
+fn ums_state(ums_url: &str, conv: &str) -> Value {
+    json!({"ums_conversation_id": conv, "ums_endpoint": endpoint_tag(ums_url)})
 }
 
 /// Role chunk, stage 0 opened, `stage0` as its content, closed, stage 1 opened.
@@ -104,20 +114,20 @@ fn gpa_expected(stage0: &str, notes: &[&str], deployment: &str, request: &str) -
     let mut d = opening_with("GPA", stage0);
     d.extend(notes.iter().map(|n| stage_content(1, n)));
     d.push(stage_content(1, &summary));
-    d.push(gpa_state_empty());
     d.push(stage_close(1, "completed"));
+    d.push(gpa_state_empty(&summary));
     d.extend(closing(&summary));
     d
 }
 
-/// A whole successful UMS turn: `notes` first in stage 1, then `state_value`,
-/// then the reply word by word.
+/// A whole successful UMS turn: `notes` first in stage 1, then the reply word
+/// by word, then `state_value`.
 fn ums_expected(notes: &[String], state_value: Value, reply: &str) -> Vec<Value> {
     let mut d = opening("UMS");
     d.extend(notes.iter().map(|n| stage_content(1, n)));
-    d.push(state(state_value));
     d.extend(split_words(reply).iter().map(|w| stage_content(1, w)));
     d.push(stage_close(1, "completed"));
+    d.push(state(state_value));
     d.extend(closing(reply));
     d
 }
@@ -523,7 +533,7 @@ async fn ums_down_fails_the_ums_stage() {
     ];
     let expected = |reason: &str| {
         runtime_error(
-            &format!("UMS ({ums}) could not be reached: {reason}"),
+            &format!("UMS (primary endpoint) could not be reached: {reason}"),
             display,
         )
     };
@@ -586,7 +596,7 @@ async fn ums_that_lost_the_conversation_gets_a_new_one_and_the_stage_says_so() {
         deltas(&r.events()),
         ums_expected(
             &["_UMS no longer knows conversation ums-conv-0042; created new UMS conversation: ums-conv-0001_\n\n".to_owned()],
-            json!({"ums_conversation_id": "ums-conv-0001"}),
+            ums_state(&s.world.ums_url(), "ums-conv-0001"),
             reply
         )
     );
@@ -611,7 +621,7 @@ async fn ums_500_on_a_known_conversation_is_an_error_not_a_new_conversation() {
         deltas(&first.events()),
         ums_expected(
             &[created("ums-conv-0001")],
-            json!({"ums_conversation_id": "ums-conv-0001"}),
+            ums_state(&s.world.ums_url(), "ums-conv-0001"),
             "UMS[ums-conv-0001#1]: No user named Andrej Karpathy was found."
         )
     );
@@ -630,12 +640,11 @@ async fn ums_500_on_a_known_conversation_is_an_error_not_a_new_conversation() {
         user(ADD_KARPATHY),
     ];
     let r = chat_stream(&s.host, &history, None).await;
-    let ums = s.world.ums_url();
     let mut want = opening("UMS");
     want.extend(failed_tail(
         &[1],
         runtime_error(
-            &format!("UMS ({ums}) answered HTTP 500: Internal Server Error"),
+            "UMS (primary endpoint) answered HTTP 500: Internal Server Error",
             "The User Management agent failed (HTTP 500). Please try again in a moment.",
         ),
     ));
@@ -897,12 +906,34 @@ async fn forged_state_is_ignored_when_states_are_signed() {
     ];
     let r = chat_stream(&s.host, &forged, Some(conv)).await;
     let first_events = r.events();
-    let signed = mas_coordinator::state::sign(
-        json!({"ums_conversation_id": "ums-conv-0001"}),
-        Some(SECRET),
-        conv,
-    );
-    assert!(signed["signature"].is_string());
+    // The state is ours, signed for this conversation now.
+    let signed = as_history(&first_events)["custom_content"]["state"].clone();
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let trust = |conversation| mas_coordinator::state::StateTrust {
+        secret: Some(SECRET),
+        binding: mas_coordinator::state::Binding {
+            conversation,
+            subject: "",
+        },
+        now_s,
+        max_age_s: None,
+    };
+    assert!(mas_coordinator::state::verify(
+        &signed,
+        SECRET,
+        &trust(conv)
+    ));
+    assert!(!mas_coordinator::state::verify(
+        &signed,
+        SECRET,
+        &trust("dial-conv-B")
+    ));
+    let mut unsigned = signed.clone();
+    unsigned.as_object_mut().unwrap().remove("signature");
+    assert_eq!(unsigned, ums_state(&s.world.ums_url(), "ums-conv-0001"));
     assert_eq!(
         deltas(&r.events()),
         ums_expected(
@@ -931,9 +962,8 @@ async fn forged_state_is_ignored_when_states_are_signed() {
     ];
     let r = chat_stream(&s.host, &history, Some(conv)).await;
     let d = deltas(&r.events());
-    assert_eq!(d[5], state(signed));
     assert_eq!(
-        d[6],
+        d[5],
         stage_content(1, "UMS[ums-conv-0001#2]: "),
         "the signed id is reused"
     );
@@ -991,8 +1021,8 @@ async fn garbage_state_shapes_break_nothing() {
     );
     let mut want = opening("GPA");
     want.push(stage_content(1, &received));
-    want.push(gpa_state_empty());
     want.push(stage_close(1, "completed"));
+    want.push(gpa_state_empty(&received));
     want.extend(closing(&received));
     assert_eq!(d, want, "GPA gets only the current message");
 
@@ -1003,7 +1033,7 @@ async fn garbage_state_shapes_break_nothing() {
         deltas(&r.events()),
         ums_expected(
             &[created("ums-conv-0001")],
-            json!({"ums_conversation_id": "ums-conv-0001"}),
+            ums_state(&s.world.ums_url(), "ums-conv-0001"),
             "UMS[ums-conv-0001#1]: No user named Andrej Karpathy was found."
         )
     );
@@ -1034,7 +1064,7 @@ async fn path_characters_in_the_conversation_id_never_reach_a_ums_path() {
         deltas(&r.events()),
         ums_expected(
             &[created("ums-conv-0001")],
-            json!({"ums_conversation_id": "ums-conv-0001"}),
+            ums_state(&s.world.ums_url(), "ums-conv-0001"),
             "UMS[ums-conv-0001#1]: No user named Andrej Karpathy was found."
         )
     );
@@ -1085,8 +1115,10 @@ async fn breaker_opens_after_five_gpa_failures_and_skips_gpa() {
         "GPA (general-purpose-agent) answered HTTP 500: injected fault",
         "The General Purpose Agent failed (HTTP 500). Please try again in a moment.",
     );
-    for _ in 0..5 {
-        let r = chat_stream(&s.host, &[user(CAPITAL)], None).await;
+    // Five failures from several conversations: a real outage, seen by everybody.
+    for i in 0..5 {
+        let conv = format!("outage-conv-{}", i % 2);
+        let r = chat_stream(&s.host, &[user(CAPITAL)], Some(&conv)).await;
         let mut want = opening("GPA");
         want.extend(failed_tail(&[1], failed.clone()));
         assert_eq!(deltas(&r.events()), want);
@@ -1095,7 +1127,7 @@ async fn breaker_opens_after_five_gpa_failures_and_skips_gpa() {
     assert_eq!(gpa_calls(&s.world), 5);
 
     // The sixth request fails at once, without calling GPA.
-    let r = chat_stream(&s.host, &[user(CAPITAL)], None).await;
+    let r = chat_stream(&s.host, &[user(CAPITAL)], Some("another-conv")).await;
     let d = deltas(&r.events());
     let message = d[d.len() - 2]["error"]["message"]
         .as_str()
@@ -1130,9 +1162,9 @@ async fn breaker_opens_after_five_gpa_failures_and_skips_gpa() {
     assert_eq!(
         report["breakers"],
         json!([
-            {"target": "LLM:gpt-4o", "state": "closed"},
-            {"target": "GPA:general-purpose-agent", "state": "open"},
-            {"target": format!("UMS:{}", s.world.ums_url()), "state": "closed"},
+            {"service": "LLM", "target": "gpt-4o", "state": "closed"},
+            {"service": "GPA", "target": "general-purpose-agent", "state": "open"},
+            {"service": "UMS", "target": s.world.ums_url(), "state": "closed"},
         ])
     );
     assert_eq!(report["status"], "ok", "{report}");
@@ -1163,7 +1195,7 @@ async fn gpa_fails_over_to_the_backup_and_the_stage_says_so() {
         deltas(&r.events()),
         gpa_expected(
             &decision_block("GPA"),
-            &["_general-purpose-agent was unavailable (HTTP 503); answered by backup gpa-backup._\n\n"],
+            &["_general-purpose-agent was unavailable (HTTP 503); answered by gpa-backup._\n\n"],
             "gpa-backup",
             CAPITAL
         )
@@ -1191,75 +1223,60 @@ async fn gpa_fails_over_to_the_backup_and_the_stage_says_so() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ums_fails_over_to_the_backup_endpoint_and_the_stage_says_so() {
-    let primary = World::start(WorldOptions::default()).await.unwrap();
-    let backup = World::start(WorldOptions::default()).await.unwrap();
-    primary.set_fault("ums", fault(FaultKind::Down));
-    let (ums1, ums2) = (primary.ums_url(), backup.ums_url());
+async fn ums_fails_over_to_the_backup_endpoint_and_remembers_where_the_conversation_lives() {
+    let world = World::start(WorldOptions::default()).await.unwrap();
+    // Nothing listens on the primary: the request provably never reached it.
+    let (ums1, ums2) = (closed_port_url(), world.ums_backup_url());
     let host = WasiHost::start(&[
-        ("DIAL_ENDPOINT", &primary.core_url()),
+        ("DIAL_ENDPOINT", &world.core_url()),
         ("UMS_AGENT_ENDPOINT", &ums1),
         ("UMS_AGENT_BACKUP_ENDPOINTS", &ums2),
     ])
     .await;
-    let note = format!("_{ums1} was unavailable (unreachable); answered by backup {ums2}._\n\n");
+    let note =
+        "_primary endpoint was unavailable (unreachable); answered by backup endpoint 1._\n\n";
 
     let r = chat_stream(&host, &[user(KARPATHY)], None).await;
     assert_eq!(
         deltas(&r.events()),
         ums_expected(
-            &[note.clone(), created("ums-conv-0001")],
-            json!({"ums_conversation_id": "ums-conv-0001"}),
-            "UMS[ums-conv-0001#1]: No user named Andrej Karpathy was found."
+            &[note.to_owned(), created("ums-b-conv-0001")],
+            ums_state(&ums2, "ums-b-conv-0001"),
+            "UMS[ums-b-conv-0001#1]: No user named Andrej Karpathy was found."
         )
     );
-    // The next turn finds the conversation on the backup again.
+    // The next turn goes straight to the backup, where the conversation lives.
     let history = [user(KARPATHY), as_history(&r.events()), user(ADD_KARPATHY)];
     let r = chat_stream(&host, &history, None).await;
     assert_eq!(
         deltas(&r.events()),
         ums_expected(
-            &[note],
-            json!({"ums_conversation_id": "ums-conv-0001"}),
-            "UMS[ums-conv-0001#2]: No user named Andrej Karpathy was found."
+            &[],
+            ums_state(&ums2, "ums-b-conv-0001"),
+            "UMS[ums-b-conv-0001#2]: No user named Andrej Karpathy was found."
         )
     );
-
-    let ums_routes = |w: &World| -> Vec<(String, String, String)> {
-        routes(w).into_iter().filter(|r| r.0 == "ums").collect()
-    };
     assert_eq!(
-        ums_routes(&primary),
+        routes(&world)
+            .into_iter()
+            .filter(|r| r.0 != "core")
+            .collect::<Vec<_>>(),
         vec![
-            route("ums", "POST", "/conversations"),
-            route("ums", "POST", "/conversations/ums-conv-0001/chat"),
+            route("ums-backup", "POST", "/conversations"),
+            route("ums-backup", "POST", "/conversations/ums-b-conv-0001/chat"),
+            route("ums-backup", "POST", "/conversations/ums-b-conv-0001/chat"),
         ]
     );
-    assert_eq!(
-        ums_routes(&backup),
-        vec![
-            route("ums", "POST", "/conversations"),
-            route("ums", "POST", "/conversations/ums-conv-0001/chat"),
-            route("ums", "POST", "/conversations/ums-conv-0001/chat"),
-        ]
-    );
-    assert!(routes(&backup).iter().all(|r| r.0 == "ums"));
     assert_logs(
         &host,
         &[
             ("LLM", "gpt-4o", LLM_PATH, "ok"),
             ("UMS", &ums1, "/conversations", "connect_error"),
             ("UMS", &ums2, "/conversations", "ok"),
-            ("UMS", &ums2, "/conversations/ums-conv-0001/chat", "ok"),
+            ("UMS", &ums2, "/conversations/ums-b-conv-0001/chat", "ok"),
             ("LLM", "gpt-4o", LLM_PATH, "ok"),
             ("LLM", "gpt-4o", LLM_PATH, "ok"),
-            (
-                "UMS",
-                &ums1,
-                "/conversations/ums-conv-0001/chat",
-                "connect_error",
-            ),
-            ("UMS", &ums2, "/conversations/ums-conv-0001/chat", "ok"),
+            ("UMS", &ums2, "/conversations/ums-b-conv-0001/chat", "ok"),
             ("LLM", "gpt-4o", LLM_PATH, "ok"),
         ],
         &["ok", "ok"],

@@ -119,9 +119,9 @@ async fn stream_one(
 // ---------------------------------------------------------------------------
 // The expected stream of each request (the world's rules, see world/src/lib.rs)
 
-/// The deltas of request `i`'s stream (`conv`: its UMS conversation), ending
-/// with `"STOP"` and `"[DONE]"`.
-fn expected(i: usize, conv: &str) -> Vec<Value> {
+/// The deltas of request `i`'s stream (`conv`: its UMS conversation on the
+/// UMS whose endpoint tag is `ums_tag`), ending with `"STOP"` and `"[DONE]"`.
+fn expected(i: usize, conv: &str, ums_tag: &str) -> Vec<Value> {
     let p = prompt(i);
     let agent = if kind(i) == Kind::Ums { "UMS" } else { "GPA" };
     let mut d = vec![
@@ -143,8 +143,11 @@ fn expected(i: usize, conv: &str) -> Vec<Value> {
                 1,
                 &format!("_Created new UMS conversation: {conv}_\n\n"),
             ));
-            d.push(state(json!({"ums_conversation_id": conv})));
             d.extend(split_words(&reply).iter().map(|w| stage_content(1, w)));
+            d.push(stage_close(1, "completed"));
+            d.push(state(
+                json!({"ums_conversation_id": conv, "ums_endpoint": ums_tag}),
+            ));
             reply
         }
         Kind::Gpa | Kind::GpaSearch => {
@@ -172,13 +175,14 @@ fn expected(i: usize, conv: &str) -> Vec<Value> {
             );
             d.push(stage_content(1, &summary));
             text.push_str(&summary);
+            d.push(stage_close(1, "completed"));
             d.push(state(
-                json!({"is_gpa": true, "gpa_messages": {"tool_call_history": history}}),
+                json!({"is_gpa": true, "gpa_messages": {"tool_call_history": history},
+                                "agents": {"GPA": [{"answer": text}]}}),
             ));
             text
         }
     };
-    d.push(stage_close(1, "completed"));
     let reply = format!("Based on the agent's answer: {}", answer.trim());
     d.extend(split_words(&reply).iter().map(|w| json!({"content": w})));
     d.push(json!("STOP"));
@@ -329,6 +333,7 @@ async fn a_thousand_concurrent_streams_are_all_complete_and_exact() {
             .build_http::<Full<Bytes>>(),
     );
     let url = Arc::new(host.chat_url());
+    let ums_tag = mas_coordinator::memory::endpoint_tag(&world.ums_url());
 
     let started = Instant::now();
     let tasks: Vec<_> = (0..REQUESTS)
@@ -396,7 +401,7 @@ async fn a_thousand_concurrent_streams_are_all_complete_and_exact() {
         } else {
             String::new()
         };
-        let want = expected(i, &conv);
+        let want = expected(i, &conv, &ums_tag);
         if deltas != want {
             let at = deltas
                 .iter()

@@ -229,7 +229,8 @@ fn manifest_fits_the_component() {
 
     // Every endpoint the component calls is on the allow-list (by the variables' defaults).
     let allowed = allowed_hosts(&m);
-    for endpoint in [&config.dial_endpoint, &config.ums_endpoint] {
+    let ums = config.registry.get("UMS").unwrap().targets()[0].clone();
+    for endpoint in [&config.dial_endpoint, &ums] {
         assert!(
             allowed.contains(endpoint),
             "{endpoint} is not in allowed_outbound_hosts {allowed:?}"

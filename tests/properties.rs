@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
 use mas_coordinator::config::Config;
-use mas_coordinator::coordinator::prepare;
+use mas_coordinator::coordinator::{prepare, Incoming};
 use mas_coordinator::dial::request::parse_request;
 use mas_coordinator::error::CoordError;
 use mas_coordinator::sse::{SseDecoder, SseError};
@@ -151,29 +151,27 @@ proptest! {
         prop_assert_eq!(decode(SseDecoder::default(), &byte_by_byte), whole);
     }
 
-    /// A small line limit never panics and changes nothing for short lines; for
-    /// longer ones it either changes nothing (the line arrived within one chunk)
-    /// or ends the stream with `LineTooLong` (a partial line outgrew the limit).
+    /// A small event limit never panics, and never changes an event: the
+    /// decoder gives the same events as without a limit, or stops with
+    /// `EventTooLarge` after a prefix of them; for a limit no event or line
+    /// reaches, it gives exactly the same events.
     #[test]
-    fn sse_line_limit_never_panics(
+    fn sse_event_limit_never_panics_or_alters_events(
         bytes in sse_like_bytes(),
         cuts in prop::collection::vec(any::<Index>(), 0..8),
         limit in 0usize..16,
     ) {
         let limited = decode(SseDecoder::new(limit), &split(&bytes, &cuts));
         let unlimited = decode(SseDecoder::default(), &[&bytes]);
-        let longest = bytes
-            .split(|b| *b == b'\n' || *b == b'\r')
-            .map(<[u8]>::len)
-            .max()
-            .unwrap_or(0);
-        if longest <= limit {
+        match &limited.1 {
+            Some(SseError::EventTooLarge(l)) => {
+                prop_assert_eq!(*l, limit);
+                prop_assert!(unlimited.0.starts_with(&limited.0), "{:?} vs {:?}", limited, unlimited);
+            }
+            _ => prop_assert_eq!(&limited, &unlimited),
+        }
+        if bytes.len() <= limit {
             prop_assert_eq!(limited, unlimited);
-        } else {
-            prop_assert!(
-                limited == unlimited || limited.1 == Some(SseError::LineTooLong(limit)),
-                "{:?} vs {:?}", limited, unlimited
-            );
         }
     }
 
@@ -315,7 +313,7 @@ fn check_accepted(body: &[u8]) -> Result<(), TestCaseError> {
             prop_assert!(!r.messages.is_empty());
             prop_assert_eq!(r.messages.last().map(|m| m.role.as_str()), Some("user"));
         }
-        Err(e) => check_rejection(&e)?,
+        Err(e) => check_rejection(&CoordError::from(e))?,
     }
     Ok(())
 }
@@ -353,7 +351,13 @@ proptest! {
         let body = value.to_string().into_bytes();
         let config = Config { max_request_bytes: limit, ..Config::default() };
         let header = |name: &str| if name == "api-key" { key.clone() } else { None };
-        match prepare(config, header, &body, trace(), 0) {
+        let incoming = Incoming {
+            path: "/openai/deployments/mas-coordinator/chat/completions",
+            trace: trace(),
+            start_ms: 0,
+            unix_ms: 0,
+        };
+        match prepare(config, header, &body, incoming) {
             Ok(ctx) => {
                 prop_assert!(body.len() <= limit);
                 prop_assert_eq!(ctx.api_key.as_str(), key.as_deref().unwrap().trim());

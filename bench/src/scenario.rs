@@ -3,15 +3,20 @@
 //!
 //! The floor of a scenario is the same upstream calls the coordinator makes for it,
 //! sent by the benchmark itself, one after the other, with the bodies built by the
-//! coordinator's own functions (`routing::request_body`, `gpa_history`,
-//! `synthesis::request_body`), so floor and coordinated runs move the same bytes.
+//! coordinator's own functions (`routing::request_body`, `agent_history`,
+//! `synthesis::request_body`, each with its target's `model` added as the
+//! coordinator adds it), so floor and coordinated runs move the same bytes.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
-use mas_coordinator::agents::gpa::{gpa_history, StateTrust};
-use mas_coordinator::dial::request::{parse_request, Message};
+use mas_coordinator::agents::dial::agent_history;
+use mas_coordinator::calls::{dial_targets, RequestTemplate};
+use mas_coordinator::config::Config;
+use mas_coordinator::context::RequestContext;
+use mas_coordinator::dial::request::{parse_request, ChatBody, ChatRequest, Message};
+use mas_coordinator::trace::Trace;
 use mas_coordinator::{routing, synthesis};
 use serde_json::{json, Value};
 
@@ -26,6 +31,30 @@ const GPA: &str = "general-purpose-agent";
 
 pub const GPA_REQUEST: &str = "Search weather in Kyiv";
 pub const UMS_REQUEST: &str = "Do we have Andrej Karpathy as a user?";
+
+/// The coordinator's view of a request with `messages` (default configuration).
+fn context(messages: &[Message]) -> RequestContext {
+    RequestContext {
+        config: Config::default(),
+        api_key: API_KEY.to_owned(),
+        conversation_id: None,
+        subject: None,
+        coordinator: "mas-coordinator".to_owned(),
+        request: ChatRequest {
+            messages: messages.to_vec(),
+            stream: Some(true),
+        },
+        trace: Trace::from_headers(None, None, "a".repeat(32), "b".repeat(16)),
+        start_ms: 0,
+        unix_s: 0,
+    }
+}
+
+/// A DIAL Core body as the coordinator sends it to `deployment`.
+fn dial_body(ctx: &RequestContext, deployment: &str, body: Vec<u8>) -> Vec<u8> {
+    let target = &dial_targets(&ctx.config, &[deployment.to_owned()])[0];
+    RequestTemplate::dial_chat(ctx, body).build(target).body
+}
 
 fn deployment_path(name: &str) -> String {
     format!("/openai/deployments/{name}/chat/completions")
@@ -81,7 +110,7 @@ impl Scenario {
             "messages": messages,
             "stream": true,
         }))?;
-        let parsed = parse_request(&body).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+        let parsed = parse_request(&body).map_err(|e| anyhow::anyhow!("{}", e.0))?;
         Ok(Scenario {
             name,
             description,
@@ -285,16 +314,27 @@ impl Floor {
         ums: SocketAddr,
     ) -> anyhow::Result<Floor> {
         let messages = &scenario.messages;
+        let ctx = context(messages);
         let routing = Req::post_json(
             &deployment_path(LLM),
-            routing::request_body(LLM, messages),
+            dial_body(&ctx, LLM, routing::request_body(&ctx)),
             Some(API_KEY),
         );
         let (agent, agent_body_bytes) = match &scenario.agent {
             Agent::Gpa => {
-                let body = serde_json::to_vec(
-                    &json!({"messages": gpa_history(messages, None, &StateTrust::default()), "model": GPA, "stream": true}),
-                )?;
+                let gpa = ctx
+                    .config
+                    .registry
+                    .get("GPA")
+                    .context("GPA is registered")?;
+                let history = agent_history(&ctx, gpa, None);
+                let body = ChatBody {
+                    messages: &history,
+                    stream: true,
+                    response_format: None,
+                }
+                .to_vec();
+                let body = dial_body(&ctx, GPA, body);
                 let len = body.len();
                 (
                     FloorAgent::Gpa(Req::post_json(&deployment_path(GPA), body, Some(API_KEY))),
@@ -333,9 +373,15 @@ impl Floor {
             agent_body_bytes,
         };
         let answer = stream_content(floor.agent_call(None).await?.text());
+        let request = messages.last().map(Message::text).unwrap_or_default();
+        let last = synthesis::final_user_text(&answer, &request);
         floor.synthesis = Req::post_json(
             &deployment_path(LLM),
-            synthesis::request_body(LLM, messages, &answer),
+            dial_body(
+                &ctx,
+                LLM,
+                synthesis::request_body(&ctx, synthesis::SYNTHESIS_PROMPT, &last),
+            ),
             Some(API_KEY),
         );
         Ok(floor)

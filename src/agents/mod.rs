@@ -1,39 +1,231 @@
-//! The agents the coordinator routes to, each behind the same small interface.
+//! The agents, as sans-IO sessions: each is a state machine that says which
+//! call it needs next ([`Step`]), is fed what that call brings (its head, its
+//! events or its whole body, its end, its failure), and says what it has to say
+//! through [`Say`]: text for its stage, stages of its own, attachments, its
+//! memory for later turns, usage. It never touches the network, the clock, the
+//! emitter or the breakers: the driver (`driver.rs`) owns all of those and can
+//! run several sessions at once into one response.
 //!
-//! An agent decides which part of the history and state it takes, how it is
-//! called, and how its answer becomes our stages and state. It writes into its
-//! stage ("Call <NAME> Agent", opened by the coordinator), may set the choice
-//! state once, and returns the answer text for the synthesis step. Adding an
-//! agent is a new module implementing [`Agent`], a variant of
-//! `routing::AgentName` (so the routing schema lists it) and one match arm in
-//! `coordinator`.
+//! - [`dial::DialSession`]: any DIAL deployment called through DIAL Core (GPA
+//!   and every `dial` agent of the registry).
+//! - [`ums::UmsSession`]: any agent with the UMS conversation API.
+//! - [`synthesis::SynthesisSession`](crate::synthesis::SynthesisSession) uses
+//!   the same interface for the final answer.
 
-pub mod gpa;
+pub mod dial;
 pub mod ums;
 
-use crate::calls::Caller;
-use crate::client::Host;
-use crate::coordinator::FlowError;
-use crate::emitter::{Emitter, StageId, Transport};
-use crate::routing::RoutingDecision;
+use crate::calls::{Blame, CallFailed, CallSpec, Target};
+use crate::dial::response::{Attachment, StageStatus};
+use crate::dial::upstream::Completion;
+use crate::dial::usage::Usage;
+use crate::error::{CoordError, UpstreamFault};
+use crate::memory::Memory;
 
-/// Everything an agent call needs.
-#[derive(Debug)]
-pub struct AgentCall<'a, H> {
-    /// The request being served and the host.
-    pub caller: Caller<'a, H>,
-    /// The routing decision (its additional instructions).
-    pub decision: &'a RoutingDecision,
-    /// The agent's stage, already open.
-    pub stage: StageId,
+/// A stage a session opened, in the session's own numbering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LocalStage(pub usize);
+
+/// What a session may say. The driver maps it onto the response: the
+/// session's text goes to its root (its own stage, or the answer for the
+/// synthesis), its stages open under its root, and every bound of `limits.rs`
+/// is enforced (a session past one is ended with an error).
+pub trait Say {
+    /// Text into the session's root.
+    fn text(&mut self, text: &str);
+    /// Opens a stage under `parent` (`None`: under the session's root).
+    fn open_stage(&mut self, name: &str, parent: Option<LocalStage>) -> LocalStage;
+    /// Whether the session's stage is still open.
+    fn is_open(&self, stage: LocalStage) -> bool;
+    /// Appends to a stage's name.
+    fn stage_name(&mut self, stage: LocalStage, name: &str);
+    /// Appends to a stage's content.
+    fn stage_content(&mut self, stage: LocalStage, text: &str);
+    /// Adds an attachment to a stage.
+    fn stage_attachment(&mut self, stage: LocalStage, attachment: Attachment);
+    /// Closes a stage.
+    fn close_stage(&mut self, stage: LocalStage, status: StageStatus);
+    /// Adds an attachment to the choice.
+    fn attachment(&mut self, attachment: Attachment);
+    /// Leaves something for later turns (see `memory.rs`).
+    fn remember(&mut self, memory: Memory);
+    /// Reports what a call to `model` used.
+    fn usage(&mut self, model: &str, usage: Usage);
+    /// Records a breaker failure the call held back (see `CallSpec::defer_blame`).
+    fn blame(&mut self, blame: Blame);
+    /// The error for `fault` at the current call.
+    fn error(&self, fault: UpstreamFault) -> CoordError;
+    /// Upstream text made safe for an error message (the key removed, shortened).
+    fn redact(&self, text: &str) -> String;
 }
 
-/// One agent.
-pub trait Agent {
-    /// Calls the agent, streams its progress into `call.stage` (and stages under
-    /// it), sets the state, and returns the agent's answer text.
-    fn run<H: Host, T: Transport>(
-        call: AgentCall<'_, H>,
-        out: &mut Emitter<T>,
-    ) -> impl std::future::Future<Output = Result<String, FlowError>>;
+/// How the driver reads a call's body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// As server-sent events, each fed to [`Session::on_event`], until `[DONE]`.
+    Events,
+    /// Whole (bounded), fed to [`Session::on_body`].
+    Whole,
+}
+
+/// What a session needs next.
+#[derive(Debug)]
+pub enum Step {
+    /// Make this call.
+    Call(CallSpec, Read),
+    /// The session is over: its answer text (for the synthesis), or why not.
+    Finish(Result<String, CoordError>),
+}
+
+/// An agent session (see the module docs). The driver calls [`Session::step`]
+/// first and after every call has ended; in between it feeds the call.
+pub trait Session {
+    /// The next call, or the end.
+    fn step(&mut self, say: &mut dyn Say) -> Step;
+    /// The call was accepted by `target` (the head arrived).
+    fn on_open(&mut self, _target: &Target, _say: &mut dyn Say) {}
+    /// The call failed before a success head (after failover).
+    fn on_failed(&mut self, failed: CallFailed, say: &mut dyn Say);
+    /// One event of a streamed call (neither `[DONE]` nor an empty keep-alive).
+    fn on_event(&mut self, data: &str, say: &mut dyn Say) -> Result<(), CoordError>;
+    /// The whole body of a call read with [`Read::Whole`].
+    fn on_body(&mut self, _body: &[u8], _say: &mut dyn Say) -> Result<(), CoordError> {
+        Ok(())
+    }
+    /// A streamed call ended with `[DONE]`.
+    fn on_done(&mut self, _say: &mut dyn Say) -> Result<(), CoordError> {
+        Ok(())
+    }
+}
+
+/// A non-streaming chat completion through DIAL Core (the coordination
+/// calls): reports its usage and finishes with the answer's text (empty when
+/// it had none).
+#[derive(Debug)]
+pub struct CompletionCall {
+    spec: Option<CallSpec>,
+    deployment: String,
+    outcome: Option<Result<String, CoordError>>,
+}
+
+impl CompletionCall {
+    /// Makes the call `spec`.
+    pub fn new(spec: CallSpec) -> CompletionCall {
+        CompletionCall {
+            spec: Some(spec),
+            deployment: String::new(),
+            outcome: None,
+        }
+    }
+}
+
+impl Session for CompletionCall {
+    fn step(&mut self, _say: &mut dyn Say) -> Step {
+        match self.spec.take() {
+            Some(spec) => Step::Call(spec, Read::Whole),
+            None => Step::Finish(self.outcome.take().unwrap_or_else(|| Ok(String::new()))),
+        }
+    }
+
+    fn on_open(&mut self, target: &Target, _say: &mut dyn Say) {
+        self.deployment = target.id.clone();
+    }
+
+    fn on_failed(&mut self, failed: CallFailed, _say: &mut dyn Say) {
+        self.outcome = Some(Err(failed.error));
+    }
+
+    fn on_event(&mut self, _data: &str, _say: &mut dyn Say) -> Result<(), CoordError> {
+        Ok(())
+    }
+
+    fn on_body(&mut self, body: &[u8], say: &mut dyn Say) -> Result<(), CoordError> {
+        let completion: Completion = serde_json::from_slice(body).map_err(|_| {
+            say.error(UpstreamFault::Malformed(
+                "the answer is not a chat completion".to_owned(),
+            ))
+        })?;
+        if let Some(usage) = completion.usage {
+            say.usage(&self.deployment, usage);
+        }
+        let text = completion
+            .choices
+            .into_iter()
+            .next()
+            .and_then(|c| c.message.content)
+            .unwrap_or_default();
+        self.outcome = Some(Ok(text));
+        Ok(())
+    }
+}
+
+/// An upstream's text kept for the synthesis, bounded: past `max` bytes it is
+/// cut (at a character boundary) and marked.
+#[derive(Debug, Clone)]
+pub struct AnswerText {
+    text: String,
+    total: usize,
+    max: usize,
+}
+
+impl AnswerText {
+    /// Keeps at most `max` bytes.
+    pub fn new(max: usize) -> AnswerText {
+        AnswerText {
+            text: String::new(),
+            total: 0,
+            max,
+        }
+    }
+
+    /// Appends a piece.
+    pub fn push(&mut self, piece: &str) {
+        self.total = self.total.saturating_add(piece.len());
+        let room = self.max.saturating_sub(self.text.len());
+        if piece.len() <= room {
+            self.text.push_str(piece);
+        } else {
+            let mut cut = room;
+            while !piece.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            self.text.push_str(&piece[..cut]);
+        }
+    }
+
+    /// What was kept, without a marker.
+    pub fn kept(&self) -> &str {
+        &self.text
+    }
+
+    /// The text, marked when it was cut.
+    pub fn finish(self) -> String {
+        if self.total <= self.text.len() {
+            return self.text;
+        }
+        format!(
+            "{}\n\n[answer truncated: {} of {} bytes shown]",
+            self.text,
+            self.text.len(),
+            self.total
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answer_text_is_cut_and_marked_past_its_bound() {
+        let mut a = AnswerText::new(5);
+        a.push("abc");
+        assert_eq!(a.kept(), "abc");
+        a.push("déf");
+        assert_eq!(a.kept(), "abcd");
+        assert_eq!(a.finish(), "abcd\n\n[answer truncated: 4 of 7 bytes shown]");
+        let mut b = AnswerText::new(5);
+        b.push("abcde");
+        assert_eq!(b.finish(), "abcde");
+    }
 }

@@ -1,69 +1,32 @@
-//! The User Management Service agent: a plain HTTP service (PROTOCOL.md §4).
+//! An agent with the UMS conversation API, called directly (never with DIAL
+//! credentials): `POST /conversations`, then `POST /conversations/{id}/chat`
+//! streaming.
 //!
 //! UMS keeps its own history per conversation, so it receives only the current
-//! request. The conversation id lives in our state (`ums_conversation_id`): the
-//! newest valid one in the history is reused; otherwise a conversation is
-//! created, and the stage says so. If UMS no longer knows the id (its chat call
-//! fails and `GET /conversations/{id}` answers 404), one new conversation is
-//! created and the stage says that too. The id is validated and percent-encoded
-//! into the path. No DIAL credentials (`Api-Key`, `Authorization`) are ever sent
-//! to UMS.
+//! request (plus the task text). The conversation id and a tag of the endpoint
+//! that holds it live in our state (`memory.rs`): the newest valid one in the
+//! history is reused, on its own endpoint first; otherwise a conversation is
+//! created, and the stage says so. If the endpoint no longer knows the id (the
+//! chat call fails and `GET /conversations/{id}` answers 404), one new
+//! conversation is created and the stage says that too; that failure is never
+//! counted against the endpoint's breaker. The id is validated and
+//! percent-encoded into the path. The conversation is remembered as soon as
+//! the chat call is accepted, so a stream that fails later keeps it.
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::gpa::StateTrust;
-use super::{Agent, AgentCall};
-use crate::calls::{call, parse_event, pump_events, read_answer, Caller, Next};
-use crate::client::{Host, OutboundRequest};
-use crate::coordinator::FlowError;
+use super::{AnswerText, Read, Say, Session, Step};
+use crate::calls::{endpoint_targets, CallFailed, CallSpec, Replay, RequestTemplate, Target};
+use crate::client::Method;
+use crate::context::RequestContext;
 use crate::dial::request::Message;
 use crate::dial::upstream::error_text;
-use crate::emitter::{Emitter, Transport};
-use crate::error::{CoordError, Upstream, UpstreamFault};
+use crate::error::{CoordError, UpstreamFault};
+use crate::limits::MAX_CONTEXT_BYTES_PER_RESULT;
+use crate::memory::{self, endpoint_tag, is_valid_conversation_id, Memory};
+use crate::registry::{AgentKind, AgentSpec};
 use crate::state::trusted_state;
-
-/// State key holding the UMS conversation id.
-pub const UMS_CONVERSATION_ID: &str = "ums_conversation_id";
-/// Longest accepted conversation id.
-pub const MAX_ID_LEN: usize = 128;
-
-/// The UMS agent.
-#[derive(Debug)]
-pub struct Ums;
-
-/// Whether `id` is an acceptable UMS conversation id: 1 to 128 of
-/// `A-Z a-z 0-9 - _`. Anything else (slashes, dots, `%`, spaces) is refused, so a
-/// tampered state can never reach another path or host.
-pub fn is_valid_conversation_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-/// The newest valid conversation id stored in the history's (trusted) state.
-pub fn find_conversation_id(history: &[Message], trust: &StateTrust<'_>) -> Option<String> {
-    /// The one field of our UMS state, read without building a tree.
-    #[derive(Deserialize)]
-    struct View {
-        #[serde(default)]
-        ums_conversation_id: Option<Value>,
-    }
-    history.iter().rev().find_map(|m| {
-        // Cheap text check first: most states in a long history are GPA's.
-        if !m.state()?.get().contains(UMS_CONVERSATION_ID) {
-            return None;
-        }
-        let state = trusted_state(m, trust.secret, trust.binding)?;
-        let view: View = serde_json::from_str(state.get()).ok()?;
-        match view.ums_conversation_id {
-            Some(Value::String(id)) if is_valid_conversation_id(&id) => Some(id),
-            _ => None,
-        }
-    })
-}
 
 /// Percent-encodes one URL path segment (RFC 3986 unreserved characters kept).
 pub fn encode_path_segment(segment: &str) -> String {
@@ -78,16 +41,6 @@ pub fn encode_path_segment(segment: &str) -> String {
     out
 }
 
-/// The text sent to UMS: the user's request plus any additional instructions.
-pub fn ums_message(current: &Message, additional_instructions: Option<&str>) -> String {
-    let mut text = current.text();
-    if let Some(extra) = additional_instructions {
-        text.push_str("\n\n");
-        text.push_str(extra);
-    }
-    text
-}
-
 /// A conversation title from the request: its first line, at most 80 characters.
 pub fn conversation_title(text: &str) -> String {
     let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
@@ -97,6 +50,26 @@ pub fn conversation_title(text: &str) -> String {
     } else {
         title
     }
+}
+
+/// The newest valid conversation of `agent` kept in the history's trusted
+/// state: its id and the tag of its endpoint.
+pub fn find_conversation(
+    ctx: &RequestContext,
+    agent: &AgentSpec,
+) -> Option<(String, Option<String>)> {
+    let trust = ctx.state_trust();
+    let marker = match agent.slot {
+        crate::registry::StateSlot::Ums => memory::UMS_CONVERSATION_ID,
+        _ => memory::AGENTS,
+    };
+    ctx.request.messages.iter().rev().find_map(|m| {
+        // Cheap text check first: most states in a long history are not this agent's.
+        if !m.state()?.get().contains(marker) {
+            return None;
+        }
+        memory::conversation(trusted_state(m, &trust)?, agent)
+    })
 }
 
 #[derive(Deserialize)]
@@ -110,7 +83,7 @@ struct UmsEvent {
     #[serde(default)]
     conversation_id: Option<Value>,
     #[serde(default)]
-    choices: Vec<UmsChoice>,
+    choices: Option<Vec<UmsChoice>>,
     #[serde(default)]
     error: Option<Value>,
 }
@@ -127,245 +100,302 @@ struct UmsDelta {
     content: Option<String>,
 }
 
-fn create_request(base: &str, title: &str) -> OutboundRequest {
-    let body = serde_json::to_vec(&json!({"title": title})).unwrap_or_default();
-    OutboundRequest::post_json(format!("{base}/conversations"), body)
+#[derive(Debug)]
+enum Phase {
+    Start,
+    /// Creating a conversation; `lost` is the id UMS no longer knew.
+    Creating {
+        lost: Option<String>,
+    },
+    /// Created `id` on `endpoint`; the chat call comes next.
+    Created {
+        id: String,
+        endpoint: usize,
+    },
+    /// The chat call on `id` is under way.
+    Chatting {
+        id: String,
+        stored: bool,
+    },
+    /// The chat on a stored id failed with `failed`: is the conversation gone?
+    Probing {
+        id: String,
+        failed: CallFailed,
+    },
+    /// The probe said the conversation is gone.
+    Lost {
+        id: String,
+    },
+    Streaming,
+    Failed(CoordError),
+    Done,
 }
 
-fn chat_request(base: &str, id: &str, text: &str) -> OutboundRequest {
-    let body = serde_json::to_vec(&json!({
-        "message": {"role": "user", "content": text},
-        "stream": true,
-    }))
-    .unwrap_or_default();
-    OutboundRequest::post_json(
-        format!("{base}/conversations/{}/chat", encode_path_segment(id)),
-        body,
-    )
+/// One request to a UMS-kind agent (see the module docs).
+#[derive(Debug)]
+pub struct UmsSession<'a> {
+    agent: &'a AgentSpec,
+    endpoints: Vec<Target>,
+    message: String,
+    known: Option<(String, Option<String>)>,
+    phase: Phase,
+    text: AnswerText,
+    /// Which endpoint created the conversation (the chat goes there).
+    created_on: usize,
 }
 
-/// Creates a conversation on the first available endpoint. Returns its id, the
-/// endpoint (later calls go there) and a failover note if a backup answered.
-async fn create<'a, H: Host>(
-    caller: Caller<'a, H>,
-    endpoints: &[&'a str],
-    title: &str,
-) -> Result<(String, &'a str, Option<String>), CoordError> {
-    let answered = call(caller, Upstream::Ums, endpoints, |base| {
-        create_request(base, title)
-    })
-    .await?;
-    let site = answered.site;
-    let note = answered.failover_note();
-    let bytes = read_answer(answered).await?;
-    let created: CreatedConversation = serde_json::from_slice(&bytes).map_err(|_| {
-        site.error(UpstreamFault::Malformed(
-            "the created conversation has no id".to_owned(),
-        ))
-    })?;
-    match created.id.as_str() {
-        Some(id) if is_valid_conversation_id(id) => Ok((id.to_owned(), site.target, note)),
-        _ => Err(site.error(UpstreamFault::Malformed(
-            "the created conversation id is not a valid id".to_owned(),
-        ))),
-    }
-}
-
-/// After a chat call on a stored id failed with an HTTP status: whether the
-/// endpoint that answered says the conversation does not exist (404).
-async fn is_lost<H: Host>(caller: Caller<'_, H>, error: &CoordError, id: &str) -> bool {
-    let CoordError::Upstream {
-        fault: UpstreamFault::Status(..),
-        target,
-        ..
-    } = error
-    else {
-        return false;
-    };
-    let probe = call(caller, Upstream::Ums, &[target.as_str()], |base| {
-        OutboundRequest::get(format!("{base}/conversations/{}", encode_path_segment(id)))
-    })
-    .await;
-    match probe {
-        Ok(answered) => {
-            let _ = read_answer(answered).await;
-            false
+impl<'a> UmsSession<'a> {
+    /// A request to `agent`: the user's message with `task` appended, in the
+    /// conversation `known` (id, endpoint tag) when there is one.
+    pub fn new(
+        ctx: &RequestContext,
+        agent: &'a AgentSpec,
+        task: Option<&str>,
+        known: Option<(String, Option<String>)>,
+    ) -> UmsSession<'a> {
+        let mut message = ctx
+            .request
+            .messages
+            .last()
+            .map(Message::text)
+            .unwrap_or_default();
+        if let Some(task) = task {
+            message.push_str("\n\n");
+            message.push_str(task);
         }
-        Err(CoordError::Upstream {
-            fault: UpstreamFault::Status(404, _),
-            ..
-        }) => true,
-        Err(_) => false,
+        let endpoints = match &agent.kind {
+            AgentKind::Ums { endpoints } => endpoint_targets(endpoints),
+            AgentKind::Dial { .. } => Vec::new(),
+        };
+        UmsSession {
+            agent,
+            endpoints,
+            message,
+            known,
+            phase: Phase::Start,
+            text: AnswerText::new(MAX_CONTEXT_BYTES_PER_RESULT),
+            created_on: 0,
+        }
+    }
+
+    fn spec(
+        &self,
+        targets: Vec<Target>,
+        request: RequestTemplate,
+        replay: Replay,
+        defer_blame: bool,
+    ) -> CallSpec {
+        CallSpec {
+            service: self.agent.service(),
+            targets,
+            request,
+            replay,
+            defer_blame,
+        }
+    }
+
+    fn create(&self) -> CallSpec {
+        let body = serde_json::to_vec(&json!({"title": conversation_title(&self.message)}))
+            .unwrap_or_default();
+        self.spec(
+            self.endpoints.clone(),
+            RequestTemplate::endpoint(Method::Post, "/conversations", body),
+            Replay::NotStarted,
+            false,
+        )
+    }
+
+    fn chat(&self, id: &str, targets: Vec<Target>, defer_blame: bool) -> CallSpec {
+        let body = serde_json::to_vec(&json!({
+            "message": {"role": "user", "content": self.message},
+            "stream": true,
+        }))
+        .unwrap_or_default();
+        let path = format!("/conversations/{}/chat", encode_path_segment(id));
+        self.spec(
+            targets,
+            RequestTemplate::endpoint(Method::Post, &path, body),
+            Replay::NotStarted,
+            defer_blame,
+        )
+    }
+
+    /// The endpoints with the one tagged `tag` first.
+    fn ordered(&self, tag: Option<&str>) -> Vec<Target> {
+        let mut targets = self.endpoints.clone();
+        if let Some(i) = tag.and_then(|t| targets.iter().position(|e| endpoint_tag(&e.id) == t)) {
+            let home = targets.remove(i);
+            targets.insert(0, home);
+        }
+        targets
     }
 }
 
-impl Agent for Ums {
-    async fn run<H: Host, T: Transport>(
-        call_ctx: AgentCall<'_, H>,
-        out: &mut Emitter<T>,
-    ) -> Result<String, FlowError> {
-        let caller = call_ctx.caller;
-        let ctx = caller.ctx;
-        let stage = call_ctx.stage;
-        let trust = ctx.state_trust();
-        let endpoints = ctx.config.ums_targets();
-        let Some(current) = ctx.request.messages.last() else {
-            return Ok(String::new());
-        };
-        let text = ums_message(
-            current,
-            call_ctx.decision.additional_instructions.as_deref(),
-        );
-        let title = conversation_title(&text);
-
-        let (id, answered) = match find_conversation_id(&ctx.request.messages, &trust) {
-            Some(id) => {
-                match call(caller, Upstream::Ums, &endpoints, |base| {
-                    chat_request(base, &id, &text)
-                })
-                .await
-                {
-                    Ok(answered) => (id, answered),
-                    Err(error) => {
-                        if !is_lost(caller, &error, &id).await {
-                            return Err(error.into());
-                        }
-                        let (new_id, base, note) = create(caller, &endpoints, &title).await?;
-                        if let Some(note) = note {
-                            out.stage_content(stage, &note);
-                        }
-                        out.stage_content(
-                            stage,
-                            &format!(
-                                "_UMS no longer knows conversation {id}; created new UMS conversation: {new_id}_\n\n"
-                            ),
-                        );
-                        out.flush().await?;
-                        let answered = call(caller, Upstream::Ums, &[base], |b| {
-                            chat_request(b, &new_id, &text)
-                        })
-                        .await?;
-                        (new_id, answered)
+impl Session for UmsSession<'_> {
+    fn step(&mut self, _say: &mut dyn Say) -> Step {
+        match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::Start => match self.known.take() {
+                Some((id, tag)) => {
+                    let spec = self.chat(&id, self.ordered(tag.as_deref()), true);
+                    self.phase = Phase::Chatting { id, stored: true };
+                    Step::Call(spec, Read::Events)
+                }
+                None => {
+                    self.phase = Phase::Creating { lost: None };
+                    Step::Call(self.create(), Read::Whole)
+                }
+            },
+            Phase::Created { id, endpoint } => {
+                let targets = self.endpoints.get(endpoint).cloned().into_iter().collect();
+                let spec = self.chat(&id, targets, false);
+                self.phase = Phase::Chatting { id, stored: false };
+                Step::Call(spec, Read::Events)
+            }
+            Phase::Probing { id, failed } => {
+                // The probe asks the endpoint that failed the chat.
+                let target = match &failed.error {
+                    CoordError::Upstream { target, .. } => {
+                        self.endpoints.iter().find(|e| &e.label == target).cloned()
                     }
+                    _ => None,
+                };
+                let path = format!("/conversations/{}", encode_path_segment(&id));
+                let spec = self.spec(
+                    target.into_iter().collect(),
+                    RequestTemplate::endpoint(Method::Get, &path, Vec::new()),
+                    Replay::Safe,
+                    false,
+                );
+                self.phase = Phase::Probing { id, failed };
+                Step::Call(spec, Read::Whole)
+            }
+            Phase::Lost { id } => {
+                self.phase = Phase::Creating { lost: Some(id) };
+                Step::Call(self.create(), Read::Whole)
+            }
+            Phase::Failed(e) => Step::Finish(Err(e)),
+            Phase::Creating { .. } | Phase::Chatting { .. } | Phase::Streaming | Phase::Done => {
+                Step::Finish(Ok(
+                    std::mem::replace(&mut self.text, AnswerText::new(0)).finish()
+                ))
+            }
+        }
+    }
+
+    fn on_open(&mut self, target: &Target, say: &mut dyn Say) {
+        if let Phase::Creating { .. } = &self.phase {
+            self.created_on = self
+                .endpoints
+                .iter()
+                .position(|e| e.id == target.id)
+                .unwrap_or(0);
+        }
+        if let Phase::Chatting { id, .. } = &self.phase {
+            say.remember(Memory::Conversation {
+                id: id.clone(),
+                endpoint: endpoint_tag(&target.id),
+            });
+            self.phase = Phase::Streaming;
+        }
+    }
+
+    fn on_failed(&mut self, failed: CallFailed, say: &mut dyn Say) {
+        self.phase = match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::Chatting { id, stored: true }
+                if matches!(failed.error.fault(), Some(UpstreamFault::Status(..))) =>
+            {
+                Phase::Probing { id, failed }
+            }
+            Phase::Probing { id, failed: chat } => {
+                if matches!(failed.error.fault(), Some(UpstreamFault::Status(404, _))) {
+                    // Gone: the chat's failure was not the endpoint's.
+                    Phase::Lost { id }
+                } else {
+                    // The probe's own failure was counted; the chat's is not counted twice.
+                    Phase::Failed(chat.error)
                 }
             }
-            None => {
-                let (new_id, base, note) = create(caller, &endpoints, &title).await?;
-                if let Some(note) = note {
-                    out.stage_content(stage, &note);
+            _ => {
+                if let Some(b) = &failed.blame {
+                    say.blame(b.clone());
                 }
-                out.stage_content(
-                    stage,
-                    &format!("_Created new UMS conversation: {new_id}_\n\n"),
-                );
-                out.flush().await?;
-                let answered = call(caller, Upstream::Ums, &[base], |b| {
-                    chat_request(b, &new_id, &text)
-                })
-                .await?;
-                (new_id, answered)
+                Phase::Failed(failed.error)
             }
         };
-        if let Some(note) = answered.failover_note() {
-            out.stage_content(stage, &note);
-        }
-        // The conversation exists and answers: remember it even if the stream fails later.
-        out.set_state(crate::state::sign(
-            json!({UMS_CONVERSATION_ID: id}),
-            trust.secret,
-            trust.binding,
-        ));
-        out.flush().await?;
+    }
 
-        let site = answered.site;
-        let mut answer = String::new();
-        pump_events(answered, out, |data, out| {
-            let event: UmsEvent = parse_event(site, data)?;
-            if let Some(error) = &event.error {
-                return Err(site.error(UpstreamFault::ErrorEvent(site.redact(&error_text(error)))));
+    fn on_body(&mut self, body: &[u8], say: &mut dyn Say) -> Result<(), CoordError> {
+        match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::Creating { lost } => {
+                let created: CreatedConversation = serde_json::from_slice(body).map_err(|_| {
+                    say.error(UpstreamFault::Malformed(
+                        "the created conversation has no id".to_owned(),
+                    ))
+                })?;
+                let id = match created.id.as_str() {
+                    Some(id) if is_valid_conversation_id(id) => id.to_owned(),
+                    _ => {
+                        return Err(say.error(UpstreamFault::Malformed(
+                            "the created conversation id is not a valid id".to_owned(),
+                        )))
+                    }
+                };
+                let note = match lost {
+                    Some(old) => format!(
+                        "_{} no longer knows conversation {old}; created new {} conversation: {id}_\n\n",
+                        self.agent.name, self.agent.name
+                    ),
+                    None => format!("_Created new {} conversation: {id}_\n\n", self.agent.name),
+                };
+                say.text(&note);
+                // Chat where it was created: a backup does not know the primary's conversations.
+                self.phase = Phase::Created {
+                    id,
+                    endpoint: self.created_on,
+                };
             }
-            if event.conversation_id.is_some() {
-                return Ok(Next::Continue);
+            Phase::Probing { failed, .. } => {
+                // The conversation exists: the chat failed for another reason, and that counts.
+                if let Some(b) = &failed.blame {
+                    say.blame(b.clone());
+                }
+                self.phase = Phase::Failed(failed.error);
             }
-            let piece = event
-                .choices
-                .into_iter()
-                .next()
-                .and_then(|c| c.delta)
-                .and_then(|d| d.content)
-                .unwrap_or_default();
-            out.stage_content(stage, &piece);
-            answer.push_str(&piece);
-            Ok(Next::Continue)
-        })
-        .await?;
-        Ok(answer)
+            other => self.phase = other,
+        }
+        Ok(())
+    }
+
+    fn on_event(&mut self, data: &str, say: &mut dyn Say) -> Result<(), CoordError> {
+        let event: UmsEvent = serde_json::from_str(data).map_err(|e| {
+            say.error(UpstreamFault::Malformed(format!(
+                "an event is not the expected JSON ({})",
+                say.redact(&e.to_string())
+            )))
+        })?;
+        if let Some(error) = &event.error {
+            return Err(say.error(UpstreamFault::ErrorEvent(say.redact(&error_text(error)))));
+        }
+        if event.conversation_id.is_some() {
+            return Ok(());
+        }
+        let piece = event
+            .choices
+            .into_iter()
+            .flatten()
+            .next()
+            .and_then(|c| c.delta)
+            .and_then(|d| d.content)
+            .unwrap_or_default();
+        say.text(&piece);
+        self.text.push(&piece);
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn msg(v: Value) -> Message {
-        serde_json::from_value(v).unwrap()
-    }
-
-    #[test]
-    fn newest_valid_conversation_id_wins() {
-        let history = vec![
-            msg(json!({"role": "user", "content": "a"})),
-            msg(
-                json!({"role": "assistant", "content": "b", "custom_content": {"state": {"ums_conversation_id": "old-1"}}}),
-            ),
-            msg(
-                json!({"role": "assistant", "content": "c", "custom_content": {"state": {"ums_conversation_id": "new-2"}}}),
-            ),
-            msg(
-                json!({"role": "assistant", "content": "d", "custom_content": {"state": {"ums_conversation_id": "../admin"}}}),
-            ),
-            msg(
-                json!({"role": "assistant", "content": "e", "custom_content": {"state": {"ums_conversation_id": 5}}}),
-            ),
-            msg(json!({"role": "user", "content": "f"})),
-        ];
-        let trust = StateTrust::default();
-        assert_eq!(
-            find_conversation_id(&history, &trust).as_deref(),
-            Some("new-2")
-        );
-        assert_eq!(find_conversation_id(&history[..1], &trust), None);
-        let signing = StateTrust {
-            secret: Some("0123456789abcdef"),
-            binding: "",
-        };
-        assert_eq!(
-            find_conversation_id(&history, &signing),
-            None,
-            "unsigned ids are ignored"
-        );
-    }
-
-    #[test]
-    fn conversation_ids_are_validated() {
-        assert!(is_valid_conversation_id(
-            "8c1f0d2e-1234-4abc-9def-0123456789ab"
-        ));
-        assert!(is_valid_conversation_id("ums-conv-0001"));
-        for bad in [
-            "",
-            "a/b",
-            "..",
-            "a b",
-            "x%2F",
-            "id?x=1",
-            "a#b",
-            "é",
-            &"a".repeat(129),
-        ] {
-            assert!(!is_valid_conversation_id(bad), "{bad:?}");
-        }
-    }
 
     #[test]
     fn path_segments_are_percent_encoded() {
@@ -374,12 +404,7 @@ mod tests {
     }
 
     #[test]
-    fn message_and_title() {
-        let m = Message::text_message("user", "Do we have Andrej Karpathy as a user?");
-        assert_eq!(
-            ums_message(&m, Some("Check both spellings.")),
-            "Do we have Andrej Karpathy as a user?\n\nCheck both spellings."
-        );
+    fn titles_are_the_first_line() {
         assert_eq!(conversation_title("\n  first line \nsecond"), "first line");
         assert_eq!(conversation_title(""), "MAS coordinator conversation");
         assert_eq!(conversation_title(&"x".repeat(100)).len(), 80);

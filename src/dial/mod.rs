@@ -2,6 +2,8 @@
 //! streams back, and the merged non-streaming message. Pure code: no I/O, no
 //! clock, no randomness (ids and timestamps come in as arguments).
 
+pub mod error;
 pub mod request;
 pub mod response;
 pub mod upstream;
+pub mod usage;

@@ -16,8 +16,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::error::CoordError;
-
 /// The chat-completion request body, with the fields the coordinator uses.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ChatRequest {
@@ -168,6 +166,22 @@ impl Serialize for Message {
     }
 }
 
+/// A message serialized with other text as its content and no `custom_content`
+/// (the text is written straight into the output, not copied first).
+struct WithText<'a>(&'a Message, &'a str);
+
+impl Serialize for WithText<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("role", &self.0.role)?;
+        map.serialize_entry("content", self.1)?;
+        for (k, v) in &self.0.extra {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
 impl Serialize for WithoutCustomContent<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         write_message(self.0, false, s)
@@ -310,10 +324,15 @@ impl<'de> Deserialize<'de> for CustomContent {
     }
 }
 
+/// Why a request body is not a valid chat-completion request: a sentence that
+/// names the JSON path that failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestError(pub String);
+
 /// Parses and validates a request body.
 ///
 /// Errors say which JSON path failed, e.g. `messages[1].content: invalid type`.
-pub fn parse_request(body: &[u8]) -> Result<ChatRequest, CoordError> {
+pub fn parse_request(body: &[u8]) -> Result<ChatRequest, RequestError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let request: ChatRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -326,18 +345,16 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, CoordError> {
         } else {
             format!("{path}: {text}")
         };
-        CoordError::BadRequest(what)
+        RequestError(what)
     })?;
     de.end()
-        .map_err(|e| CoordError::BadRequest(format!("body is not valid JSON ({e})")))?;
+        .map_err(|e| RequestError(format!("body is not valid JSON ({e})")))?;
     if request.messages.is_empty() {
-        return Err(CoordError::BadRequest(
-            "messages must not be empty".to_owned(),
-        ));
+        return Err(RequestError("messages must not be empty".to_owned()));
     }
     let last = request.messages.last().map(|m| m.role.as_str());
     if last != Some("user") {
-        return Err(CoordError::BadRequest(
+        return Err(RequestError(
             "the last message must have the role \"user\"".to_owned(),
         ));
     }
@@ -409,67 +426,45 @@ mod tests {
     #[test]
     fn malformed_json_is_a_bad_request() {
         let e = parse_request(b"{\"messages\": [").unwrap_err();
-        assert_eq!(e.status(), 400);
-        assert!(e.message().contains("not valid JSON"), "{}", e.message());
-        let e = parse_request(b"{} trailing").unwrap_err();
-        assert_eq!(e.status(), 400);
+        assert!(e.0.contains("not valid JSON"), "{}", e.0);
+        let e = parse_request(br#"{"messages":[{"role":"user"}]} trailing"#).unwrap_err();
+        assert!(e.0.contains("not valid JSON"), "{}", e.0);
     }
 
     #[test]
     fn missing_and_empty_messages_are_rejected() {
         let e = parse_request(b"{\"stream\": true}").unwrap_err();
-        assert_eq!(e.message(), "Invalid request: missing field `messages`");
+        assert_eq!(e.0, "missing field `messages`");
         let e = parse_request(b"{\"messages\": []}").unwrap_err();
-        assert_eq!(e.message(), "Invalid request: messages must not be empty");
+        assert_eq!(e.0, "messages must not be empty");
     }
 
     #[test]
     fn wrong_types_name_the_path() {
         let e = parse_request(br#"{"messages": [{"role": "user", "content": 5}]}"#).unwrap_err();
-        assert!(
-            e.message()
-                .starts_with("Invalid request: messages[0].content:"),
-            "{}",
-            e.message()
-        );
+        assert!(e.0.starts_with("messages[0].content:"), "{}", e.0);
         let e = parse_request(br#"{"messages": "hi"}"#).unwrap_err();
-        assert!(
-            e.message().starts_with("Invalid request: messages:"),
-            "{}",
-            e.message()
-        );
+        assert!(e.0.starts_with("messages:"), "{}", e.0);
         let e = parse_request(br#"{"messages": [{"role": "user"}], "stream": "yes"}"#).unwrap_err();
-        assert!(
-            e.message().starts_with("Invalid request: stream:"),
-            "{}",
-            e.message()
-        );
+        assert!(e.0.starts_with("stream:"), "{}", e.0);
         let e = parse_request(
             br#"{"messages": [{"role": "user", "custom_content": {"attachments": {}}}]}"#,
         )
         .unwrap_err();
         assert!(
-            e.message()
-                .starts_with("Invalid request: messages[0].custom_content.attachments:"),
+            e.0.starts_with("messages[0].custom_content.attachments:"),
             "{}",
-            e.message()
+            e.0
         );
         let e = parse_request(br#"{"messages": [{"content": "x"}]}"#).unwrap_err();
-        assert!(
-            e.message().contains("missing field `role`"),
-            "{}",
-            e.message()
-        );
+        assert!(e.0.contains("missing field `role`"), "{}", e.0);
     }
 
     #[test]
     fn last_message_must_be_from_the_user() {
         let e =
             parse_request(br#"{"messages": [{"role": "assistant", "content": "x"}]}"#).unwrap_err();
-        assert_eq!(
-            e.message(),
-            "Invalid request: the last message must have the role \"user\""
-        );
+        assert_eq!(e.0, "the last message must have the role \"user\"");
     }
 
     #[test]
@@ -492,13 +487,12 @@ mod tests {
 }
 
 /// The body of a chat-completions call the coordinator makes (same shape as
-/// the requests it receives), serialized straight from borrowed parts.
+/// the requests it receives), serialized straight from borrowed parts. The
+/// deployment's `model` is added per target by the caller.
 #[derive(Debug, Serialize)]
-pub struct ChatBody<'a, M: Serialize> {
+pub struct ChatBody<M: Serialize> {
     /// The messages.
     pub messages: M,
-    /// The deployment.
-    pub model: &'a str,
     /// Streaming or not.
     pub stream: bool,
     /// Structured output, for the routing call.
@@ -506,7 +500,7 @@ pub struct ChatBody<'a, M: Serialize> {
     pub response_format: Option<Value>,
 }
 
-impl<M: Serialize> ChatBody<'_, M> {
+impl<M: Serialize> ChatBody<M> {
     /// The body as JSON bytes.
     pub fn to_vec(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
@@ -531,19 +525,14 @@ impl Serialize for LlmMessages<'_> {
         let mut seq = s.serialize_seq(Some(self.history.len() + 1))?;
         seq.serialize_element(&serde_json::json!({"role": "system", "content": self.system}))?;
         let (last, earlier) = match (self.last_text, self.history.split_last()) {
-            (Some(text), Some((last, earlier))) => {
-                let mut m = last.clone();
-                m.custom_content = None;
-                m.set_text(text);
-                (Some(m), earlier)
-            }
+            (Some(text), Some((last, earlier))) => (Some((last, text)), earlier),
             _ => (None, self.history),
         };
         for m in earlier {
             seq.serialize_element(&m.without_custom_content())?;
         }
-        if let Some(m) = &last {
-            seq.serialize_element(m)?;
+        if let Some((m, text)) = last {
+            seq.serialize_element(&WithText(m, text))?;
         }
         seq.end()
     }

@@ -10,7 +10,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::error::CoordError;
+use super::error::ErrorBody;
+use super::usage::UsageReport;
 
 /// An attachment of the choice or of a stage. Empty fields are omitted, as the SDK does.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -242,6 +243,7 @@ pub struct SseEncoder {
     tail: Vec<u8>,
 }
 
+const USAGE_NULL: &[u8] = br#","usage":null"#;
 const CHUNK_HEAD: &[u8] = br#"data: {"choices":[{"index":0,"finish_reason":null,"delta":"#;
 const STOP_CHUNK_HEAD: &[u8] =
     br#"data: {"choices":[{"index":0,"finish_reason":"stop","delta":{}}]"#;
@@ -249,7 +251,8 @@ const STOP_CHUNK_HEAD: &[u8] =
 impl SseEncoder {
     /// An encoder for the response `id` created at `created` (unix seconds).
     pub fn new(id: &str, created: u64) -> SseEncoder {
-        let mut tail = br#","usage":null,"id":"#.to_vec();
+        let mut tail = USAGE_NULL.to_vec();
+        tail.extend_from_slice(br#","id":"#);
         let _ = serde_json::to_writer(&mut tail, id);
         tail.extend_from_slice(br#","created":"#);
         tail.extend_from_slice(created.to_string().as_bytes());
@@ -266,16 +269,27 @@ impl SseEncoder {
         out.extend_from_slice(&self.tail);
     }
 
-    /// Appends the closing chunk of the choice (`finish_reason: "stop"`).
-    pub fn stop(&self, out: &mut Vec<u8>) {
+    /// Appends the closing chunk of the choice (`finish_reason: "stop"`), with
+    /// the response's usage when any was reported (aidial-sdk merges usage and
+    /// statistics into this last chunk).
+    pub fn stop(&self, out: &mut Vec<u8>, usage: &UsageReport) {
         out.extend_from_slice(STOP_CHUNK_HEAD);
-        out.extend_from_slice(&self.tail);
+        if usage.is_empty() {
+            out.extend_from_slice(&self.tail);
+        } else {
+            out.extend_from_slice(br#","usage":"#);
+            ser(out, &usage.total());
+            out.extend_from_slice(br#","statistics":"#);
+            ser(out, &usage.statistics());
+            // The tail starts with `,"usage":null`: skip that part.
+            out.extend_from_slice(&self.tail[USAGE_NULL.len()..]);
+        }
     }
 
     /// Appends one error event.
-    pub fn error(out: &mut Vec<u8>, error: &CoordError) {
+    pub fn error(out: &mut Vec<u8>, error: &ErrorBody) {
         out.extend_from_slice(b"data: ");
-        let _ = serde_json::to_writer(&mut *out, &error.body());
+        ser(out, error);
         out.extend_from_slice(b"\n\n");
     }
 
@@ -363,8 +377,8 @@ impl MessageAccumulator {
         &mut self.stages[index]
     }
 
-    /// The merged `chat.completion` object.
-    pub fn into_response(self, id: &str, created: u64) -> Value {
+    /// The merged `chat.completion` object, with the response's usage.
+    pub fn into_response(self, id: &str, created: u64, usage: &UsageReport) -> Value {
         let mut message = Map::new();
         if self.role {
             message.insert("role".into(), Value::from("assistant"));
@@ -387,13 +401,18 @@ impl MessageAccumulator {
         }
         let mut message = Value::Object(message);
         cleanup_indices(&mut message);
-        serde_json::json!({
+        let mut response = serde_json::json!({
             "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
             "usage": null,
             "id": id,
             "created": created,
             "object": "chat.completion",
-        })
+        });
+        if !usage.is_empty() {
+            response["usage"] = to_value(&usage.total());
+            response["statistics"] = to_value(&usage.statistics());
+        }
+        response
     }
 }
 
@@ -421,6 +440,7 @@ fn to_value<T: Serialize>(v: &T) -> Value {
 
 #[cfg(test)]
 mod tests {
+    use super::super::usage::Usage;
     use super::*;
     use serde_json::json;
 
@@ -519,18 +539,49 @@ mod tests {
         }
     }
 
+    fn test_error() -> ErrorBody {
+        ErrorBody {
+            error: super::super::error::ErrorDetail {
+                message: "m".into(),
+                kind: "invalid_request_error",
+                code: "400".into(),
+                display_message: "d".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn stop_chunk_carries_usage_and_statistics_when_reported() {
+        let enc = SseEncoder::new("x", 1);
+        let mut usage = UsageReport::default();
+        usage.add("gpt-4o", Usage::new(10, 5));
+        usage.add("general-purpose-agent", Usage::new(7, 3));
+        usage.add("gpt-4o", Usage::new(2, 1));
+        let mut out = Vec::new();
+        enc.stop(&mut out, &usage);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "data: {\"choices\":[{\"index\":0,\"finish_reason\":\"stop\",\"delta\":{}}],\
+             \"usage\":{\"prompt_tokens\":19,\"completion_tokens\":9,\"total_tokens\":28},\
+             \"statistics\":{\"usage_per_model\":[\
+             {\"index\":0,\"model\":\"gpt-4o\",\"prompt_tokens\":12,\"completion_tokens\":6,\"total_tokens\":18},\
+             {\"index\":1,\"model\":\"general-purpose-agent\",\"prompt_tokens\":7,\"completion_tokens\":3,\"total_tokens\":10}]},\
+             \"id\":\"x\",\"created\":1,\"object\":\"chat.completion.chunk\"}\n\n"
+        );
+    }
+
     #[test]
     fn stop_error_and_done_events() {
         let enc = SseEncoder::new("x", 1);
         let mut out = Vec::new();
-        enc.stop(&mut out);
-        SseEncoder::error(&mut out, &CoordError::MissingApiKey);
+        enc.stop(&mut out, &UsageReport::default());
+        SseEncoder::error(&mut out, &test_error());
         SseEncoder::done(&mut out);
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text,
             "data: {\"choices\":[{\"index\":0,\"finish_reason\":\"stop\",\"delta\":{}}],\"usage\":null,\"id\":\"x\",\"created\":1,\"object\":\"chat.completion.chunk\"}\n\n\
-             data: {\"error\":{\"message\":\"Api-Key header is required\",\"type\":\"invalid_request_error\",\"code\":\"400\",\"display_message\":\"The request reached the coordinator without an API key. Call it through DIAL Core.\"}}\n\n\
+             data: {\"error\":{\"message\":\"m\",\"type\":\"invalid_request_error\",\"code\":\"400\",\"display_message\":\"d\"}}\n\n\
              data: [DONE]\n\n"
         );
     }
@@ -587,7 +638,7 @@ mod tests {
             acc.apply(d);
         }
         assert_eq!(
-            acc.into_response("r", 7),
+            acc.into_response("r", 7, &UsageReport::default()),
             json!({"choices":[{"index":0,"finish_reason":"stop","message":{
                 "role":"assistant",
                 "custom_content":{

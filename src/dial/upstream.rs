@@ -6,16 +6,20 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::response::Attachment;
+use super::usage::Usage;
 
 /// One streamed event from a DIAL deployment.
 #[derive(Debug, Default, Deserialize)]
 pub struct StreamChunk {
-    /// The choices; the coordinator reads index 0.
+    /// The choices; the coordinator reads index 0. `null` counts as none.
     #[serde(default)]
-    pub choices: Vec<ChunkChoice>,
+    pub choices: Option<Vec<ChunkChoice>>,
     /// Set when the deployment reports a failure inside the stream.
     #[serde(default)]
     pub error: Option<Value>,
+    /// Token usage, normally on the last chunk.
+    #[serde(default)]
+    pub usage: Option<Usage>,
 }
 
 /// A choice inside a streamed chunk.
@@ -81,6 +85,7 @@ impl StreamChunk {
     pub fn into_delta(self) -> Option<ChunkDelta> {
         self.choices
             .into_iter()
+            .flatten()
             .find(|c| c.index == 0)
             .and_then(|c| c.delta)
     }
@@ -103,6 +108,9 @@ pub fn error_text(error: &Value) -> String {
 pub struct Completion {
     /// The choices.
     pub choices: Vec<CompletionChoice>,
+    /// Token usage.
+    #[serde(default)]
+    pub usage: Option<Usage>,
 }
 
 /// A choice of a non-streaming answer.
@@ -139,6 +147,16 @@ mod tests {
         assert_eq!(stages[0].name.as_deref(), Some("web_search"));
         assert_eq!(stages[0].parent_stage_index, Some(1));
         assert_eq!(stages[0].status, None);
+    }
+
+    #[test]
+    fn null_choices_and_usage_are_read() {
+        let chunk: StreamChunk = serde_json::from_value(json!({
+            "choices": null, "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}
+        }))
+        .unwrap();
+        assert_eq!(chunk.usage, Some(Usage::new(2, 1)));
+        assert!(chunk.into_delta().is_none());
     }
 
     #[test]

@@ -2,5 +2,6 @@
 #![allow(unreachable_pub, dead_code, clippy::unwrap_used)]
 
 pub mod fakes;
+pub mod flow;
 pub mod host;
 pub mod wire;

@@ -11,7 +11,8 @@ pub fn user(text: &str) -> Value {
 
 /// The `delta` of every chunk; the stop chunk as `"STOP"`, `[DONE]` as
 /// `"[DONE]"`, error events as they are. Checks the envelope on the way: one id
-/// and one `created` for the whole response, `usage: null`.
+/// and one `created` for the whole response, `usage: null` on every chunk but
+/// the last (which carries the request's usage).
 pub fn deltas(events: &[String]) -> Vec<Value> {
     let mut envelope: Option<(Value, Value)> = None;
     events
@@ -25,7 +26,6 @@ pub fn deltas(events: &[String]) -> Vec<Value> {
                 return v;
             }
             assert_eq!(v["object"], "chat.completion.chunk", "{e}");
-            assert_eq!(v["usage"], Value::Null, "{e}");
             assert!(v["id"].as_str().is_some_and(|id| !id.is_empty()), "{e}");
             assert!(v["created"].is_u64(), "{e}");
             let this = (v["id"].clone(), v["created"].clone());
@@ -36,6 +36,7 @@ pub fn deltas(events: &[String]) -> Vec<Value> {
                 assert_eq!(v["choices"][0]["delta"], json!({}), "{e}");
                 return json!("STOP");
             }
+            assert_eq!(v["usage"], Value::Null, "{e}");
             assert_eq!(v["choices"][0]["finish_reason"], Value::Null, "{e}");
             v["choices"][0]["delta"].clone()
         })

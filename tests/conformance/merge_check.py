@@ -60,7 +60,14 @@ def fold(chunks: list) -> dict:
 
 
 def strip(response: dict) -> dict:
-    return {k: v for k, v in response.items() if k not in ("id", "created")}
+    """Without id and created, and without the UMS endpoint tag in the state
+    (the two answers come from two worlds, whose UMS listen on other ports)."""
+    out = copy.deepcopy({k: v for k, v in response.items() if k not in ("id", "created")})
+    for choice in out.get("choices") or []:
+        state = ((choice.get("message") or {}).get("custom_content") or {}).get("state")
+        if isinstance(state, dict):
+            state.pop("ums_endpoint", None)
+    return out
 
 
 def streamed_state(chunks: list):

@@ -161,6 +161,11 @@ pub(crate) fn word_count(text: &str) -> u64 {
     text.split_whitespace().count() as u64
 }
 
+/// `P` of the usage: the words in the texts of all request messages.
+pub(crate) fn prompt_tokens(messages: &[Value]) -> u64 {
+    messages.iter().map(|m| word_count(&message_text(m))).sum()
+}
+
 /// Decodes `%XX` escapes (used for fault targets in control-API paths).
 pub(crate) fn percent_decode(input: &str) -> String {
     let bytes = input.as_bytes();

@@ -1,32 +1,35 @@
 //! # The local DIAL world
 //!
 //! `mas-world` stands in for everything the MAS coordinator talks to — DIAL Core (with an
-//! LLM deployment and General-purpose-Agent deployments behind it) and the UMS agent —
-//! as two small HTTP/1.1 servers on `127.0.0.1`. It is used by the run command, the
-//! end-to-end tests and the benchmarks. Every answer is a deterministic function of the
-//! request (plus a few per-world counters), every request is recorded, and faults can be
-//! injected per target.
+//! LLM deployment and General-purpose-Agent / RAG deployments behind it) and the UMS agent
+//! (a primary and a backup instance) — as three small HTTP/1.1 servers on `127.0.0.1`. It
+//! is used by the run command, the end-to-end tests and the benchmarks. Every answer is a
+//! deterministic function of the request (plus a few per-world counters), every request
+//! is recorded, and faults can be injected per target.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! use mas_world::{Fault, FaultKind, World, WorldOptions};
 //! let world = World::start(WorldOptions::default()).await?;
-//! // point the coordinator at world.core_url() / world.ums_url() ...
+//! // point the coordinator at world.core_url() / world.ums_url() / world.ums_backup_url() ...
 //! world.set_fault("deployment:general-purpose-agent", Fault { kind: FaultKind::Down, ..Fault::default() });
 //! let seen = world.requests();
 //! # Ok(()) }
 //! ```
 //!
 //! The binary `mas-world [--core-addr 127.0.0.1:8080] [--ums-addr 127.0.0.1:8042]
-//! [--llm-deployment gpt-4o] [--gpa-deployment general-purpose-agent]` runs the same
-//! world until SIGINT/SIGTERM.
+//! [--ums-backup-addr 127.0.0.1:8043] [--llm-deployment gpt-4o]
+//! [--gpa-deployment general-purpose-agent]` runs the same world until SIGINT/SIGTERM.
+//! Every address must be a loopback address ([`WorldOptions`] defaults to port 0, a free
+//! port, for all three).
 //!
 //! ## DIAL Core stand-in
 //!
 //! `POST /openai/deployments/{name}/chat/completions[?query]` — any deployment name is
-//! served: the configured LLM deployment (default `gpt-4o`) behaves as the **LLM**, every
-//! other name (the GPA deployment `general-purpose-agent`, backups such as `gpa-backup`,
-//! …) behaves as a **GPA**.
+//! served: the configured LLM deployment (default `gpt-4o`) behaves as the **LLM**; every
+//! other name starting with `rag` (case-sensitive, e.g. `rag-agent`) behaves as the
+//! **RAG** agent; every other name (the GPA deployment `general-purpose-agent`, backups
+//! such as `gpa-backup`, …) behaves as a **GPA**.
 //!
 //! * A non-empty `api-key` header is required, else 401
 //!   `{"error":{"message":"Missing API key","type":"invalid_request_error","code":"401"}}`.
@@ -42,23 +45,68 @@
 //!   stop chunk last (`"finish_reason":"stop"`, `"delta":{}`, and
 //!   `"usage":{"prompt_tokens":P,"completion_tokens":C,"total_tokens":P+C}`), then
 //!   `data: [DONE]\n\n`. `P` = number of whitespace-separated words in the texts of all
-//!   request messages, `C` = the same for all choice content sent. `<n>` is a per-world
-//!   counter shared by all responses.
-//! * Non-streaming answers: `{"id":..,"object":"chat.completion","created":..,"model":"<name>","choices":[{"index":0,"message":{"role":"assistant","content":".."},"finish_reason":"stop"}],"usage":{..}}`.
+//!   request messages, `C` = the same for the concatenation of all choice content sent
+//!   (pieces are not word boundaries). `<n>` is a per-world counter shared by all
+//!   responses. Streams are generated while they are sent, so bulk answers (below) never
+//!   sit in memory.
+//! * Non-streaming answers: `{"id":..,"object":"chat.completion","created":..,"model":"<name>","choices":[{"index":0,"message":{"role":"assistant","content":".."},"finish_reason":"stop"}],"usage":{..}}`
+//!   (`C` = the words of `content`).
 //!
 //! ### The LLM deployment
 //!
-//! * **Routing** — non-streaming with `response_format.type == "json_schema"`. On the last
-//!   user text, lowercased, the first matching rule decides the content:
+//! * **Agent names (ENUM)** — of a request with
+//!   `response_format: {"type":"json_schema","json_schema":{"name":..,"schema":S}}`: every
+//!   object member named `agent_name` anywhere in `S` (the whole document, `$defs`
+//!   included) whose value is an object with an `enum` array; the union of those arrays'
+//!   strings (other items ignored), in order of first appearance in the request text.
+//!   *Mention*: text contains `@<name>` for a name in ENUM, ignoring case (a plain
+//!   substring test, so `@gpa_backup` also mentions `GPA`); the first such name in ENUM
+//!   order wins and is answered spelled as in ENUM.
+//! * **Routing** — non-streaming with `response_format.type == "json_schema"` and no
+//!   `subtasks` member in `S.properties`. On the last user text, lowercased, the first
+//!   matching rule decides the content:
 //!
 //!   | last user text contains | content |
 //!   |---|---|
+//!   | a mention of `<name>` | `{"agent_name":"<name>","additional_instructions":null}` |
 //!   | `[route:garbage]` | `this is not json` |
 //!   | `[route:unknown]` | `{"agent_name":"XYZ","additional_instructions":null}` |
 //!   | `[route:instructions]` | `{"agent_name":"GPA","additional_instructions":"Be brief."}` |
 //!   | `user` or `account` | `{"agent_name":"UMS","additional_instructions":null}` |
 //!   | anything else | `{"agent_name":"GPA","additional_instructions":null}` |
 //!
+//! * **Plans** — non-streaming `json_schema` requests whose `S.properties` has a
+//!   `subtasks` member (the coordinator's plan schema). The content is compact JSON
+//!   `{"subtasks":[{"task_id":1,"agent_name":"UMS","task_description":"..","depends_on":[]},..],"replan":false}`.
+//!   `L` = the text of the *last* message (whatever its role). If `L` contains
+//!   `## COMPLETED SUBTASKS:` this is a *re-plan round*: `t` = the text before the first
+//!   `\n\n## COMPLETED SUBTASKS:` (if there is none, before the first marker), untrimmed,
+//!   and `k` = the number of occurrences of `### Task ` in `L`; otherwise (first round)
+//!   `t` = `L`, `k` = 0. On `tl` = `t` lowercased, the first matching rule decides
+//!   (tasks written `{task_id, agent_name, task_description, depends_on}`):
+//!
+//!   | rule | plan |
+//!   |---|---|
+//!   | `[plan:garbage]` | content `this is not json` |
+//!   | `[plan:replan-forever]` | `[{k+1, "GPA", "round <k+1>", []}]`, replan `true` |
+//!   | `[plan:replan-repeat]` | `[{1, "GPA", t, []}]`, replan `true` |
+//!   | a re-plan round | `[]`, replan `false` |
+//!   | `[plan:cycle]` | `[{1, "GPA", t, [2]}, {2, "GPA", t, [1]}]`, replan `false` |
+//!   | `[plan:unknown-agent]` | `[{1, "XYZ", t, []}]`, replan `false` |
+//!   | `[plan:many]` | `{i, "GPA", "part <i>", []}` for i = 1..12, replan `false` |
+//!   | `[plan:replan-once]` | `[{1, "GPA", t, []}]`, replan `true` |
+//!   | anything else | the parts of `t`, replan `false` |
+//!
+//!   *Parts*: if `tl` contains ` and then `, `t` is split at every ASCII-case-insensitive
+//!   ` and then ` and the parts form a chain (task `i` has `depends_on` `[i-1]`, the first
+//!   `[]`); otherwise it is split at every ASCII-case-insensitive `also,` and the parts
+//!   are independent (`[]`). Parts are trimmed, empty ones dropped, then numbered 1..n.
+//!   A part's agent: the name it mentions; else `UMS` if it contains `user` or `account`
+//!   (lowercased); else `GPA`. Its `task_description` is the trimmed part. E.g.
+//!   `Do we have user John? Also, what's the weather in Paris?` →
+//!   `[{1,"UMS","Do we have user John?",[]},{2,"GPA","what's the weather in Paris?",[]}]`
+//!   and `Add Andrej Karpathy as a user and then find news about him` →
+//!   `[{1,"UMS","Add Andrej Karpathy as a user",[]},{2,"GPA","find news about him",[1]}]`.
 //! * Non-streaming without a `json_schema` response format: content
 //!   `Hello from the local LLM.`
 //! * **Synthesis** — streaming. In the text of the *last* message (whatever its role),
@@ -69,12 +117,22 @@
 //!   keeping its trailing whitespace (split after every run of whitespace, so the pieces
 //!   concatenate to the exact reply).
 //!
-//! ### GPA deployments (every non-LLM name)
+//! ### GPA deployments (every other name)
 //!
 //! Streaming only (non-streaming → 400 `stream required`). With `t` = last user text and
-//! `tl` = `t` lowercased, after the role chunk, in this order (stage indices count from 0
-//! per response, in order of opening):
+//! `tl` = `t` lowercased; stage indices count from 0 per response, in order of opening.
+//! *Numeric keywords* are written `[gpa:<name>=N]` with `N` decimal digits (only the first
+//! `[gpa:<name>=` counts; anything but digits up to the next `]` disables the keyword;
+//! values above the cap are capped).
 //!
+//! 0. `tl` contains `[gpa:http500]` → HTTP 500 before any body, with Core's error body
+//!    `{"error":{"message":"GPA failed on this request","type":"runtime_error","code":"500"}}`
+//!    (an answer, not a fault: body faults do not alter it). Else, after the role chunk:
+//!    `tl` contains `[gpa:crash]` → content `Working. `, then the event
+//!    `data: {"error":{"message":"tool crashed","type":"runtime_error","code":"500"}}` and
+//!    `data: [DONE]`: no stop chunk, no state, nothing else. Else, `[gpa:slow-tool=MS]`
+//!    (cap 600000) → content `Working. `, then the stream pauses `MS` milliseconds, then
+//!    goes on with the steps below.
 //! 1. `tl` contains `weather` or `search` → stage `web_search`: open
 //!    `{"index":i,"name":"web_search","status":null}`; content
 //!    ``## Request arguments: \n```json\n{"query":"<t>"}\n```\n## Response: \n``; content
@@ -90,30 +148,60 @@
 //!    completed; `planner` closed completed.
 //! 4. `tl` contains `[gpa:open-stage]` → stage `left_open` opened with content
 //!    `never closed`, never closed. `tl` contains `[gpa:failed-stage]` → stage
-//!    `failing_tool` opened and closed with status `failed`.
-//! 5. The summary choice content, exactly
+//!    `failing_tool` opened and closed with status `failed`. `[gpa:stages=N]` (cap
+//!    100000) → `N` stages `bulk_<i>` (i = 0..N-1), each opened
+//!    `{"index":..,"name":"bulk_<i>","status":null}` and closed completed.
+//! 5. `[gpa:text-bytes=N]` (cap 100 MiB = 104857600) → `N` bytes of `x` as choice
+//!    content, in deltas of 1024 bytes (the last one shorter). Then the summary choice
+//!    content, exactly
 //!    `GPA[<deployment>] got <N> messages (<roles joined by ",">), <K> with tool_call_history; request: <t>`
 //!    (`N` = number of messages received, `K` = number of assistant messages whose
 //!    `custom_content.state.tool_call_history` is an array); then, if step 2 ran, the
-//!    choice attachment `{"attachments":[{"index":0,"type":"image/png","title":"image-<n>.png","url":"<url>"}]}`.
+//!    choice attachment `{"attachments":[{"index":0,"type":"image/png","title":"image-<n>.png","url":"<url>"}]}`;
+//!    then for `[gpa:attachments=N]` (cap 100000) `N` more choice attachments, one delta
+//!    each, `{"attachments":[{"index":<o+i>,"type":"text/plain","title":"a<i>.txt","url":"files/world-bucket/bulk/a<i>.txt"}]}`
+//!    for i = 0..N-1, where `o` = 1 if step 2 ran, else 0 (indices continue after the
+//!    image's, titles always start at `a0.txt`).
 //! 6. Exactly one state chunk `{"state":{"tool_call_history":[..]}}`: for each tool of
 //!    steps 1–2 (k = 1, 2, … in order) the assistant message
 //!    `{"role":"assistant","content":"","custom_content":{"attachments":[]},"tool_calls":[{"index":0,"id":"call_<k>","type":"function","function":{"name":"<tool>","arguments":"<args JSON>"}}]}`
 //!    followed by `{"role":"tool","content":"<result>","tool_call_id":"call_<k>","name":"<tool>"}`
 //!    (results: `Kyiv: +5°C, light rain` and `Generated image: <url>`); `[]` when no tool
-//!    ran.
+//!    ran. `[gpa:state-bytes=N]` (cap 100 MiB) adds a second key:
+//!    `{"state":{"tool_call_history":[..],"padding":"<N × x>"}}`.
 //! 7. The stop chunk with usage, then `[DONE]`.
 //!
 //! Stage/state/attachment deltas are wrapped as `{"custom_content":{"stages":[..]}}`,
 //! `{"custom_content":{"attachments":[..]}}` and `{"custom_content":{"state":..}}`.
 //!
-//! ## UMS stand-in (its own port, PROTOCOL §4)
+//! ### The RAG agent (names starting with `rag`)
+//!
+//! Streaming only (non-streaming → 400 `stream required`), same envelope and rules as
+//! GPA, no keywords. With `t` = last user text, `n` a per-world counter starting at 1
+//! (separate from the image counter) and `src` =
+//! `{"index":0,"type":"text/markdown","title":"source-<n>.md","url":"files/world-bucket/rag/source-<n>.md"}`,
+//! after the role chunk: stage `retrieve` (index 0) opened; stage content
+//! `Searching the knowledge base for: <t>`; stage attachment
+//! `{"index":0,"attachments":[src],"status":null}`; closed completed; the choice content
+//! exactly `RAG[<deployment>] got <N> messages (<roles joined by ",">), <K> with rag state; request: <t>`
+//! (`K` = number of assistant messages whose `custom_content.state.rag_turn` is a number);
+//! the choice attachment `{"attachments":[src]}`; exactly one state chunk
+//! `{"state":{"rag_turn":<K+1>,"sources":["source-<n>.md"]}}`; the stop chunk with usage;
+//! `[DONE]`.
+//!
+//! ## UMS stand-ins (each on its own port, PROTOCOL §4)
+//!
+//! Two instances with the same API and behaviour, each with its *own* conversation store
+//! and counters: the primary ([`World::ums_url`], ids `ums-conv-<NNNN>`, recorded as
+//! service `ums`, fault target `ums`) and the backup ([`World::ums_backup_url`], ids
+//! `ums-b-conv-<NNNN>`, service `ums-backup`, fault target `ums-backup`). Below, the
+//! primary's ids are shown.
 //!
 //! * `GET /health` → `{"status":"healthy","conversation_manager_initialized":true}`.
 //! * `POST /conversations` — the body must be a JSON object (else 422
 //!   `{"detail":[{"type":"missing","loc":["body"],"msg":"Field required"}]}`); `title` is a
 //!   string or null. → `{"id":"ums-conv-<NNNN>","title":..,"messages":[],"created_at":"<ISO-8601>","updated_at":"<same>"}`
-//!   with a per-world 4-digit counter starting at `0001`.
+//!   with a per-instance 4-digit counter starting at `0001`.
 //! * `GET /conversations` → `[{"id","title","created_at","updated_at","message_count"}]`,
 //!   newest updated first.
 //! * `GET /conversations/{id}` → the record, messages as `{"role","content"}`; unknown →
@@ -136,22 +224,25 @@
 //!
 //! ## Recording
 //!
-//! Every request either server receives (except the control API) is recorded as a
-//! [`Recorded`] in arrival order, including requests that are then refused or faulted.
+//! Every request any server receives (except the control API) is recorded as a
+//! [`Recorded`] in arrival order, including requests that are then refused or faulted;
+//! [`Recorded::service`] is `core`, `ums` or `ums-backup`.
 //!
 //! ## Faults
 //!
 //! [`World::set_fault`] targets:
 //!
-//! * `routing` — non-streaming calls of the LLM deployment;
+//! * `routing` — non-streaming calls of the LLM deployment (routing and plans);
 //! * `synthesis` — streaming calls of the LLM deployment;
 //! * `deployment:<name>` — every call of that deployment (for the LLM deployment,
 //!   `routing`/`synthesis` win when set);
-//! * `ums` — every UMS endpoint.
+//! * `ums` — every endpoint of the primary UMS (only);
+//! * `ums-backup` — every endpoint of the backup UMS.
 //!
 //! Faults apply after the api-key and body checks. [`Fault::first_byte_delay_ms`]
 //! delays the response head, [`Fault::chunk_delay_ms`] sleeps between body frames (SSE
-//! events), for every kind. Kinds:
+//! events; a `[gpa:slow-tool]` pause comes on top), for every kind. Kinds (serde
+//! `snake_case`, e.g. `"no_event_boundary"`):
 //!
 //! * `None` — normal answer (only the delays apply);
 //! * `Down` — the connection is closed without any response;
@@ -159,30 +250,48 @@
 //!   `{"error":{"message":"injected fault","type":"runtime_error","code":"<status>"}}`, UMS
 //!   `text/plain` `Internal Server Error`; the handler does not run;
 //! * `ErrorMidStream` — streams: the first two events (the role chunk / the UMS
-//!   `conversation_id` event, and the next one), then
+//!   `conversation_id` event, and the next one; pauses are not events and are skipped),
+//!   then
 //!   `data: {"error":{"message":"injected mid-stream error","type":"runtime_error","code":"500"}}`
 //!   and `data: [DONE]`; JSON answers: 200 with that error object as the body;
 //! * `DropMidStream` — streams: the first two events, then the connection is cut without
 //!   terminating the chunked body; JSON answers: the first half of the body, then the cut;
 //! * `Garbage` — 200 with an invalid body: streams `data: this is not json` twice then
 //!   `data: [DONE]`; JSON answers `<html>not json</html>` (still `application/json`);
-//! * `Hang` — no response head until the client goes away (or the world shuts down).
+//! * `Hang` — no response head until the client goes away (or the world shuts down);
+//! * `DribbleError` — a response head with `status` (default 503) and
+//!   `content-type: text/plain`, then the (chunked) body
+//!   `Service Unavailable: the upstream is overloaded, please retry later.` one byte per
+//!   frame, `chunk_delay_ms` between bytes (1000 when `chunk_delay_ms` is 0); the handler
+//!   does not run;
+//! * `NoEventBoundary` — a `200 text/event-stream; charset=utf-8` head, then lines
+//!   `data: xxx…\n` of exactly 1024 bytes each (never a blank line, so never a complete
+//!   SSE event), 64 lines per frame, `chunk_delay_ms` between frames (0 = as fast as
+//!   possible), until 256 MiB (4096 frames) have been sent — then the chunked body ends
+//!   normally — or the client goes away, or the world shuts down; the handler does not
+//!   run.
 //!
 //! Body faults (`ErrorMidStream`, `DropMidStream`, `Garbage`) only alter successful
-//! answers; error answers (401, 404, 422, …) are sent unchanged. UMS side effects
-//! (creating conversations, storing messages) happen for those kinds, not for `Down`,
-//! `Status` or `Hang`.
+//! answers; error answers (401, 404, 422, `[gpa:http500]`, …) are sent unchanged. Handler
+//! side effects (creating UMS conversations, storing messages, the image and source
+//! counters) happen for those kinds, not for `Down`, `Status`, `Hang`, `DribbleError` or
+//! `NoEventBoundary`.
 //!
 //! ## Control API (on the Core port, never recorded)
 //!
 //! * `GET /_world/requests` → JSON array of [`Recorded`]; `DELETE /_world/requests`.
 //! * `PUT /_world/faults/<target>` with a [`Fault`] JSON body (missing fields default,
 //!   e.g. `{"kind":"status","status":503}`); `GET /_world/faults`;
-//!   `DELETE /_world/faults/<target>`; `DELETE /_world/faults`. Unknown targets → 400.
+//!   `DELETE /_world/faults/<target>`; `DELETE /_world/faults`. Unknown targets → 400
+//!   `unknown fault target "<target>": use routing, synthesis, ums, ums-backup or deployment:<name>`.
 
+mod agents;
+mod chunks;
 mod core;
 mod http;
 mod json;
+mod llm;
+mod schema;
 mod ums;
 
 use anyhow::Context as _;
@@ -202,6 +311,8 @@ pub struct WorldOptions {
     pub core_addr: SocketAddr,
     /// The UMS stand-in's address (loopback only; port 0 picks a free port).
     pub ums_addr: SocketAddr,
+    /// The backup UMS stand-in's address (loopback only; port 0 picks a free port).
+    pub ums_backup_addr: SocketAddr,
     /// The deployment served as the LLM; every other deployment name is a GPA.
     pub llm_deployment: String,
     /// The default GPA deployment name (informational: every non-LLM name is a GPA).
@@ -213,6 +324,7 @@ impl Default for WorldOptions {
         WorldOptions {
             core_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             ums_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ums_backup_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             llm_deployment: "gpt-4o".to_owned(),
             gpa_deployment: "general-purpose-agent".to_owned(),
         }
@@ -222,7 +334,7 @@ impl Default for WorldOptions {
 /// One request received by the world.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Recorded {
-    /// `"core"` or `"ums"`.
+    /// `"core"`, `"ums"` or `"ums-backup"`.
     pub service: String,
     pub method: String,
     pub path: String,
@@ -253,11 +365,13 @@ impl Recorded {
 #[serde(default)]
 pub struct Fault {
     pub kind: FaultKind,
-    /// For [`FaultKind::Status`]; 500 when absent.
+    /// For [`FaultKind::Status`] (500 when absent) and [`FaultKind::DribbleError`] (503
+    /// when absent).
     pub status: Option<u16>,
     /// Delay before the response head, in milliseconds.
     pub first_byte_delay_ms: u64,
-    /// Delay between body frames (SSE events), in milliseconds.
+    /// Delay between body frames (SSE events), in milliseconds; for
+    /// [`FaultKind::DribbleError`] between bytes (1000 when 0).
     pub chunk_delay_ms: u64,
 }
 
@@ -265,19 +379,33 @@ pub struct Fault {
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum FaultKind {
+    /// The normal answer (only the delays apply).
     #[default]
     None,
+    /// Close the connection without a response.
     Down,
+    /// An error status before any body.
     Status,
+    /// Two events, then an error event.
     ErrorMidStream,
+    /// Two events, then cut the connection.
     DropMidStream,
+    /// A 200 with an invalid body.
     Garbage,
+    /// No response head until the client goes away.
     Hang,
+    /// An error body sent one byte per frame, slowly.
+    DribbleError,
+    /// An endless SSE body that never completes an event.
+    NoEventBoundary,
 }
+
+/// The fault targets, for error messages.
+const TARGETS: &str = "routing, synthesis, ums, ums-backup or deployment:<name>";
 
 /// Whether `target` names something a fault can apply to.
 fn valid_target(target: &str) -> bool {
-    matches!(target, "routing" | "synthesis" | "ums")
+    matches!(target, "routing" | "synthesis" | "ums" | "ums-backup")
         || target
             .strip_prefix("deployment:")
             .is_some_and(|name| !name.is_empty())
@@ -291,7 +419,9 @@ pub(crate) struct Shared {
     faults: Mutex<BTreeMap<String, Fault>>,
     next_response: AtomicU64,
     next_image: AtomicU64,
+    next_rag_source: AtomicU64,
     ums: Mutex<ums::UmsState>,
+    ums_backup: Mutex<ums::UmsState>,
     pub(crate) shutdown: watch::Sender<bool>,
 }
 
@@ -324,8 +454,16 @@ impl Shared {
         self.next_image.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    pub(crate) fn lock_ums(&self) -> MutexGuard<'_, ums::UmsState> {
-        lock(&self.ums)
+    pub(crate) fn next_rag_source(&self) -> u64 {
+        self.next_rag_source.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The conversation store of the primary (`Service::Ums`) or backup UMS.
+    pub(crate) fn lock_ums(&self, service: http::Service) -> MutexGuard<'_, ums::UmsState> {
+        match service {
+            http::Service::UmsBackup => lock(&self.ums_backup),
+            http::Service::Core | http::Service::Ums => lock(&self.ums),
+        }
     }
 }
 
@@ -336,6 +474,7 @@ pub struct World {
     shared: Arc<Shared>,
     core_addr: SocketAddr,
     ums_addr: SocketAddr,
+    ums_backup_addr: SocketAddr,
     /// Dropping the last clone ends the world's runtime thread.
     _alive: Arc<oneshot::Sender<()>>,
 }
@@ -345,6 +484,7 @@ impl std::fmt::Debug for World {
         f.debug_struct("World")
             .field("core_url", &self.core_url())
             .field("ums_url", &self.ums_url())
+            .field("ums_backup_url", &self.ums_backup_url())
             .finish_non_exhaustive()
     }
 }
@@ -361,20 +501,24 @@ fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<std::net::TcpListener> {
 }
 
 impl World {
-    /// Binds both servers and starts serving them on a dedicated runtime thread (so the
+    /// Binds the three servers and starts serving them on a dedicated runtime thread (so the
     /// world keeps answering even if the caller's runtime blocks).
     pub async fn start(opts: WorldOptions) -> anyhow::Result<World> {
         let core = bind(opts.core_addr, "DIAL Core")?;
         let ums = bind(opts.ums_addr, "UMS")?;
+        let ums_backup = bind(opts.ums_backup_addr, "backup UMS")?;
         let core_addr = core.local_addr()?;
         let ums_addr = ums.local_addr()?;
+        let ums_backup_addr = ums_backup.local_addr()?;
         let shared = Arc::new(Shared {
             llm_deployment: opts.llm_deployment,
             requests: Mutex::default(),
             faults: Mutex::default(),
             next_response: AtomicU64::new(0),
             next_image: AtomicU64::new(0),
-            ums: Mutex::default(),
+            next_rag_source: AtomicU64::new(0),
+            ums: Mutex::new(ums::UmsState::new("ums-conv-")),
+            ums_backup: Mutex::new(ums::UmsState::new("ums-b-conv-")),
             shutdown: watch::Sender::new(false),
         });
         let (alive_tx, alive_rx) = oneshot::channel::<()>();
@@ -401,12 +545,15 @@ impl World {
                 let started = runtime.block_on(async {
                     let core = tokio::net::TcpListener::from_std(core)?;
                     let ums = tokio::net::TcpListener::from_std(ums)?;
-                    tokio::spawn(http::serve(
-                        core,
-                        thread_shared.clone(),
-                        http::Service::Core,
-                    ));
-                    tokio::spawn(http::serve(ums, thread_shared.clone(), http::Service::Ums));
+                    let ums_backup = tokio::net::TcpListener::from_std(ums_backup)?;
+                    let servers = [
+                        (core, http::Service::Core),
+                        (ums, http::Service::Ums),
+                        (ums_backup, http::Service::UmsBackup),
+                    ];
+                    for (listener, service) in servers {
+                        tokio::spawn(http::serve(listener, thread_shared.clone(), service));
+                    }
                     anyhow::Ok(())
                 });
                 let ok = started.is_ok();
@@ -426,6 +573,7 @@ impl World {
             shared,
             core_addr,
             ums_addr,
+            ums_backup_addr,
             _alive: Arc::new(alive_tx),
         })
     }
@@ -440,7 +588,12 @@ impl World {
         format!("http://{}", self.ums_addr)
     }
 
-    /// Every request received by either server so far, in arrival order.
+    /// `http://127.0.0.1:PORT` of the backup UMS stand-in (no trailing slash).
+    pub fn ums_backup_url(&self) -> String {
+        format!("http://{}", self.ums_backup_addr)
+    }
+
+    /// Every request received by any server so far, in arrival order.
     pub fn requests(&self) -> Vec<Recorded> {
         lock(&self.shared.requests).clone()
     }
@@ -450,15 +603,15 @@ impl World {
         lock(&self.shared.requests).clear();
     }
 
-    /// Sets (replaces) the fault of `target`: `routing`, `synthesis`, `ums` or
-    /// `deployment:<name>`.
+    /// Sets (replaces) the fault of `target`: `routing`, `synthesis`, `ums`, `ums-backup`
+    /// or `deployment:<name>`.
     ///
     /// # Panics
     /// On any other target, so that a typo cannot silently disable a fault test.
     pub fn set_fault(&self, target: &str, fault: Fault) {
         assert!(
             valid_target(target),
-            "unknown fault target {target:?}: use routing, synthesis, ums or deployment:<name>"
+            "unknown fault target {target:?}: use {TARGETS}"
         );
         lock(&self.shared.faults).insert(target.to_owned(), fault);
     }
@@ -509,9 +662,7 @@ fn control(shared: &Shared, method: &hyper::Method, path: &str, body: &[u8]) -> 
             if !valid_target(&target) {
                 return control_error(
                     400,
-                    &format!(
-                        "unknown fault target {target:?}: use routing, synthesis, ums or deployment:<name>"
-                    ),
+                    &format!("unknown fault target {target:?}: use {TARGETS}"),
                 );
             }
             match *method {

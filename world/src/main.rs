@@ -1,4 +1,5 @@
-//! `mas-world`: runs the local DIAL world (DIAL Core + UMS stand-ins) until SIGINT/SIGTERM.
+//! `mas-world`: runs the local DIAL world (DIAL Core + primary and backup UMS stand-ins)
+//! until SIGINT/SIGTERM.
 //! See the `mas_world` crate docs for the deterministic behaviour.
 
 use anyhow::{bail, Context as _};
@@ -6,12 +7,13 @@ use mas_world::{World, WorldOptions};
 use std::net::SocketAddr;
 
 const USAGE: &str = "usage: mas-world [--core-addr 127.0.0.1:8080] [--ums-addr 127.0.0.1:8042] \
-[--llm-deployment gpt-4o] [--gpa-deployment general-purpose-agent]";
+[--ums-backup-addr 127.0.0.1:8043] [--llm-deployment gpt-4o] [--gpa-deployment general-purpose-agent]";
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> anyhow::Result<Option<WorldOptions>> {
     let mut opts = WorldOptions {
         core_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
         ums_addr: SocketAddr::from(([127, 0, 0, 1], 8042)),
+        ums_backup_addr: SocketAddr::from(([127, 0, 0, 1], 8043)),
         ..WorldOptions::default()
     };
     let mut args = args.into_iter();
@@ -36,6 +38,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> anyhow::Result<Option<W
         match flag.as_str() {
             "--core-addr" => opts.core_addr = parse_addr(&value()?)?,
             "--ums-addr" => opts.ums_addr = parse_addr(&value()?)?,
+            "--ums-backup-addr" => opts.ums_backup_addr = parse_addr(&value()?)?,
             "--llm-deployment" => opts.llm_deployment = value()?,
             "--gpa-deployment" => opts.gpa_deployment = value()?,
             _ => bail!("unknown argument {arg:?}\n{USAGE}"),
@@ -80,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
     let world = World::start(opts).await?;
     println!("DIAL Core stand-in on {}", world.core_url());
     println!("UMS stand-in on {}", world.ums_url());
+    println!("backup UMS stand-in on {}", world.ums_backup_url());
     eprintln!(
         "LLM deployment: {llm}; GPA deployment: {gpa} (any other name is a GPA too); \
 control API: {}/_world/requests, {}/_world/faults/<target>",
@@ -104,17 +108,26 @@ mod tests {
         let opts = parse_args(args(&[])).ok().flatten().unwrap_or_default();
         assert_eq!(opts.core_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(opts.ums_addr.to_string(), "127.0.0.1:8042");
+        assert_eq!(opts.ums_backup_addr.to_string(), "127.0.0.1:8043");
         assert_eq!(opts.llm_deployment, "gpt-4o");
     }
 
     #[test]
     fn flags() {
-        let opts = parse_args(args(&["--core-addr", "127.0.0.1:0", "--ums-addr=[::1]:9"]))
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let opts = parse_args(args(&[
+            "--core-addr",
+            "127.0.0.1:0",
+            "--ums-addr=[::1]:9",
+            "--ums-backup-addr",
+            "127.0.0.1:10",
+        ]))
+        .ok()
+        .flatten()
+        .unwrap_or_default();
         assert_eq!(opts.core_addr.to_string(), "127.0.0.1:0");
         assert_eq!(opts.ums_addr.to_string(), "[::1]:9");
+        assert_eq!(opts.ums_backup_addr.to_string(), "127.0.0.1:10");
+        assert!(parse_args(args(&["--ums-backup-addr", "10.0.0.1:8043"])).is_err());
         assert!(parse_args(args(&["--core-addr", "0.0.0.0:8080"])).is_err());
         assert!(parse_args(args(&["--core-addr"])).is_err());
         assert!(parse_args(args(&["--bogus"])).is_err());

@@ -1,16 +1,19 @@
 //! The UMS agent stand-in (PROTOCOL §4): an in-memory conversation store with a
-//! scripted, deterministic assistant.
+//! scripted, deterministic assistant. The world runs two instances (primary and backup),
+//! each with its own store, counters and fault target.
 
-use crate::http::{finish, pre_fault, Abort, Body, Reply, Service};
+use crate::http::{finish, pre_fault, Abort, Body, Reply, Service, Steps};
 use crate::json::{arr, obj, py_arr, py_obj, py_s, rfc3339_now, s, split_words};
 use crate::Shared;
 use hyper::{Method, Response};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-/// The in-memory state of the UMS stand-in.
-#[derive(Debug, Default)]
+/// The in-memory state of one UMS instance.
+#[derive(Debug)]
 pub(crate) struct UmsState {
+    /// Conversation ids are `<prefix><NNNN>`.
+    prefix: &'static str,
     next_id: u64,
     next_update: u64,
     conversations: BTreeMap<String, Conversation>,
@@ -25,6 +28,17 @@ struct Conversation {
     updated_at: String,
     /// Monotonic update counter, for "newest updated first" listing.
     update_seq: u64,
+}
+
+impl UmsState {
+    pub(crate) fn new(prefix: &'static str) -> UmsState {
+        UmsState {
+            prefix,
+            next_id: 0,
+            next_update: 0,
+            conversations: BTreeMap::new(),
+        }
+    }
 }
 
 impl Conversation {
@@ -70,21 +84,37 @@ fn internal_error() -> Reply {
     }
 }
 
+/// One UMS instance's view of the world.
+#[derive(Clone, Copy)]
+struct Ums<'a> {
+    shared: &'a Shared,
+    service: Service,
+}
+
+impl Ums<'_> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, UmsState> {
+        self.shared.lock_ums(self.service)
+    }
+}
+
+/// Serves one request of the UMS instance `service` (`Ums` or `UmsBackup`).
 pub(crate) async fn handle(
     shared: &Shared,
+    service: Service,
     method: &Method,
     path: &str,
     body: &[u8],
 ) -> Result<Response<Body>, Abort> {
-    let fault = shared.fault_for(&["ums"]);
-    if let Some(resp) = pre_fault(shared, &fault, Service::Ums).await? {
+    // The instance's fault target is its service name: `ums` or `ums-backup`.
+    let fault = shared.fault_for(&[service.name()]);
+    if let Some(resp) = pre_fault(shared, &fault, service).await? {
         return Ok(resp);
     }
-    let reply = route(shared, method, path, body);
+    let reply = route(Ums { shared, service }, method, path, body);
     Ok(finish(reply, &fault))
 }
 
-fn route(shared: &Shared, method: &Method, path: &str, body: &[u8]) -> Reply {
+fn route(ums: Ums<'_>, method: &Method, path: &str, body: &[u8]) -> Reply {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let not_allowed = || Reply::json_status(405, detail("Method Not Allowed"));
     match segments.as_slice() {
@@ -96,24 +126,24 @@ fn route(shared: &Shared, method: &Method, path: &str, body: &[u8]) -> Reply {
             _ => not_allowed(),
         },
         ["conversations"] => match *method {
-            Method::POST => create(shared, body),
-            Method::GET => list(shared),
+            Method::POST => create(ums, body),
+            Method::GET => list(ums),
             _ => not_allowed(),
         },
         ["conversations", id] if !id.is_empty() => match *method {
-            Method::GET => get(shared, id),
-            Method::DELETE => delete(shared, id),
+            Method::GET => get(ums, id),
+            Method::DELETE => delete(ums, id),
             _ => not_allowed(),
         },
         ["conversations", id, "chat"] if !id.is_empty() => match *method {
-            Method::POST => chat(shared, id, body),
+            Method::POST => chat(ums, id, body),
             _ => not_allowed(),
         },
         _ => Reply::json_status(404, detail("Not Found")),
     }
 }
 
-fn create(shared: &Shared, body: &[u8]) -> Reply {
+fn create(ums: Ums<'_>, body: &[u8]) -> Reply {
     let Ok(Value::Object(request)) = serde_json::from_slice::<Value>(body) else {
         return missing_body();
     };
@@ -129,26 +159,27 @@ fn create(shared: &Shared, body: &[u8]) -> Reply {
         }
     };
     let now = rfc3339_now();
-    let mut ums = shared.lock_ums();
-    ums.next_id += 1;
-    ums.next_update += 1;
+    let mut state = ums.lock();
+    state.next_id += 1;
+    state.next_update += 1;
     let conversation = Conversation {
-        id: format!("ums-conv-{:04}", ums.next_id),
+        id: format!("{}{:04}", state.prefix, state.next_id),
         title,
         messages: Vec::new(),
         created_at: now.clone(),
         updated_at: now,
-        update_seq: ums.next_update,
+        update_seq: state.next_update,
     };
     let record = conversation.record();
-    ums.conversations
+    state
+        .conversations
         .insert(conversation.id.clone(), conversation);
     Reply::Json(record)
 }
 
-fn list(shared: &Shared) -> Reply {
-    let ums = shared.lock_ums();
-    let mut conversations: Vec<&Conversation> = ums.conversations.values().collect();
+fn list(ums: Ums<'_>) -> Reply {
+    let state = ums.lock();
+    let mut conversations: Vec<&Conversation> = state.conversations.values().collect();
     conversations.sort_by_key(|c| std::cmp::Reverse(c.update_seq));
     let items: Vec<String> = conversations
         .iter()
@@ -165,15 +196,15 @@ fn list(shared: &Shared) -> Reply {
     Reply::Json(arr(&items))
 }
 
-fn get(shared: &Shared, id: &str) -> Reply {
-    match shared.lock_ums().conversations.get(id) {
+fn get(ums: Ums<'_>, id: &str) -> Reply {
+    match ums.lock().conversations.get(id) {
         Some(conversation) => Reply::Json(conversation.record()),
         None => Reply::json_status(404, detail("Conversation not found")),
     }
 }
 
-fn delete(shared: &Shared, id: &str) -> Reply {
-    match shared.lock_ums().conversations.remove(id) {
+fn delete(ums: Ums<'_>, id: &str) -> Reply {
+    match ums.lock().conversations.remove(id) {
         Some(_) => Reply::Json(obj(&[("message", s("Conversation deleted successfully"))])),
         None => Reply::json_status(404, detail("Conversation not found")),
     }
@@ -188,7 +219,7 @@ pub(crate) fn answer(message: &str) -> String {
     }
 }
 
-fn chat(shared: &Shared, id: &str, body: &[u8]) -> Reply {
+fn chat(ums: Ums<'_>, id: &str, body: &[u8]) -> Reply {
     let Ok(Value::Object(request)) = serde_json::from_slice::<Value>(body) else {
         return missing_body();
     };
@@ -215,10 +246,10 @@ fn chat(shared: &Shared, id: &str, body: &[u8]) -> Reply {
         .unwrap_or(true);
 
     let reply = {
-        let mut ums = shared.lock_ums();
-        ums.next_update += 1;
-        let update_seq = ums.next_update;
-        let Some(conversation) = ums.conversations.get_mut(id) else {
+        let mut state = ums.lock();
+        state.next_update += 1;
+        let update_seq = state.next_update;
+        let Some(conversation) = state.conversations.get_mut(id) else {
             return internal_error();
         };
         conversation
@@ -256,5 +287,5 @@ fn chat(shared: &Shared, id: &str, body: &[u8]) -> Reply {
         events.push(choice(py_obj(&[("content", py_s(&piece))]), "null"));
     }
     events.push(choice("{}".into(), &py_s("stop")));
-    Reply::Stream(events)
+    Reply::Stream(Steps::events(events))
 }

@@ -1,0 +1,108 @@
+//! What every part of a request's flow shares: the validated request and its
+//! configuration ([`RequestContext`]), and why a flow stopped early
+//! ([`FlowError`]). It sits below the flow, the agents and the calls, so none of
+//! them has to import another for these types.
+
+use crate::config::Config;
+use crate::dial::request::ChatRequest;
+use crate::error::CoordError;
+use crate::state::{Binding, StateTrust};
+use crate::trace::Trace;
+
+/// Why the flow stopped early.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlowError {
+    /// The client disconnected: stop quietly.
+    ClientGone,
+    /// A failure to report to the client.
+    Failed(CoordError),
+}
+
+impl From<CoordError> for FlowError {
+    fn from(e: CoordError) -> Self {
+        FlowError::Failed(e)
+    }
+}
+
+/// The client went away; nothing more can be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientGone;
+
+impl From<ClientGone> for FlowError {
+    fn from(_: ClientGone) -> Self {
+        FlowError::ClientGone
+    }
+}
+
+/// A validated request, ready to be coordinated.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// Configuration for this request.
+    pub config: Config,
+    /// The per-request DIAL key: sent only to DIAL Core.
+    pub api_key: String,
+    /// `X-CONVERSATION-ID`, forwarded to DIAL agents when present.
+    pub conversation_id: Option<String>,
+    /// The `sub` claim of the user's token, when DIAL Core forwarded it.
+    pub subject: Option<String>,
+    /// The coordinator's deployment name, from the request path (namespaces
+    /// the breakers of a shared store).
+    pub coordinator: String,
+    /// The parsed body.
+    pub request: ChatRequest,
+    /// The trace this request belongs to.
+    pub trace: Trace,
+    /// When the request arrived (host's monotonic milliseconds).
+    pub start_ms: u64,
+    /// When the request arrived, in unix seconds (issue time of signed state).
+    pub unix_s: u64,
+}
+
+impl RequestContext {
+    /// How to trust the states in this request's history and sign ours.
+    pub fn state_trust(&self) -> StateTrust<'_> {
+        StateTrust {
+            secret: self.config.state_secret.as_deref(),
+            binding: Binding {
+                conversation: self.conversation_id.as_deref().unwrap_or(""),
+                subject: self.subject.as_deref().unwrap_or(""),
+            },
+            now_s: self.unix_s,
+            max_age_s: self.config.state_max_age_s,
+        }
+    }
+
+    /// Whether the client asked for SSE.
+    pub fn streaming(&self) -> bool {
+        self.request.stream.unwrap_or(false)
+    }
+
+    /// Who this request is for, as the circuit breaker counts callers: the
+    /// conversation, else the user, else one shared "anonymous" caller.
+    pub fn caller_id(&self) -> u64 {
+        let who = match (&self.conversation_id, &self.subject) {
+            (Some(c), _) => format!("conversation:{c}"),
+            (None, Some(s)) => format!("user:{s}"),
+            (None, None) => "anonymous".to_owned(),
+        };
+        fnv1a(who.as_bytes())
+    }
+}
+
+/// FNV-1a, 64 bits: a stable, cheap hash (not a secret).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv1a_matches_the_reference_values() {
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}

@@ -1,0 +1,240 @@
+//! `GET /health`: the coordinator itself, and with `?deep=1` a probe of every
+//! upstream the configuration names (DIAL Core, every endpoint of every
+//! UMS-kind agent, primary and backups) plus the state of every breaker.
+//!
+//! The deep check fans out, so it is guarded: with `HEALTH_TOKEN` set it needs
+//! `Authorization: Bearer <token>`, and its report is kept for
+//! [`DEEP_CACHE_MS`] in the breaker store, so a burst of checks costs one
+//! round of probes (per instance with the instance-memory store, per
+//! deployment with a shared one). Probes run in parallel, each bounded by the
+//! first-byte timeout and at most 5 s.
+
+use futures::future::{join_all, select, Either};
+use serde_json::{json, Value};
+
+use crate::breaker;
+use crate::calls::{breaker_key, dial_targets, endpoint_targets, Target};
+use crate::client::{Host, OutboundRequest};
+use crate::config::Config;
+use crate::error::CoordError;
+use crate::registry::AgentKind;
+
+/// Longest wait for one probe.
+const PROBE_TIMEOUT_MS: u64 = 5_000;
+/// How long a deep report is reused.
+pub const DEEP_CACHE_MS: u64 = 5_000;
+/// The coordinator deployment whose breakers are reported when the query names none.
+pub const DEFAULT_DEPLOYMENT: &str = "mas-coordinator";
+
+/// The shallow report: the coordinator answers, where its breakers live, and
+/// whether states are signed.
+pub fn shallow<H: Host>(host: &H, config: &Config) -> Value {
+    json!({
+        "status": "ok",
+        "breaker_store": host.store().kind(),
+        "state_signing": if config.state_secret.is_some() { "on" } else { "off" },
+    })
+}
+
+/// The report of a configuration that cannot be used: 500 with the error.
+pub fn misconfigured(error: &CoordError) -> Value {
+    json!({"status": "misconfigured", "error": error.body().error})
+}
+
+fn query_value<'q>(path_and_query: &'q str, key: &str) -> Option<&'q str> {
+    let (_, query) = path_and_query.split_once('?')?;
+    query.split('&').find_map(|kv| {
+        kv.split_once('=')
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    })
+}
+
+/// Whether the query asks for the deep check (`deep=1` or `deep=true`).
+pub fn wants_deep(path_and_query: &str) -> bool {
+    matches!(query_value(path_and_query, "deep"), Some("1" | "true"))
+}
+
+/// Checks the deep check's token (constant time), when one is configured.
+pub fn authorize(config: &Config, authorization: Option<&str>) -> Result<(), CoordError> {
+    let Some(token) = &config.health_token else {
+        return Ok(());
+    };
+    let given = authorization
+        .and_then(|a| a.trim().strip_prefix("Bearer "))
+        .unwrap_or("");
+    let same = given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(CoordError::Unauthorized(
+            "GET /health?deep=1 needs Authorization: Bearer <HEALTH_TOKEN>".to_owned(),
+        ))
+    }
+}
+
+/// Every breaker of the configuration, by service, as `calls` keys them.
+fn breakers(config: &Config) -> Vec<(String, Target)> {
+    let mut all: Vec<(String, Target)> = dial_targets(config, &config.llm_targets())
+        .into_iter()
+        .map(|t| ("LLM".to_owned(), t))
+        .collect();
+    for agent in config.registry.agents() {
+        let targets = match &agent.kind {
+            AgentKind::Dial { deployments } => dial_targets(config, deployments),
+            AgentKind::Ums { endpoints } => endpoint_targets(endpoints),
+        };
+        all.extend(targets.into_iter().map(|t| (agent.name.clone(), t)));
+    }
+    all
+}
+
+async fn probe<H: Host>(host: &H, service: &str, base: &str, timeout_ms: u64) -> Value {
+    let start = host.now_ms();
+    let request = OutboundRequest::get(format!("{base}/health"));
+    let (up, status, error) =
+        match select(std::pin::pin!(host.send(request)), host.sleep(timeout_ms)).await {
+            // Any HTTP answer below 500 shows the service is there and serving.
+            Either::Left((Ok(r), _)) => (r.status < 500, Some(r.status), None),
+            Either::Left((Err(e), _)) => (false, None, Some(e.message)),
+            Either::Right(_) => (
+                false,
+                None,
+                Some(format!("no answer within {timeout_ms} ms")),
+            ),
+        };
+    json!({
+        "service": service,
+        "target": base,
+        "up": up,
+        "status": status,
+        "latency_ms": host.now_ms().saturating_sub(start),
+        "error": error,
+    })
+}
+
+/// The deep report for the coordinator deployment named in the query
+/// (`deployment=<name>`, default [`DEFAULT_DEPLOYMENT`]).
+pub async fn deep<H: Host>(host: &H, config: &Config, path_and_query: &str) -> Value {
+    let deployment = query_value(path_and_query, "deployment")
+        .filter(|d| {
+            !d.is_empty()
+                && d.len() <= 128
+                && d.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        })
+        .unwrap_or(DEFAULT_DEPLOYMENT);
+    let cache_key = format!("health:deep:{deployment}");
+    let now = host.unix_ms();
+    if let Some(cached) = host
+        .store()
+        .get(&cache_key)
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+    {
+        let at = cached["at_ms"].as_u64().unwrap_or(0);
+        if at <= now && now - at < DEEP_CACHE_MS {
+            let mut report = cached["report"].clone();
+            report["cached_ms_ago"] = json!(now - at);
+            return report;
+        }
+    }
+    let timeout = config.timeouts.first_byte_ms.min(PROBE_TIMEOUT_MS);
+    let mut probes = vec![probe(host, "DIAL Core", &config.dial_endpoint, timeout)];
+    for agent in config.registry.agents() {
+        if let AgentKind::Ums { endpoints } = &agent.kind {
+            for e in endpoints {
+                probes.push(probe(host, &agent.name, e, timeout));
+            }
+        }
+    }
+    let checks = join_all(probes).await;
+    let all_up = checks.iter().all(|c| c["up"] == true);
+    let breakers: Vec<Value> = breakers(config)
+        .into_iter()
+        .map(|(service, target)| {
+            let state = breaker::load(
+                host.store(),
+                &breaker_key(deployment, &service, &target.identity),
+            );
+            json!({"service": service, "target": target.id, "state": state.name()})
+        })
+        .collect();
+    let report = json!({
+        "status": if all_up { "ok" } else { "degraded" },
+        "breaker_store": host.store().kind(),
+        "state_signing": if config.state_secret.is_some() { "on" } else { "off" },
+        "deployment": deployment,
+        "checks": checks,
+        "breakers": breakers,
+    });
+    if let Ok(bytes) = serde_json::to_vec(&json!({"at_ms": now, "report": report})) {
+        host.store().set(&cache_key, &bytes);
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deep_flag_and_deployment_are_read_from_the_query() {
+        assert!(wants_deep("/health?deep=1"));
+        assert!(wants_deep("/health?x=2&deep=true"));
+        assert!(!wants_deep("/health"));
+        assert!(!wants_deep("/health?deep=0"));
+        assert_eq!(
+            query_value("/health?deep=1&deployment=mas", "deployment"),
+            Some("mas")
+        );
+    }
+
+    #[test]
+    fn the_token_is_required_when_configured() {
+        let open = Config::default();
+        assert!(authorize(&open, None).is_ok());
+        let guarded = Config {
+            health_token: Some("0123456789abcdef".into()),
+            ..Config::default()
+        };
+        assert_eq!(authorize(&guarded, None).unwrap_err().status(), 401);
+        assert!(authorize(&guarded, Some("Bearer 0123456789abcdeX")).is_err());
+        assert!(authorize(&guarded, Some("Bearer 0123456789abcdef")).is_ok());
+    }
+
+    #[test]
+    fn breakers_cover_every_service_primaries_and_backups() {
+        let vars = [
+            ("AGENTS", "GPA,UMS,RAG"),
+            ("AGENT_RAG_KIND", "dial"),
+            ("AGENT_RAG_DEPLOYMENT", "rag"),
+            ("AGENT_RAG_DESCRIPTION", "docs"),
+            ("GPA_BACKUP_DEPLOYMENTS", "gpa-b"),
+            ("UMS_AGENT_BACKUP_ENDPOINTS", "http://ums2"),
+        ];
+        let c = Config::from_lookup(|k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| (*v).to_owned())
+        })
+        .unwrap();
+        let got: Vec<(String, String)> = breakers(&c).into_iter().map(|(s, t)| (s, t.id)).collect();
+        let want: Vec<(String, String)> = [
+            ("LLM", "gpt-4o"),
+            ("GPA", "general-purpose-agent"),
+            ("GPA", "gpa-b"),
+            ("UMS", "http://localhost:8042"),
+            ("UMS", "http://ums2"),
+            ("RAG", "rag"),
+        ]
+        .iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect();
+        assert_eq!(got, want);
+    }
+}

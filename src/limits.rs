@@ -1,0 +1,68 @@
+//! Every bound the coordinator puts on what an upstream or a client can make it
+//! hold or do, in one place. An upstream that goes past a bound ends its call
+//! with a clear error (or, for text handed to the synthesis, is truncated and
+//! marked): it can never make the instance run out of memory or wait forever.
+
+/// Largest SSE event (all `data:` lines of one event together) accepted from an upstream.
+pub const MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
+/// Largest non-streaming answer accepted from an upstream.
+pub const MAX_ANSWER_BYTES: usize = 8 * 1024 * 1024;
+/// Largest error body read for an error message (the rest is not read).
+pub const MAX_ERROR_EXCERPT_BYTES: usize = 4096;
+/// Longest wait for an error body's excerpt, after which the call moves on with
+/// what arrived (it is also bounded by the call's total deadline).
+pub const ERROR_EXCERPT_WAIT_MS: u64 = 1_000;
+
+/// Stages one agent call may open (its own, mirrored under its stage).
+pub const MAX_STAGES_PER_AGENT: usize = 256;
+/// Attachments one agent call may add (to the choice and to its stages together).
+pub const MAX_ATTACHMENTS_PER_AGENT: usize = 256;
+/// Text (answer and stage content together) one agent call may stream.
+pub const MAX_AGENT_OUTPUT_BYTES: usize = 16 * 1024 * 1024;
+/// Largest state one agent may hand back for a turn (serialized JSON).
+pub const MAX_AGENT_STATE_BYTES: usize = 1024 * 1024;
+
+/// The part of one agent's answer handed to the synthesis call; longer answers
+/// are cut at a character boundary and marked.
+pub const MAX_CONTEXT_BYTES_PER_RESULT: usize = 64 * 1024;
+/// What an agent's earlier turn keeps of its answer (and of what it was asked)
+/// in our state, for the agent's own history on later turns.
+pub const MAX_REMEMBERED_TEXT_BYTES: usize = 8 * 1024;
+/// Attachments an agent's earlier turn keeps in our state.
+pub const MAX_REMEMBERED_ATTACHMENTS: usize = 32;
+
+/// Buffered response bytes after which the driver writes to the client even
+/// when more upstream data is ready at once.
+pub const FLUSH_BYTES: usize = 32 * 1024;
+
+/// Cuts `text` to at most `max` bytes at a character boundary, with a marker
+/// saying so. Returns the text unchanged when it fits.
+pub fn truncate_marked(text: &str, max: usize, what: &str) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{}\n\n[{what} truncated: {} of {} bytes shown]",
+        &text[..cut],
+        cut,
+        text.len()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_keeps_char_boundaries_and_says_so() {
+        assert_eq!(truncate_marked("short", 10, "answer"), "short");
+        assert_eq!(
+            truncate_marked("héllo", 2, "answer"),
+            "h\n\n[answer truncated: 1 of 6 bytes shown]"
+        );
+    }
+}

@@ -1,0 +1,536 @@
+//! What the coordinator remembers between turns: the layout of the state on
+//! its assistant messages, written once per response and read back from the
+//! history.
+//!
+//! DIAL Chat sends our assistant messages back with their `state` only (no
+//! stages, no attachments), and their content is our synthesised answer, which
+//! mixes every agent's results. So what an agent needs to see its own earlier
+//! turns is kept in the state, per agent, bounded (`limits.rs`):
+//!
+//! ```json
+//! {
+//!   "is_gpa": true, "gpa_messages": {"tool_call_history": [...]},
+//!   "ums_conversation_id": "8c1f…", "ums_endpoint": "5b1c0e3f2a9d4e71",
+//!   "agents": {
+//!     "GPA": [{"answer": "GPA's own text", "attachments": [...]}],
+//!     "RAG": [{"asked": "…", "answer": "…", "attachments": [...], "state": {...}}],
+//!     "CRM": {"conversation_id": "…", "endpoint": "…"}
+//!   },
+//!   "signature": "…"
+//! }
+//! ```
+//!
+//! - GPA and UMS keep the Python reference's keys (`is_gpa` + `gpa_messages`,
+//!   `ums_conversation_id`), so conversations it started carry on and states
+//!   we write stay readable by it. GPA's state of its first exchange of a turn
+//!   lives in `gpa_messages`; further exchanges (several GPA subtasks in one
+//!   turn) carry theirs inline.
+//! - A DIAL agent's exchange: what it was `asked` (left out when it was exactly
+//!   the user's message), its `answer`, its choice `attachments` and its own
+//!   `state`. Any other agent lives under `agents.<NAME>`.
+//! - A UMS-kind agent's conversation: its id and a tag of the endpoint that
+//!   holds it (a hash, so the state never shows internal URLs).
+//!
+//! Reading is lenient and defensive: an entry that does not have the expected
+//! shape is ignored, as if absent.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Map, Value};
+
+use crate::context::fnv1a;
+use crate::dial::response::Attachment;
+use crate::limits::{truncate_marked, MAX_REMEMBERED_ATTACHMENTS, MAX_REMEMBERED_TEXT_BYTES};
+use crate::registry::{AgentSpec, StateSlot};
+
+/// State key marking an assistant turn served by GPA.
+pub const IS_GPA: &str = "is_gpa";
+/// State key holding GPA's own state.
+pub const GPA_MESSAGES: &str = "gpa_messages";
+/// State key holding the UMS conversation id.
+pub const UMS_CONVERSATION_ID: &str = "ums_conversation_id";
+/// State key holding the tag of the UMS endpoint that holds the conversation.
+pub const UMS_ENDPOINT: &str = "ums_endpoint";
+/// State key of every other agent's memory.
+pub const AGENTS: &str = "agents";
+/// Longest accepted conversation id.
+pub const MAX_ID_LEN: usize = 128;
+/// Most exchanges of one agent read from one turn.
+const MAX_EXCHANGES_PER_TURN: usize = 16;
+
+/// One exchange with a DIAL agent: what it was asked and what it produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exchange {
+    /// What it was asked, when that was not exactly the user's message.
+    pub asked: Option<String>,
+    /// Its answer text.
+    pub answer: String,
+    /// Its choice attachments.
+    pub attachments: Vec<Attachment>,
+    /// Its own state.
+    pub state: Option<Value>,
+}
+
+/// What one agent call leaves for later turns.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Memory {
+    /// A DIAL agent's exchange.
+    Exchange(Exchange),
+    /// A UMS-kind agent's conversation, and the tag of the endpoint holding it.
+    Conversation {
+        /// The conversation id.
+        id: String,
+        /// [`endpoint_tag`] of the endpoint.
+        endpoint: String,
+    },
+}
+
+/// A short, stable tag of an endpoint URL for the state.
+pub fn endpoint_tag(endpoint: &str) -> String {
+    format!("{:016x}", fnv1a(endpoint.as_bytes()))
+}
+
+/// Whether `id` is an acceptable conversation id: 1 to 128 of `A-Z a-z 0-9 - _`.
+/// Anything else (slashes, dots, `%`, spaces) is refused, so a tampered state
+/// can never reach another path or host.
+pub fn is_valid_conversation_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn exchange_record(e: &Exchange, with_state: bool) -> Value {
+    let mut record = Map::new();
+    if let Some(asked) = &e.asked {
+        record.insert(
+            "asked".into(),
+            Value::String(truncate_marked(asked, MAX_REMEMBERED_TEXT_BYTES, "request")),
+        );
+    }
+    record.insert(
+        "answer".into(),
+        Value::String(truncate_marked(
+            &e.answer,
+            MAX_REMEMBERED_TEXT_BYTES,
+            "answer",
+        )),
+    );
+    if !e.attachments.is_empty() {
+        let kept: Vec<&Attachment> = e
+            .attachments
+            .iter()
+            .take(MAX_REMEMBERED_ATTACHMENTS)
+            .collect();
+        record.insert("attachments".into(), json!(kept));
+    }
+    if with_state {
+        if let Some(state) = &e.state {
+            record.insert("state".into(), state.clone());
+        }
+    }
+    Value::Object(record)
+}
+
+/// The state of our assistant message for what the agents of this turn left
+/// behind, in the order given; `None` when nothing is to be remembered.
+pub fn compose<'a>(
+    memories: impl IntoIterator<Item = (&'a AgentSpec, &'a Memory)>,
+) -> Option<Value> {
+    let mut state = Map::new();
+    let mut agents = Map::new();
+    for (agent, memory) in memories {
+        match (agent.slot, memory) {
+            (StateSlot::Gpa, Memory::Exchange(e)) => {
+                let first = !state.contains_key(IS_GPA);
+                if first {
+                    state.insert(IS_GPA.into(), Value::Bool(true));
+                    state.insert(GPA_MESSAGES.into(), e.state.clone().unwrap_or(Value::Null));
+                }
+                push_exchange(&mut agents, &agent.name, exchange_record(e, !first));
+            }
+            (StateSlot::Ums, Memory::Conversation { id, endpoint }) => {
+                if !state.contains_key(UMS_CONVERSATION_ID) {
+                    state.insert(UMS_CONVERSATION_ID.into(), Value::String(id.clone()));
+                    state.insert(UMS_ENDPOINT.into(), Value::String(endpoint.clone()));
+                }
+            }
+            (StateSlot::Agents, Memory::Exchange(e)) => {
+                push_exchange(&mut agents, &agent.name, exchange_record(e, true));
+            }
+            (StateSlot::Agents, Memory::Conversation { id, endpoint }) => {
+                agents
+                    .entry(agent.name.clone())
+                    .or_insert_with(|| json!({"conversation_id": id, "endpoint": endpoint}));
+            }
+            // A slot always matches its agent's kind (registry.rs).
+            (StateSlot::Gpa, Memory::Conversation { .. })
+            | (StateSlot::Ums, Memory::Exchange(_)) => {}
+        }
+    }
+    if !agents.is_empty() {
+        state.insert(AGENTS.into(), Value::Object(agents));
+    }
+    (!state.is_empty()).then_some(Value::Object(state))
+}
+
+fn push_exchange(agents: &mut Map<String, Value>, name: &str, record: Value) {
+    if let Value::Array(list) = agents
+        .entry(name.to_owned())
+        .or_insert_with(|| Value::Array(Vec::new()))
+    {
+        list.push(record);
+    }
+}
+
+/// One earlier exchange of a DIAL agent, read from a turn's state.
+#[derive(Debug, Clone)]
+pub struct ExchangeView<'a> {
+    /// What it was asked; `None`: the user's message of that turn.
+    pub asked: Option<String>,
+    /// Its answer; `None` (states of the Python reference): the assistant
+    /// message's content.
+    pub answer: Option<String>,
+    /// Its attachments (a JSON list of valid attachments).
+    pub attachments: Vec<Attachment>,
+    /// Its own state, as the bytes that were trusted.
+    pub state: Option<&'a RawValue>,
+}
+
+/// The parts of our state an agent may read, borrowed from the trusted bytes.
+#[derive(Deserialize)]
+struct StateView<'a> {
+    #[serde(default)]
+    is_gpa: Option<Value>,
+    #[serde(default, borrow)]
+    gpa_messages: Option<&'a RawValue>,
+    #[serde(default)]
+    ums_conversation_id: Option<Value>,
+    #[serde(default)]
+    ums_endpoint: Option<Value>,
+    #[serde(default, borrow)]
+    agents: Option<std::collections::BTreeMap<String, &'a RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct RecordView<'a> {
+    #[serde(default)]
+    asked: Option<String>,
+    #[serde(default)]
+    answer: Option<String>,
+    #[serde(default)]
+    attachments: Option<Vec<Attachment>>,
+    #[serde(default, borrow)]
+    state: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ConversationView {
+    conversation_id: String,
+    #[serde(default)]
+    endpoint: Option<String>,
+}
+
+fn parse_view(state: &RawValue) -> Option<StateView<'_>> {
+    serde_json::from_str(state.get()).ok()
+}
+
+fn records<'a>(view: &StateView<'a>, name: &str) -> Vec<RecordView<'a>> {
+    let Some(raw) = view.agents.as_ref().and_then(|a| a.get(name)) else {
+        return Vec::new();
+    };
+    let Ok(list) = serde_json::from_str::<Vec<&'a RawValue>>(raw.get()) else {
+        return Vec::new();
+    };
+    list.into_iter()
+        .take(MAX_EXCHANGES_PER_TURN)
+        .filter_map(|r| serde_json::from_str::<RecordView<'a>>(r.get()).ok())
+        .collect()
+}
+
+fn exchange_of<'a>(record: RecordView<'a>, state: Option<&'a RawValue>) -> ExchangeView<'a> {
+    ExchangeView {
+        asked: record.asked,
+        answer: record.answer,
+        attachments: record
+            .attachments
+            .unwrap_or_default()
+            .into_iter()
+            .take(MAX_REMEMBERED_ATTACHMENTS)
+            .filter_map(Attachment::normalized)
+            .collect(),
+        state: state.filter(|s| s.get() != "null"),
+    }
+}
+
+/// The exchanges `agent` (a DIAL agent) had in the turn whose trusted state is
+/// `state`; `valid_state` checks the agent's own state before it is used.
+pub fn exchanges<'a>(
+    state: &'a RawValue,
+    agent: &AgentSpec,
+    valid_state: impl Fn(&RawValue) -> bool,
+) -> Vec<ExchangeView<'a>> {
+    let Some(view) = parse_view(state) else {
+        return Vec::new();
+    };
+    let checked = |s: Option<&'a RawValue>| s.filter(|s| s.get() == "null" || valid_state(s));
+    let mut records = records(&view, &agent.name);
+    match agent.slot {
+        StateSlot::Gpa => {
+            if view.is_gpa != Some(Value::Bool(true)) {
+                return Vec::new();
+            }
+            // gpa_messages must be an object or null (the Python reference's rule).
+            let first_state = match view.gpa_messages {
+                Some(raw) if raw.get().starts_with('{') => checked(Some(raw)),
+                Some(raw) if raw.get() == "null" => None,
+                None => None,
+                Some(_) => return Vec::new(),
+            };
+            if records.is_empty() {
+                // Written by the Python reference: one exchange, text from the message.
+                return vec![ExchangeView {
+                    asked: None,
+                    answer: None,
+                    attachments: Vec::new(),
+                    state: first_state,
+                }];
+            }
+            let first = records.remove(0);
+            let mut out = vec![exchange_of(first, first_state)];
+            out.extend(records.into_iter().map(|r| {
+                let s = checked(r.state);
+                exchange_of(r, s)
+            }));
+            out
+        }
+        StateSlot::Agents => records
+            .into_iter()
+            .map(|r| {
+                let s = checked(r.state);
+                exchange_of(r, s)
+            })
+            .collect(),
+        StateSlot::Ums => Vec::new(),
+    }
+}
+
+/// The conversation `agent` (a UMS-kind agent) kept in the turn whose trusted
+/// state is `state`: its id and the tag of its endpoint (when known).
+pub fn conversation(state: &RawValue, agent: &AgentSpec) -> Option<(String, Option<String>)> {
+    let view = parse_view(state)?;
+    let (id, endpoint) = match agent.slot {
+        StateSlot::Ums => match view.ums_conversation_id {
+            Some(Value::String(id)) => (
+                id,
+                view.ums_endpoint
+                    .and_then(|e| e.as_str().map(str::to_owned)),
+            ),
+            _ => return None,
+        },
+        StateSlot::Agents => {
+            let raw = view.agents.as_ref()?.get(&agent.name)?;
+            let c: ConversationView = serde_json::from_str(raw.get()).ok()?;
+            (c.conversation_id, c.endpoint)
+        }
+        StateSlot::Gpa => return None,
+    };
+    let endpoint = endpoint.filter(|e| e.len() == 16 && e.bytes().all(|b| b.is_ascii_hexdigit()));
+    is_valid_conversation_id(&id).then_some((id, endpoint))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::AgentKind;
+
+    fn agent(name: &str, slot: StateSlot) -> AgentSpec {
+        AgentSpec {
+            name: name.to_owned(),
+            kind: match slot {
+                StateSlot::Ums => AgentKind::Ums {
+                    endpoints: vec!["http://ums".into()],
+                },
+                _ => AgentKind::Dial {
+                    deployments: vec![name.to_lowercase()],
+                },
+            },
+            description: String::new(),
+            display_name: String::new(),
+            slot,
+        }
+    }
+
+    fn raw(v: &Value) -> Box<RawValue> {
+        serde_json::value::to_raw_value(v).unwrap()
+    }
+
+    fn any(_: &RawValue) -> bool {
+        true
+    }
+
+    fn png(url: &str) -> Attachment {
+        Attachment {
+            kind: Some("image/png".into()),
+            url: Some(url.into()),
+            ..Attachment::default()
+        }
+    }
+
+    #[test]
+    fn a_gpa_turn_keeps_the_reference_keys_and_its_own_answer() {
+        let gpa = agent("GPA", StateSlot::Gpa);
+        let m = Memory::Exchange(Exchange {
+            asked: None,
+            answer: "Here is the image.".into(),
+            attachments: vec![png("files/a.png")],
+            state: Some(json!({"tool_call_history": []})),
+        });
+        let state = compose([(&gpa, &m)]).unwrap();
+        assert_eq!(
+            state,
+            json!({
+                "is_gpa": true,
+                "gpa_messages": {"tool_call_history": []},
+                "agents": {"GPA": [{"answer": "Here is the image.", "attachments": [{"type": "image/png", "url": "files/a.png"}]}]}
+            })
+        );
+        let r = raw(&state);
+        let views = exchanges(&r, &gpa, any);
+        assert_eq!(views.len(), 1);
+        assert_eq!(views[0].answer.as_deref(), Some("Here is the image."));
+        assert_eq!(views[0].attachments, vec![png("files/a.png")]);
+        assert_eq!(
+            views[0].state.map(RawValue::get),
+            Some(r#"{"tool_call_history":[]}"#)
+        );
+    }
+
+    #[test]
+    fn reference_states_are_read() {
+        let gpa = agent("GPA", StateSlot::Gpa);
+        let ums = agent("UMS", StateSlot::Ums);
+        let r = raw(&json!({"is_gpa": true, "gpa_messages": {"tool_call_history": [1]}}));
+        let views = exchanges(&r, &gpa, any);
+        assert_eq!(views.len(), 1);
+        assert_eq!((&views[0].asked, &views[0].answer), (&None, &None));
+        assert!(views[0].attachments.is_empty());
+        assert_eq!(
+            views[0].state.map(RawValue::get),
+            Some(r#"{"tool_call_history":[1]}"#)
+        );
+        let r = raw(&json!({"is_gpa": true, "gpa_messages": null}));
+        assert!(exchanges(&r, &gpa, any)[0].state.is_none());
+        for bad in [
+            json!({"is_gpa": "yes", "gpa_messages": {}}),
+            json!({"is_gpa": true, "gpa_messages": "text"}),
+            json!({"ums_conversation_id": "c1"}),
+        ] {
+            assert!(exchanges(&raw(&bad), &gpa, any).is_empty(), "{bad}");
+        }
+        let r = raw(&json!({"ums_conversation_id": "conv-1"}));
+        assert_eq!(conversation(&r, &ums), Some(("conv-1".into(), None)));
+        assert_eq!(conversation(&r, &gpa), None);
+        let r = raw(&json!({"ums_conversation_id": "../admin"}));
+        assert_eq!(conversation(&r, &ums), None);
+    }
+
+    #[test]
+    fn invalid_agent_states_are_dropped_but_the_exchange_is_kept() {
+        let gpa = agent("GPA", StateSlot::Gpa);
+        let r = raw(&json!({"is_gpa": true, "gpa_messages": {"tool_call_history": "forged"}}));
+        let views = exchanges(&r, &gpa, |s| !s.get().contains("forged"));
+        assert_eq!(views.len(), 1);
+        assert!(views[0].state.is_none());
+    }
+
+    #[test]
+    fn several_agents_share_one_state_each_in_its_own_place() {
+        let gpa = agent("GPA", StateSlot::Gpa);
+        let ums = agent("UMS", StateSlot::Ums);
+        let rag = agent("RAG", StateSlot::Agents);
+        let crm = AgentSpec {
+            kind: AgentKind::Ums {
+                endpoints: vec!["http://crm".into()],
+            },
+            ..agent("CRM", StateSlot::Agents)
+        };
+        let e = |answer: &str, state: Option<Value>| {
+            Memory::Exchange(Exchange {
+                asked: Some(format!("task: {answer}")),
+                answer: answer.into(),
+                attachments: vec![],
+                state,
+            })
+        };
+        let g1 = e("g1", Some(json!({"tool_call_history": [1]})));
+        let g2 = e("g2", Some(json!({"tool_call_history": [2]})));
+        let r1 = e("r1", Some(json!({"rag_turn": 1})));
+        let u = Memory::Conversation {
+            id: "conv-9".into(),
+            endpoint: endpoint_tag("http://ums"),
+        };
+        let c = Memory::Conversation {
+            id: "crm-1".into(),
+            endpoint: endpoint_tag("http://crm"),
+        };
+        let state = compose([
+            (&gpa, &g1),
+            (&ums, &u),
+            (&rag, &r1),
+            (&gpa, &g2),
+            (&crm, &c),
+        ])
+        .unwrap();
+        assert_eq!(state["gpa_messages"], json!({"tool_call_history": [1]}));
+        assert_eq!(state["ums_conversation_id"], "conv-9");
+        assert_eq!(state["ums_endpoint"], endpoint_tag("http://ums"));
+        assert_eq!(
+            state["agents"]["GPA"],
+            json!([{"asked": "task: g1", "answer": "g1"}, {"asked": "task: g2", "answer": "g2", "state": {"tool_call_history": [2]}}])
+        );
+        assert_eq!(
+            state["agents"]["RAG"],
+            json!([{"asked": "task: r1", "answer": "r1", "state": {"rag_turn": 1}}])
+        );
+        let r = raw(&state);
+        let g = exchanges(&r, &gpa, any);
+        assert_eq!(g.len(), 2);
+        assert_eq!(
+            g[1].state.map(RawValue::get),
+            Some(r#"{"tool_call_history":[2]}"#)
+        );
+        assert_eq!(exchanges(&r, &rag, any)[0].answer.as_deref(), Some("r1"));
+        assert_eq!(
+            conversation(&r, &ums),
+            Some(("conv-9".into(), Some(endpoint_tag("http://ums"))))
+        );
+        assert_eq!(
+            conversation(&r, &crm),
+            Some(("crm-1".into(), Some(endpoint_tag("http://crm"))))
+        );
+        assert!(compose(std::iter::empty()).is_none());
+    }
+
+    #[test]
+    fn remembered_text_is_bounded() {
+        let rag = agent("RAG", StateSlot::Agents);
+        let m = Memory::Exchange(Exchange {
+            asked: None,
+            answer: "x".repeat(MAX_REMEMBERED_TEXT_BYTES + 10),
+            attachments: (0..40).map(|i| png(&format!("files/{i}.png"))).collect(),
+            state: None,
+        });
+        let state = compose([(&rag, &m)]).unwrap();
+        let answer = state["agents"]["RAG"][0]["answer"].as_str().unwrap();
+        assert!(answer.ends_with(" bytes shown]"), "{answer}");
+        assert_eq!(
+            state["agents"]["RAG"][0]["attachments"]
+                .as_array()
+                .unwrap()
+                .len(),
+            MAX_REMEMBERED_ATTACHMENTS
+        );
+    }
+}

@@ -1,0 +1,143 @@
+//! The module graph of `src/`, read from the source: which top-level module
+//! uses which (`crate::<module>` outside comments), and the rules the
+//! architecture keeps (README "Architecture"): no cycle; the DIAL wire format
+//! below everything; agents that never touch the response, the driver or the
+//! flow; one module that talks to the host.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Top-level module → the top-level modules it uses.
+fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut files = vec![src.clone()];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        if path.extension().and_then(|e| e.to_str()) != Some("rs") {
+            continue;
+        }
+        let rel = path.strip_prefix(&src).unwrap();
+        let first = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_str()
+            .unwrap();
+        let module = first.trim_end_matches(".rs").to_owned();
+        if module == "lib" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let uses = graph.entry(module.clone()).or_default();
+        for line in text.lines() {
+            let code = line.split("//").next().unwrap_or("");
+            for (i, _) in code.match_indices("crate::") {
+                let rest = &code[i + "crate::".len()..];
+                let used: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !used.is_empty() && used != module {
+                    uses.insert(used);
+                }
+            }
+        }
+    }
+    graph
+}
+
+/// A cycle through `node`, if there is one (depth-first search).
+fn find_cycle(
+    graph: &BTreeMap<String, BTreeSet<String>>,
+    node: &str,
+    path: &mut Vec<String>,
+    done: &mut BTreeSet<String>,
+) -> Option<Vec<String>> {
+    if let Some(start) = path.iter().position(|n| n == node) {
+        let mut cycle = path[start..].to_vec();
+        cycle.push(node.to_owned());
+        return Some(cycle);
+    }
+    if done.contains(node) {
+        return None;
+    }
+    path.push(node.to_owned());
+    for next in graph.get(node).into_iter().flatten() {
+        if let Some(c) = find_cycle(graph, next, path, done) {
+            return Some(c);
+        }
+    }
+    path.pop();
+    done.insert(node.to_owned());
+    None
+}
+
+#[test]
+fn the_module_graph_has_no_cycle() {
+    let graph = module_graph();
+    for (module, uses) in &graph {
+        println!(
+            "{module} -> {}",
+            uses.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let mut done = BTreeSet::new();
+    for module in graph.keys() {
+        if let Some(cycle) = find_cycle(&graph, module, &mut Vec::new(), &mut done) {
+            panic!("import cycle: {}", cycle.join(" -> "));
+        }
+    }
+}
+
+#[test]
+fn layers_are_kept() {
+    let graph = module_graph();
+    let uses = |m: &str| graph.get(m).cloned().unwrap_or_default();
+    let set = |items: &[&str]| {
+        items
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect::<BTreeSet<_>>()
+    };
+    // The wire format and the small pure pieces stand on nothing of ours.
+    assert_eq!(
+        uses("dial"),
+        BTreeSet::new(),
+        "dial/ has its own error type"
+    );
+    for leaf in ["trace", "limits", "breaker"] {
+        assert_eq!(uses(leaf), BTreeSet::new(), "{leaf}");
+    }
+    assert_eq!(uses("error"), set(&["dial"]));
+    assert_eq!(uses("sse"), set(&["limits"]));
+    // Agents say what they have to say; they never write the response, run
+    // calls, or know the flow.
+    for forbidden in [
+        "emitter",
+        "driver",
+        "coordinator",
+        "host",
+        "synthesis",
+        "routing",
+    ] {
+        assert!(
+            !uses("agents").contains(forbidden),
+            "agents use {forbidden}"
+        );
+    }
+    // Calls know nothing of agents, the driver or the flow.
+    for forbidden in ["agents", "driver", "coordinator", "emitter"] {
+        assert!(!uses("calls").contains(forbidden), "calls use {forbidden}");
+    }
+    // Only the host adapter talks to the host, and nothing depends on it.
+    for (module, deps) in &graph {
+        assert!(!deps.contains("host"), "{module} uses host");
+    }
+}

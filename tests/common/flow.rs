@@ -1,0 +1,135 @@
+//! Running the flow natively: a configuration pointing at the fakes, a
+//! validated request, the streamed events and the merged answer.
+
+use mas_coordinator::config::Config;
+use mas_coordinator::coordinator::{
+    collect_response, prepare, stream_response, Incoming, RequestContext,
+};
+use mas_coordinator::dial::response::SseEncoder;
+use mas_coordinator::emitter::{BufferTransport, Emitter};
+use mas_coordinator::error::CoordError;
+use mas_coordinator::trace::Trace;
+use serde_json::{json, Value};
+
+use super::fakes::{FakeClient, CORE, KEY, UMS, UNIX_EPOCH_MS};
+
+/// The configuration of the fakes with `extra` variables.
+pub fn config_with(extra: &[(&str, &str)]) -> Config {
+    let mut vars: Vec<(&str, &str)> = vec![("DIAL_ENDPOINT", CORE), ("UMS_AGENT_ENDPOINT", UMS)];
+    vars.extend_from_slice(extra);
+    Config::from_lookup(|k| {
+        vars.iter()
+            .rev()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| (*v).to_owned())
+    })
+    .unwrap()
+}
+
+/// The configuration of the fakes.
+pub fn config() -> Config {
+    config_with(&[])
+}
+
+pub fn context(body: Value, conversation_id: Option<&str>) -> RequestContext {
+    context_with(config(), body, conversation_id)
+}
+
+pub fn context_with(config: Config, body: Value, conversation_id: Option<&str>) -> RequestContext {
+    context_at(config, body, conversation_id, UNIX_EPOCH_MS)
+}
+
+/// A request arriving at `unix_ms`.
+pub fn context_at(
+    config: Config,
+    body: Value,
+    conversation_id: Option<&str>,
+    unix_ms: u64,
+) -> RequestContext {
+    let conv = conversation_id.map(str::to_owned);
+    prepare(
+        config,
+        |h| match h {
+            "api-key" => Some(KEY.to_owned()),
+            "x-conversation-id" => conv.clone(),
+            _ => None,
+        },
+        body.to_string().as_bytes(),
+        Incoming {
+            path: "/openai/deployments/mas-coordinator/chat/completions",
+            trace: Trace::from_headers(None, Some("trace-abc"), "a".repeat(32), "1".repeat(16)),
+            start_ms: 0,
+            unix_ms,
+        },
+    )
+    .unwrap()
+}
+
+/// Runs the streaming flow; returns the SSE events' data (JSON or "[DONE]") and
+/// the number of separate writes.
+pub fn run_stream(ctx: &RequestContext, client: &FakeClient) -> (Vec<String>, usize) {
+    let mut out = Emitter::streaming(
+        SseEncoder::new("resp-1", 1_700_000_000),
+        BufferTransport::default(),
+    );
+    client.run(stream_response(ctx, client, &mut out));
+    let transport = out.into_transport().expect("streaming emitter");
+    let text = String::from_utf8(transport.writes.concat()).unwrap();
+    let events = text
+        .split("\n\n")
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.strip_prefix("data: ")
+                .expect("every event is a data line")
+                .to_owned()
+        })
+        .collect();
+    (events, transport.writes.len())
+}
+
+/// The non-streaming flow.
+pub async fn collect(
+    ctx: &RequestContext,
+    client: &FakeClient,
+    id: &str,
+    created: u64,
+) -> Result<Value, CoordError> {
+    collect_response(ctx, client, id, created).await
+}
+
+/// The `delta` of every chunk event, then the tail markers as strings.
+pub fn deltas(events: &[String]) -> Vec<Value> {
+    events
+        .iter()
+        .map(|e| {
+            if e == "[DONE]" {
+                return json!("[DONE]");
+            }
+            let v: Value = serde_json::from_str(e).unwrap();
+            if v.get("error").is_some() {
+                return v;
+            }
+            assert_eq!(v["id"], "resp-1");
+            assert_eq!(v["created"], 1_700_000_000);
+            assert_eq!(v["object"], "chat.completion.chunk");
+            if v["choices"][0]["finish_reason"] == "stop" {
+                return json!("STOP");
+            }
+            assert_eq!(v["usage"], Value::Null, "only the last chunk carries usage");
+            assert_eq!(v["choices"][0]["finish_reason"], Value::Null);
+            v["choices"][0]["delta"].clone()
+        })
+        .collect()
+}
+
+pub fn decision_block(agent: &str, instructions: Value) -> String {
+    format!(
+        "```json\n{{\n  \"agent_name\": \"{agent}\",\n  \"additional_instructions\": {}\n}}\n```\n",
+        serde_json::to_string(&instructions).unwrap()
+    )
+}
+
+/// The error object of a failed stream.
+pub fn error_of(events: &[String]) -> Value {
+    serde_json::from_str::<Value>(&events[events.len() - 2]).unwrap()["error"].clone()
+}
