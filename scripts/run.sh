@@ -50,14 +50,31 @@ else
     world=0
 fi
 
+# State is signed by default: without STATE_SECRET, a secret made once for
+# this checkout (target/state-secret) is used, so conversations keep their
+# memory across restarts of `make run`.
+if [ -z "${STATE_SECRET:-}" ]; then
+    if [ ! -s target/state-secret ]; then
+        mkdir -p target
+        od -An -N32 -tx1 /dev/urandom | tr -d ' \n' > target/state-secret
+    fi
+    STATE_SECRET=$(cat target/state-secret)
+    export STATE_SECRET
+fi
+
 env_args=()
 for var in DIAL_ENDPOINT DEPLOYMENT_NAME UMS_AGENT_ENDPOINT GPA_DEPLOYMENT_NAME DIAL_API_VERSION \
     MAX_REQUEST_BYTES MAX_MESSAGES BACKUP_DEPLOYMENT_NAMES GPA_BACKUP_DEPLOYMENTS \
     UMS_AGENT_BACKUP_ENDPOINTS UPSTREAM_FIRST_BYTE_TIMEOUT_MS UPSTREAM_IDLE_TIMEOUT_MS \
     UPSTREAM_TOTAL_TIMEOUT_MS BREAKER_FAILURE_THRESHOLD BREAKER_WINDOW_MS BREAKER_OPEN_MS \
-    STATE_SECRET; do
+    BREAKER_MIN_CALLERS STATE_SECRET STATE_MAX_AGE_S HEALTH_TOKEN AGENTS \
+    COORDINATION_MODE MAX_PLAN_ROUNDS MAX_SUBTASKS MAX_PARALLEL; do
     if [ -n "${!var:-}" ]; then env_args+=(--env "$var=${!var}"); fi
 done
+# Every agent of the registry: AGENT_<NAME>_<FIELD>.
+while IFS='=' read -r var _; do
+    env_args+=(--env "$var=${!var}")
+done < <(env | grep -E '^AGENT_[A-Z][A-Z0-9_]*=' || true)
 
 echo "==> starting the coordinator in wasmtime serve on 127.0.0.1:$PORT"
 # Instances are reused (up to 1000 requests each) so the in-memory circuit

@@ -875,3 +875,142 @@ async fn bad_input_gets_dial_errors() {
     );
     assert!(!s.host.logs().contains(KEY));
 }
+
+// ---------------------------------------------------------------------------
+// Agents as configuration
+
+const RAG_DESCRIPTION: &str = "Answers questions from the company knowledge base.";
+const RAG_PATH: &str = "/openai/deployments/rag-agent/chat/completions";
+
+/// The world's RAG agent's answer to `request`, as it comes out of the
+/// coordinator (world docs, "The RAG agent"), and its text.
+fn rag_expected(request: &str, received: &str, n: u32, turn: u32) -> (Vec<Value>, String, Value) {
+    let source = format!("source-{n}.md");
+    let url = format!("files/world-bucket/rag/{source}");
+    let attachment = json!({"type": "text/markdown", "title": source, "url": url});
+    let text = format!("RAG[rag-agent] got {received}; request: {request}");
+    let mut d = vec![
+        json!({"role": "assistant"}),
+        stage_open(0, "Coordination Request", None),
+        stage_content(0, &decision_block("RAG")),
+        stage_close(0, "completed"),
+        stage_open(1, "Call RAG Agent", None),
+        stage_open(2, "retrieve", Some(1)),
+        stage_content(2, &format!("Searching the knowledge base for: {request}")),
+        json!({"custom_content": {"stages": [{"index": 2, "status": null,
+            "attachments": [{"index": 0, "type": "text/markdown", "title": source, "url": url}]}]}}),
+        stage_close(2, "completed"),
+        stage_content(1, &text),
+        json!({"custom_content": {"attachments": [{"index": 0, "type": "text/markdown", "title": source, "url": url}]}}),
+        stage_close(1, "completed"),
+    ];
+    let state_value = json!({"agents": {"RAG": [{"answer": text, "attachments": [attachment],
+        "state": {"rag_turn": turn, "sources": [source]}}]}});
+    d.push(state(state_value.clone()));
+    d.extend(closing(&text));
+    (d, text, state_value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_third_dial_agent_works_end_to_end_by_configuration_alone() {
+    let s = setup(&[
+        ("AGENTS", "GPA,UMS,RAG"),
+        ("AGENT_RAG_KIND", "dial"),
+        ("AGENT_RAG_DEPLOYMENT", "rag-agent"),
+        ("AGENT_RAG_DESCRIPTION", RAG_DESCRIPTION),
+    ])
+    .await;
+    let conv = Some("chat-rag");
+    let policy = "@RAG What is our vacation policy?";
+    let sick = "@RAG And the sick leave policy?";
+    let weather = "Search weather in Kyiv";
+
+    // Turn 1: routed to RAG: its stage and attachment mirrored, its state kept.
+    let mut history = vec![user(policy)];
+    let r1 = chat_stream(&s.host, &history, conv).await;
+    let (want, rag1_text, _) = rag_expected(policy, "1 messages (user), 0 with rag state", 1, 1);
+    assert_eq!(deltas(&r1.events()), want);
+    history.push(as_history(&r1.events()));
+
+    // Turn 2: GPA, which never sees RAG's turn.
+    history.push(user(weather));
+    let r2 = chat_stream(&s.host, &history, conv).await;
+    let gpa2 = gpa_script(weather, "1 messages (user), 0 with tool_call_history", None);
+    let d2 = deltas(&r2.events());
+    assert_eq!(d2[..5].to_vec(), opening("GPA"));
+    assert_eq!(d2[5..5 + gpa2.deltas.len()].to_vec(), gpa2.deltas);
+    history.push(as_history(&r2.events()));
+
+    // Turn 3: RAG again, with its own turn restored (its answer, attachment and
+    // state), never GPA's.
+    history.push(user(sick));
+    let r3 = chat_stream(&s.host, &history, conv).await;
+    let (want, _, _) = rag_expected(
+        sick,
+        "3 messages (user,assistant,user), 1 with rag state",
+        2,
+        2,
+    );
+    assert_eq!(deltas(&r3.events()), want);
+
+    let rag_calls: Vec<Recorded> = requests_to(&s.world, "core")
+        .into_iter()
+        .filter(|r| r.path == RAG_PATH)
+        .collect();
+    assert_eq!(rag_calls.len(), 2);
+    assert_eq!(rag_calls[1].header("api-key"), Some(KEY));
+    assert_eq!(rag_calls[1].header("x-conversation-id"), Some("chat-rag"));
+    assert_eq!(
+        rag_calls[1].json()["messages"],
+        json!([
+            user(policy),
+            {"role": "assistant", "content": rag1_text, "custom_content": {
+                "attachments": [{"type": "text/markdown", "title": "source-1.md", "url": "files/world-bucket/rag/source-1.md"}],
+                "state": {"rag_turn": 1, "sources": ["source-1.md"]}}},
+            user(sick),
+        ])
+    );
+    // Routing saw RAG in the schema and its description in the prompt.
+    let routing: Vec<Value> = requests_to(&s.world, "core")
+        .iter()
+        .map(Recorded::json)
+        .filter(|b| b["stream"] == false)
+        .collect();
+    assert_eq!(routing.len(), 3);
+    let schema = &routing[0]["response_format"]["json_schema"]["schema"];
+    assert_eq!(agent_names(schema), ["GPA", "UMS", "RAG"]);
+    let prompt = routing[0]["messages"][0]["content"].as_str().unwrap();
+    assert!(
+        prompt.contains(&format!("- RAG: {RAG_DESCRIPTION}\n")),
+        "{prompt}"
+    );
+    let gpa_call = requests_to(&s.world, "core")
+        .into_iter()
+        .find(|r| r.path == GPA_PATH)
+        .unwrap();
+    assert_eq!(gpa_call.json()["messages"], json!([user(weather)]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_registry_is_a_500_naming_the_variable_and_health_says_so() {
+    let s = setup(&[("AGENTS", "GPA,UMS,RAG"), ("AGENT_RAG_KIND", "grpc")]).await;
+    let reason = "must be dial (a DIAL deployment) or ums (the UMS conversation API)";
+    let error = json!({"message": format!("Invalid configuration: AGENT_RAG_KIND {reason}"),
+        "type": "internal_server_error", "code": "500",
+        "display_message": "The coordinator is misconfigured (AGENT_RAG_KIND). Please tell the administrator."});
+    let r = post_json(
+        &s.host.chat_url(),
+        &[("Api-Key", KEY)],
+        &json!({"stream": true, "messages": [user(KARPATHY)]}),
+    )
+    .await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.json(), json!({"error": error}));
+    let health = get(&format!("{}/health", s.host.url())).await;
+    assert_eq!(health.status, 500);
+    assert_eq!(
+        health.json(),
+        json!({"status": "misconfigured", "error": error})
+    );
+    assert!(s.world.requests().is_empty(), "nothing was called");
+}

@@ -1282,3 +1282,193 @@ async fn ums_fails_over_to_the_backup_endpoint_and_remembers_where_the_conversat
         &["ok", "ok"],
     );
 }
+
+// ---------------------------------------------------------------------------
+// Hardening: one user cannot trip the breaker, bounded reads, merge-proof signatures
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gpa_tool_crashing_on_one_conversation_never_opens_the_breaker() {
+    let s = Stack::start_with_args(
+        &[
+            "--max-instance-reuse-count",
+            "1000",
+            "--idle-instance-timeout",
+            "60s",
+        ],
+        &[],
+    )
+    .await;
+    let crash = "Search the news [gpa:crash]";
+    for _ in 0..7 {
+        let r = chat_stream(&s.host, &[user(crash)], Some("noisy-conversation")).await;
+        let d = deltas(&r.events());
+        assert_eq!(
+            d[d.len() - 2]["error"]["message"],
+            "GPA (general-purpose-agent) reported an error: tool crashed"
+        );
+    }
+    // Everybody else (and the noisy conversation itself) still reaches GPA.
+    let r = chat_stream(&s.host, &[user(CAPITAL)], Some("another-conversation")).await;
+    assert_eq!(
+        deltas(&r.events()),
+        gpa_expected(
+            &decision_block("GPA"),
+            &[],
+            "general-purpose-agent",
+            CAPITAL
+        )
+    );
+    let health = get(&format!("{}/health?deep=1", s.host.url())).await;
+    assert_eq!(
+        health.json()["breakers"][1],
+        json!({"service": "GPA", "target": "general-purpose-agent", "state": "closed"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dribbled_503_body_does_not_hold_the_call_and_the_backup_answers() {
+    let s = Stack::start(&[
+        ("GPA_BACKUP_DEPLOYMENTS", "gpa-backup"),
+        ("UPSTREAM_TOTAL_TIMEOUT_MS", "5000"),
+    ])
+    .await;
+    s.world.set_fault(
+        "deployment:general-purpose-agent",
+        Fault {
+            kind: FaultKind::DribbleError,
+            status: Some(503),
+            chunk_delay_ms: 1_000,
+            ..Fault::default()
+        },
+    );
+    let r = chat_stream(&s.host, &[user(CAPITAL)], None).await;
+    assert_eq!(
+        deltas(&r.events()),
+        gpa_expected(
+            &decision_block("GPA"),
+            &["_general-purpose-agent was unavailable (HTTP 503); answered by gpa-backup._\n\n"],
+            "gpa-backup",
+            CAPITAL
+        )
+    );
+    let took = r.finished_at() - r.sent_at;
+    assert!(
+        took < Duration::from_millis(2_500),
+        "the dribble held the call for {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_lines_without_an_event_boundary_end_in_a_clear_error() {
+    let s = Stack::start(&[]).await;
+    s.world.set_fault(
+        "deployment:general-purpose-agent",
+        fault(FaultKind::NoEventBoundary),
+    );
+    let r = chat_stream(&s.host, &[user(CAPITAL)], None).await;
+    let mut want = opening("GPA");
+    want.extend(failed_tail(
+        &[1],
+        runtime_error(
+            "GPA (general-purpose-agent) sent too much: an event is larger than 8388608 bytes",
+            "The General Purpose Agent sent more than the coordinator accepts. Please try again in a moment.",
+        ),
+    ));
+    assert_eq!(deltas(&r.events()), want);
+    assert_logs(
+        &s.host,
+        &[
+            ("LLM", "gpt-4o", LLM_PATH, "ok"),
+            ("GPA", "general-purpose-agent", GPA_PATH, "oversized"),
+        ],
+        &["error"],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_flooding_stages_attachments_or_state_gets_a_clear_error() {
+    let s = Stack::start(&[]).await;
+    for (request, message) in [
+        (
+            "Do it [gpa:stages=5000]",
+            "GPA (general-purpose-agent) sent too much: more than 256 stages",
+        ),
+        (
+            "Do it [gpa:attachments=5000]",
+            "GPA (general-purpose-agent) sent too much: more than 256 attachments",
+        ),
+        (
+            "Do it [gpa:state-bytes=3000000]",
+            "GPA (general-purpose-agent) sent too much: its state is larger than 1048576 bytes",
+        ),
+    ] {
+        let r = chat_stream(&s.host, &[user(request)], None).await;
+        let d = deltas(&r.events());
+        assert_eq!(d[d.len() - 2]["error"]["message"], message);
+        assert_eq!(d[d.len() - 3], json!("STOP"));
+        assert_eq!(d[d.len() - 1], json!("[DONE]"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_answer_reaches_the_synthesis_truncated_and_marked() {
+    let s = Stack::start(&[]).await;
+    let r = chat_stream(&s.host, &[user("Write [gpa:text-bytes=200000]")], None).await;
+    let d = deltas(&r.events());
+    assert_eq!(d.last().unwrap(), "[DONE]");
+    let synthesis = s
+        .world
+        .requests()
+        .into_iter()
+        .rfind(|r| r.path == LLM_PATH)
+        .unwrap();
+    let last = synthesis.json()["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(last.starts_with(&format!("## CONTEXT:\n{}", "x".repeat(65_536))));
+    assert!(
+        last.contains("\n\n[answer truncated: 65536 of "),
+        "{}",
+        &last[65_500..65_700]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_gpa_state_from_a_non_streaming_answer_verifies_on_the_next_turn() {
+    let s = Stack::start(&[("STATE_SECRET", SECRET)]).await;
+    let conv = "dial-conv-json";
+    let search = "Search weather in Kyiv";
+    let r = post_json(
+        &s.host.chat_url(),
+        &[("Api-Key", KEY), ("X-CONVERSATION-ID", conv)],
+        &json!({"messages": [user(search)]}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let state = r.json()["choices"][0]["message"]["custom_content"]["state"].clone();
+    assert_eq!(
+        state["gpa_messages"]["tool_call_history"][0]["tool_calls"][0].get("index"),
+        None,
+        "the merge removed the index inside the state"
+    );
+    let history = [
+        user(search),
+        json!({"role": "assistant", "content": "It rains.", "custom_content": {"state": state}}),
+        user(CAPITAL),
+    ];
+    let r = chat_stream(&s.host, &history, Some(conv)).await;
+    let d = deltas(&r.events());
+    assert_eq!(
+        d[5],
+        stage_content(
+            1,
+            &format!("GPA[general-purpose-agent] got 3 messages (user,assistant,user), 1 with tool_call_history; request: {CAPITAL}")
+        ),
+        "the signed state verified and GPA got its tool history back"
+    );
+}

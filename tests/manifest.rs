@@ -203,14 +203,20 @@ fn manifest_fits_the_component() {
         );
     }
     let c = m["component"]["mas-coordinator"].as_table().unwrap();
+    // Spin runs the build whose breakers live in its key-value store, and
+    // builds exactly that one.
     assert_eq!(
         c["source"].as_str(),
-        Some("target/wasm32-wasip2/release/mas_coordinator.wasm")
+        Some("target/wasm32-wasip2/spin-kv/mas_coordinator.wasm")
     );
-    assert!(c["build"]["command"]
-        .as_str()
-        .unwrap()
-        .contains("--target wasm32-wasip2"));
+    assert_eq!(
+        c["key_value_stores"].as_array().unwrap(),
+        &vec![Value::String("default".to_owned())]
+    );
+    assert_eq!(
+        c["build"]["command"].as_str(),
+        Some("cargo build --profile spin-kv --features spin-kv --target wasm32-wasip2 -p mas-coordinator")
+    );
 
     // The environment is the component's configuration, with its defaults.
     let env = c["environment"].as_table().unwrap();

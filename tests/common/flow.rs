@@ -46,12 +46,25 @@ pub fn context_at(
     conversation_id: Option<&str>,
     unix_ms: u64,
 ) -> RequestContext {
+    context_full(config, body, conversation_id, None, unix_ms)
+}
+
+/// A request with an `Authorization` header, arriving at `unix_ms`.
+pub fn context_full(
+    config: Config,
+    body: Value,
+    conversation_id: Option<&str>,
+    authorization: Option<&str>,
+    unix_ms: u64,
+) -> RequestContext {
     let conv = conversation_id.map(str::to_owned);
+    let auth = authorization.map(str::to_owned);
     prepare(
         config,
         |h| match h {
             "api-key" => Some(KEY.to_owned()),
             "x-conversation-id" => conv.clone(),
+            "authorization" => auth.clone(),
             _ => None,
         },
         body.to_string().as_bytes(),
