@@ -42,6 +42,16 @@ impl Default for Timeouts {
     }
 }
 
+/// How the coordination step decides which agents serve a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CoordinationMode {
+    /// A plan of subtasks over the agents, run in parallel where it can be,
+    /// re-planned when the plan asks for it (the default).
+    Plan,
+    /// One decision: one agent and optional additional instructions (the seed).
+    Route,
+}
+
 /// The typed configuration of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -53,6 +63,14 @@ pub struct Config {
     pub llm_backups: Vec<String>,
     /// The agents.
     pub registry: Registry,
+    /// `plan` or `route`.
+    pub coordination_mode: CoordinationMode,
+    /// Most coordination rounds of a plan (the first one and re-plans).
+    pub max_plan_rounds: usize,
+    /// Most subtasks of one plan.
+    pub max_subtasks: usize,
+    /// Most subtasks running at once.
+    pub max_parallel: usize,
     /// `api-version` query sent on calls into DIAL Core, if set.
     pub api_version: Option<String>,
     /// Largest accepted request body, in bytes.
@@ -167,7 +185,33 @@ impl Config {
             other => Ok(other),
         };
         let registry = Registry::from_lookup(&get, parse_endpoint, parse_deployment)?;
+        let coordination_mode =
+            match get("COORDINATION_MODE").map(|v| v.trim().to_ascii_lowercase()) {
+                None => CoordinationMode::Plan,
+                Some(v) if v == "plan" => CoordinationMode::Plan,
+                Some(v) if v == "route" => CoordinationMode::Route,
+                Some(_) => {
+                    return Err(CoordError::Config {
+                        var: "COORDINATION_MODE".to_owned(),
+                        reason: "must be plan or route".to_owned(),
+                    })
+                }
+            };
+        let bounded = |var: &'static str, default: u64, max: u64| -> Result<usize, CoordError> {
+            let n = number(var, default, 1)?;
+            if n > max {
+                return Err(CoordError::Config {
+                    var: var.to_owned(),
+                    reason: format!("must be a whole number from 1 to {max}"),
+                });
+            }
+            Ok(to_usize(n))
+        };
         Ok(Config {
+            coordination_mode,
+            max_plan_rounds: bounded("MAX_PLAN_ROUNDS", 3, 10)?,
+            max_subtasks: bounded("MAX_SUBTASKS", 8, 32)?,
+            max_parallel: bounded("MAX_PARALLEL", 4, 16)?,
             dial_endpoint: endpoint("DIAL_ENDPOINT", DEFAULT_DIAL_ENDPOINT)?,
             deployment_name: deployment("DEPLOYMENT_NAME", DEFAULT_DEPLOYMENT_NAME)?,
             llm_backups,
@@ -373,6 +417,16 @@ mod tests {
         assert!(e.message().contains("HEALTH_TOKEN"));
         let e = cfg(&[("BREAKER_MIN_CALLERS", "9")]).unwrap_err();
         assert!(e.message().contains("BREAKER_MIN_CALLERS"));
+        for (var, value) in [
+            ("COORDINATION_MODE", "both"),
+            ("MAX_PLAN_ROUNDS", "0"),
+            ("MAX_PLAN_ROUNDS", "11"),
+            ("MAX_SUBTASKS", "33"),
+            ("MAX_PARALLEL", "x"),
+        ] {
+            let e = cfg(&[(var, value)]).unwrap_err();
+            assert!(e.message().contains(var), "{}", e.message());
+        }
         let e = cfg(&[("AGENTS", "GPA,RAG")]).unwrap_err();
         assert!(e.message().contains("AGENT_RAG_KIND"), "{}", e.message());
     }
@@ -392,6 +446,15 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.state_max_age_s, Some(86_400));
+        let d = Config::default();
+        assert_eq!(d.coordination_mode, CoordinationMode::Plan);
+        assert_eq!(
+            (d.max_plan_rounds, d.max_subtasks, d.max_parallel),
+            (3, 8, 4)
+        );
+        let r = cfg(&[("COORDINATION_MODE", "Route"), ("MAX_PARALLEL", "2")]).unwrap();
+        assert_eq!(r.coordination_mode, CoordinationMode::Route);
+        assert_eq!(r.max_parallel, 2);
         assert_eq!(c.breaker.min_callers, 3);
         assert_eq!(
             c.registry.get("GPA").unwrap().targets(),

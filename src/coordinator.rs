@@ -12,25 +12,28 @@
 //! ([`stream_response`]); in non-streaming mode it becomes an HTTP error
 //! ([`collect_response`]).
 
+use std::collections::HashMap;
+
 use serde_json::Value;
 
-use crate::agents::dial::DialSession;
-use crate::agents::ums::{find_conversation, UmsSession};
-use crate::agents::{CompletionCall, Session};
+use crate::agents::ums::find_conversation;
+use crate::agents::{session_for, CompletionCall};
 use crate::calls::{dial_targets, CallSpec, Caller, Replay, RequestTemplate};
 use crate::client::Host;
-use crate::config::Config;
+use crate::config::{Config, CoordinationMode};
 pub use crate::context::{FlowError, RequestContext};
 use crate::dial::request::parse_request;
 use crate::dial::response::StageStatus;
 use crate::driver::{Driver, Root, Single};
-use crate::emitter::{ClientGone, Emitter, Transport};
+use crate::emitter::{ClientGone, Emitter, StageId, Transport};
 use crate::error::{CoordError, Service};
 use crate::memory::{self, Memory};
+use crate::plan::{self, Finished, Outcome, Plan, PLAN_SYNTHESIS_PROMPT};
 use crate::registry::{AgentKind, AgentSpec};
 use crate::routing;
 use crate::state::{sign, token_subject};
 use crate::synthesis::{SynthesisSession, SYNTHESIS_PROMPT};
+use crate::tasks::PlanRun;
 use crate::trace::Trace;
 
 /// Name of stage 0.
@@ -141,20 +144,6 @@ pub fn prepare(
     })
 }
 
-/// A session for one call of `agent`, with `task` appended to the user's
-/// message, in the conversation `known` for UMS-kind agents.
-pub fn agent_session<'a>(
-    ctx: &'a RequestContext,
-    agent: &'a AgentSpec,
-    task: Option<String>,
-    known: Option<(String, Option<String>)>,
-) -> Box<dyn Session + 'a> {
-    match &agent.kind {
-        AgentKind::Dial { .. } => Box::new(DialSession::new(ctx, agent, task)),
-        AgentKind::Ums { .. } => Box::new(UmsSession::new(ctx, agent, task.as_deref(), known)),
-    }
-}
-
 /// The non-streaming coordination call of `body` on the LLM deployments.
 pub fn coordination_call(ctx: &RequestContext, body: Vec<u8>) -> CompletionCall {
     CompletionCall::new(CallSpec {
@@ -188,17 +177,56 @@ pub async fn coordinate<H: Host, T: Transport>(
     agents: &mut Vec<String>,
 ) -> Result<(), FlowError> {
     let caller = Caller { host, ctx };
-    let registry = &ctx.config.registry;
     out.role();
     let stage0 = out.open_stage(COORDINATION_STAGE, None);
     let mut driver = Driver::new(caller, out);
+    match ctx.config.coordination_mode {
+        CoordinationMode::Route => route(ctx, &mut driver, stage0, agents).await,
+        CoordinationMode::Plan => plan(ctx, &mut driver, stage0, agents).await,
+    }
+}
 
-    let mut routing_call = Single::new(
-        Root::Existing(stage0),
-        Box::new(coordination_call(ctx, routing::request_body(ctx))),
+/// Asks the LLM for the coordination answer of `body`, its notes (a backup
+/// answered) going into `stage`.
+async fn coordination_answer<'a, H: Host, T: Transport>(
+    ctx: &'a RequestContext,
+    driver: &mut Driver<'a, '_, H, T>,
+    stage: StageId,
+    body: Vec<u8>,
+) -> Result<String, FlowError> {
+    let mut call = Single::new(
+        Root::Existing(stage),
+        Box::new(coordination_call(ctx, body)),
     );
-    driver.run(&mut routing_call).await?;
-    let answer = routing_call.result()?;
+    driver.run(&mut call).await?;
+    Ok(call.result()?)
+}
+
+/// The synthesis, streamed as the answer.
+async fn synthesize<'a, H: Host, T: Transport>(
+    ctx: &'a RequestContext,
+    driver: &mut Driver<'a, '_, H, T>,
+    prompt: &str,
+    context: &str,
+) -> Result<(), FlowError> {
+    let mut synthesis = Single::new(
+        Root::Choice,
+        Box::new(SynthesisSession::new(ctx, prompt, context)),
+    );
+    driver.run(&mut synthesis).await?;
+    synthesis.result()?;
+    Ok(())
+}
+
+/// `route` mode: one decision, one agent, as the seed.
+async fn route<'a, H: Host, T: Transport>(
+    ctx: &'a RequestContext,
+    driver: &mut Driver<'a, '_, H, T>,
+    stage0: StageId,
+    agents: &mut Vec<String>,
+) -> Result<(), FlowError> {
+    let registry = &ctx.config.registry;
+    let answer = coordination_answer(ctx, driver, stage0, routing::request_body(ctx)).await?;
     let routed = routing::parse_decision(Some(&answer), registry);
     driver
         .out
@@ -213,7 +241,7 @@ pub async fn coordinate<H: Host, T: Transport>(
         AgentKind::Ums { .. } => find_conversation(ctx, agent),
         AgentKind::Dial { .. } => None,
     };
-    let session = agent_session(
+    let session = session_for(
         ctx,
         agent,
         routed.decision.additional_instructions.clone(),
@@ -231,14 +259,148 @@ pub async fn coordinate<H: Host, T: Transport>(
         .collect();
     write_state(ctx, driver.out, &memories);
     let answer = agent_call.result()?;
+    synthesize(ctx, driver, SYNTHESIS_PROMPT, &answer).await
+}
 
-    let mut synthesis = Single::new(
-        Root::Choice,
-        Box::new(SynthesisSession::new(ctx, SYNTHESIS_PROMPT, &answer)),
-    );
-    driver.run(&mut synthesis).await?;
-    synthesis.result()?;
-    Ok(())
+/// Numbers a round's subtasks from `first` on, in plan order (their
+/// dependencies follow), so that every subtask of the turn has its own number.
+fn renumber(plan: &mut Plan, first: u32) {
+    let map: Vec<(u32, u32)> = plan
+        .subtasks
+        .iter()
+        .zip(first..)
+        .map(|(s, n)| (s.task_id, n))
+        .collect();
+    let to = |id: u32| {
+        map.iter()
+            .find(|(from, _)| *from == id)
+            .map_or(id, |(_, n)| *n)
+    };
+    for s in &mut plan.subtasks {
+        s.task_id = to(s.task_id);
+        s.depends_on = s.depends_on.iter().map(|d| to(*d)).collect();
+    }
+}
+
+/// `plan` mode: a plan of subtasks over the agents, run in parallel where it
+/// can be, re-planned while the plan asks for it (at most `MAX_PLAN_ROUNDS`
+/// rounds, and never to repeat work already done), then one synthesis of
+/// every result. It fails only when every subtask failed.
+async fn plan<'a, H: Host, T: Transport>(
+    ctx: &'a RequestContext,
+    driver: &mut Driver<'a, '_, H, T>,
+    stage0: StageId,
+    agents: &mut Vec<String>,
+) -> Result<(), FlowError> {
+    let config = &ctx.config;
+    let registry = &config.registry;
+    let request = ctx
+        .request
+        .messages
+        .last()
+        .map(|m| m.text())
+        .unwrap_or_default();
+    let mut finished: Vec<Finished> = Vec::new();
+    let mut memories: Vec<(u32, &AgentSpec, Memory)> = Vec::new();
+    let mut first_error: Option<CoordError> = None;
+    let mut conversations = HashMap::new();
+    for round in 1..=config.max_plan_rounds {
+        let stage = if round == 1 {
+            stage0
+        } else {
+            driver
+                .out
+                .open_stage(&format!("{COORDINATION_STAGE} (round {round})"), None)
+        };
+        let done = (round > 1).then(|| plan::sections(&finished));
+        let body = plan::request_body(ctx, done.as_deref());
+        let answer = coordination_answer(ctx, driver, stage, body).await?;
+        let (mut plan, notes) = if round == 1 {
+            let planned = plan::parse_plan(&answer, registry, config.max_subtasks, &request);
+            (planned.plan, planned.notes)
+        } else {
+            match plan::parse_replan(&answer, registry, config.max_subtasks) {
+                Ok((plan, _)) if plan.subtasks.is_empty() => {
+                    driver.out.stage_content(
+                        stage,
+                        "_Nothing more to do._
+",
+                    );
+                    driver.out.close_stage(stage, StageStatus::Completed);
+                    break;
+                }
+                Ok((plan, _)) if plan::only_repeats(&plan, &finished) => {
+                    driver.out.stage_content(
+                        stage,
+                        "_The new plan only repeats subtasks already done, so planning stops here._
+",
+                    );
+                    driver.out.close_stage(stage, StageStatus::Completed);
+                    break;
+                }
+                Ok(planned) => planned,
+                Err(reason) => {
+                    driver.out.stage_content(
+                        stage,
+                        &format!(
+                            "_Planning stops here: {reason}._
+"
+                        ),
+                    );
+                    driver.out.close_stage(stage, StageStatus::Completed);
+                    break;
+                }
+            }
+        };
+        renumber(
+            &mut plan,
+            u32::try_from(finished.len())
+                .unwrap_or(u32::MAX)
+                .saturating_add(1),
+        );
+        driver
+            .out
+            .stage_content(stage, &plan::stage_text(&notes, &plan));
+        driver.out.close_stage(stage, StageStatus::Completed);
+        for s in &plan.subtasks {
+            if !agents.contains(&s.agent_name) {
+                agents.push(s.agent_name.clone());
+            }
+        }
+        let mut run = PlanRun::new(ctx, &plan, std::mem::take(&mut conversations));
+        let result = driver.run(&mut run).await;
+        conversations = std::mem::take(&mut run.conversations);
+        finished.append(&mut run.finished);
+        memories.append(&mut run.memories);
+        if first_error.is_none() {
+            first_error = run.first_error.take();
+        }
+        result?;
+        if !plan.replan {
+            break;
+        }
+    }
+    finished.sort_by_key(|f| f.id);
+    memories.sort_by_key(|(id, _, _)| *id);
+    let memories: Vec<(&AgentSpec, Memory)> =
+        memories.into_iter().map(|(_, a, m)| (a, m)).collect();
+    write_state(ctx, driver.out, &memories);
+    if finished
+        .iter()
+        .all(|f| matches!(f.outcome, Outcome::Failed(_)))
+    {
+        return Err(FlowError::Failed(first_error.unwrap_or_else(|| {
+            CoordError::BadRequest("the plan had no subtask that could run".to_owned())
+        })));
+    }
+    match finished.as_slice() {
+        // One subtask: the seed's synthesis of one answer.
+        [only] => match &only.outcome {
+            Outcome::Done(answer) => synthesize(ctx, driver, SYNTHESIS_PROMPT, answer).await,
+            Outcome::Failed(_) => Ok(()),
+        },
+        all => synthesize(ctx, driver, PLAN_SYNTHESIS_PROMPT, &plan::sections(all)).await,
+    }
 }
 
 /// Logs, once per instance, that states are not signed.

@@ -23,11 +23,13 @@ pub mod error;
 pub mod health;
 pub mod limits;
 pub mod memory;
+pub mod plan;
 pub mod registry;
 pub mod routing;
 pub mod sse;
 pub mod state;
 pub mod synthesis;
+pub mod tasks;
 pub mod trace;
 
 // spin-sdk's `http_component` macro expands to `unsafe` handle conversions;

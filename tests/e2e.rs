@@ -1014,3 +1014,191 @@ async fn a_bad_registry_is_a_500_naming_the_variable_and_health_says_so() {
     );
     assert!(s.world.requests().is_empty(), "nothing was called");
 }
+
+// ---------------------------------------------------------------------------
+// Plans (COORDINATION_MODE=plan, the default)
+
+const PLAN_ENV: (&str, &str) = ("COORDINATION_MODE", "plan");
+
+/// Stage 0's text for a plan of one subtask.
+fn one_subtask_plan(agent: &str, description: &str) -> String {
+    let plan = json!({"subtasks": [{"task_id": 1, "agent_name": agent, "task_description": description, "depends_on": []}], "replan": false});
+    let plan: mas_coordinator::plan::Plan = serde_json::from_value(plan).unwrap();
+    format!(
+        "```json\n{}\n```\n",
+        serde_json::to_string_pretty(&plan).unwrap()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seeds_four_turns_behave_the_same_in_plan_mode() {
+    let routed = setup(&[]).await;
+    let planned = setup(&[PLAN_ENV]).await;
+    let conv = Some("chat-seed-3");
+    let mut route_history: Vec<Value> = Vec::new();
+    let mut plan_history: Vec<Value> = Vec::new();
+    for (turn, (text, agent)) in [
+        (KARPATHY, "UMS"),
+        (WEATHER, "GPA"),
+        (ADD_KARPATHY, "UMS"),
+        (NIGHT, "GPA"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        route_history.push(user(text));
+        plan_history.push(user(text));
+        let r = chat_stream(&routed.host, &route_history, conv).await;
+        let p = chat_stream(&planned.host, &plan_history, conv).await;
+        // Each world's UMS has its own port, hence its own endpoint tag.
+        let tagged = |d: Vec<Value>, w: &World| -> Vec<Value> {
+            let tag = json!(endpoint_tag(&w.ums_url()));
+            d.into_iter()
+                .map(|mut e| {
+                    if let Some(t) = e.pointer_mut("/custom_content/state/ums_endpoint") {
+                        assert_eq!(*t, tag);
+                        *t = json!("<the world's UMS>");
+                    }
+                    e
+                })
+                .collect()
+        };
+        let dr = tagged(deltas(&r.events()), &routed.world);
+        let dp = tagged(deltas(&p.events()), &planned.world);
+        assert_eq!(dr.len(), dp.len(), "turn {turn}");
+        for (i, (a, b)) in dr.iter().zip(&dp).enumerate() {
+            if i == 2 {
+                assert_eq!(
+                    *b,
+                    stage_content(0, &one_subtask_plan(agent, text)),
+                    "turn {turn}"
+                );
+            } else {
+                assert_eq!(a, b, "turn {turn}, delta {i}");
+            }
+        }
+        route_history.push(as_history(&r.events()));
+        plan_history.push(as_history(&p.events()));
+    }
+    // The agents were asked exactly the same things.
+    let agent_calls = |w: &World| -> Vec<(String, Value)> {
+        w.requests()
+            .into_iter()
+            .filter(|r| r.service == "ums" || r.path == GPA_PATH)
+            .map(|r| (r.path.clone(), r.json()))
+            .collect()
+    };
+    assert_eq!(agent_calls(&routed.world), agent_calls(&planned.world));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_agent_turn_runs_both_at_once_then_each_agent_keeps_its_own_memory() {
+    let s = setup(&[PLAN_ENV]).await;
+    for target in ["ums", "deployment:general-purpose-agent"] {
+        s.world.set_fault(
+            target,
+            Fault {
+                kind: FaultKind::None,
+                chunk_delay_ms: 40,
+                ..Fault::default()
+            },
+        );
+    }
+    let conv = Some("chat-plan");
+    let both = "Do we have user John? Also, search the weather in Kyiv";
+    let mut history = vec![user(both)];
+    let r = chat_stream(&s.host, &history, conv).await;
+    let d = deltas(&r.events());
+    let stage_names: Vec<&str> = d
+        .iter()
+        .filter_map(|e| e["custom_content"]["stages"][0]["name"].as_str())
+        .collect();
+    assert_eq!(
+        stage_names,
+        [
+            "Coordination Request",
+            "Call UMS Agent (task 1)",
+            "Call GPA Agent (task 2)",
+            "web_search"
+        ]
+    );
+    // Both streamed at once: their stages' updates interleave.
+    let owners: Vec<u64> = d
+        .iter()
+        .filter_map(|e| e["custom_content"]["stages"][0]["index"].as_u64())
+        .filter(|i| *i >= 1)
+        .map(|i| if i == 1 { 1 } else { 2 })
+        .collect();
+    let switches = owners.windows(2).filter(|w| w[0] != w[1]).count();
+    assert!(
+        switches >= 3,
+        "the two agents' events did not interleave: {owners:?}"
+    );
+    assert_eq!(d.last().unwrap(), "[DONE]");
+    assert!(d.iter().all(|e| e.get("error").is_none()));
+    let first = as_history(&r.events());
+    let st = &first["custom_content"]["state"];
+    assert_eq!(st["ums_conversation_id"], "ums-conv-0001");
+    assert_eq!(st["is_gpa"], true);
+    assert_eq!(
+        st["agents"]["GPA"][0]["asked"],
+        format!("{both}\n\nsearch the weather in Kyiv")
+    );
+    // The synthesis got both results, labelled.
+    let synthesis = requests_to(&s.world, "core")
+        .into_iter()
+        .rfind(|r| r.path == LLM_PATH)
+        .unwrap();
+    let context = synthesis.json()["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        context.starts_with(
+            "## CONTEXT:\n### Task 1 (UMS): Do we have user John?\nUMS[ums-conv-0001#1]: Noted: "
+        ),
+        "{context}"
+    );
+    assert!(
+        context.contains(
+            "\n### Task 2 (GPA): search the weather in Kyiv\nWeather in Kyiv: +5°C, light rain. "
+        ),
+        "{context}"
+    );
+    history.push(first);
+
+    // A UMS-only turn: the conversation of the two-agent turn is reused.
+    history.push(user("Add him as a user"));
+    let r = chat_stream(&s.host, &history, conv).await;
+    let d = deltas(&r.events());
+    assert_eq!(d[4], stage_open(1, "Call UMS Agent", None));
+    assert_eq!(d[5], stage_content(1, "UMS[ums-conv-0001#2]: "));
+    history.push(as_history(&r.events()));
+
+    // A GPA-only turn: GPA sees its own exchange of the two-agent turn, never UMS's.
+    history.push(user("Search the weather in Kyiv again"));
+    s.world.clear_requests();
+    let r = chat_stream(&s.host, &history, conv).await;
+    assert_eq!(deltas(&r.events()).last().unwrap(), "[DONE]");
+    let gpa = requests_to(&s.world, "core")
+        .into_iter()
+        .find(|r| r.path == GPA_PATH)
+        .unwrap();
+    let messages = gpa.json()["messages"].clone();
+    assert_eq!(messages.as_array().unwrap().len(), 3, "{messages}");
+    assert_eq!(
+        messages[0],
+        user(&format!("{both}\n\nsearch the weather in Kyiv"))
+    );
+    assert_eq!(messages[1]["role"], "assistant");
+    assert!(messages[1]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("Weather in Kyiv: +5°C, light rain. GPA[general-purpose-agent]"));
+    assert_eq!(messages[2], user("Search the weather in Kyiv again"));
+    assert!(!gpa.body.contains("UMS["), "GPA saw UMS's answer");
+}

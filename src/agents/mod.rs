@@ -16,11 +16,13 @@ pub mod dial;
 pub mod ums;
 
 use crate::calls::{Blame, CallFailed, CallSpec, Target};
+use crate::context::RequestContext;
 use crate::dial::response::{Attachment, StageStatus};
 use crate::dial::upstream::Completion;
 use crate::dial::usage::Usage;
 use crate::error::{CoordError, UpstreamFault};
 use crate::memory::Memory;
+use crate::registry::{AgentKind, AgentSpec};
 
 /// A stage a session opened, in the session's own numbering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -156,6 +158,20 @@ impl Session for CompletionCall {
             .unwrap_or_default();
         self.outcome = Some(Ok(text));
         Ok(())
+    }
+}
+
+/// A session for one call of `agent`, with `task` appended to the user's
+/// message, in the conversation `known` for UMS-kind agents.
+pub fn session_for<'a>(
+    ctx: &'a RequestContext,
+    agent: &'a AgentSpec,
+    task: Option<String>,
+    known: Option<(String, Option<String>)>,
+) -> Box<dyn Session + 'a> {
+    match &agent.kind {
+        AgentKind::Dial { .. } => Box::new(dial::DialSession::new(ctx, agent, task)),
+        AgentKind::Ums { .. } => Box::new(ums::UmsSession::new(ctx, agent, task.as_deref(), known)),
     }
 }
 

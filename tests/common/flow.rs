@@ -13,9 +13,14 @@ use serde_json::{json, Value};
 
 use super::fakes::{FakeClient, CORE, KEY, UMS, UNIX_EPOCH_MS};
 
-/// The configuration of the fakes with `extra` variables.
+/// The configuration of the fakes with `extra` variables, in `route` mode (the
+/// seed's single decision) unless `extra` sets `COORDINATION_MODE`.
 pub fn config_with(extra: &[(&str, &str)]) -> Config {
-    let mut vars: Vec<(&str, &str)> = vec![("DIAL_ENDPOINT", CORE), ("UMS_AGENT_ENDPOINT", UMS)];
+    let mut vars: Vec<(&str, &str)> = vec![
+        ("DIAL_ENDPOINT", CORE),
+        ("UMS_AGENT_ENDPOINT", UMS),
+        ("COORDINATION_MODE", "route"),
+    ];
     vars.extend_from_slice(extra);
     Config::from_lookup(|k| {
         vars.iter()

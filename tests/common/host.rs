@@ -180,6 +180,11 @@ impl WasiHost {
             .arg("--addr")
             .arg(format!("127.0.0.1:{port}"));
         command.args(args);
+        // Tests written for the seed's single-agent flow run in `route` mode;
+        // plan-mode tests say COORDINATION_MODE=plan (the product's default).
+        if !env.iter().any(|(k, _)| *k == "COORDINATION_MODE") {
+            command.arg("--env").arg("COORDINATION_MODE=route");
+        }
         for (k, v) in env {
             command.arg("--env").arg(format!("{k}={v}"));
         }
