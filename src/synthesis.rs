@@ -1,12 +1,11 @@
 //! Step 3: the final answer. A streaming LLM call that turns the agents'
 //! answers into the reply the user sees; its text is the answer itself.
 
-use crate::agents::{Read, Say, Session, Step};
+use crate::agents::{dial_delta, Read, Say, Session, Step};
 use crate::calls::{dial_targets, CallFailed, CallSpec, Replay, RequestTemplate, Target};
 use crate::context::RequestContext;
 use crate::dial::request::{ChatBody, LlmMessages};
-use crate::dial::upstream::{error_text, StreamChunk};
-use crate::error::{CoordError, Service, UpstreamFault};
+use crate::error::{CoordError, Service};
 
 /// The system prompt of the synthesis call.
 pub const SYNTHESIS_PROMPT: &str = "\
@@ -92,19 +91,7 @@ impl Session for SynthesisSession {
     }
 
     fn on_event(&mut self, data: &str, say: &mut dyn Say) -> Result<(), CoordError> {
-        let chunk: StreamChunk = serde_json::from_str(data).map_err(|e| {
-            say.error(UpstreamFault::Malformed(format!(
-                "an event is not the expected JSON ({})",
-                say.redact(&e.to_string())
-            )))
-        })?;
-        if let Some(error) = &chunk.error {
-            return Err(say.error(UpstreamFault::ErrorEvent(say.redact(&error_text(error)))));
-        }
-        if let Some(usage) = chunk.usage {
-            say.usage(&self.deployment, usage);
-        }
-        if let Some(text) = chunk.into_delta().and_then(|d| d.content) {
+        if let Some(text) = dial_delta(data, &self.deployment, say)?.and_then(|d| d.content) {
             say.text(&text);
         }
         Ok(())

@@ -219,7 +219,7 @@ fn requests_to(world: &World, service: &str) -> Vec<Recorded> {
 }
 
 /// The assistant message DIAL Chat would send back next turn: only content and
-/// state (PROTOCOL §1.3).
+/// state (docs/protocol.md §1.3).
 fn as_history(events: &[String]) -> Value {
     let mut text = String::new();
     let mut st = Value::Null;
@@ -438,7 +438,7 @@ async fn seed3_four_turns_keep_each_agents_memory_apart() {
 // ---------------------------------------------------------------------------
 // Non-streaming mode equals the fold of the stream
 
-/// aidial-sdk's merge (PROTOCOL §2.7, `utils/merge_chunks.py`).
+/// aidial-sdk's merge (docs/protocol.md §2.7, `utils/merge_chunks.py`).
 fn merge(target: &mut Value, source: &Value) {
     if source.is_null() {
         return;

@@ -16,12 +16,12 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::{AnswerText, LocalStage, Read, Say, Session, Step};
+use super::{dial_delta, AnswerText, LocalStage, Read, Say, Session, Step};
 use crate::calls::{dial_targets, CallFailed, CallSpec, Replay, RequestTemplate, Target};
 use crate::context::RequestContext;
 use crate::dial::request::{ChatBody, CustomContent, Message};
 use crate::dial::response::{Attachment, StageStatus};
-use crate::dial::upstream::{error_text, StageUpdate, StreamChunk};
+use crate::dial::upstream::StageUpdate;
 use crate::error::{CoordError, UpstreamFault};
 use crate::limits::{MAX_AGENT_STATE_BYTES, MAX_CONTEXT_BYTES_PER_RESULT};
 use crate::memory::{self, Exchange, ExchangeView, Memory};
@@ -338,19 +338,7 @@ impl Session for DialSession<'_> {
     }
 
     fn on_event(&mut self, data: &str, say: &mut dyn Say) -> Result<(), CoordError> {
-        let chunk: StreamChunk = serde_json::from_str(data).map_err(|e| {
-            say.error(UpstreamFault::Malformed(format!(
-                "an event is not the expected JSON ({})",
-                say.redact(&e.to_string())
-            )))
-        })?;
-        if let Some(error) = &chunk.error {
-            return Err(say.error(UpstreamFault::ErrorEvent(say.redact(&error_text(error)))));
-        }
-        if let Some(usage) = chunk.usage {
-            say.usage(&self.deployment, usage);
-        }
-        let Some(delta) = chunk.into_delta() else {
+        let Some(delta) = dial_delta(data, &self.deployment, say)? else {
             return Ok(());
         };
         if let Some(text) = delta.content.filter(|t| !t.is_empty()) {

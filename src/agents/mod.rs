@@ -18,7 +18,7 @@ pub mod ums;
 use crate::calls::{Blame, CallFailed, CallSpec, Target};
 use crate::context::RequestContext;
 use crate::dial::response::{Attachment, StageStatus};
-use crate::dial::upstream::Completion;
+use crate::dial::upstream::{error_text, ChunkDelta, Completion, StreamChunk};
 use crate::dial::usage::Usage;
 use crate::error::{CoordError, UpstreamFault};
 use crate::memory::Memory;
@@ -159,6 +159,38 @@ impl Session for CompletionCall {
         self.outcome = Some(Ok(text));
         Ok(())
     }
+}
+
+/// One event's JSON, or the current call's "malformed" error (its serde
+/// message redacted: it may quote upstream text).
+pub fn parse_event<T: serde::de::DeserializeOwned>(
+    data: &str,
+    say: &dyn Say,
+) -> Result<T, CoordError> {
+    serde_json::from_str(data).map_err(|e| {
+        say.error(UpstreamFault::Malformed(format!(
+            "an event is not the expected JSON ({})",
+            say.redact(&e.to_string())
+        )))
+    })
+}
+
+/// One event of a DIAL deployment's stream: an error event becomes the
+/// call's error, usage is reported for `deployment`, and the delta of choice
+/// 0 is returned.
+pub fn dial_delta(
+    data: &str,
+    deployment: &str,
+    say: &mut dyn Say,
+) -> Result<Option<ChunkDelta>, CoordError> {
+    let chunk: StreamChunk = parse_event(data, say)?;
+    if let Some(error) = &chunk.error {
+        return Err(say.error(UpstreamFault::ErrorEvent(say.redact(&error_text(error)))));
+    }
+    if let Some(usage) = chunk.usage {
+        say.usage(deployment, usage);
+    }
+    Ok(chunk.into_delta())
 }
 
 /// A session for one call of `agent`, with `task` appended to the user's

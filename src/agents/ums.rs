@@ -16,7 +16,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{AnswerText, Read, Say, Session, Step};
+use super::{parse_event, AnswerText, Read, Say, Session, Step};
 use crate::calls::{endpoint_targets, CallFailed, CallSpec, Replay, RequestTemplate, Target};
 use crate::client::Method;
 use crate::context::RequestContext;
@@ -367,12 +367,7 @@ impl Session for UmsSession<'_> {
     }
 
     fn on_event(&mut self, data: &str, say: &mut dyn Say) -> Result<(), CoordError> {
-        let event: UmsEvent = serde_json::from_str(data).map_err(|e| {
-            say.error(UpstreamFault::Malformed(format!(
-                "an event is not the expected JSON ({})",
-                say.redact(&e.to_string())
-            )))
-        })?;
+        let event: UmsEvent = parse_event(data, say)?;
         if let Some(error) = &event.error {
             return Err(say.error(UpstreamFault::ErrorEvent(say.redact(&error_text(error)))));
         }

@@ -1,4 +1,4 @@
-//! The request DIAL Core sends to an application (PROTOCOL.md §1.3).
+//! The request DIAL Core sends to an application (docs/protocol.md §1.3).
 //!
 //! Parsed leniently: unknown fields are tolerated and kept, `content` is a
 //! string or a list of parts. Everything the coordinator only passes on

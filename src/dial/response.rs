@@ -1,4 +1,4 @@
-//! What an application streams back (PROTOCOL.md §2): the chunk envelope, stage
+//! What an application streams back (docs/protocol.md §2): the chunk envelope, stage
 //! and attachment deltas, state, the stop chunk, the error event and `[DONE]`,
 //! plus the non-streaming merge of the same deltas (§2.8).
 //!

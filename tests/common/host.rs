@@ -25,7 +25,7 @@ use serde_json::Value;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Upper bound for any one test request (a hang fails the test instead of blocking it).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// The path DIAL Core posts to (PROTOCOL §1.1).
+/// The path DIAL Core posts to (docs/protocol.md §1.1).
 pub const CHAT_PATH: &str = "/openai/deployments/mas-coordinator/chat/completions";
 
 /// The component, as built by `cargo build --release --target wasm32-wasip2`.

@@ -1,4 +1,4 @@
-//! Streamed Core answers in the aidial-sdk chunk format (PROTOCOL §2.2), built as lazy
+//! Streamed Core answers in the aidial-sdk chunk format (docs/protocol.md §2.2), built as lazy
 //! [`Steps`]: small parts are formatted eagerly, bulk parts (`[gpa:stages=N]` and
 //! friends) are generators that run only while the body is being sent, so a 100 MiB
 //! answer never sits in memory.

@@ -39,7 +39,7 @@
 //!   part joined with `"\n"`. *Last user text*: the text of the last message whose role is
 //!   `user` (empty if none).
 //! * Streaming (`"stream": true`) answers are `200 text/event-stream; charset=utf-8` with
-//!   the aidial-sdk chunk format (PROTOCOL §2): each event `data: <compact JSON>\n\n`,
+//!   the aidial-sdk chunk format (docs/protocol.md §2): each event `data: <compact JSON>\n\n`,
 //!   envelope `{"choices":[{"index":0,"finish_reason":null,"delta":{..}}],"usage":null,"id":"chatcmpl-world-<n>","created":<unix secs>,"object":"chat.completion.chunk"}`,
 //!   first the role chunk `{"role":"assistant"}`, exactly one kind of update per delta, the
 //!   stop chunk last (`"finish_reason":"stop"`, `"delta":{}`, and
@@ -189,7 +189,7 @@
 //! `{"state":{"rag_turn":<K+1>,"sources":["source-<n>.md"]}}`; the stop chunk with usage;
 //! `[DONE]`.
 //!
-//! ## UMS stand-ins (each on its own port, PROTOCOL §4)
+//! ## UMS stand-ins (each on its own port, docs/protocol.md §3)
 //!
 //! Two instances with the same API and behaviour, each with its *own* conversation store
 //! and counters: the primary ([`World::ums_url`], ids `ums-conv-<NNNN>`, recorded as

@@ -1,4 +1,4 @@
-//! The UMS agent stand-in (PROTOCOL §4): an in-memory conversation store with a
+//! The UMS agent stand-in (docs/protocol.md §3): an in-memory conversation store with a
 //! scripted, deterministic assistant. The world runs two instances (primary and backup),
 //! each with its own store, counters and fault target.
 
