@@ -4,8 +4,8 @@
 //! A subtask starts as soon as every subtask it depends on has finished, at
 //! most `MAX_PARALLEL` at once; independent subtasks run concurrently, each
 //! streaming into its own stage. Subtasks of one UMS-kind agent run one after
-//! another, in plan order, on one conversation (the one in the history, or the
-//! one the first of them created). A subtask that fails does not stop its
+//! another (in plan order when several are ready) on one conversation: the one
+//! in the history, or the one the first of them created. A subtask that fails does not stop its
 //! siblings; the subtasks that depend on it are skipped, and their stage says
 //! why. Each agent is asked the user's message followed by its task
 //! description and the results of the subtasks it depends on.
@@ -113,13 +113,15 @@ impl<'a> PlanRun<'a> {
         self.finished.iter().find(|f| f.id == task_id)
     }
 
-    /// Whether a UMS-kind subtask must wait for an earlier one of its agent.
+    /// Whether a UMS-kind subtask must wait because another one of its agent
+    /// is using the conversation (a conversation is one thread).
     fn waits_for_its_conversation(&self, index: usize) -> bool {
         let agent = self.slots[index].agent;
         matches!(agent.kind, AgentKind::Ums { .. })
-            && self.slots[..index].iter().any(|s| {
-                s.agent.name == agent.name && matches!(s.status, Status::Pending | Status::Running)
-            })
+            && self
+                .slots
+                .iter()
+                .any(|s| s.agent.name == agent.name && s.status == Status::Running)
     }
 
     fn skip(&mut self, index: usize, failed_dependency: u32) -> Ready<'a> {
@@ -145,6 +147,26 @@ impl<'a> PlanRun<'a> {
             id: index,
             stage,
             reason,
+        }
+    }
+}
+
+impl<'a> PlanRun<'a> {
+    fn unschedulable(&mut self, index: usize) -> Ready<'a> {
+        let slot = &self.slots[index];
+        let finished = Finished {
+            id: slot.subtask.task_id,
+            agent: slot.agent.name.clone(),
+            description: slot.subtask.task_description.clone(),
+            outcome: Outcome::Failed("not done: its dependencies could not run".to_owned()),
+        };
+        let stage = self.stage_name(slot);
+        self.slots[index].status = Status::Failed;
+        self.finished.push(finished);
+        Ready::Skip {
+            id: index,
+            stage,
+            reason: "_Skipped: the tasks it depends on could not run._\n\n".to_owned(),
         }
     }
 }
@@ -203,6 +225,15 @@ impl<'a> Scheduler<'a> for PlanRun<'a> {
                 self.slots[index].status = Status::Running;
                 running += 1;
                 changed = true;
+            }
+        }
+        // Nothing runs and nothing can start: whatever is left can never run
+        // (the plan's checks rule this out; this keeps it from being lost).
+        if out.is_empty() && running == 0 {
+            for index in 0..self.slots.len() {
+                if self.slots[index].status == Status::Pending {
+                    out.push(self.unschedulable(index));
+                }
             }
         }
         out

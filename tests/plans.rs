@@ -591,3 +591,42 @@ fn after_a_two_agent_turn_each_agent_sees_only_its_own_exchange() {
         "GPA's own exchange only: never UMS's result, never the synthesised answer"
     );
 }
+
+#[test]
+fn a_ums_subtask_that_depends_on_a_later_one_of_the_same_agent_still_runs() {
+    let plan = vec![
+        subtask(1, "UMS", "Delete user John", &[2]),
+        subtask(2, "UMS", "Find user John", &[]),
+    ];
+    let client = FakeClient::new()
+        .on(LLM, plan_reply(plan, false))
+        .on("/conversations", Reply::json(200, json!({"id": "conv-1"})))
+        .on(
+            "/conversations/conv-1/chat",
+            ums_timed("conv-1", &["Found John."], 10),
+        )
+        .on(
+            "/conversations/conv-1/chat",
+            ums_timed("conv-1", &["Deleted John."], 10),
+        )
+        .on(LLM, llm_stream(&["ok"]));
+    let (events, _) = run_stream(
+        &context_with(plan_config(&[]), ask("Find John and then delete him"), None),
+        &client,
+    );
+    let chats: Vec<String> = client
+        .requests()
+        .iter()
+        .filter(|r| r.url.ends_with("/chat"))
+        .map(|r| {
+            body_json(r)["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(chats.len(), 2, "{:?}", deltas(&events));
+    assert!(chats[0].ends_with("Find user John"), "{chats:?}");
+    assert!(chats[1].contains("Delete user John\n\nResults of the tasks this one depends on:\n\n### Task 2 (UMS): Find user John\nFound John.\n"), "{chats:?}");
+    assert!(events.iter().all(|e| !e.contains("\"error\"")));
+}
