@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks: the coordinator's own cost (BENCHMARKS.md, bench/results.json).
 #
-#   scripts/bench.sh                 everything: ~5 minutes on 2 cores
+#   scripts/bench.sh                 everything: ~6 minutes on 2 cores
 #   scripts/bench.sh --quick         shorter measurement windows (~2 minutes)
 #   scripts/bench.sh --no-variants   skip the run with instance reuse
 #   scripts/bench.sh --no-micro      skip the criterion micro-benchmarks
@@ -12,6 +12,10 @@
 # (benches/hot_paths.rs), runs mas-bench once with `--max-instance-reuse-count 1000`
 # (a variant for comparison, written under target/mas-bench/), then the main run
 # with wasmtime's defaults, which writes bench/results.json and BENCHMARKS.md.
+# The coordinator runs in its default COORDINATION_MODE (plan); every scenario's
+# floor is checked byte for byte against the upstream requests the coordinator
+# sends, and the two-agent scenario (two_agents) slows both agents in the world
+# to show that independent agents cost the slower one, not the sum.
 # Everything runs on 127.0.0.1 and stops by itself. Run it on an otherwise idle
 # machine: other work on the cores skews every figure (the report says how busy
 # the machine was).

@@ -1,12 +1,16 @@
 //! `mas-bench`: measures the MAS coordinator's own cost.
 //!
 //! It starts the local DIAL world in-process (zero delay) and the release component
-//! under `wasmtime serve` on a free loopback port, then measures, for the GPA and UMS
-//! flows: the floor (the same upstream calls made directly), the coordinated latency
-//! and time to first byte at 1 client, the added latency, throughput at 8/32/128
-//! clients, wasmtime's CPU time per request and peak RSS, the world's CPU share, a
-//! 1,000-message history, the .wasm size and the instantiation cost. Every measured
-//! response is checked. Results go to `bench/results.json` and `BENCHMARKS.md`.
+//! under `wasmtime serve` on a free loopback port (its default `COORDINATION_MODE`,
+//! `plan`), then measures, for the GPA and UMS flows: the floor (the same upstream
+//! calls made directly, checked byte for byte against what the coordinator sends),
+//! the coordinated latency and time to first byte at 1 client, the added latency,
+//! throughput at 8/32/128 clients, wasmtime's CPU time per request and peak RSS, the
+//! world's CPU share, a 1,000-message history, a two-agent plan whose agents run at
+//! once (with the world slowing both agents: added latency over the slower agent's
+//! floor, next to the sum of both), the .wasm size and the instantiation cost. Every
+//! measured response is checked. Results go to `bench/results.json` and
+//! `BENCHMARKS.md`.
 //!
 //! ```text
 //! cargo build --release --target wasm32-wasip2 -p mas-coordinator
@@ -29,14 +33,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use mas_coordinator::config::{Config, CoordinationMode};
 use mas_world::{World, WorldOptions};
 
 use crate::http::{send_fresh, Conn, Req};
 use crate::procfs::{Clock, CpuSnap, CpuUse};
 use crate::report::{
-    HealthResult, LatencyResult, LoadResult, LongHistoryResult, Results, StartupResult,
+    AgentPathResult, HealthResult, LatencyResult, LoadResult, LongHistoryResult, ParallelResult,
+    Results, StartupResult,
 };
-use crate::scenario::{create_conversation, Floor, FloorConns, Scenario};
+use crate::scenario::{
+    create_conversation, verify_bytes, Floor, FloorConns, FloorRun, Scenario, Verified,
+};
 use crate::stats::Dist;
 
 /// Command-line options.
@@ -141,6 +149,10 @@ struct Plan {
     long_max: usize,
     load_warmup: Duration,
     load_measure: Duration,
+    /// The two-agent scenario (each iteration takes a few hundred ms).
+    parallel_warmup: usize,
+    parallel_budget: Duration,
+    parallel_max: usize,
 }
 
 impl Plan {
@@ -156,6 +168,9 @@ impl Plan {
                 long_max: 100,
                 load_warmup: Duration::from_millis(500),
                 load_measure: Duration::from_secs(2),
+                parallel_warmup: 2,
+                parallel_budget: Duration::from_secs(4),
+                parallel_max: 100,
             }
         } else {
             Plan {
@@ -168,6 +183,9 @@ impl Plan {
                 long_max: 300,
                 load_warmup: Duration::from_secs(1),
                 load_measure: Duration::from_secs(5),
+                parallel_warmup: 5,
+                parallel_budget: Duration::from_secs(40),
+                parallel_max: 300,
             }
         }
     }
@@ -185,6 +203,44 @@ fn addr_of(url: &str) -> anyhow::Result<SocketAddr> {
     url.trim_start_matches("http://")
         .parse()
         .with_context(|| format!("not an http://IP:PORT url: {url}"))
+}
+
+/// The environment `wasmtime serve` passes to the component; the floors are
+/// built from the configuration it gives (`Config::from_lookup`), so they follow
+/// the coordinator's defaults (`COORDINATION_MODE=plan` among them).
+fn coordinator_env(world: &World) -> Vec<(&'static str, String)> {
+    vec![
+        ("DIAL_ENDPOINT", world.core_url()),
+        ("UMS_AGENT_ENDPOINT", world.ums_url()),
+    ]
+}
+
+/// The component's configuration: [`coordinator_env`], then every
+/// `--env NAME=VALUE` of `--wasmtime-args` (later ones win), so that e.g.
+/// `--wasmtime-args "--env COORDINATION_MODE=route"` builds route-mode floors.
+fn coordinator_config(world: &World, wasmtime_args: &[String]) -> anyhow::Result<Config> {
+    let mut env: Vec<(String, String)> = coordinator_env(world)
+        .into_iter()
+        .map(|(n, v)| (n.to_owned(), v))
+        .collect();
+    let mut args = wasmtime_args.iter();
+    while let Some(arg) = args.next() {
+        let pair = match arg.strip_prefix("--env=") {
+            Some(pair) => Some(pair),
+            None if arg == "--env" => args.next().map(String::as_str),
+            None => None,
+        };
+        if let Some((name, value)) = pair.and_then(|p| p.split_once('=')) {
+            env.push((name.to_owned(), value.to_owned()));
+        }
+    }
+    Config::from_lookup(|name| {
+        env.iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    })
+    .map_err(|e| anyhow::anyhow!("the coordinator's configuration: {}", e.message()))
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -219,12 +275,11 @@ impl Server {
         cmd.arg("serve")
             .arg("-Scli")
             .arg("--addr")
-            .arg(addr.to_string())
-            .arg("--env")
-            .arg(format!("DIAL_ENDPOINT={}", world.core_url()))
-            .arg("--env")
-            .arg(format!("UMS_AGENT_ENDPOINT={}", world.ums_url()))
-            .args(extra)
+            .arg(addr.to_string());
+        for (name, value) in coordinator_env(world) {
+            cmd.arg("--env").arg(format!("{name}={value}"));
+        }
+        cmd.args(extra)
             .args(&opts.wasmtime_args)
             .arg(&opts.wasm)
             .stdin(Stdio::null())
@@ -325,8 +380,8 @@ async fn health(server: &Server, plan: Plan, clock: Clock) -> anyhow::Result<Hea
 /// What one 1-client run measured.
 #[derive(Debug, Default)]
 struct LatencyRun {
-    floor: Vec<Duration>,
-    floor_keepalive: Vec<Duration>,
+    floor: Vec<FloorRun>,
+    floor_keepalive: Vec<FloorRun>,
     coordinated: Vec<Duration>,
     ttfb: Vec<Duration>,
     failures: usize,
@@ -347,6 +402,8 @@ struct Budget {
     warmup: usize,
     time: Duration,
     max: usize,
+    /// Whether to measure the kept-alive floor too.
+    keepalive: bool,
 }
 
 /// 1 client, sequential: floor (fresh connections), floor (kept-alive
@@ -364,12 +421,15 @@ async fn latency_run(
         warmup,
         time: budget,
         max,
+        keepalive,
     } = budget;
     let mut conn = Conn::connect(server.addr).await?;
     let mut conns = FloorConns::connect(floor).await?;
     for _ in 0..warmup {
         floor.run(None).await?;
-        floor.run(Some(&mut conns)).await?;
+        if keepalive {
+            floor.run(Some(&mut conns)).await?;
+        }
         let resp = conn.send(&scenario.request).await?;
         scenario
             .check(&resp)
@@ -389,12 +449,14 @@ async fn latency_run(
                 note_error(&mut run.errors, format!("floor: {e:#}"));
             }
         }
-        match floor.run(Some(&mut conns)).await {
-            Ok(d) => run.floor_keepalive.push(d),
-            Err(e) => {
-                run.failures += 1;
-                note_error(&mut run.errors, format!("floor (keep-alive): {e:#}"));
-                conns = FloorConns::connect(floor).await?;
+        if keepalive {
+            match floor.run(Some(&mut conns)).await {
+                Ok(d) => run.floor_keepalive.push(d),
+                Err(e) => {
+                    run.failures += 1;
+                    note_error(&mut run.errors, format!("floor (keep-alive): {e:#}"));
+                    conns = FloorConns::connect(floor).await?;
+                }
             }
         }
         let sent = conn.send(&scenario.request).await;
@@ -431,20 +493,81 @@ fn share(part: f64, whole: f64) -> f64 {
     }
 }
 
-fn latency_result(scenario: &Scenario, floor: &Floor, run: &LatencyRun) -> LatencyResult {
-    let floor_dist = Dist::of(&run.floor);
+/// With several agent paths: each path, the slower and the sum floors, and
+/// what the coordinated request adds over the slower floor.
+fn parallel_result(
+    scenario: &Scenario,
+    floor: &Floor,
+    run: &LatencyRun,
+    coordinated: &Dist,
+) -> Option<ParallelResult> {
+    if floor.agents.len() < 2 {
+        return None;
+    }
+    let agents = floor
+        .agents
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let samples: Vec<Duration> = run
+                .floor
+                .iter()
+                .filter_map(|r| r.agents.get(i).copied())
+                .collect();
+            AgentPathResult {
+                task: a.label.clone(),
+                calls: a.calls,
+                world_chunk_delay_ms: scenario
+                    .faults
+                    .iter()
+                    .find(|(t, _)| *t == a.fault_target)
+                    .map_or(0, |(_, f)| f.chunk_delay_ms),
+                path: Dist::of(&samples),
+            }
+        })
+        .collect();
+    let slower = Dist::of(&run.floor.iter().map(FloorRun::slower).collect::<Vec<_>>());
+    let sum = Dist::of(&run.floor.iter().map(FloorRun::sum).collect::<Vec<_>>());
+    Some(ParallelResult {
+        agents,
+        added_over_slower_p50_ms: coordinated.p50_ms - slower.p50_ms,
+        added_over_slower_p90_ms: coordinated.p90_ms - slower.p90_ms,
+        added_over_slower_p99_ms: coordinated.p99_ms - slower.p99_ms,
+        coordinated_minus_sum_p50_ms: coordinated.p50_ms - sum.p50_ms,
+        slower_floor: slower,
+        sum_floor: sum,
+    })
+}
+
+fn latency_result(
+    scenario: &Scenario,
+    floor: &Floor,
+    verified: Verified,
+    run: &LatencyRun,
+) -> LatencyResult {
+    // The floor is coordination + the slowest agent path + synthesis (with one
+    // agent: every call one after the other).
+    let floor_dist = Dist::of(&run.floor.iter().map(FloorRun::slower).collect::<Vec<_>>());
     let coordinated = Dist::of(&run.coordinated);
     let n = run.coordinated.len().max(1);
     LatencyResult {
         scenario: scenario.name.to_owned(),
         description: scenario.description.clone(),
-        upstream_calls: scenario.agent.upstream_calls(),
+        upstream_calls: floor.calls(),
         request_bytes: scenario.request.body.len(),
         agent_body_bytes: floor.agent_body_bytes,
+        verified_requests: verified.requests,
+        verified_body_bytes: verified.body_bytes,
         added_p50_ms: coordinated.p50_ms - floor_dist.p50_ms,
         added_p99_ms: coordinated.p99_ms - floor_dist.p99_ms,
+        parallel: parallel_result(scenario, floor, run, &coordinated),
         floor: floor_dist,
-        floor_keepalive: Dist::of(&run.floor_keepalive),
+        floor_keepalive: Dist::of(
+            &run.floor_keepalive
+                .iter()
+                .map(FloorRun::slower)
+                .collect::<Vec<_>>(),
+        ),
         coordinated,
         ttfb: Dist::of(&run.ttfb),
         wasmtime_cpu_ms_per_request: run.cpu.wasmtime_s * 1e3 / n as f64,
@@ -652,6 +775,7 @@ async fn run(opts: &Opts) -> anyhow::Result<Results> {
 
     let world = World::start(WorldOptions::default()).await?;
     let (core, ums) = (addr_of(&world.core_url())?, addr_of(&world.ums_url())?);
+    let config = coordinator_config(&world, &opts.wasmtime_args)?;
 
     say("instantiation: spawn until GET /health answers, with and without the compile cache");
     let startup = startup(opts, &world, plan, &log).await?;
@@ -674,8 +798,9 @@ async fn run(opts: &Opts) -> anyhow::Result<Results> {
         warmup: plan.warmup_iters,
         time: plan.latency_budget,
         max: plan.latency_max,
+        keepalive: true,
     };
-    let one_client: Vec<(Scenario, Budget)> = vec![
+    let mut one_client: Vec<(Scenario, Budget)> = vec![
         (gpa.clone(), short),
         (Scenario::ums(&ums_conv)?, short),
         (
@@ -692,21 +817,53 @@ async fn run(opts: &Opts) -> anyhow::Result<Results> {
                 warmup: plan.warmup_iters / 6,
                 time: plan.long_budget,
                 max: plan.long_max,
+                keepalive: true,
             },
         ),
     ];
+    if config.coordination_mode == CoordinationMode::Plan {
+        one_client.push((
+            Scenario::two_agents()?,
+            // The world's delays dominate: no kept-alive floor.
+            Budget {
+                warmup: plan.parallel_warmup,
+                time: plan.parallel_budget,
+                max: plan.parallel_max,
+                keepalive: false,
+            },
+        ));
+    } else {
+        say("two_agents skipped: the coordinator is not in COORDINATION_MODE=plan");
+    }
     for (scenario, budget) in &one_client {
         say(&format!("1 client: {}", scenario.description));
-        let floor = Floor::new(scenario, core, ums).await?;
+        world.clear_faults();
+        for (target, fault) in &scenario.faults {
+            world.set_fault(target, fault.clone());
+        }
+        let floor = Floor::new(scenario, &config, core, ums).await?;
+        let verified = verify_bytes(&world, server.addr, scenario, &floor)
+            .await
+            .with_context(|| {
+                format!(
+                    "{}: the floor does not send what the coordinator sends",
+                    scenario.name
+                )
+            })?;
+        say(&format!(
+            "  floor = coordinator: {} upstream requests ({} body bytes) identical",
+            verified.requests, verified.body_bytes
+        ));
         let mut attempt = 1;
         let result = loop {
             wait_idle(Some(server.pid()), &mut idle_budget, clock).await;
             let run = latency_run(&server, &world, scenario, &floor, *budget, clock).await?;
-            let result = latency_result(scenario, &floor, &run);
+            let result = latency_result(scenario, &floor, verified, &run);
             if !disturbed(result.other_cores, &mut attempt) {
                 break result;
             }
         };
+        world.clear_faults();
         latency.push(result);
     }
     let rss_after_latency = procfs::status_kib(server.pid(), "VmHWM").unwrap_or(0);

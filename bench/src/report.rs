@@ -170,9 +170,18 @@ pub struct LatencyResult {
     pub upstream_calls: usize,
     /// Bytes of the request body sent to the coordinator.
     pub request_bytes: usize,
-    /// Bytes of the agent call's body (GPA messages or UMS chat).
+    /// Bytes of the agent calls' bodies (GPA messages or UMS chat; all agents).
     pub agent_body_bytes: usize,
-    /// The upstream calls made directly, each on a new connection (as wasmtime does).
+    /// Upstream requests of one floor run found identical, byte for byte, to
+    /// those of one coordinated run (as the world recorded them).
+    #[serde(default)]
+    pub verified_requests: usize,
+    /// Their body bytes.
+    #[serde(default)]
+    pub verified_body_bytes: usize,
+    /// The upstream calls made directly, each on a new connection (as wasmtime
+    /// does): coordination + the slowest agent path + synthesis (with one agent,
+    /// every call one after the other).
     pub floor: Dist,
     /// The upstream calls made directly on kept-alive connections.
     pub floor_keepalive: Dist,
@@ -189,6 +198,37 @@ pub struct LatencyResult {
     pub other_cores: f64,
     pub failures: usize,
     pub errors: Vec<String>,
+    /// Scenarios whose plan has several independent subtasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel: Option<ParallelResult>,
+}
+
+/// One agent path of a plan, measured directly (fresh connections).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AgentPathResult {
+    /// `task <n>: <AGENT>`.
+    pub task: String,
+    /// Its upstream calls (UMS on a first turn: create + chat).
+    pub calls: usize,
+    /// The world's pause between two events of this agent's stream.
+    pub world_chunk_delay_ms: u64,
+    pub path: Dist,
+}
+
+/// Independent subtasks run at once: the coordinated request against the
+/// direct floor of the slower agent path and of all paths one after the other.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ParallelResult {
+    pub agents: Vec<AgentPathResult>,
+    /// Coordination + the slower agent path + synthesis, per floor run.
+    pub slower_floor: Dist,
+    /// Coordination + every agent path one after the other + synthesis.
+    pub sum_floor: Dist,
+    pub added_over_slower_p50_ms: f64,
+    pub added_over_slower_p90_ms: f64,
+    pub added_over_slower_p99_ms: f64,
+    /// Negative: what running the agents at once saves over one after the other.
+    pub coordinated_minus_sum_p50_ms: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -563,15 +603,30 @@ fn targets_table(r: &Results) -> String {
 
 fn latency_table(r: &Results) -> String {
     let mut s = String::from(
-        "| scenario | upstream calls | floor p50 / p99 | coordinated p50 / p99 | **added p50 / p99** | TTFB p50 / p99 | floor, kept-alive p50 / p99 | wasmtime CPU / request (kernel share) | other load, cores | requests | failures |\n\
+        "| scenario | upstream calls (checked byte for byte) | floor p50 / p99 | coordinated p50 / p99 | **added p50 / p99** | TTFB p50 / p99 | floor, kept-alive p50 / p99 | wasmtime CPU / request (kernel share) | other load, cores | requests | failures |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for l in &r.latency {
+        let keepalive = if l.floor_keepalive.n == 0 {
+            "-".to_owned()
+        } else {
+            format!(
+                "{} / {}",
+                f3(l.floor_keepalive.p50_ms),
+                f3(l.floor_keepalive.p99_ms)
+            )
+        };
+        let checked = if l.verified_requests == l.upstream_calls {
+            "all".to_owned()
+        } else {
+            l.verified_requests.to_string()
+        };
         let _ = writeln!(
             s,
-            "| {} | {} | {} / {} | {} / {} | **{} / {}** | {} / {} | {} / {} | {} ({:.0}%) | {:.2} | {} | {} |",
+            "| {} | {} ({}) | {} / {} | {} / {} | **{} / {}** | {} / {} | {} | {} ({:.0}%) | {:.2} | {} | {} |",
             l.scenario,
             l.upstream_calls,
+            checked,
             f3(l.floor.p50_ms),
             f3(l.floor.p99_ms),
             f3(l.coordinated.p50_ms),
@@ -580,8 +635,7 @@ fn latency_table(r: &Results) -> String {
             f3(l.added_p99_ms),
             f3(l.ttfb.p50_ms),
             f3(l.ttfb.p99_ms),
-            f3(l.floor_keepalive.p50_ms),
-            f3(l.floor_keepalive.p99_ms),
+            keepalive,
             f3(l.wasmtime_cpu_ms_per_request),
             l.wasmtime_kernel_share * 100.0,
             l.other_cores,
@@ -620,6 +674,84 @@ fn load_table(r: &Results) -> String {
             l.failures
         );
     }
+    s
+}
+
+/// The scenario with several independent agents, if measured.
+fn parallel_of(r: &Results) -> Option<(&LatencyResult, &ParallelResult)> {
+    r.latency
+        .iter()
+        .find_map(|l| l.parallel.as_ref().map(|p| (l, p)))
+}
+
+fn parallel_table(r: &Results) -> String {
+    let Some((l, p)) = parallel_of(r) else {
+        return "Not measured.\n".to_owned();
+    };
+    let mut s = String::new();
+    let dist = |s: &mut String, name: &str, d: &Dist| {
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {} | {} | {} |",
+            f3(d.p50_ms),
+            f3(d.p90_ms),
+            f3(d.p99_ms),
+            d.n
+        );
+    };
+    s.push_str("| figure | p50 | p90 | p99 | samples |\n|---|---:|---:|---:|---:|\n");
+    dist(&mut s, "coordinated (both agents at once)", &l.coordinated);
+    dist(
+        &mut s,
+        "floor, slower agent path (coordination + slower agent path + synthesis)",
+        &p.slower_floor,
+    );
+    dist(
+        &mut s,
+        "floor, both agent paths one after the other (coordination + both + synthesis)",
+        &p.sum_floor,
+    );
+    for a in &p.agents {
+        let calls = if a.calls == 1 {
+            "1 call".to_owned()
+        } else {
+            format!("{} calls", a.calls)
+        };
+        dist(
+            &mut s,
+            &format!(
+                "agent path {} alone ({calls}, world: {} ms between events)",
+                a.task, a.world_chunk_delay_ms
+            ),
+            &a.path,
+        );
+    }
+    let _ = writeln!(
+        s,
+        "| **added over the slower floor** | **{}** | **{}** | **{}** | |",
+        f3(p.added_over_slower_p50_ms),
+        f3(p.added_over_slower_p90_ms),
+        f3(p.added_over_slower_p99_ms)
+    );
+    let _ = writeln!(
+        s,
+        "| coordinated − sum floor | {} | | | |",
+        f3(p.coordinated_minus_sum_p50_ms)
+    );
+    let slowest = p
+        .agents
+        .iter()
+        .max_by(|a, b| a.path.p50_ms.total_cmp(&b.path.p50_ms))
+        .map_or("?", |a| a.task.as_str());
+    let _ = writeln!(
+        s,
+        "\nTwo independent agents cost about the slower one, not the sum: the coordinated request (p50 {} ms) takes {} ms more than the direct floor of its slower agent path ({slowest}, {} ms with coordination and synthesis), and {} ms less than the same calls one after the other ({} ms).",
+        f3(l.coordinated.p50_ms),
+        f3(p.added_over_slower_p50_ms),
+        f3(p.slower_floor.p50_ms),
+        f3(-p.coordinated_minus_sum_p50_ms),
+        f3(p.sum_floor.p50_ms)
+    );
     s
 }
 
@@ -836,6 +968,9 @@ pub fn summary(r: &Results) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "\n## Latency at 1 client (ms)\n\n{}", latency_table(r));
     let _ = writeln!(s, "## 1,000-message history\n\n{}", long_table(r));
+    if parallel_of(r).is_some() {
+        let _ = writeln!(s, "## Two agents in parallel\n\n{}", parallel_table(r));
+    }
     let _ = writeln!(s, "## Throughput\n\n{}", load_table(r));
     let _ = writeln!(s, "## Component\n\n{}", component_table(r));
     let _ = writeln!(s, "## Targets\n\n{}", targets_table(r));
@@ -844,24 +979,36 @@ pub fn summary(r: &Results) -> String {
 
 const METHOD: &str = "\
 - **World**: `mas-world` runs inside the benchmark process on its own 2-thread Tokio runtime \
-(threads `mas-world*`), with no delays or faults: every upstream answers as fast as it can. \
+(threads `mas-world*`), with no delays or faults: every upstream answers as fast as it can \
+(except in `two_agents`, where the world pauses between the events of both agents' streams). \
 The benchmark client, the world and `wasmtime serve` share the machine's cores.
 - **Component**: `wasmtime serve -Scli --addr 127.0.0.1:PORT --env DIAL_ENDPOINT=… --env \
 UMS_AGENT_ENDPOINT=… [extra flags] mas_coordinator.wasm`, the release build.
-- **Floor**: the scenario's upstream calls (routing, the agent call(s), synthesis) made by the \
-benchmark client itself, one after the other, with the request bodies built by the \
-coordinator's own functions (`routing::request_body`, `gpa_history`, `synthesis::request_body`), \
-every answer read to its end and checked. The *floor* opens a new TCP connection per call, \
-as wasmtime does for every outbound request; *floor, kept-alive* reuses one connection per \
-upstream (what a pooled client could reach).
+- **Floor**: the scenario's upstream calls as the coordinator makes them in its default \
+`COORDINATION_MODE=plan` (the planning call, the agent call(s) of the plan the world answers, \
+synthesis) made by the benchmark client itself, one after the other, with the request bodies \
+built by the coordinator's own functions (`plan::request_body`, `plan::task_text`, \
+`agent_history`, `conversation_title`, `plan::sections`, `synthesis::request_body`, the target's \
+`model` added as the coordinator adds it) from the configuration the component gets, every \
+answer read to its end and checked. With several independent agents the floor is \
+coordination + the slowest agent path + synthesis of each run (each call timed on its own). \
+The *floor* opens a new TCP connection per call, as wasmtime does for every outbound request; \
+*floor, kept-alive* reuses one connection per upstream (what a pooled client could reach).
+- **Same bytes**: before a scenario is measured, one floor run and one coordinated run are \
+recorded by the world and compared call by call (the agent calls between the coordination \
+call and the synthesis in any order): service, method, path and query, the `content-type`, \
+`api-key` and `x-conversation-id` headers and the body must be identical byte for byte, UMS \
+conversation ids and turn numbers aside (`ums-conv-<n>#<turn>`, different per conversation by \
+design); anything else stops the run.
 - **Coordinated**: the streaming request to the component on a kept-alive connection, read to \
 the end. **Added latency** = coordinated − floor, per percentile (p50 − p50, p99 − p99). \
 Floor, kept-alive floor and coordinated requests are interleaved one by one, so all see the \
 same conditions. **TTFB**: from handing the request to the connection to the first non-empty \
 body frame of the response.
-- **Checks**: every measured coordinated response must be `200`, contain the chosen agent's \
-stage and the synthesized answer, carry no error event and end with `data: [DONE]`; every floor \
-call must be 200 and its stream end with `data: [DONE]`. Anything else is a failure and is \
+- **Checks**: every measured coordinated response must be `200`, contain the stage of every \
+agent the plan chose and the synthesized answer (for `two_agents`, with both task sections), \
+carry no error event and end with `data: [DONE]`; every floor call must be 200 and its stream \
+end with `data: [DONE]`. Anything else is a failure and is \
 counted (warm-up included for the load levels).
 - **Throughput**: N clients, each on its own kept-alive connection, sending back to back for a \
 warm-up, then a measured window; req/s = responses completed in the window ÷ its length.
@@ -900,6 +1047,22 @@ Generated by `mas-bench` (`bench/`, see `scripts/bench.sh`); the raw figures are
         latency_table(r)
     );
     let _ = writeln!(s, "## 1,000-message history (GPA)\n\n{}", long_table(r));
+    if let Some((l, _)) = parallel_of(r) {
+        let _ = writeln!(
+            s,
+            "## Two agents in parallel\n\n`{}` = {}. The world plans two independent subtasks, \
+the coordinator runs both agents at once and then synthesizes both results. To make the \
+parallelism visible the world pauses between the events of each agent's stream (the LLM calls \
+stay instant), and the floor measures each agent path on its own, one after the other, in the \
+same run: the *slower floor* is coordination + the slower agent path + synthesis of each floor \
+run, the *sum floor* the same calls with both agent paths. A coordinator that runs independent \
+agents at once costs the slower floor plus its own overhead; one that runs them in turn costs \
+the sum.\n\n{}",
+            l.scenario,
+            l.description,
+            parallel_table(r)
+        );
+    }
     let _ = writeln!(
         s,
         "## Throughput\n\n`gpa` and `ums` (follow-up) as above, streaming, each client on its own connection.\n\n{}",
