@@ -5,7 +5,9 @@
 //! [`coordinate`] then runs the flow against a [`Host`] and writes into an
 //! [`Emitter`] through one [`Driver`]: the role chunk and the opening of stage
 //! 0 are flushed before the coordination call, so the client's first byte
-//! never waits on the LLM. The state of the response (what every agent left
+//! never waits on the LLM. In `route` mode one decision picks one agent; in
+//! `plan` mode (the default) rounds of plans run through `tasks::PlanRun`,
+//! and the synthesis gets every result. The state of the response (what every agent left
 //! for later turns, `memory.rs`) is written once, when the agents are done, on
 //! success and on failure alike. After the first byte a failure ends the
 //! stream with failed stages, the stop chunk, one error event and `[DONE]`
