@@ -228,8 +228,6 @@ pub struct CallFailed {
     pub error: CoordError,
     /// The breaker failure held back, when the spec deferred it.
     pub blame: Option<Blame>,
-    /// Index of the target that failed last, if one was called.
-    pub target: Option<usize>,
 }
 
 /// Records a held-back breaker failure.
@@ -290,8 +288,6 @@ pub enum Outcome {
     Failed(&'static str, bool),
     /// The client went away first.
     ClientGone,
-    /// The call was no longer needed (its session ended for another reason).
-    Abandoned,
 }
 
 impl Outcome {
@@ -308,7 +304,6 @@ impl Outcome {
             Outcome::Ok => "ok",
             Outcome::Failed(what, _) => what,
             Outcome::ClientGone => "client_gone",
-            Outcome::Abandoned => "abandoned",
         }
     }
 }
@@ -343,11 +338,6 @@ impl<'a, H: Host> Opened<'a, H> {
         site_error(&self.spec, self.answered_by(), fault)
     }
 
-    /// Upstream text made safe for an error message.
-    pub fn redact(&self, text: &str) -> String {
-        redact(text, &self.caller.ctx.api_key)
-    }
-
     /// A sentence for the agent's stage when a backup answered.
     pub fn failover_note(&self) -> Option<String> {
         let (primary, reason) = self.passed_over.first()?;
@@ -379,7 +369,7 @@ impl<'a, H: Host> Opened<'a, H> {
                 );
                 breaker::save(store, key, &next);
             }
-            Outcome::ClientGone | Outcome::Abandoned => {}
+            Outcome::ClientGone => {}
         }
         let now = caller.host.now_ms();
         log_call(
@@ -462,7 +452,7 @@ pub async fn open<'a, H: Host>(
     let timeouts = ctx.config.timeouts;
     let store = host.store();
     let mut passed_over: Vec<(String, String)> = Vec::new();
-    let mut last: Option<(CoordError, usize)> = None;
+    let mut last: Option<CoordError> = None;
     let mut earliest_retry: Option<u64> = None;
 
     for (index, target) in spec.targets.iter().enumerate() {
@@ -541,11 +531,7 @@ pub async fn open<'a, H: Host>(
                     if state != breaker::BreakerState::default() {
                         breaker::save(store, &log.breaker_key, &state.on_success());
                     }
-                    return Err(CallFailed {
-                        error,
-                        blame: None,
-                        target: Some(index),
-                    });
+                    return Err(CallFailed { error, blame: None });
                 }
                 let failover = is_not_started(status) || spec.replay == Replay::Safe;
                 let counted = !spec.defer_blame || failover;
@@ -600,19 +586,14 @@ pub async fn open<'a, H: Host>(
             return Err(CallFailed {
                 error,
                 blame: (!counted).then_some(pending),
-                target: Some(index),
             });
         }
         passed_over.push((target.label.clone(), reason));
-        last = Some((error, index));
+        last = Some(error);
     }
 
     Err(match last {
-        Some((error, index)) => CallFailed {
-            error,
-            blame: None,
-            target: Some(index),
-        },
+        Some(error) => CallFailed { error, blame: None },
         None => CallFailed {
             error: CoordError::Upstream {
                 service: spec.service.clone(),
@@ -627,7 +608,6 @@ pub async fn open<'a, H: Host>(
                 },
             },
             blame: None,
-            target: None,
         },
     })
 }

@@ -92,8 +92,6 @@ pub struct Ended {
     pub result: Result<String, CoordError>,
     /// What it left for later turns (also when it failed).
     pub memory: Vec<Memory>,
-    /// Its root stage, if it had one.
-    pub stage: Option<StageId>,
 }
 
 /// Decides which tasks run, and when.
@@ -404,7 +402,6 @@ impl<'a, 'o, H: Host, T: Transport> Driver<'a, 'o, H, T> {
                             id,
                             result: Err(CoordError::BadRequest(reason)),
                             memory: Vec::new(),
-                            stage: Some(s),
                         });
                     }
                 }
@@ -696,7 +693,6 @@ impl<'a, 'o, H: Host, T: Transport> Driver<'a, 'o, H, T> {
             id: slot.state.id,
             result,
             memory: slot.state.memory,
-            stage: slot.state.root,
         });
     }
 }

@@ -88,11 +88,6 @@ impl<T: Transport> Emitter<T> {
         self.usage.add(model, usage);
     }
 
-    /// The usage reported so far.
-    pub fn usage(&self) -> &UsageReport {
-        &self.usage
-    }
-
     /// Bytes written but not yet flushed (streaming mode).
     pub fn buffered(&self) -> usize {
         match &self.sink {
