@@ -1,15 +1,52 @@
 //! Configuration, read from environment variables once per request.
 //!
 //! Environment variables are the one configuration channel every WASI host has
-//! (`wasmtime serve --env`, `spin up -e`, `environment` in `spin.toml`). Spin
-//! variables are deliberately not used: their import stops plain WASI hosts from
-//! starting the component. The names of the Python reference are kept so that
-//! existing set-ups carry over. The agents are a table of their own
-//! (`registry.rs`). Parsing is pure: it takes a lookup function.
+//! (`wasmtime serve --env`, `spin up -e`, `environment` in `spin.toml`). The
+//! portable build reads nothing else: importing Spin's variables interface
+//! would stop plain WASI hosts from starting it. The `spin-kv` build, which is
+//! Spin-only anyway, also reads a Spin variable of the same name in lower case
+//! for what the environment does not set (`host.rs`); [`VARIABLES`] is the
+//! list `spin.toml` declares. The names of the Python reference are kept so
+//! that existing set-ups carry over. The agents are a table of their own
+//! (`registry.rs`). Parsing is pure: it takes a lookup function, and reports
+//! every malformed variable at once.
 
 use crate::breaker::BreakerConfig;
-use crate::error::CoordError;
+use crate::error::{ConfigProblem, CoordError};
 use crate::registry::Registry;
+
+/// Every configuration variable the coordinator reads, in the README's order,
+/// except the per-agent `AGENT_<NAME>_<FIELD>` ones of the registry.
+pub const VARIABLES: &[&str] = &[
+    "DIAL_ENDPOINT",
+    "DEPLOYMENT_NAME",
+    "BACKUP_DEPLOYMENT_NAMES",
+    "AGENTS",
+    "UMS_AGENT_ENDPOINT",
+    "UMS_AGENT_BACKUP_ENDPOINTS",
+    "GPA_DEPLOYMENT_NAME",
+    "GPA_BACKUP_DEPLOYMENTS",
+    "COORDINATION_MODE",
+    "MAX_PLAN_ROUNDS",
+    "MAX_SUBTASKS",
+    "MAX_PARALLEL",
+    "DIAL_API_VERSION",
+    "MAX_REQUEST_BYTES",
+    "MAX_MESSAGES",
+    "UPSTREAM_FIRST_BYTE_TIMEOUT_MS",
+    "UPSTREAM_IDLE_TIMEOUT_MS",
+    "UPSTREAM_TOTAL_TIMEOUT_MS",
+    "BREAKER_FAILURE_THRESHOLD",
+    "BREAKER_WINDOW_MS",
+    "BREAKER_MIN_CALLERS",
+    "BREAKER_OPEN_MS",
+    "STATE_SECRET",
+    "STATE_MAX_AGE_S",
+    "HEALTH_TOKEN",
+];
+
+/// The variables of [`VARIABLES`] that hold secrets.
+pub const SECRET_VARIABLES: &[&str] = &["STATE_SECRET", "HEALTH_TOKEN"];
 
 /// Default DIAL Core base URL.
 pub const DEFAULT_DIAL_ENDPOINT: &str = "http://localhost:8080";
@@ -103,128 +140,124 @@ impl Config {
     }
 
     /// Reads the configuration through `lookup` (a variable's value, if set).
-    /// An empty value counts as unset.
+    /// An empty value counts as unset. Every malformed variable is reported
+    /// at once, in one [`CoordError::Config`].
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, CoordError> {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let problems = Problems::default();
         let endpoint = |var: &'static str, default: &str| match get(var) {
-            Some(v) => parse_endpoint(var, &v),
-            None => Ok(default.to_owned()),
+            Some(v) => problems.take(parse_endpoint(var, &v), String::new()),
+            None => default.to_owned(),
         };
         let deployment = |var: &'static str, default: &str| match get(var) {
-            Some(v) => parse_deployment(var, &v),
-            None => Ok(default.to_owned()),
+            Some(v) => problems.take(parse_deployment(var, &v), String::new()),
+            None => default.to_owned(),
         };
-        let api_version = match get("DIAL_API_VERSION") {
-            Some(v) => Some(parse_token("DIAL_API_VERSION", &v)?),
-            None => None,
-        };
-        let number = |var: &'static str, default: u64, min: u64| -> Result<u64, CoordError> {
-            match get(var) {
-                Some(v) => match v.trim().parse::<u64>() {
-                    Ok(n) if n >= min => Ok(n),
-                    _ => Err(CoordError::Config {
-                        var: var.to_owned(),
-                        reason: format!("must be a whole number, at least {min}"),
-                    }),
-                },
-                None => Ok(default),
+        let range = |var: &'static str, default: u64, min: u64, max: u64| -> u64 {
+            let Some(v) = get(var) else {
+                return default;
+            };
+            match v.trim().parse::<u64>() {
+                Ok(n) if (min..=max).contains(&n) => n,
+                _ => {
+                    let reason = if max == u64::MAX {
+                        format!("must be a whole number, at least {min}")
+                    } else {
+                        format!("must be a whole number from {min} to {max}")
+                    };
+                    problems.add(CoordError::config(var, reason));
+                    default
+                }
             }
         };
-        let optional_number = |var: &'static str, min: u64| -> Result<Option<u64>, CoordError> {
-            match get(var) {
-                Some(_) => number(var, 0, min).map(Some),
-                None => Ok(None),
-            }
-        };
+        let number = |var: &'static str, default: u64, min: u64| range(var, default, min, u64::MAX);
+        // Read in the order of the README's table, so problems are listed in it.
+        let dial_endpoint = endpoint("DIAL_ENDPOINT", DEFAULT_DIAL_ENDPOINT);
+        let deployment_name = deployment("DEPLOYMENT_NAME", DEFAULT_DEPLOYMENT_NAME);
         let llm_backups = match get("BACKUP_DEPLOYMENT_NAMES") {
             Some(v) => v
                 .split(',')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
-                .map(|s| parse_deployment("BACKUP_DEPLOYMENT_NAMES", s))
-                .collect::<Result<Vec<_>, _>>()?,
+                .map(|s| {
+                    problems.take(
+                        parse_deployment("BACKUP_DEPLOYMENT_NAMES", s),
+                        String::new(),
+                    )
+                })
+                .collect(),
             None => Vec::new(),
         };
-        let max_request_bytes = to_usize(number(
-            "MAX_REQUEST_BYTES",
-            DEFAULT_MAX_REQUEST_BYTES as u64,
-            1024,
-        )?);
-        let max_messages = to_usize(number("MAX_MESSAGES", DEFAULT_MAX_MESSAGES as u64, 1)?);
         let d = Timeouts::default();
-        let timeouts = Timeouts {
-            first_byte_ms: number("UPSTREAM_FIRST_BYTE_TIMEOUT_MS", d.first_byte_ms, 1)?,
-            idle_ms: number("UPSTREAM_IDLE_TIMEOUT_MS", d.idle_ms, 1)?,
-            total_ms: number("UPSTREAM_TOTAL_TIMEOUT_MS", d.total_ms, 1)?,
-        };
         let b = BreakerConfig::default();
-        let breaker = BreakerConfig {
-            failure_threshold: u32::try_from(number(
-                "BREAKER_FAILURE_THRESHOLD",
-                u64::from(b.failure_threshold),
-                1,
-            )?)
-            .unwrap_or(u32::MAX),
-            window_ms: number("BREAKER_WINDOW_MS", b.window_ms, 1)?,
-            open_ms: number("BREAKER_OPEN_MS", b.open_ms, 1)?,
-            min_callers: match number("BREAKER_MIN_CALLERS", u64::from(b.min_callers), 1)? {
-                n @ 1..=4 => n as u8,
-                _ => {
-                    return Err(CoordError::Config {
-                        var: "BREAKER_MIN_CALLERS".to_owned(),
-                        reason: "must be a whole number from 1 to 4".to_owned(),
-                    })
-                }
-            },
-        };
         let secret = |var: &'static str| match get(var) {
-            Some(v) if v.len() < 16 => Err(CoordError::Config {
-                var: var.to_owned(),
-                reason: "must be at least 16 characters long".to_owned(),
-            }),
-            other => Ok(other),
+            Some(v) if v.len() < 16 => {
+                problems.add(CoordError::config(
+                    var,
+                    "must be at least 16 characters long",
+                ));
+                None
+            }
+            other => other,
         };
-        let registry = Registry::from_lookup(&get, parse_endpoint, parse_deployment)?;
+        let registry = Registry::from_lookup(&get, parse_endpoint, parse_deployment, &problems);
         let coordination_mode =
             match get("COORDINATION_MODE").map(|v| v.trim().to_ascii_lowercase()) {
                 None => CoordinationMode::Plan,
                 Some(v) if v == "plan" => CoordinationMode::Plan,
                 Some(v) if v == "route" => CoordinationMode::Route,
                 Some(_) => {
-                    return Err(CoordError::Config {
-                        var: "COORDINATION_MODE".to_owned(),
-                        reason: "must be plan or route".to_owned(),
-                    })
+                    problems.add(CoordError::config(
+                        "COORDINATION_MODE",
+                        "must be plan or route",
+                    ));
+                    CoordinationMode::Plan
                 }
             };
-        let bounded = |var: &'static str, default: u64, max: u64| -> Result<usize, CoordError> {
-            let n = number(var, default, 1)?;
-            if n > max {
-                return Err(CoordError::Config {
-                    var: var.to_owned(),
-                    reason: format!("must be a whole number from 1 to {max}"),
-                });
-            }
-            Ok(to_usize(n))
-        };
-        Ok(Config {
+        let config = Config {
             coordination_mode,
-            max_plan_rounds: bounded("MAX_PLAN_ROUNDS", 3, 10)?,
-            max_subtasks: bounded("MAX_SUBTASKS", 8, 32)?,
-            max_parallel: bounded("MAX_PARALLEL", 4, 16)?,
-            dial_endpoint: endpoint("DIAL_ENDPOINT", DEFAULT_DIAL_ENDPOINT)?,
-            deployment_name: deployment("DEPLOYMENT_NAME", DEFAULT_DEPLOYMENT_NAME)?,
+            max_plan_rounds: to_usize(range("MAX_PLAN_ROUNDS", 3, 1, 10)),
+            max_subtasks: to_usize(range("MAX_SUBTASKS", 8, 1, 32)),
+            max_parallel: to_usize(range("MAX_PARALLEL", 4, 1, 16)),
+            dial_endpoint,
+            deployment_name,
             llm_backups,
             registry,
-            api_version,
-            max_request_bytes,
-            max_messages,
-            timeouts,
-            breaker,
-            state_secret: secret("STATE_SECRET")?,
-            state_max_age_s: optional_number("STATE_MAX_AGE_S", 60)?,
-            health_token: secret("HEALTH_TOKEN")?,
-        })
+            api_version: get("DIAL_API_VERSION")
+                .map(|v| problems.take(parse_token("DIAL_API_VERSION", &v), String::new())),
+            max_request_bytes: to_usize(number(
+                "MAX_REQUEST_BYTES",
+                DEFAULT_MAX_REQUEST_BYTES as u64,
+                1024,
+            )),
+            max_messages: to_usize(number("MAX_MESSAGES", DEFAULT_MAX_MESSAGES as u64, 1)),
+            timeouts: Timeouts {
+                first_byte_ms: number("UPSTREAM_FIRST_BYTE_TIMEOUT_MS", d.first_byte_ms, 1),
+                idle_ms: number("UPSTREAM_IDLE_TIMEOUT_MS", d.idle_ms, 1),
+                total_ms: number("UPSTREAM_TOTAL_TIMEOUT_MS", d.total_ms, 1),
+            },
+            breaker: BreakerConfig {
+                failure_threshold: u32::try_from(number(
+                    "BREAKER_FAILURE_THRESHOLD",
+                    u64::from(b.failure_threshold),
+                    1,
+                ))
+                .unwrap_or(u32::MAX),
+                window_ms: number("BREAKER_WINDOW_MS", b.window_ms, 1),
+                open_ms: number("BREAKER_OPEN_MS", b.open_ms, 1),
+                min_callers: u8::try_from(range(
+                    "BREAKER_MIN_CALLERS",
+                    u64::from(b.min_callers),
+                    1,
+                    4,
+                ))
+                .unwrap_or(b.min_callers),
+            },
+            state_secret: secret("STATE_SECRET"),
+            state_max_age_s: get("STATE_MAX_AGE_S").map(|_| number("STATE_MAX_AGE_S", 0, 60)),
+            health_token: secret("HEALTH_TOKEN"),
+        };
+        problems.into_result(config)
     }
 
     /// The LLM deployments: primary, then backups.
@@ -252,13 +285,44 @@ fn to_usize(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }
 
+/// The problems found while reading a configuration: each read records its
+/// error here and goes on with a placeholder, so that one pass finds every
+/// malformed variable (the placeholders are never used: any problem makes the
+/// whole configuration an error).
+#[derive(Debug, Default)]
+pub struct Problems(std::cell::RefCell<Vec<ConfigProblem>>);
+
+impl Problems {
+    /// Records the problems of `error` (a configuration error; any other is ignored).
+    pub fn add(&self, error: CoordError) {
+        if let CoordError::Config(found) = error {
+            self.0.borrow_mut().extend(found);
+        }
+    }
+
+    /// The value of `result`, or `placeholder` after recording its error.
+    pub fn take<T>(&self, result: Result<T, CoordError>, placeholder: T) -> T {
+        result.unwrap_or_else(|e| {
+            self.add(e);
+            placeholder
+        })
+    }
+
+    /// `value` when nothing was recorded, else every problem, in order.
+    pub fn into_result<T>(self, value: T) -> Result<T, CoordError> {
+        let found = self.0.into_inner();
+        if found.is_empty() {
+            Ok(value)
+        } else {
+            Err(CoordError::Config(found))
+        }
+    }
+}
+
 /// An `http(s)://host[:port][/base]` URL: printable ASCII a URI can hold, no
 /// query, fragment, credentials or spaces.
 pub fn parse_endpoint(var: &str, value: &str) -> Result<String, CoordError> {
-    let bad = |reason: &str| CoordError::Config {
-        var: var.to_owned(),
-        reason: reason.to_owned(),
-    };
+    let bad = |reason: &str| CoordError::config(var, reason);
     let v = value.trim();
     let rest = v
         .strip_prefix("http://")
@@ -313,11 +377,10 @@ pub fn parse_deployment(var: &str, value: &str) -> Result<String, CoordError> {
         || v == "."
         || v == ".."
     {
-        return Err(CoordError::Config {
-            var: var.to_owned(),
-            reason: "must be a deployment name made of letters, digits, '-', '_' and '.'"
-                .to_owned(),
-        });
+        return Err(CoordError::config(
+            var,
+            "must be a deployment name made of letters, digits, '-', '_' and '.'",
+        ));
     }
     Ok(v.to_owned())
 }
@@ -328,10 +391,10 @@ fn parse_token(var: &str, value: &str) -> Result<String, CoordError> {
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     {
-        return Err(CoordError::Config {
-            var: var.to_owned(),
-            reason: "must contain only letters, digits, '-', '_' and '.'".to_owned(),
-        });
+        return Err(CoordError::config(
+            var,
+            "must contain only letters, digits, '-', '_' and '.'",
+        ));
     }
     Ok(v.to_owned())
 }
@@ -429,6 +492,69 @@ mod tests {
         }
         let e = cfg(&[("AGENTS", "GPA,RAG")]).unwrap_err();
         assert!(e.message().contains("AGENT_RAG_KIND"), "{}", e.message());
+    }
+
+    #[test]
+    fn variables_lists_exactly_what_is_read() {
+        let read = std::cell::RefCell::new(Vec::<String>::new());
+        Config::from_lookup(|name| {
+            read.borrow_mut().push(name.to_owned());
+            None
+        })
+        .unwrap();
+        let mut read: Vec<String> = read
+            .into_inner()
+            .into_iter()
+            .filter(|n| !n.starts_with("AGENT_"))
+            .collect();
+        read.sort();
+        read.dedup();
+        let mut listed: Vec<String> = VARIABLES.iter().map(|v| (*v).to_owned()).collect();
+        listed.sort();
+        assert_eq!(read, listed);
+        assert!(SECRET_VARIABLES.iter().all(|s| VARIABLES.contains(s)));
+    }
+
+    #[test]
+    fn every_malformed_variable_is_reported_at_once() {
+        let e = cfg(&[
+            ("DIAL_ENDPOINT", "core:8080"),
+            ("MAX_PARALLEL", "99"),
+            ("STATE_SECRET", "short"),
+            ("AGENTS", "GPA,UMS,RAG"),
+            ("UMS_AGENT_ENDPOINT", "ftp://ums"),
+        ])
+        .unwrap_err();
+        let CoordError::Config(problems) = &e else {
+            panic!("not a configuration error: {e:?}")
+        };
+        let vars: Vec<&str> = problems.iter().map(|p| p.var.as_str()).collect();
+        assert_eq!(
+            vars,
+            [
+                "DIAL_ENDPOINT",
+                "UMS_AGENT_ENDPOINT",
+                "AGENT_RAG_KIND",
+                "AGENT_RAG_DESCRIPTION",
+                "MAX_PARALLEL",
+                "STATE_SECRET"
+            ]
+        );
+        assert_eq!(
+            e.message(),
+            "Invalid configuration: DIAL_ENDPOINT must start with http:// or https://; \
+             UMS_AGENT_ENDPOINT must start with http:// or https://; \
+             AGENT_RAG_KIND is required for agent RAG listed in AGENTS (dial or ums); \
+             AGENT_RAG_DESCRIPTION is required for agent RAG: the coordination prompt says what it is for; \
+             MAX_PARALLEL must be a whole number from 1 to 16; \
+             STATE_SECRET must be at least 16 characters long"
+        );
+        assert_eq!(
+            e.display_message(),
+            "The coordinator is misconfigured (DIAL_ENDPOINT, UMS_AGENT_ENDPOINT, \
+             AGENT_RAG_KIND, AGENT_RAG_DESCRIPTION, MAX_PARALLEL, STATE_SECRET). \
+             Please tell the administrator."
+        );
     }
 
     #[test]

@@ -52,22 +52,30 @@ pub enum Endpoint {
     Health,
 }
 
-/// Maps method and path (query ignored) to an endpoint.
+/// Maps method and path (query ignored; one trailing `/` ignored) to an
+/// endpoint. `HEAD /health` is served like `GET`, without a body.
 pub fn route_endpoint(method: &str, path_and_query: &str) -> Result<Endpoint, CoordError> {
     let path = path_and_query.split('?').next().unwrap_or("");
-    let (endpoint, allowed) = if path.ends_with("/chat/completions") {
+    let path = match path.strip_suffix('/') {
+        Some(p) if !p.is_empty() => p,
+        _ => path,
+    };
+    let (endpoint, allow) = if path.ends_with("/chat/completions") {
         (Endpoint::ChatCompletions, "POST")
     } else if path.starts_with("/openai/deployments/") && path.ends_with("/rate") {
         (Endpoint::Rate, "POST")
     } else if path == "/health" {
-        (Endpoint::Health, "GET")
+        (Endpoint::Health, "GET, HEAD")
     } else {
         return Err(CoordError::NotFound(truncate(path, 200)));
     };
-    if method.eq_ignore_ascii_case(allowed) {
+    if allow.split(", ").any(|m| method.eq_ignore_ascii_case(m)) {
         Ok(endpoint)
     } else {
-        Err(CoordError::MethodNotAllowed(truncate(method, 20)))
+        Err(CoordError::MethodNotAllowed {
+            method: truncate(method, 20),
+            allow,
+        })
     }
 }
 
@@ -533,7 +541,35 @@ mod tests {
                 .status(),
             405
         );
-        assert_eq!(route_endpoint("POST", "/health").unwrap_err().status(), 405);
+        assert_eq!(
+            route_endpoint("POST", "/health"),
+            Err(CoordError::MethodNotAllowed {
+                method: "POST".to_owned(),
+                allow: "GET, HEAD"
+            })
+        );
+        assert_eq!(route_endpoint("HEAD", "/health"), Ok(Endpoint::Health));
+        assert_eq!(
+            route_endpoint("GET", "/openai/deployments/x/chat/completions")
+                .unwrap_err()
+                .allow(),
+            Some("POST")
+        );
+        // One trailing slash is ignored; the root is not a route.
+        assert_eq!(route_endpoint("GET", "/health/"), Ok(Endpoint::Health));
+        assert_eq!(
+            route_endpoint("POST", "/openai/deployments/m/chat/completions/?a=1"),
+            Ok(Endpoint::ChatCompletions)
+        );
+        assert_eq!(
+            route_endpoint("POST", "/openai/deployments/m/rate/"),
+            Ok(Endpoint::Rate)
+        );
+        assert_eq!(
+            route_endpoint("GET", "/health//").unwrap_err().status(),
+            404
+        );
+        assert_eq!(route_endpoint("GET", "/").unwrap_err().status(), 404);
     }
 
     #[test]

@@ -66,6 +66,15 @@ pub enum UpstreamFault {
     },
 }
 
+/// One configuration variable that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The variable's name.
+    pub var: String,
+    /// Why the value was rejected (never the value itself: it may be a secret).
+    pub reason: String,
+}
+
 /// Every error of the request path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CoordError {
@@ -78,16 +87,17 @@ pub enum CoordError {
     /// No route for this path.
     NotFound(String),
     /// The path exists but not for this method.
-    MethodNotAllowed(String),
+    MethodNotAllowed {
+        /// The method the request used (cut to 20 characters).
+        method: String,
+        /// The methods the path serves, as the `Allow` header lists them.
+        allow: &'static str,
+    },
     /// The endpoint needs a token the request did not carry (`HEALTH_TOKEN`).
     Unauthorized(String),
-    /// A configuration variable has a malformed value.
-    Config {
-        /// The environment variable's name.
-        var: String,
-        /// Why the value was rejected (never the value itself: it may be a secret).
-        reason: String,
-    },
+    /// Configuration variables with malformed values: every one found, in
+    /// the order they were read (never empty).
+    Config(Vec<ConfigProblem>),
     /// An upstream call failed.
     Upstream {
         /// Which upstream.
@@ -107,6 +117,14 @@ impl From<RequestError> for CoordError {
 }
 
 impl CoordError {
+    /// A configuration error about one variable.
+    pub fn config(var: &str, reason: impl Into<String>) -> CoordError {
+        CoordError::Config(vec![ConfigProblem {
+            var: var.to_owned(),
+            reason: reason.into(),
+        }])
+    }
+
     /// HTTP status when the error happens before the first byte.
     ///
     /// Never 429/502/503/504: DIAL Core treats those as "this application is down"
@@ -116,9 +134,9 @@ impl CoordError {
             CoordError::BadRequest(_) | CoordError::MissingApiKey => 400,
             CoordError::PayloadTooLarge(_) => 413,
             CoordError::NotFound(_) => 404,
-            CoordError::MethodNotAllowed(_) => 405,
+            CoordError::MethodNotAllowed { .. } => 405,
             CoordError::Unauthorized(_) => 401,
-            CoordError::Config { .. } | CoordError::Upstream { .. } => 500,
+            CoordError::Config(_) | CoordError::Upstream { .. } => 500,
         }
     }
 
@@ -127,10 +145,10 @@ impl CoordError {
             CoordError::BadRequest(_)
             | CoordError::MissingApiKey
             | CoordError::PayloadTooLarge(_)
-            | CoordError::MethodNotAllowed(_)
+            | CoordError::MethodNotAllowed { .. }
             | CoordError::Unauthorized(_) => "invalid_request_error",
             CoordError::NotFound(_) => "not_found_error",
-            CoordError::Config { .. } => "internal_server_error",
+            CoordError::Config(_) => "internal_server_error",
             CoordError::Upstream { .. } => "runtime_error",
         }
     }
@@ -139,15 +157,23 @@ impl CoordError {
     pub fn message(&self) -> String {
         match self {
             CoordError::BadRequest(m) => format!("Invalid request: {m}"),
-            CoordError::MissingApiKey => "Api-Key header is required".to_owned(),
+            CoordError::MissingApiKey => "Api-Key header is required: DIAL Core sends the per-request \
+                key in it; called directly, send Api-Key: <key> (an Authorization header is not a key)"
+                .to_owned(),
             CoordError::PayloadTooLarge(limit) => {
                 format!("Request body is larger than the limit of {limit} bytes")
             }
             CoordError::NotFound(path) => format!("No route for path {path}"),
-            CoordError::MethodNotAllowed(m) => format!("Method {m} is not allowed on this path"),
+            CoordError::MethodNotAllowed { method, allow } => {
+                format!("Method {method} is not allowed on this path (allowed: {allow})")
+            }
             CoordError::Unauthorized(what) => what.clone(),
-            CoordError::Config { var, reason } => {
-                format!("Invalid configuration: {var} {reason}")
+            CoordError::Config(problems) => {
+                let each: Vec<String> = problems
+                    .iter()
+                    .map(|p| format!("{} {}", p.var, p.reason))
+                    .collect();
+                format!("Invalid configuration: {}", each.join("; "))
             }
             CoordError::Upstream {
                 service,
@@ -188,13 +214,17 @@ impl CoordError {
                 "The conversation is too large for the coordinator (limit {} KiB). Start a new conversation or remove large attachments.",
                 limit / 1024
             ),
-            CoordError::NotFound(_) | CoordError::MethodNotAllowed(_) => {
+            CoordError::NotFound(_) | CoordError::MethodNotAllowed { .. } => {
                 "The coordinator does not serve this address.".to_owned()
             }
             CoordError::Unauthorized(_) => "This endpoint needs a valid token.".to_owned(),
-            CoordError::Config { var, .. } => format!(
-                "The coordinator is misconfigured ({var}). Please tell the administrator."
-            ),
+            CoordError::Config(problems) => {
+                let vars: Vec<&str> = problems.iter().map(|p| p.var.as_str()).collect();
+                format!(
+                    "The coordinator is misconfigured ({}). Please tell the administrator.",
+                    vars.join(", ")
+                )
+            }
             CoordError::Upstream { service, fault, .. } => {
                 let who = &service.display;
                 let what = match fault {
@@ -218,6 +248,14 @@ impl CoordError {
                 s.push_str(". Please try again in a moment.");
                 s
             }
+        }
+    }
+
+    /// The `Allow` header a 405 carries.
+    pub fn allow(&self) -> Option<&'static str> {
+        match self {
+            CoordError::MethodNotAllowed { allow, .. } => Some(allow),
+            _ => None,
         }
     }
 

@@ -36,9 +36,17 @@ pub fn shallow<H: Host>(host: &H, config: &Config) -> Value {
     })
 }
 
-/// The report of a configuration that cannot be used: 500 with the error.
+/// The report of a configuration that cannot be used (served with 500, so a
+/// liveness probe fails): the error, and each bad variable with its reason.
 pub fn misconfigured(error: &CoordError) -> Value {
-    json!({"status": "misconfigured", "error": error.body().error})
+    let problems: Vec<Value> = match error {
+        CoordError::Config(problems) => problems
+            .iter()
+            .map(|p| json!({"variable": p.var, "reason": p.reason}))
+            .collect(),
+        _ => Vec::new(),
+    };
+    json!({"status": "misconfigured", "error": error.body().error, "problems": problems})
 }
 
 fn query_value<'q>(path_and_query: &'q str, key: &str) -> Option<&'q str> {
@@ -99,8 +107,9 @@ async fn probe<H: Host>(host: &H, service: &str, base: &str, timeout_ms: u64) ->
     let request = OutboundRequest::get(format!("{base}/health"));
     let (up, status, error) =
         match select(std::pin::pin!(host.send(request)), host.sleep(timeout_ms)).await {
-            // Any HTTP answer below 500 shows the service is there and serving.
-            Either::Left((Ok(r), _)) => (r.status < 500, Some(r.status), None),
+            // Only a 2xx health answer is "up": a 404 says the URL is not a
+            // health endpoint (a wrong base URL, a proxy), not that it serves.
+            Either::Left((Ok(r), _)) => ((200..300).contains(&r.status), Some(r.status), None),
             Either::Left((Err(e), _)) => (false, None, Some(e.message)),
             Either::Right(_) => (
                 false,

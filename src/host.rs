@@ -57,19 +57,23 @@ async fn serve(request: IncomingRequest, out: ResponseOutparam) {
     };
     match route_endpoint(&method, &path) {
         Ok(Endpoint::Health) => {
-            let config = match Config::from_env() {
-                Ok(config) => config,
-                Err(e) => return reply.json(500, &health::misconfigured(&e)).await,
-            };
-            let report = if health::wants_deep(&path) {
-                if let Err(e) = health::authorize(&config, header("authorization").as_deref()) {
-                    return reply.error(&e).await;
+            // HEAD is GET without the body (same status and headers).
+            let head = method.eq_ignore_ascii_case("HEAD");
+            let (status, report) = match read_config() {
+                Err(e) => (500, health::misconfigured(&e)),
+                Ok(config) if health::wants_deep(&path) => {
+                    if let Err(e) = health::authorize(&config, header("authorization").as_deref()) {
+                        return reply.error(&e).await;
+                    }
+                    (200, health::deep(&host, &config, &path).await)
                 }
-                health::deep(&host, &config, &path).await
-            } else {
-                health::shallow(&host, &config)
+                Ok(config) => (200, health::shallow(&host, &config)),
             };
-            reply.json(200, &report).await;
+            if head {
+                reply.send(status, "application/json", Vec::new()).await;
+            } else {
+                reply.json(status, &report).await;
+            }
         }
         Ok(Endpoint::Rate) => reply.send(200, "application/json", Vec::new()).await,
         Ok(Endpoint::ChatCompletions) => chat(&host, request, reply, &header, &path, trace).await,
@@ -87,7 +91,7 @@ async fn chat(
 ) {
     let start_ms = host.now_ms();
     let unix_ms = host.unix_ms();
-    let config = match Config::from_env() {
+    let config = match read_config() {
         Ok(c) => c,
         Err(e) => return reply.rejected(host, &trace, &e).await,
     };
@@ -157,12 +161,19 @@ struct Reply<'a> {
 
 impl Reply<'_> {
     fn start(self, status: u16, content_type: &str) -> BodySink {
-        let headers = Fields::from_list(&[
+        self.start_with(status, content_type, None)
+    }
+
+    fn start_with(self, status: u16, content_type: &str, allow: Option<&str>) -> BodySink {
+        let mut list = vec![
             ("content-type".to_owned(), content_type.as_bytes().to_vec()),
             ("cache-control".to_owned(), b"no-cache".to_vec()),
             ("x-trace-id".to_owned(), self.trace_id.as_bytes().to_vec()),
-        ])
-        .unwrap_or_else(|_| Fields::new());
+        ];
+        if let Some(allow) = allow {
+            list.push(("allow".to_owned(), allow.as_bytes().to_vec()));
+        }
+        let headers = Fields::from_list(&list).unwrap_or_else(|_| Fields::new());
         let response = OutgoingResponse::new(headers);
         let _ = response.set_status_code(status);
         let body = Box::pin(response.take_body());
@@ -183,8 +194,8 @@ impl Reply<'_> {
     }
 
     async fn error(self, e: &CoordError) {
-        self.send(e.status(), "application/json", e.body_json())
-            .await;
+        let mut sink = self.start_with(e.status(), "application/json", e.allow());
+        let _ = sink.send(e.body_json()).await;
     }
 
     /// A request refused before the flow started: the error, and its log line.
@@ -225,6 +236,26 @@ thread_local! {
     // Lives as long as the instance: across requests when the host reuses it.
     static STORE: &'static dyn SharedStore = shared_store();
     static FIRSTS: std::cell::RefCell<Vec<&'static str>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The configuration: environment variables, and in the `spin-kv` build, for
+/// a variable the environment does not set, the Spin variable of the same
+/// name in lower case (`DIAL_ENDPOINT` → `dial_endpoint`), which is how
+/// `spin up --variable`, `SPIN_VARIABLE_*` and a SpinApp's `variables` reach
+/// the component.
+fn read_config() -> Result<Config, CoordError> {
+    #[cfg(feature = "spin-kv")]
+    {
+        Config::from_lookup(|name| {
+            std::env::var(name)
+                .ok()
+                .or_else(|| spin_sdk::variables::get(&name.to_ascii_lowercase()).ok())
+        })
+    }
+    #[cfg(not(feature = "spin-kv"))]
+    {
+        Config::from_env()
+    }
 }
 
 #[cfg(not(feature = "spin-kv"))]

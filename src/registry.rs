@@ -16,6 +16,7 @@
 //! its stage name, its display name in errors, and where its state lives.
 //! Parsing is pure: it takes a lookup function.
 
+use crate::config::Problems;
 use crate::error::{CoordError, Service};
 
 /// Longest agent name.
@@ -135,7 +136,8 @@ impl Registry {
         lookup: &dyn Fn(&str) -> Option<String>,
         parse_endpoint: fn(&str, &str) -> Result<String, CoordError>,
         parse_deployment: fn(&str, &str) -> Result<String, CoordError>,
-    ) -> Result<Registry, CoordError> {
+        problems: &Problems,
+    ) -> Registry {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         let names: Vec<String> = match get("AGENTS") {
             Some(list) => list
@@ -147,25 +149,33 @@ impl Registry {
             None => vec!["GPA".to_owned(), "UMS".to_owned()],
         };
         if names.is_empty() {
-            return Err(config_error("AGENTS", "must name at least one agent"));
+            problems.add(config_error("AGENTS", "must name at least one agent"));
         }
         let mut agents: Vec<AgentSpec> = Vec::with_capacity(names.len());
         for name in names {
             if !is_valid_name(&name) {
-                return Err(config_error(
+                problems.add(config_error(
                     "AGENTS",
                     "must list names made of A-Z, 0-9 and '_', starting with a letter, at most 32 characters",
                 ));
+                continue;
             }
             if agents.iter().any(|a| a.name == name) {
-                return Err(config_error(
+                problems.add(config_error(
                     "AGENTS",
                     &format!("lists {name} more than once"),
                 ));
+                continue;
             }
-            agents.push(read_agent(&name, &get, parse_endpoint, parse_deployment)?);
+            agents.push(read_agent(
+                &name,
+                &get,
+                parse_endpoint,
+                parse_deployment,
+                problems,
+            ));
         }
-        Ok(Registry { agents })
+        Registry { agents }
     }
 }
 
@@ -178,10 +188,7 @@ pub fn is_valid_name(name: &str) -> bool {
 }
 
 fn config_error(var: &str, reason: &str) -> CoordError {
-    CoordError::Config {
-        var: var.to_owned(),
-        reason: reason.to_owned(),
-    }
+    CoordError::config(var, reason)
 }
 
 /// The first set variable of `vars` and its name.
@@ -197,7 +204,8 @@ fn read_agent(
     get: &dyn Fn(&str) -> Option<String>,
     parse_endpoint: fn(&str, &str) -> Result<String, CoordError>,
     parse_deployment: fn(&str, &str) -> Result<String, CoordError>,
-) -> Result<AgentSpec, CoordError> {
+    problems: &Problems,
+) -> AgentSpec {
     let var = |field: &str| format!("AGENT_{name}_{field}");
     let (kind_var, deployment_var, endpoint_var, backups_var, description_var, display_var) = (
         var("KIND"),
@@ -217,10 +225,11 @@ fn read_agent(
         None => match builtin_kind {
             Some(k) => k.to_owned(),
             None => {
-                return Err(config_error(
+                problems.add(config_error(
                     &kind_var,
                     &format!("is required for agent {name} listed in AGENTS (dial or ums)"),
-                ))
+                ));
+                String::new()
             }
         },
     };
@@ -229,8 +238,8 @@ fn read_agent(
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .map(|s| parse(var, s))
-            .collect::<Result<Vec<_>, _>>()
+            .map(|s| problems.take(parse(var, s), String::new()))
+            .collect::<Vec<_>>()
     };
     // Legacy variables of the Python reference, read for GPA and UMS only.
     let (legacy_primary, legacy_backups): (&[&str], &[&str]) = match (name, kind.as_str()) {
@@ -247,18 +256,19 @@ fn read_agent(
                 .chain(legacy_primary.iter().copied())
                 .collect();
             let primary = match first_set(get, &primary_vars) {
-                Some((var, v)) => parse_deployment(var, &v)?,
+                Some((var, v)) => problems.take(parse_deployment(var, &v), String::new()),
                 None if name == "GPA" => DEFAULT_GPA_DEPLOYMENT.to_owned(),
                 None => {
-                    return Err(config_error(
+                    problems.add(config_error(
                         &deployment_var,
                         &format!("is required for the dial agent {name}"),
-                    ))
+                    ));
+                    String::new()
                 }
             };
             let mut deployments = vec![primary];
             if let Some((var, v)) = first_set(get, &backups_vars) {
-                deployments.extend(list(var, &v, parse_deployment)?);
+                deployments.extend(list(var, &v, parse_deployment));
             }
             AgentKind::Dial { deployments }
         }
@@ -267,26 +277,33 @@ fn read_agent(
                 .chain(legacy_primary.iter().copied())
                 .collect();
             let primary = match first_set(get, &primary_vars) {
-                Some((var, v)) => parse_endpoint(var, &v)?,
+                Some((var, v)) => problems.take(parse_endpoint(var, &v), String::new()),
                 None if name == "UMS" => DEFAULT_UMS_ENDPOINT.to_owned(),
                 None => {
-                    return Err(config_error(
+                    problems.add(config_error(
                         &endpoint_var,
                         &format!("is required for the ums agent {name}"),
-                    ))
+                    ));
+                    String::new()
                 }
             };
             let mut endpoints = vec![primary];
             if let Some((var, v)) = first_set(get, &backups_vars) {
-                endpoints.extend(list(var, &v, parse_endpoint)?);
+                endpoints.extend(list(var, &v, parse_endpoint));
             }
             AgentKind::Ums { endpoints }
         }
+        "" => AgentKind::Dial {
+            deployments: Vec::new(),
+        },
         _ => {
-            return Err(config_error(
+            problems.add(config_error(
                 &kind_var,
                 "must be dial (a DIAL deployment) or ums (the UMS conversation API)",
-            ))
+            ));
+            AgentKind::Dial {
+                deployments: Vec::new(),
+            }
         }
     };
     let builtin = matches!(
@@ -294,20 +311,21 @@ fn read_agent(
         ("GPA", AgentKind::Dial { .. }) | ("UMS", AgentKind::Ums { .. })
     );
     let description = match get(&description_var) {
-        Some(d) => parse_text(&description_var, &d, 2_000)?,
+        Some(d) => problems.take(parse_text(&description_var, &d, 2_000), String::new()),
         None if builtin && name == "GPA" => GPA_DESCRIPTION.to_owned(),
         None if builtin => UMS_DESCRIPTION.to_owned(),
         None => {
-            return Err(config_error(
+            problems.add(config_error(
                 &description_var,
                 &format!(
                     "is required for agent {name}: the coordination prompt says what it is for"
                 ),
-            ))
+            ));
+            String::new()
         }
     };
     let display_name = match get(&display_var) {
-        Some(d) => parse_text(&display_var, &d, 100)?,
+        Some(d) => problems.take(parse_text(&display_var, &d, 100), String::new()),
         None if builtin && name == "GPA" => "the General Purpose Agent".to_owned(),
         None if builtin => "the User Management agent".to_owned(),
         None => format!("the {name} agent"),
@@ -317,13 +335,13 @@ fn read_agent(
         (true, AgentKind::Ums { .. }) => StateSlot::Ums,
         _ => StateSlot::Agents,
     };
-    Ok(AgentSpec {
+    AgentSpec {
         name: name.to_owned(),
         kind,
         description,
         display_name,
         slot,
-    })
+    }
 }
 
 /// Free text for prompts and messages: one line of printable characters.
@@ -364,12 +382,15 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        Registry::from_lookup(&|k| map.get(k).cloned(), endpoint, deployment)
+        let problems = Problems::default();
+        let r = Registry::from_lookup(&|k| map.get(k).cloned(), endpoint, deployment, &problems);
+        problems.into_result(r)
     }
 
+    /// The variable of the first problem.
     fn var_of(e: CoordError) -> String {
         match e {
-            CoordError::Config { var, .. } => var,
+            CoordError::Config(problems) => problems[0].var.clone(),
             other => panic!("not a configuration error: {other:?}"),
         }
     }

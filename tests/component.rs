@@ -175,9 +175,10 @@ fn the_check_rejects_a_spin_only_import() {
 }
 
 #[test]
-fn spin_kv_variant_adds_exactly_the_spin_key_value_import() {
-    // The `spin-kv` build keeps breaker states in Spin's key-value store: it is
-    // Spin-only by design, and the check above must say exactly why.
+fn spin_kv_variant_adds_exactly_spin_key_value_and_variables() {
+    // The `spin-kv` build keeps breaker states in Spin's key-value store and
+    // reads configuration from Spin variables too: it is Spin-only by design,
+    // and the check above must say exactly why.
     let variant = root().join("target/wasm32-wasip2/spin-kv/mas_coordinator.wasm");
     assert!(
         variant.exists(),
@@ -186,10 +187,20 @@ fn spin_kv_variant_adds_exactly_the_spin_key_value_import() {
     );
     let scratch = scratch_dir("kv");
     let allowed = world_component(&root().join("wit"), "coordinator", &scratch);
-    let found = violations(&variant, &allowed);
-    assert_eq!(found.len(), 1, "{found:?}");
-    assert!(
-        found[0].starts_with("import fermyon:spin/key-value@2."),
-        "{found:?}"
+    let found: Vec<String> = violations(&variant, &allowed)
+        .iter()
+        .map(|v| v.split('@').next().unwrap_or(v).to_owned())
+        .collect();
+    assert_eq!(
+        found,
+        [
+            "import fermyon:spin/key-value",
+            "import fermyon:spin/variables"
+        ],
+        "{:?}",
+        violations(&variant, &allowed)
     );
+    assert!(violations(&variant, &allowed)
+        .iter()
+        .all(|v| v.contains("@2.")));
 }

@@ -828,7 +828,7 @@ async fn bad_input_gets_dial_errors() {
     assert_eq!(r.header("content-type"), Some("application/json"));
     assert_eq!(
         r.json(),
-        json!({"error": {"message": "Api-Key header is required", "type": "invalid_request_error",
+        json!({"error": {"message": "Api-Key header is required: DIAL Core sends the per-request key in it; called directly, send Api-Key: <key> (an Authorization header is not a key)", "type": "invalid_request_error",
             "code": "400",
             "display_message": "The request reached the coordinator without an API key. Call it through DIAL Core."}})
     );
@@ -840,10 +840,10 @@ async fn bad_input_gets_dial_errors() {
     let e = r.json();
     assert_eq!(e["error"]["type"], "invalid_request_error");
     assert_eq!(e["error"]["code"], "400");
-    assert!(e["error"]["message"]
-        .as_str()
-        .unwrap()
-        .starts_with("Invalid request:"));
+    assert_eq!(
+        e["error"]["message"],
+        "Invalid request: the body is not valid JSON: key must be a string at line 1 column 2"
+    );
 
     let r = get(&format!("{}/health", s.host.url())).await;
     assert_eq!(r.status, 200);
@@ -858,7 +858,26 @@ async fn bad_input_gets_dial_errors() {
 
     let r = get(&url).await;
     assert_eq!(r.status, 405);
-    assert_eq!(r.json()["error"]["code"], "405");
+    assert_eq!(r.header("allow"), Some("POST"));
+    assert_eq!(
+        r.json()["error"]["message"],
+        "Method GET is not allowed on this path (allowed: POST)"
+    );
+    let health = format!("{}/health", s.host.url());
+    let r = send("DELETE", &health, &[], Vec::new()).await.unwrap();
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD")));
+
+    // HEAD /health: the status and headers of GET, no body.
+    let r = send("HEAD", &health, &[], Vec::new()).await.unwrap();
+    assert_eq!(
+        (r.status, r.header("content-type"), r.body.len()),
+        (200, Some("application/json"), 0)
+    );
+    // One trailing slash is the same path.
+    let r = get(&format!("{health}/")).await;
+    assert_eq!(r.json()["status"], "ok");
+    let r = post_json(&format!("{url}/"), &[], &body).await;
+    assert_eq!(r.status, 400, "the chat route, reached: no key");
 
     let big = json!({"messages": [user(&"x".repeat(70_000))]});
     let r = post_json(&url, &[("Api-Key", KEY)], &big).await;
@@ -874,6 +893,45 @@ async fn bad_input_gets_dial_errors() {
         "nothing reached the upstreams"
     );
     assert!(!s.host.logs().contains(KEY));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_health_counts_only_a_2xx_answer_as_up() {
+    let world = World::start(mas_world::WorldOptions::default())
+        .await
+        .unwrap();
+    let (core, ums) = (world.core_url(), world.ums_url());
+    // A backup UMS at a wrong base path: the world's Core answers 404 there.
+    let wrong = format!("{core}/not-ums");
+    let host = WasiHost::start(&[
+        ("DIAL_ENDPOINT", &core),
+        ("UMS_AGENT_ENDPOINT", &ums),
+        ("UMS_AGENT_BACKUP_ENDPOINTS", &wrong),
+    ])
+    .await;
+    let report = get(&format!("{}/health?deep=1", host.url())).await.json();
+    assert_eq!(report["status"], "degraded");
+    let checks: Vec<(Value, Value, Value, Value)> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["service"].clone(),
+                c["target"].clone(),
+                c["up"].clone(),
+                c["status"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        checks,
+        [
+            (json!("DIAL Core"), json!(core), json!(true), json!(200)),
+            (json!("UMS"), json!(ums), json!(true), json!(200)),
+            (json!("UMS"), json!(wrong), json!(false), json!(404)),
+        ]
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -992,12 +1050,21 @@ async fn a_third_dial_agent_works_end_to_end_by_configuration_alone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bad_registry_is_a_500_naming_the_variable_and_health_says_so() {
-    let s = setup(&[("AGENTS", "GPA,UMS,RAG"), ("AGENT_RAG_KIND", "grpc")]).await;
-    let reason = "must be dial (a DIAL deployment) or ums (the UMS conversation API)";
-    let error = json!({"message": format!("Invalid configuration: AGENT_RAG_KIND {reason}"),
+async fn a_bad_configuration_is_a_500_naming_every_variable_and_health_says_so() {
+    let s = setup(&[
+        ("AGENTS", "GPA,UMS,RAG"),
+        ("AGENT_RAG_KIND", "grpc"),
+        ("MAX_PARALLEL", "99"),
+    ])
+    .await;
+    let kind = "must be dial (a DIAL deployment) or ums (the UMS conversation API)";
+    let description = "is required for agent RAG: the coordination prompt says what it is for";
+    let parallel = "must be a whole number from 1 to 16";
+    let error = json!({"message": format!("Invalid configuration: AGENT_RAG_KIND {kind}; \
+            AGENT_RAG_DESCRIPTION {description}; MAX_PARALLEL {parallel}"),
         "type": "internal_server_error", "code": "500",
-        "display_message": "The coordinator is misconfigured (AGENT_RAG_KIND). Please tell the administrator."});
+        "display_message": "The coordinator is misconfigured (AGENT_RAG_KIND, AGENT_RAG_DESCRIPTION, \
+            MAX_PARALLEL). Please tell the administrator."});
     let r = post_json(
         &s.host.chat_url(),
         &[("Api-Key", KEY)],
@@ -1010,8 +1077,16 @@ async fn a_bad_registry_is_a_500_naming_the_variable_and_health_says_so() {
     assert_eq!(health.status, 500);
     assert_eq!(
         health.json(),
-        json!({"status": "misconfigured", "error": error})
+        json!({"status": "misconfigured", "error": error, "problems": [
+            {"variable": "AGENT_RAG_KIND", "reason": kind},
+            {"variable": "AGENT_RAG_DESCRIPTION", "reason": description},
+            {"variable": "MAX_PARALLEL", "reason": parallel},
+        ]})
     );
+    let head = send("HEAD", &format!("{}/health", s.host.url()), &[], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!((head.status, head.body.len()), (500, 0));
     assert!(s.world.requests().is_empty(), "nothing was called");
 }
 

@@ -673,19 +673,20 @@ async fn malformed_json_is_a_400() {
     assert_bad_request(
         &s,
         b"{not json",
-        "body is not valid JSON (key must be a string at line 1 column 2)",
+        "the body is not valid JSON: key must be a string at line 1 column 2",
     )
     .await;
     assert_bad_request(
         &s,
         b"",
-        "body is not valid JSON (EOF while parsing a value at line 1 column 0)",
+        "the body is empty: it must be a JSON object with a \"messages\" list, \
+         e.g. {\"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}]}",
     )
     .await;
     assert_bad_request(
         &s,
         br#"{"messages": [{"role": "user", "content": "hi"}]} trailing"#,
-        "body is not valid JSON (trailing characters at line 1 column 51)",
+        "the body is not valid JSON: trailing characters at line 1 column 51",
     )
     .await;
     assert!(s.world.requests().is_empty());
@@ -695,7 +696,13 @@ async fn malformed_json_is_a_400() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_messages_is_a_400() {
     let s = Stack::start(&[]).await;
-    assert_bad_request(&s, br#"{"stream": true}"#, "missing field `messages`").await;
+    assert_bad_request(
+        &s,
+        br#"{"stream": true}"#,
+        "the body has no \"messages\" field: it must be a JSON object with a \"messages\" list, \
+         e.g. {\"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}]}",
+    )
+    .await;
     assert!(s.world.requests().is_empty());
 }
 
@@ -705,42 +712,56 @@ async fn empty_messages_is_a_400() {
     assert_bad_request(
         &s,
         br#"{"stream": true, "messages": []}"#,
-        "messages must not be empty",
+        "messages must not be empty: it needs at least the user's message",
     )
     .await;
     assert!(s.world.requests().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_types_are_a_400_naming_the_path() {
+async fn wrong_types_are_a_400_naming_the_path_in_plain_words() {
     let s = Stack::start(&[]).await;
-    let cases: [(&[u8], &str); 6] = [
+    let roles = "\"system\", \"user\", \"assistant\", \"tool\" or \"function\"";
+    let cases: Vec<(&[u8], String)> = vec![
         (
             br#"{"messages": [{"role": "user", "content": 5}]}"#,
-            "messages[0].content: invalid type: number, expected a string or a list of content parts",
+            "messages[0].content must be a string or a list of content parts, not a number".into(),
         ),
         (
             br#"{"messages": "hi"}"#,
-            "messages: invalid type: string \"hi\", expected a sequence",
+            "messages must be a list of messages, not a string".into(),
         ),
         (
             br#"{"messages": [{"role": "user", "content": "x"}], "stream": "yes"}"#,
-            "stream: invalid type: string \"yes\", expected a boolean",
+            "stream must be true or false, not a string".into(),
         ),
         (
             br#"{"messages": [{"role": 1, "content": "x"}]}"#,
-            "messages[0].role: invalid type: integer `1`, expected a string",
+            format!("messages[0].role must be a string: {roles}, not a number"),
         ),
         (
             br#"{"messages": [{"role": "user", "content": "x", "custom_content": {"state": 1, "attachments": "a"}}]}"#,
-            "messages[0].custom_content.attachments: invalid type: string, expected a list",
+            "messages[0].custom_content.attachments must be a list of attachments, not a string".into(),
         ),
         (
             br#"{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}"#,
-            "the last message must have the role \"user\"",
+            "the last message must be the user's (role \"user\"), not \"assistant\"".into(),
+        ),
+        // The two the first users met: a list as the body, an unknown role.
+        (
+            br#"[{"role": "user", "content": "x"}]"#,
+            "the body must be a JSON object with a \"messages\" list, e.g. \
+             {\"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}]}, not a list"
+                .into(),
+        ),
+        (
+            br#"{"messages": [{"role": "robot", "content": "x"}, {"role": "user", "content": "y"}]}"#,
+            "messages[0].role must be one of \"system\", \"user\", \"assistant\", \"tool\", \
+             \"function\", not \"robot\""
+                .into(),
         ),
     ];
-    for (body, what) in cases {
+    for (body, what) in &cases {
         assert_bad_request(&s, body, what).await;
     }
     assert!(s.world.requests().is_empty());
@@ -861,7 +882,7 @@ async fn ten_mib_body_is_a_413_with_the_default_limit() {
 async fn missing_api_key_is_a_400() {
     let s = Stack::start(&[]).await;
     let body = json!({"stream": true, "messages": [user(KARPATHY)]}).to_string();
-    let message = "Api-Key header is required";
+    let message = "Api-Key header is required: DIAL Core sends the per-request key in it; called directly, send Api-Key: <key> (an Authorization header is not a key)";
     let display =
         "The request reached the coordinator without an API key. Call it through DIAL Core.";
     assert_rejected(&s, &[], body.as_bytes(), 400, message, display).await;

@@ -903,3 +903,35 @@ fn the_deep_health_check_is_cached_in_the_store() {
     ));
     assert_eq!(client.requests().len(), 4);
 }
+
+#[test]
+fn only_a_2xx_health_answer_counts_as_up() {
+    let client = FakeClient::new()
+        .on(
+            "core.test/health",
+            Reply::json(404, json!({"error": {"message": "not found"}})),
+        )
+        .on(
+            "ums.test/health",
+            Reply::json(200, json!({"status": "healthy"})),
+        );
+    let report = client.run(mas_coordinator::health::deep(
+        &client,
+        &config(),
+        "/health?deep=1",
+    ));
+    assert_eq!(report["status"], "degraded");
+    let up: Vec<(Value, Value, Value)> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["service"].clone(), c["up"].clone(), c["status"].clone()))
+        .collect();
+    assert_eq!(
+        up,
+        [
+            (json!("DIAL Core"), json!(false), json!(404)),
+            (json!("UMS"), json!(true), json!(200)),
+        ]
+    );
+}

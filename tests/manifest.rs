@@ -1,13 +1,13 @@
 //! `spin.toml` against the Spin manifest v2 reference (the fields, types and
 //! rules documented for Spin 2–4), and against the component: the route covers
-//! our endpoints, the source is what the build produces, the environment holds
-//! the component's defaults, and the outbound allow-list covers the configured
-//! endpoints. Spin itself cannot be installed here, so this is the check.
+//! our endpoints, the source is what the build produces, every configuration
+//! variable is a Spin variable whose defaults are the component's, and the
+//! outbound allow-list covers the configured endpoints. Spin itself cannot be installed here, so this is the check.
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
 use std::collections::BTreeSet;
 
-use mas_coordinator::config::Config;
+use mas_coordinator::config::{Config, SECRET_VARIABLES, VARIABLES};
 use toml::{Table, Value};
 
 fn manifest() -> Table {
@@ -34,6 +34,17 @@ fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Spin's rule for variable names: a lower-case letter, then lower-case
+/// letters, digits and single underscores, not ending in one.
+fn variable_name_ok(name: &str) -> bool {
+    name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !name.contains("__")
+        && !name.ends_with('_')
 }
 
 fn is_kebab(s: &str) -> bool {
@@ -116,13 +127,7 @@ fn manifest_follows_the_v2_reference() {
 
     let variables = m["variables"].as_table().unwrap();
     for (name, v) in variables {
-        assert!(
-            name.chars().next().unwrap().is_ascii_lowercase()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
-            "variable name {name}"
-        );
+        assert!(variable_name_ok(name), "variable name {name}");
         let v = v.as_table().unwrap();
         assert_only(v, &["description", "default", "required", "secret"], name);
         let required = v.get("required").and_then(Value::as_bool).unwrap_or(false);
@@ -164,8 +169,16 @@ fn manifest_follows_the_v2_reference() {
                 None => assert!(is_outbound_host(host), "{host}"),
             }
         }
-        for (k, v) in c["environment"].as_table().unwrap() {
-            assert!(v.is_str(), "environment {k} must be a string");
+        if let Some(env) = c.get("environment") {
+            for (k, v) in env.as_table().unwrap() {
+                assert!(v.is_str(), "environment {k} must be a string");
+            }
+        }
+        if let Some(vars) = c.get("variables") {
+            for (k, v) in vars.as_table().unwrap() {
+                assert!(variable_name_ok(k), "component variable name {k}");
+                assert!(v.is_str(), "component variable {k} must be a string");
+            }
         }
         let build = c["build"].as_table().unwrap();
         assert_only(build, &["command", "workdir", "watch"], "build");
@@ -218,20 +231,45 @@ fn manifest_fits_the_component() {
         Some("cargo build --profile spin-kv --features spin-kv --target wasm32-wasip2 -p mas-coordinator")
     );
 
-    // The environment is the component's configuration, with its defaults.
-    let env = c["environment"].as_table().unwrap();
-    let lookup = |k: &str| env.get(k).and_then(Value::as_str).map(str::to_owned);
-    let config =
-        Config::from_lookup(lookup).expect("the manifest's environment is a valid configuration");
-    assert_eq!(config, Config::default());
-    for var in [
-        "DIAL_ENDPOINT",
-        "DEPLOYMENT_NAME",
-        "UMS_AGENT_ENDPOINT",
-        "GPA_DEPLOYMENT_NAME",
-    ] {
-        assert!(env.contains_key(var), "environment lacks {var}");
+    // Configuration comes from the Spin variables (read by the spin-kv build
+    // as the lower-case names of config::VARIABLES): every one is declared,
+    // mapped into the component unchanged, secret where it holds a secret,
+    // and the defaults make the component's own default configuration. An
+    // `environment` entry would shadow a variable, so there is none.
+    assert!(
+        c.get("environment").is_none(),
+        "environment values would win over the Spin variables"
+    );
+    let app_vars = m["variables"].as_table().unwrap();
+    let component_vars = c["variables"].as_table().unwrap();
+    let expected: BTreeSet<String> = VARIABLES.iter().map(|v| v.to_ascii_lowercase()).collect();
+    assert_eq!(
+        component_vars.keys().cloned().collect::<BTreeSet<_>>(),
+        expected
+    );
+    assert_eq!(app_vars.keys().cloned().collect::<BTreeSet<_>>(), expected);
+    for (name, value) in component_vars {
+        assert_eq!(value.as_str(), Some(format!("{{{{ {name} }}}}").as_str()));
+        let secret = app_vars[name]
+            .get("secret")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        assert_eq!(
+            secret,
+            SECRET_VARIABLES.contains(&name.to_ascii_uppercase().as_str()),
+            "secret flag of {name}"
+        );
     }
+    let lookup = |k: &str| {
+        app_vars
+            .get(&k.to_ascii_lowercase())
+            .and_then(|v| v.get("default"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let config =
+        Config::from_lookup(lookup).expect("the manifest's defaults are a valid configuration");
+    assert_eq!(config, Config::default());
 
     // Every endpoint the component calls is on the allow-list (by the variables' defaults).
     let allowed = allowed_hosts(&m);

@@ -329,36 +329,142 @@ impl<'de> Deserialize<'de> for CustomContent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestError(pub String);
 
+/// The roles a message may have (DIAL's and OpenAI's chat roles).
+pub const ROLES: [&str; 5] = ["system", "user", "assistant", "tool", "function"];
+
 /// Parses and validates a request body.
 ///
-/// Errors say which JSON path failed, e.g. `messages[1].content: invalid type`.
+/// Errors are sentences for people: they name the JSON path that failed and
+/// what it must be, e.g. `messages[1].content must be a string or a list of
+/// content parts, not a number`.
 pub fn parse_request(body: &[u8]) -> Result<ChatRequest, RequestError> {
+    check_top_level(body)?;
     let mut de = serde_json::Deserializer::from_slice(body);
     let request: ChatRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
-        let text = without_location(&inner);
-        let what = if inner.is_syntax() || inner.is_eof() {
-            format!("body is not valid JSON ({inner})")
-        } else if path == "." {
-            text
-        } else {
-            format!("{path}: {text}")
-        };
-        RequestError(what)
+        RequestError(describe(&path, e.inner()))
     })?;
     de.end()
-        .map_err(|e| RequestError(format!("body is not valid JSON ({e})")))?;
+        .map_err(|e| RequestError(format!("the body is not valid JSON: {e}")))?;
     if request.messages.is_empty() {
-        return Err(RequestError("messages must not be empty".to_owned()));
-    }
-    let last = request.messages.last().map(|m| m.role.as_str());
-    if last != Some("user") {
         return Err(RequestError(
-            "the last message must have the role \"user\"".to_owned(),
+            "messages must not be empty: it needs at least the user's message".to_owned(),
         ));
     }
-    Ok(request)
+    for (i, m) in request.messages.iter().enumerate() {
+        if !ROLES.contains(&m.role.as_str()) {
+            return Err(RequestError(format!(
+                "messages[{i}].role must be one of {}, not {}",
+                quoted_roles(),
+                quote_cut(&m.role)
+            )));
+        }
+    }
+    match request.messages.last().map(|m| m.role.as_str()) {
+        Some("user") => Ok(request),
+        other => Err(RequestError(format!(
+            "the last message must be the user's (role \"user\"), not {}",
+            quote_cut(other.unwrap_or_default())
+        ))),
+    }
+}
+
+const BODY_SHAPE: &str = "a JSON object with a \"messages\" list, \
+    e.g. {\"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}]}";
+
+/// The body must be an object: anything else would reach serde's derive as a
+/// sequence or a scalar and be described in its words.
+fn check_top_level(body: &[u8]) -> Result<(), RequestError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        None => Err(RequestError(format!(
+            "the body is empty: it must be {BODY_SHAPE}"
+        ))),
+        Some(b'{') => Ok(()),
+        Some(&b) => match serde_json::from_slice::<de::IgnoredAny>(body) {
+            Ok(_) => Err(RequestError(format!(
+                "the body must be {BODY_SHAPE}, not {}",
+                kind_words(kind_name(&(b as char).to_string()))
+            ))),
+            Err(e) => Err(RequestError(format!("the body is not valid JSON: {e}"))),
+        },
+    }
+}
+
+/// What the value at `path` must be, in words (`[N]` indices generalised).
+fn expected_at(path: &str) -> &'static str {
+    let mut generic = String::with_capacity(path.len());
+    let mut in_index = false;
+    for c in path.chars() {
+        match c {
+            '[' => {
+                in_index = true;
+                generic.push_str("[]");
+            }
+            ']' => in_index = false,
+            _ if in_index => {}
+            _ => generic.push(c),
+        }
+    }
+    match generic.as_str() {
+        "." => BODY_SHAPE,
+        "messages" => "a list of messages",
+        "messages[]" => "a message object such as {\"role\": \"user\", \"content\": \"Hello\"}",
+        "messages[].role" => {
+            "a string: \"system\", \"user\", \"assistant\", \"tool\" or \"function\""
+        }
+        "messages[].content" => "a string or a list of content parts",
+        "messages[].custom_content" => "an object (DIAL's attachments, state and stages)",
+        "messages[].custom_content.attachments" => "a list of attachments",
+        "stream" => "true or false",
+        _ => "",
+    }
+}
+
+/// A serde error turned into a sentence about `path`.
+fn describe(path: &str, e: &serde_json::Error) -> String {
+    if e.is_syntax() || e.is_eof() {
+        return format!("the body is not valid JSON: {e}");
+    }
+    let text = without_location(e);
+    let at = if path == "." { "the body" } else { path };
+    let expected = expected_at(path);
+    if let Some(field) = text
+        .strip_prefix("missing field `")
+        .and_then(|f| f.strip_suffix('`'))
+    {
+        return match (path, expected_at(&format!("{path}.{field}"))) {
+            (".", _) => format!("the body has no \"{field}\" field: it must be {BODY_SHAPE}"),
+            (_, "") => format!("{at} has no \"{field}\" field"),
+            (_, what) => format!("{at} has no \"{field}\" field (it must be {what})"),
+        };
+    }
+    if let Some(rest) = text.strip_prefix("invalid type: ") {
+        let got = rest.split(", expected").next().unwrap_or(rest);
+        let got = got.split(' ').next().unwrap_or(got);
+        if !expected.is_empty() {
+            return format!("{at} must be {expected}, not {}", kind_words(got));
+        }
+        return format!("{at} has the wrong type ({})", kind_words(got));
+    }
+    if expected.is_empty() {
+        format!("{at} is not valid")
+    } else {
+        format!("{at} must be {expected}")
+    }
+}
+
+/// serde's name of a JSON kind (or ours from [`kind_name`]) in plain words.
+fn kind_words(kind: &str) -> &'static str {
+    match kind {
+        "string" => "a string",
+        "integer" | "floating" | "number" => "a number",
+        "map" | "object" => "an object",
+        "sequence" | "list" => "a list",
+        "boolean" => "true or false",
+        "null" | "unit" => "null",
+        _ => "a value of another kind",
+    }
 }
 
 /// A serde error without its " at line L column C" suffix (the path says where).
@@ -368,6 +474,18 @@ fn without_location(e: &serde_json::Error) -> String {
         Some(i) => text[..i].to_owned(),
         None => text,
     }
+}
+
+fn quoted_roles() -> String {
+    let quoted: Vec<String> = ROLES.iter().map(|r| format!("\"{r}\"")).collect();
+    quoted.join(", ")
+}
+
+/// `"text"`, cut to 32 characters: user text echoed in an error stays short.
+fn quote_cut(text: &str) -> String {
+    let cut: String = text.chars().take(32).collect();
+    let more = if cut.len() < text.len() { "…" } else { "" };
+    format!("\"{}{more}\"", cut.escape_debug())
 }
 
 #[cfg(test)]
@@ -423,48 +541,124 @@ mod tests {
         assert_eq!(r.messages[0].text(), "café \"q\"");
     }
 
+    fn error_of(body: &str) -> String {
+        parse_request(body.as_bytes()).unwrap_err().0
+    }
+
     #[test]
     fn malformed_json_is_a_bad_request() {
-        let e = parse_request(b"{\"messages\": [").unwrap_err();
-        assert!(e.0.contains("not valid JSON"), "{}", e.0);
-        let e = parse_request(br#"{"messages":[{"role":"user"}]} trailing"#).unwrap_err();
-        assert!(e.0.contains("not valid JSON"), "{}", e.0);
+        assert_eq!(
+            error_of("{\"messages\": ["),
+            "the body is not valid JSON: EOF while parsing a list at line 1 column 14"
+        );
+        assert_eq!(
+            error_of(r#"{"messages":[{"role":"user"}]} trailing"#),
+            "the body is not valid JSON: trailing characters at line 1 column 32"
+        );
+        assert_eq!(
+            error_of("nope"),
+            "the body is not valid JSON: expected ident at line 1 column 2"
+        );
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_object_is_described_in_plain_words() {
+        let shape = "a JSON object with a \"messages\" list, e.g. {\"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}]}";
+        assert_eq!(
+            error_of("[1]"),
+            format!("the body must be {shape}, not a list")
+        );
+        assert_eq!(
+            error_of(r#"["a", true]"#),
+            format!("the body must be {shape}, not a list")
+        );
+        assert_eq!(
+            error_of(" 42"),
+            format!("the body must be {shape}, not a number")
+        );
+        assert_eq!(
+            error_of("\"hi\""),
+            format!("the body must be {shape}, not a string")
+        );
+        assert_eq!(
+            error_of(""),
+            format!("the body is empty: it must be {shape}")
+        );
+        assert_eq!(
+            error_of(r#"{"stream": true}"#),
+            format!("the body has no \"messages\" field: it must be {shape}")
+        );
     }
 
     #[test]
     fn missing_and_empty_messages_are_rejected() {
-        let e = parse_request(b"{\"stream\": true}").unwrap_err();
-        assert_eq!(e.0, "missing field `messages`");
-        let e = parse_request(b"{\"messages\": []}").unwrap_err();
-        assert_eq!(e.0, "messages must not be empty");
+        assert_eq!(
+            error_of(r#"{"messages": []}"#),
+            "messages must not be empty: it needs at least the user's message"
+        );
     }
 
     #[test]
-    fn wrong_types_name_the_path() {
-        let e = parse_request(br#"{"messages": [{"role": "user", "content": 5}]}"#).unwrap_err();
-        assert!(e.0.starts_with("messages[0].content:"), "{}", e.0);
-        let e = parse_request(br#"{"messages": "hi"}"#).unwrap_err();
-        assert!(e.0.starts_with("messages:"), "{}", e.0);
-        let e = parse_request(br#"{"messages": [{"role": "user"}], "stream": "yes"}"#).unwrap_err();
-        assert!(e.0.starts_with("stream:"), "{}", e.0);
-        let e = parse_request(
-            br#"{"messages": [{"role": "user", "custom_content": {"attachments": {}}}]}"#,
-        )
-        .unwrap_err();
-        assert!(
-            e.0.starts_with("messages[0].custom_content.attachments:"),
-            "{}",
-            e.0
+    fn wrong_types_name_the_path_and_the_expected_shape() {
+        for (body, message) in [
+            (
+                r#"{"messages": [{"role": "user", "content": 5}]}"#,
+                "messages[0].content must be a string or a list of content parts, not a number",
+            ),
+            (r#"{"messages": "hi"}"#, "messages must be a list of messages, not a string"),
+            (r#"{"messages": {"role": "user"}}"#, "messages must be a list of messages, not an object"),
+            (
+                r#"{"messages": [1]}"#,
+                "messages[0] must be a message object such as {\"role\": \"user\", \"content\": \"Hello\"}, not a number",
+            ),
+            (
+                r#"{"messages": [{"role": "user"}], "stream": "yes"}"#,
+                "stream must be true or false, not a string",
+            ),
+            (
+                r#"{"messages": [{"role": "user", "custom_content": {"attachments": {}}}]}"#,
+                "messages[0].custom_content.attachments must be a list of attachments, not an object",
+            ),
+            (
+                r#"{"messages": [{"role": "user", "custom_content": []}]}"#,
+                "messages[0].custom_content must be an object (DIAL's attachments, state and stages), not a list",
+            ),
+            (
+                r#"{"messages": [{"role": "user"}, {"content": "x"}]}"#,
+                "messages[1] has no \"role\" field (it must be a string: \"system\", \"user\", \"assistant\", \"tool\" or \"function\")",
+            ),
+            (
+                r#"{"messages": [{"role": 1}]}"#,
+                "messages[0].role must be a string: \"system\", \"user\", \"assistant\", \"tool\" or \"function\", not a number",
+            ),
+        ] {
+            assert_eq!(error_of(body), message, "{body}");
+        }
+    }
+
+    #[test]
+    fn unknown_roles_are_rejected() {
+        assert_eq!(
+            error_of(r#"{"messages": [{"role": "robot", "content": "x"}, {"role": "user", "content": "y"}]}"#),
+            "messages[0].role must be one of \"system\", \"user\", \"assistant\", \"tool\", \"function\", not \"robot\""
         );
-        let e = parse_request(br#"{"messages": [{"content": "x"}]}"#).unwrap_err();
-        assert!(e.0.contains("missing field `role`"), "{}", e.0);
+        let long = "r".repeat(40);
+        assert_eq!(
+            error_of(&format!(r#"{{"messages": [{{"role": "{long}"}}]}}"#)),
+            format!("messages[0].role must be one of \"system\", \"user\", \"assistant\", \"tool\", \"function\", not \"{}…\"", "r".repeat(32))
+        );
+        for role in ROLES {
+            let body = format!(r#"{{"messages": [{{"role": "{role}"}}, {{"role": "user"}}]}}"#);
+            assert!(parse_request(body.as_bytes()).is_ok(), "{role}");
+        }
     }
 
     #[test]
     fn last_message_must_be_from_the_user() {
-        let e =
-            parse_request(br#"{"messages": [{"role": "assistant", "content": "x"}]}"#).unwrap_err();
-        assert_eq!(e.0, "the last message must have the role \"user\"");
+        assert_eq!(
+            error_of(r#"{"messages": [{"role": "assistant", "content": "x"}]}"#),
+            "the last message must be the user's (role \"user\"), not \"assistant\""
+        );
     }
 
     #[test]

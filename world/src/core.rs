@@ -1,4 +1,5 @@
-//! The DIAL Core stand-in: `POST /openai/deployments/{name}/chat/completions`, where the
+//! The DIAL Core stand-in: `GET /health`, and
+//! `POST /openai/deployments/{name}/chat/completions`, where the
 //! configured LLM deployment is the scripted LLM, names starting with `rag` are the
 //! scripted RAG agent and every other name is a scripted GPA.
 
@@ -21,6 +22,11 @@ pub(crate) async fn handle(
     body: &[u8],
 ) -> Result<Response<Body>, Abort> {
     let no_fault = crate::Fault::default();
+    // DIAL Core's own health endpoint: 200 while it serves.
+    if path == "/health" && method == Method::GET {
+        let reply = Reply::json_status(200, r#"{"status":"ok"}"#.to_owned());
+        return Ok(finish(reply, &no_fault));
+    }
     let name = match deployment_of(path) {
         Some(name) if method == Method::POST => name,
         _ => {

@@ -535,6 +535,12 @@ async fn core_requires_api_key_and_valid_requests() {
         assert_eq!(resp.status, 404, "{method} {path}");
         assert_eq!(resp.json()["error"]["code"], "404");
     }
+    // Core's own health endpoint needs no key.
+    let health = send_raw(&w.core_url(), "GET", "/health", &[], "").await;
+    assert_eq!(
+        (health.status, health.body.as_str()),
+        (200, r#"{"status":"ok"}"#)
+    );
 }
 
 #[tokio::test]
