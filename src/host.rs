@@ -241,7 +241,7 @@ thread_local! {
 /// The configuration: environment variables, and in the `spin-kv` build, for
 /// a variable the environment does not set, the Spin variable of the same
 /// name in lower case (`DIAL_ENDPOINT` → `dial_endpoint`), which is how
-/// `spin up --variable`, `SPIN_VARIABLE_*` and a SpinApp's `variables` reach
+/// `SPIN_VARIABLE_*`, a `.env` file and a SpinApp's `variables` reach
 /// the component.
 fn read_config() -> Result<Config, CoordError> {
     #[cfg(feature = "spin-kv")]

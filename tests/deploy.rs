@@ -1118,7 +1118,6 @@ fn spin_toml_required_and_secret_variables_are_bound_as_such() {
 }
 
 #[test]
-#[ignore = "until spin.toml declares every configuration variable and maps it into the component"]
 fn spin_app_variables_reach_the_component() {
     let docs = kubernetes_docs();
     let problems = reach_problems(&spin_app(&docs), &spin_toml());
