@@ -12,7 +12,7 @@
 //! every malformed variable at once.
 
 use crate::breaker::BreakerConfig;
-use crate::error::{ConfigProblem, CoordError};
+use crate::error::{CoordError, Problems};
 use crate::registry::Registry;
 
 /// Every configuration variable the coordinator reads, in the README's order,
@@ -283,40 +283,6 @@ impl Config {
 
 fn to_usize(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
-}
-
-/// The problems found while reading a configuration: each read records its
-/// error here and goes on with a placeholder, so that one pass finds every
-/// malformed variable (the placeholders are never used: any problem makes the
-/// whole configuration an error).
-#[derive(Debug, Default)]
-pub struct Problems(std::cell::RefCell<Vec<ConfigProblem>>);
-
-impl Problems {
-    /// Records the problems of `error` (a configuration error; any other is ignored).
-    pub fn add(&self, error: CoordError) {
-        if let CoordError::Config(found) = error {
-            self.0.borrow_mut().extend(found);
-        }
-    }
-
-    /// The value of `result`, or `placeholder` after recording its error.
-    pub fn take<T>(&self, result: Result<T, CoordError>, placeholder: T) -> T {
-        result.unwrap_or_else(|e| {
-            self.add(e);
-            placeholder
-        })
-    }
-
-    /// `value` when nothing was recorded, else every problem, in order.
-    pub fn into_result<T>(self, value: T) -> Result<T, CoordError> {
-        let found = self.0.into_inner();
-        if found.is_empty() {
-            Ok(value)
-        } else {
-            Err(CoordError::Config(found))
-        }
-    }
 }
 
 /// An `http(s)://host[:port][/base]` URL: printable ASCII a URI can hold, no

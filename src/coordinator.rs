@@ -30,6 +30,7 @@ use crate::driver::{Driver, Root, Single};
 use crate::emitter::{ClientGone, Emitter, StageId, Transport};
 use crate::error::{CoordError, Service};
 use crate::memory::{self, Memory};
+use crate::meter::{self, Phase};
 use crate::plan::{self, Finished, Outcome, Plan, PLAN_SYNTHESIS_PROMPT};
 use crate::registry::{AgentKind, AgentSpec};
 use crate::routing;
@@ -186,6 +187,7 @@ pub async fn coordinate<H: Host, T: Transport>(
     out: &mut Emitter<T>,
     agents: &mut Vec<String>,
 ) -> Result<(), FlowError> {
+    meter::set_phase(Phase::Coordination);
     let caller = Caller { host, ctx };
     out.role();
     let stage0 = out.open_stage(COORDINATION_STAGE, None);
@@ -219,6 +221,7 @@ async fn synthesize<'a, H: Host, T: Transport>(
     prompt: &str,
     context: &str,
 ) -> Result<(), FlowError> {
+    meter::set_phase(Phase::Synthesis);
     let mut synthesis = Single::new(
         Root::Choice,
         Box::new(SynthesisSession::new(ctx, prompt, context)),
@@ -247,6 +250,7 @@ async fn route<'a, H: Host, T: Transport>(
         .get(&routed.decision.agent_name)
         .unwrap_or_else(|| registry.fallback());
     agents.push(agent.name.clone());
+    meter::set_phase(Phase::Agents);
     let known = match agent.kind {
         AgentKind::Ums { .. } => find_conversation(ctx, agent),
         AgentKind::Dial { .. } => None,
@@ -322,6 +326,7 @@ async fn plan<'a, H: Host, T: Transport>(
                 .out
                 .open_stage(&format!("{COORDINATION_STAGE} (round {round})"), None)
         };
+        meter::set_phase(Phase::Coordination);
         let done = (round > 1).then(|| plan::sections(&finished));
         let body = plan::request_body(ctx, done.as_deref());
         let answer = coordination_answer(ctx, driver, stage, body).await?;
@@ -377,6 +382,7 @@ async fn plan<'a, H: Host, T: Transport>(
                 agents.push(s.agent_name.clone());
             }
         }
+        meter::set_phase(Phase::Agents);
         let mut run = PlanRun::new(ctx, &plan, std::mem::take(&mut conversations));
         let result = driver.run(&mut run).await;
         conversations = std::mem::take(&mut run.conversations);
@@ -487,7 +493,7 @@ fn log_request<H: Host>(
     outcome: &str,
     error: Option<&CoordError>,
 ) {
-    let line = serde_json::json!({
+    let mut line = serde_json::json!({
         "ts_ms": host.unix_ms(),
         "level": if error.is_some() { "error" } else { "info" },
         "event": "request",
@@ -503,7 +509,22 @@ fn log_request<H: Host>(
         "latency_ms": host.now_ms().saturating_sub(ctx.start_ms),
         "error": error.map(CoordError::message),
     });
+    add_own_time(&mut line);
     host.log(&line.to_string());
+}
+
+/// Adds the request's own time so far (`own_us`, and `phases_us` by phase),
+/// when the host meters it (`meter.rs`).
+pub fn add_own_time(line: &mut Value) {
+    if let (Some(own), Some(map)) = (meter::snapshot(), line.as_object_mut()) {
+        let phases: serde_json::Map<String, Value> = own
+            .phases_us
+            .iter()
+            .map(|(name, us)| ((*name).to_owned(), Value::from(*us)))
+            .collect();
+        map.insert("own_us".to_owned(), Value::from(own.total_us));
+        map.insert("phases_us".to_owned(), Value::Object(phases));
+    }
 }
 
 /// The transport of a collecting emitter: never written to.

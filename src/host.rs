@@ -20,17 +20,34 @@ use crate::breaker::SharedStore;
 use crate::client::{Host, Method, OutboundRequest, OutboundResponse, TransportError};
 use crate::config::Config;
 use crate::coordinator::{
-    collect_response, prepare, route_endpoint, stream_response, Endpoint, Incoming,
+    add_own_time, collect_response, prepare, route_endpoint, stream_response, Endpoint, Incoming,
 };
 use crate::dial::response::SseEncoder;
 use crate::emitter::{ClientGone, Emitter, Transport};
 use crate::error::CoordError;
 use crate::health;
+use crate::meter::{self, Phase};
 use crate::trace::{span_id, trace_id, Trace};
 
 #[spin_sdk::http_component]
 async fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
-    serve(request, response_out).await;
+    meter::start(wasi::clocks::monotonic_clock::now);
+    Metered(Box::pin(serve(request, response_out))).await;
+}
+
+/// The request's future, with the time of each poll metered: that is the
+/// coordinator's own time (`meter.rs`); waits happen between polls.
+struct Metered<F>(Pin<Box<F>>);
+
+impl<F: std::future::Future> std::future::Future for Metered<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        meter::enter();
+        let polled = self.0.as_mut().poll(cx);
+        meter::exit();
+        polled
+    }
 }
 
 async fn serve(request: IncomingRequest, out: ResponseOutparam) {
@@ -200,7 +217,7 @@ impl Reply<'_> {
 
     /// A request refused before the flow started: the error, and its log line.
     async fn rejected(self, host: &WasiHost, trace: &Trace, e: &CoordError) {
-        let line = serde_json::json!({
+        let mut line = serde_json::json!({
             "ts_ms": host.unix_ms(),
             "level": "warn",
             "event": "request",
@@ -211,6 +228,7 @@ impl Reply<'_> {
             "outcome": "rejected",
             "error": e.message(),
         });
+        add_own_time(&mut line);
         host.log(&line.to_string());
         self.error(e).await;
     }
@@ -222,7 +240,10 @@ struct HostTransport {
 
 impl Transport for HostTransport {
     async fn write(&mut self, bytes: Vec<u8>) -> Result<(), ClientGone> {
-        self.sink.send(bytes).await.map_err(|_| ClientGone)
+        let before = meter::set_phase(Phase::Write);
+        let sent = self.sink.send(bytes).await.map_err(|_| ClientGone);
+        meter::set_phase(before);
+        sent
     }
 }
 

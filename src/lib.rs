@@ -23,6 +23,7 @@ pub mod error;
 pub mod health;
 pub mod limits;
 pub mod memory;
+pub mod meter;
 pub mod plan;
 pub mod registry;
 pub mod routing;

@@ -16,8 +16,7 @@
 //! its stage name, its display name in errors, and where its state lives.
 //! Parsing is pure: it takes a lookup function.
 
-use crate::config::Problems;
-use crate::error::{CoordError, Service};
+use crate::error::{CoordError, Problems, Service};
 
 /// Longest agent name.
 pub const MAX_NAME_LEN: usize = 32;

@@ -896,6 +896,54 @@ async fn bad_input_gets_dial_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_line_reports_the_coordinators_own_time_by_phase() {
+    let s = setup(&[]).await;
+    chat_stream(&s.host, &[user(WEATHER)], None).await;
+    let r = post_json(
+        &s.host.chat_url(),
+        &[],
+        &json!({"messages": [user(WEATHER)]}),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    let requests: Vec<Value> = s
+        .host
+        .json_logs()
+        .into_iter()
+        .filter(|l| l["event"] == "request")
+        .collect();
+    assert_eq!(requests.len(), 2);
+    for line in &requests {
+        let phases = line["phases_us"].as_object().unwrap();
+        let names: Vec<&str> = phases.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            ["agents", "coordination", "read", "synthesis", "write"],
+            "{line}"
+        );
+        let sum: u64 = phases.values().map(|v| v.as_u64().unwrap()).sum();
+        let own = line["own_us"].as_u64().unwrap();
+        assert_eq!(own, sum, "own time is the sum of its phases: {line}");
+        assert!(phases["read"].as_u64().unwrap() > 0, "{line}");
+    }
+    // A served request worked in every phase; it cannot have worked longer
+    // than it took (latency_ms is rounded down).
+    let served = &requests[0];
+    let phases = &served["phases_us"];
+    for phase in ["coordination", "agents", "synthesis", "write"] {
+        assert!(phases[phase].as_u64().unwrap() > 0, "{phase}: {served}");
+    }
+    let latency_us = (served["latency_ms"].as_u64().unwrap() + 1) * 1_000;
+    assert!(served["own_us"].as_u64().unwrap() <= latency_us, "{served}");
+    // A rejected request did nothing but read.
+    let rejected = &requests[1];
+    assert_eq!(rejected["outcome"], "rejected");
+    for phase in ["coordination", "agents", "synthesis", "write"] {
+        assert_eq!(rejected["phases_us"][phase], 0, "{rejected}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deep_health_counts_only_a_2xx_answer_as_up() {
     let world = World::start(mas_world::WorldOptions::default())
         .await
