@@ -45,7 +45,7 @@ use crate::report::{
 use crate::scenario::{
     create_conversation, verify_bytes, Floor, FloorConns, FloorRun, Scenario, Verified,
 };
-use crate::stats::Dist;
+use crate::stats::{Dist, OwnTime};
 
 /// Command-line options.
 #[derive(Debug, Clone)]
@@ -539,6 +539,17 @@ fn parallel_result(
     })
 }
 
+/// The own time the request lines written to `log` after byte `from` report
+/// (the first `warmup` lines, the warm-up, left out).
+fn own_time_since(log: &Path, from: u64, warmup: usize) -> anyhow::Result<OwnTime> {
+    let bytes = std::fs::read(log)?;
+    let start = usize::try_from(from).unwrap_or(usize::MAX).min(bytes.len());
+    Ok(OwnTime::from_log(
+        &String::from_utf8_lossy(&bytes[start..]),
+        warmup,
+    ))
+}
+
 fn latency_result(
     scenario: &Scenario,
     floor: &Floor,
@@ -575,6 +586,7 @@ fn latency_result(
         other_cores: run.cpu.cores(run.cpu.other_s),
         failures: run.failures,
         errors: run.errors.clone(),
+        own: OwnTime::default(),
     }
 }
 
@@ -857,8 +869,10 @@ async fn run(opts: &Opts) -> anyhow::Result<Results> {
         let mut attempt = 1;
         let result = loop {
             wait_idle(Some(server.pid()), &mut idle_budget, clock).await;
+            let log_start = std::fs::metadata(&log)?.len();
             let run = latency_run(&server, &world, scenario, &floor, *budget, clock).await?;
-            let result = latency_result(scenario, &floor, verified, &run);
+            let mut result = latency_result(scenario, &floor, verified, &run);
+            result.own = own_time_since(&log, log_start, budget.warmup)?;
             if !disturbed(result.other_cores, &mut attempt) {
                 break result;
             }

@@ -38,6 +38,62 @@ impl Dist {
     }
 }
 
+/// The coordinator's own time per request, as its request log lines report
+/// it (`own_us`, `phases_us`): nearest-rank percentiles in microseconds.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct OwnTime {
+    pub n: usize,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    /// Each phase's p50, in the log line's order.
+    pub phases_p50_us: Vec<(String, u64)>,
+}
+
+fn rank_us(sorted: &[u64], p: f64) -> u64 {
+    let idx = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[idx.clamp(1, sorted.len()) - 1]
+}
+
+impl OwnTime {
+    /// From the request lines among `log` (wasmtime's `stderr [N] :: ` prefix
+    /// allowed), skipping the first `skip` of them (the warm-up).
+    pub fn from_log(log: &str, skip: usize) -> OwnTime {
+        let lines: Vec<serde_json::Value> = log
+            .lines()
+            .filter_map(|l| serde_json::from_str(&l[l.find('{')?..]).ok())
+            .filter(|v: &serde_json::Value| v["event"] == "request" && v["own_us"].is_u64())
+            .skip(skip)
+            .collect();
+        if lines.is_empty() {
+            return OwnTime::default();
+        }
+        let sorted = |f: &dyn Fn(&serde_json::Value) -> u64| {
+            let mut v: Vec<u64> = lines.iter().map(f).collect();
+            v.sort_unstable();
+            v
+        };
+        let own = sorted(&|l| l["own_us"].as_u64().unwrap_or(0));
+        let names: Vec<String> = lines[0]["phases_us"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        let phases_p50_us = names
+            .into_iter()
+            .map(|name| {
+                let v = sorted(&|l| l["phases_us"][&name].as_u64().unwrap_or(0));
+                let p50 = rank_us(&v, 50.0);
+                (name, p50)
+            })
+            .collect();
+        OwnTime {
+            n: own.len(),
+            p50_us: rank_us(&own, 50.0),
+            p99_us: rank_us(&own, 99.0),
+            phases_p50_us,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,5 +107,23 @@ mod tests {
         assert!((d.p99_ms - 99.0).abs() < 1e-9);
         assert!((d.max_ms - 100.0).abs() < 1e-9);
         assert_eq!(Dist::of(&[]).n, 0);
+    }
+
+    #[test]
+    fn own_time_from_request_lines() {
+        let mut log = String::from("stderr [0] :: {\"event\":\"upstream_call\"}\nnot json\n");
+        for own in [900, 100, 300, 200] {
+            log.push_str(&format!(
+                "stderr [1] :: {{\"event\":\"request\",\"own_us\":{own},\"phases_us\":{{\"read\":{},\"write\":1}}}}\n",
+                own / 100
+            ));
+        }
+        let t = OwnTime::from_log(&log, 1);
+        assert_eq!((t.n, t.p50_us, t.p99_us), (3, 200, 300));
+        assert_eq!(
+            t.phases_p50_us,
+            vec![("read".to_owned(), 2), ("write".to_owned(), 1)]
+        );
+        assert_eq!(OwnTime::from_log("", 0).n, 0);
     }
 }
