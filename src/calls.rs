@@ -32,7 +32,7 @@ use futures::{Stream, StreamExt};
 
 use crate::breaker::{self, Admission};
 use crate::client::{Host, Method, OutboundRequest, TransportError};
-use crate::config::Config;
+use crate::config::{Config, LogLevel};
 use crate::context::RequestContext;
 use crate::error::{redact, CoordError, Deadline, Service, UpstreamFault};
 use crate::limits::{ERROR_EXCERPT_WAIT_MS, MAX_ERROR_EXCERPT_BYTES};
@@ -404,10 +404,15 @@ fn log_call<H: Host>(
     ttfb_ms: Option<u64>,
     latency_ms: u64,
 ) {
+    // A successful call is in the request's line already (`agents`, its
+    // latency); its own line is for LOG_LEVEL=debug.
+    if outcome == "ok" && caller.ctx.config.log_level != LogLevel::Debug {
+        return;
+    }
     let trace = &caller.ctx.trace;
     let line = serde_json::json!({
         "ts_ms": caller.host.unix_ms(),
-        "level": if outcome == "ok" { "info" } else { "warn" },
+        "level": if outcome == "ok" { "debug" } else { "warn" },
         "event": "upstream_call",
         "trace_id": trace.trace_id,
         "span_id": log.span,

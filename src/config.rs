@@ -43,6 +43,7 @@ pub const VARIABLES: &[&str] = &[
     "STATE_SECRET",
     "STATE_MAX_AGE_S",
     "HEALTH_TOKEN",
+    "LOG_LEVEL",
 ];
 
 /// The variables of [`VARIABLES`] that hold secrets.
@@ -89,6 +90,16 @@ pub enum CoordinationMode {
     Route,
 }
 
+/// Which log lines the coordinator writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    /// One line per request, plus a line for every upstream call that did not
+    /// succeed (the default).
+    Info,
+    /// Also a line for every successful upstream call.
+    Debug,
+}
+
 /// The typed configuration of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -124,6 +135,8 @@ pub struct Config {
     pub state_max_age_s: Option<u64>,
     /// Token `GET /health?deep=1` requires (`Authorization: Bearer <token>`).
     pub health_token: Option<String>,
+    /// `info` or `debug`.
+    pub log_level: LogLevel,
 }
 
 impl Default for Config {
@@ -256,6 +269,15 @@ impl Config {
             state_secret: secret("STATE_SECRET"),
             state_max_age_s: get("STATE_MAX_AGE_S").map(|_| number("STATE_MAX_AGE_S", 0, 60)),
             health_token: secret("HEALTH_TOKEN"),
+            log_level: match get("LOG_LEVEL").map(|v| v.trim().to_ascii_lowercase()) {
+                None => LogLevel::Info,
+                Some(v) if v == "info" => LogLevel::Info,
+                Some(v) if v == "debug" => LogLevel::Debug,
+                Some(_) => {
+                    problems.add(CoordError::config("LOG_LEVEL", "must be info or debug"));
+                    LogLevel::Info
+                }
+            },
         };
         problems.into_result(config)
     }
@@ -452,6 +474,7 @@ mod tests {
             ("MAX_PLAN_ROUNDS", "11"),
             ("MAX_SUBTASKS", "33"),
             ("MAX_PARALLEL", "x"),
+            ("LOG_LEVEL", "verbose"),
         ] {
             let e = cfg(&[(var, value)]).unwrap_err();
             assert!(e.message().contains(var), "{}", e.message());

@@ -944,6 +944,42 @@ async fn the_request_line_reports_the_coordinators_own_time_by_phase() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_default_log_level_only_calls_that_failed_get_a_line() {
+    let s = setup(&[
+        ("LOG_LEVEL", "info"),
+        ("GPA_BACKUP_DEPLOYMENTS", "gpa-backup"),
+    ])
+    .await;
+    s.world.set_fault(
+        "deployment:general-purpose-agent",
+        Fault {
+            kind: FaultKind::Status,
+            status: Some(503),
+            ..Fault::default()
+        },
+    );
+    chat_stream(&s.host, &[user(WEATHER)], None).await;
+    let lines: Vec<(String, String, String)> = s
+        .host
+        .json_logs()
+        .iter()
+        .map(|l| {
+            let f = |k: &str| l[k].as_str().unwrap_or_default().to_owned();
+            (f("event"), f("target"), f("outcome"))
+        })
+        .collect();
+    let line = |e: &str, t: &str, o: &str| (e.to_owned(), t.to_owned(), o.to_owned());
+    assert_eq!(
+        lines,
+        [
+            line("config", "", ""),
+            line("upstream_call", "general-purpose-agent", "http_error"),
+            line("request", "", "ok"),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deep_health_counts_only_a_2xx_answer_as_up() {
     let world = World::start(mas_world::WorldOptions::default())
         .await

@@ -959,8 +959,22 @@ fn every_upstream_call_carries_trace_headers_with_its_own_span() {
 }
 
 #[test]
-fn one_log_line_per_upstream_call_and_per_request_without_secrets_or_content() {
+fn by_default_one_log_line_per_request_and_none_per_successful_call() {
     let ctx = context(
+        json!({"stream": true, "messages": [{"role": "user", "content": KARPATHY}]}),
+        None,
+    );
+    let client = seed1_client();
+    run_stream(&ctx, &client);
+    let logs = client.logs();
+    let events: Vec<&str> = logs.iter().map(|l| l["event"].as_str().unwrap()).collect();
+    assert_eq!(events, ["config", "request"]);
+}
+
+#[test]
+fn at_debug_one_log_line_per_upstream_call_and_per_request_without_secrets_or_content() {
+    let ctx = context_with(
+        config_with(&[("LOG_LEVEL", "debug")]),
         json!({"stream": true, "messages": [{"role": "user", "content": KARPATHY}]}),
         None,
     );
@@ -1005,6 +1019,7 @@ fn one_log_line_per_upstream_call_and_per_request_without_secrets_or_content() {
         ]
     );
     for c in &calls {
+        assert_eq!(c["level"], "debug");
         assert_eq!(c["trace_id"], "trace-abc");
         assert_eq!(c["parent_span_id"], "1".repeat(16));
         assert_eq!(c["status"], 200);

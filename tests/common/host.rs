@@ -185,6 +185,11 @@ impl WasiHost {
         if !env.iter().any(|(k, _)| *k == "COORDINATION_MODE") {
             command.arg("--env").arg("COORDINATION_MODE=route");
         }
+        // The fault matrix reads every upstream call's line; tests of the
+        // default level say LOG_LEVEL=info.
+        if !env.iter().any(|(k, _)| *k == "LOG_LEVEL") {
+            command.arg("--env").arg("LOG_LEVEL=debug");
+        }
         for (k, v) in env {
             command.arg("--env").arg(format!("{k}={v}"));
         }
