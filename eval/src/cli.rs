@@ -15,7 +15,10 @@ use crate::run::{run, runnable, RunOptions};
 /// The shipped cases.
 pub const DEFAULT_CASES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/cases.jsonl");
 /// Where the report goes by default: the workspace's `target/eval`.
-pub const DEFAULT_OUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/eval");
+pub fn default_out() -> PathBuf {
+    let eval = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    eval.parent().unwrap_or(eval).join("target").join("eval")
+}
 /// The key sent to the local world when `DIAL_API_KEY` is not set.
 pub const LOCAL_WORLD_KEY: &str = "local-world";
 
@@ -75,7 +78,7 @@ impl Default for Args {
     fn default() -> Self {
         Args {
             cases: PathBuf::from(DEFAULT_CASES),
-            out: PathBuf::from(DEFAULT_OUT),
+            out: default_out(),
             mode: None,
             concurrency: 4,
             repeat: 1,
