@@ -860,3 +860,115 @@ fn missing_configuration_and_bad_flags_are_errors() {
     assert_eq!(output.status.code(), Some(0));
     assert!(text(&output.stdout).starts_with("mas-eval: runs the coordinator's coordination step"));
 }
+
+/// A TLS stub on 127.0.0.1 with the certificate of `tests/tls` (`localhost`,
+/// issued by the test CA `tests/tls/ca.pem`), answering every call with a
+/// plan for UMS. Returns its port.
+async fn tls_stub() -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = Path::new(MANIFEST).join("tests/tls");
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(dir.join("localhost.pem"))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+    let key = PrivateKeyDer::from_pem_file(dir.join("localhost.key")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                let complete = |got: &[u8]| {
+                    let text = String::from_utf8_lossy(got);
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        return false;
+                    };
+                    let length: usize = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    got.len() >= end + 4 + length
+                };
+                while !complete(&got) {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let reply = completion(&one_agent_plan("UMS"));
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+                    reply.len()
+                );
+                let _ = tls.write_all(response.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn https_endpoints_are_verified_against_mozilla_roots_and_ssl_cert_file() {
+    let port = tls_stub().await;
+    let dir = scratch("tls");
+    let cases = dir.join("cases.jsonl");
+    std::fs::write(
+        &cases,
+        r#"{"id": "john", "messages": [{"role": "user", "content": "Do we have user John?"}], "expected": ["UMS"]}"#,
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let url = format!("https://localhost:{port}");
+    let args = [
+        "--out",
+        out.to_str().unwrap(),
+        "--cases",
+        cases.to_str().unwrap(),
+    ];
+    // The test CA is not one of Mozilla's.
+    let untrusted = mas_eval(&args, &[("DIAL_ENDPOINT", &url), ("DIAL_API_KEY", KEY)]);
+    assert_eq!(untrusted.status.code(), Some(2));
+    assert_eq!(
+        text(&untrusted.stderr),
+        format!("mas-eval: the TLS handshake with localhost:{port} failed: invalid peer certificate: UnknownIssuer\n")
+    );
+    let ca = Path::new(MANIFEST).join("tests/tls/ca.pem");
+    let trusted = mas_eval(
+        &args,
+        &[
+            ("DIAL_ENDPOINT", &url),
+            ("DIAL_API_KEY", KEY),
+            ("SSL_CERT_FILE", ca.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(trusted.status.code(), Some(0), "{}", text(&trusted.stderr));
+    let report = read_report(&out);
+    assert_eq!(report["correct"], 1);
+    assert_eq!(report["endpoint"], url);
+}
