@@ -171,20 +171,23 @@ pub async fn run_command(args: Args, env: impl Fn(&str) -> Option<String>) -> an
     if let Some(mode) = args.mode {
         config.coordination_mode = mode;
     }
-    // Kept alive until the run is over.
-    let mut _world = None;
-    let (api_key, endpoint_shown) = if args.local_world {
-        let world = mas_world::World::start(mas_world::WorldOptions {
-            llm_deployment: config.deployment_name.clone(),
-            ..mas_world::WorldOptions::default()
-        })
-        .await?;
+    // The local world serves until `world` is dropped, at the end of the run.
+    let world = if args.local_world {
+        Some(
+            mas_world::World::start(mas_world::WorldOptions {
+                llm_deployment: config.deployment_name.clone(),
+                ..mas_world::WorldOptions::default()
+            })
+            .await?,
+        )
+    } else {
+        None
+    };
+    let (api_key, endpoint_shown) = if let Some(world) = &world {
         config.dial_endpoint = world.core_url();
-        let shown = format!("the local world at {}", world.core_url());
-        _world = Some(world);
         (
             env("DIAL_API_KEY").unwrap_or_else(|| LOCAL_WORLD_KEY.to_owned()),
-            shown,
+            format!("the local world at {}", world.core_url()),
         )
     } else {
         if env("DIAL_ENDPOINT").is_none() {
