@@ -1,5 +1,5 @@
-# The two set-up commands of the README, plus the benchmark.
-.PHONY: run test bench
+# The two set-up commands of the README, plus the benchmark and the evaluation.
+.PHONY: run test bench eval eval-rag
 
 # Build the component and run it in wasmtime serve on 127.0.0.1:8055 against
 # the built-in local DIAL world (or real endpoints: see README).
@@ -13,3 +13,19 @@ test:
 # Benchmarks (separate from the tests): writes BENCHMARKS.md.
 bench:
 	scripts/bench.sh
+
+# Routing and plan evaluation (docs/eval.md): the shipped cases (eval/cases.jsonl)
+# against the local DIAL world, started in process; with DIAL_ENDPOINT set,
+# against that DIAL Core instead (DEPLOYMENT_NAME, DIAL_API_KEY and every other
+# variable of the coordinator are read). Writes target/eval/report.{json,md}.
+# More flags: make eval EVAL_ARGS="--repeat 3 --min-accuracy 0.9"
+EVAL_ARGS ?=
+EVAL_TARGET = $(if $(DIAL_ENDPOINT),,--local-world)
+eval:
+	cargo run -p mas-eval --locked -- $(EVAL_TARGET) $(EVAL_ARGS)
+
+# The same with the registry of eval/rag.env (GPA, UMS and a RAG agent) on
+# eval/cases-rag.jsonl.
+eval-rag:
+	set -a && . eval/rag.env && set +a && \
+	cargo run -p mas-eval --locked -- $(EVAL_TARGET) --cases eval/cases-rag.jsonl $(EVAL_ARGS)
