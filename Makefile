@@ -2,7 +2,8 @@
 .PHONY: run test bench
 
 # Build the component and run it in wasmtime serve on 127.0.0.1:8055 against
-# the built-in local DIAL world (or real endpoints: see README).
+# the built-in local DIAL world (or real endpoints: see README). Options such as
+# PORT=8056 or HOST=0.0.0.0: see the header of scripts/run.sh.
 run:
 	scripts/run.sh
 
