@@ -278,6 +278,11 @@ start() { # name program log command...: starts a child with its output in log
     logs+=("$log")
 }
 
+# When a child is killed by a signal, bash itself reports it on stderr at its
+# next chance ("line N: PID Killed ..."), which check_children says better;
+# the polling loops' sleeps are where that report lands, so it is dropped there.
+quiet_sleep() { { sleep "$1"; } 2>/dev/null; }
+
 # Exits 1 naming the first child that is no longer running, with its status
 # and the end of its log.
 check_children() {
@@ -318,7 +323,7 @@ wait_ready() { # what log ready-command...
             tail -n 20 "$log" | sed 's/^/    /' >&2
             exit 1
         fi
-        sleep 0.1
+        quiet_sleep 0.1
     done
 }
 
@@ -420,8 +425,11 @@ else
 fi
 echo "Press Ctrl-C to stop."
 
-# Until Ctrl-C (the trap) or a child's exit (`wait -n`: bash 4.3 or later).
+# Until Ctrl-C (the trap) or a child's exit. Polled: `wait -n` misses a child
+# that exited while the message above was printed (bash files it away between
+# commands, and `wait -n` then waits for the next one). On Ctrl-C the sleep
+# ends and the trap runs before the next check.
 while :; do
-    wait -n || true
     check_children
+    quiet_sleep 0.5
 done
