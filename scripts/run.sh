@@ -10,9 +10,9 @@
 # Every configuration variable of the README set in the environment is passed on.
 #
 # Options (environment variables):
-#   HOST=127.0.0.1   address the coordinator listens on; HOST=0.0.0.0 lets a DIAL
-#                    Core in Docker or on another host reach it (the world always
-#                    listens on 127.0.0.1 only)
+#   HOST=127.0.0.1   IP address the coordinator listens on; HOST=0.0.0.0 lets a
+#                    DIAL Core in Docker or on another host reach it (the world
+#                    always listens on 127.0.0.1 only)
 #   PORT=8055        the coordinator's port
 #   WORLD_CORE_PORT=8080, WORLD_UMS_PORT=8042, WORLD_UMS_BACKUP_PORT=8043
 #                    the local world's ports (only when it is started)
@@ -42,6 +42,12 @@ STARTUP_TIMEOUT_S=60
 
 say() { printf '==> %s\n' "$*"; }
 error() { printf 'error: %s\n' "$*" >&2; }
+
+# wasmtime serve --addr takes an address, not a host name.
+if ! [[ "$HOST" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ || "$HOST" == *:* ]]; then
+    error "HOST=$HOST is not an IP address: use e.g. HOST=127.0.0.1 (the default) or HOST=0.0.0.0 (every interface)"
+    exit 2
+fi
 
 if [ -z "${DIAL_ENDPOINT:-}" ] && [ -z "${UMS_AGENT_ENDPOINT:-}" ]; then
     world=1
@@ -188,14 +194,14 @@ scripts/setup.sh --runtime
 if [ -e "$WASM" ]; then
     say "building the component"
 else
-    say "building the component (the first build compiles for about 2 minutes)"
+    say "building the component (the first build takes about a minute)"
 fi
 cargo build -p mas-coordinator --release --target wasm32-wasip2
 if [ "$world" = 1 ]; then
     if [ -e "$WORLD_BIN" ]; then
         say "building the local DIAL world"
     else
-        say "building the local DIAL world (the first build compiles for about 1 minute)"
+        say "building the local DIAL world (the first build takes about half a minute)"
     fi
     cargo build -p mas-world --release
 fi
