@@ -1,10 +1,16 @@
-# The two set-up commands of the README, plus the benchmark and the evaluation.
-.PHONY: run test bench eval eval-rag
+# The commands of the README: run (and its logs), test, bench, eval.
+.PHONY: run logs test bench eval eval-rag
 
 # Build the component and run it in wasmtime serve on 127.0.0.1:8055 against
-# the built-in local DIAL world (or real endpoints: see README).
+# the built-in local DIAL world (or real endpoints: see README). Options such as
+# PORT=8056 or HOST=0.0.0.0: see the header of scripts/run.sh.
 run:
 	scripts/run.sh
+
+# Follow the coordinator's JSON log lines of a running `make run`, e.g.
+# make logs FILTER='level=error' (KEY=VALUE filters; see scripts/logs.sh).
+logs:
+	scripts/logs.sh --follow $(FILTER)
 
 # Every test, exactly as CI runs it.
 test:

@@ -7,7 +7,8 @@
 #   scripts/bench.sh --no-micro      skip the criterion micro-benchmarks
 #   scripts/bench.sh -- ARGS         pass ARGS on to mas-bench (e.g. --wasmtime-args "...")
 #
-# Steps: installs the wasm32-wasip2 target and wasmtime-cli 48.0.8 when missing,
+# Steps: installs the wasm32-wasip2 target and wasmtime-cli 48.0.8 when missing
+# (scripts/setup.sh --runtime),
 # builds the release component, runs the criterion micro-benchmarks
 # (benches/hot_paths.rs), runs mas-bench once with `--max-instance-reuse-count 1000`
 # (a variant for comparison, written under target/mas-bench/), then the main run
@@ -22,8 +23,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-WASMTIME_VERSION=48.0.8
-CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
 say() { printf '==> %s\n' "$*" >&2; }
 
 invocation="scripts/bench.sh${*:+ $*}"
@@ -42,14 +41,10 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-if ! rustup target list --installed | grep -qx wasm32-wasip2; then
-    say "adding the wasm32-wasip2 Rust target"
-    rustup target add wasm32-wasip2
-fi
-if ! "$CARGO_BIN/wasmtime" --version 2>/dev/null | grep -q "wasmtime $WASMTIME_VERSION"; then
-    say "installing wasmtime-cli $WASMTIME_VERSION (first time only; compiles for ~10-15 minutes)"
-    cargo install --locked wasmtime-cli --version "$WASMTIME_VERSION"
-fi
+# The wasm32-wasip2 target and wasmtime, installed the one way setup.sh does.
+scripts/setup.sh --runtime
+# $WASMTIME, when set, is the wasmtime to measure (as for the tests).
+if [ -n "${WASMTIME:-}" ]; then extra=(--wasmtime "$WASMTIME" "${extra[@]}"); fi
 
 say "building the release component and the benchmark tool"
 cargo build --release --target wasm32-wasip2 -p mas-coordinator
