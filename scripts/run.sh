@@ -376,7 +376,7 @@ for var in DIAL_ENDPOINT DEPLOYMENT_NAME UMS_AGENT_ENDPOINT GPA_DEPLOYMENT_NAME 
     UMS_AGENT_BACKUP_ENDPOINTS UPSTREAM_FIRST_BYTE_TIMEOUT_MS UPSTREAM_IDLE_TIMEOUT_MS \
     UPSTREAM_TOTAL_TIMEOUT_MS BREAKER_FAILURE_THRESHOLD BREAKER_WINDOW_MS BREAKER_OPEN_MS \
     BREAKER_MIN_CALLERS STATE_SECRET STATE_MAX_AGE_S HEALTH_TOKEN AGENTS \
-    COORDINATION_MODE MAX_PLAN_ROUNDS MAX_SUBTASKS MAX_PARALLEL; do
+    COORDINATION_MODE MAX_PLAN_ROUNDS MAX_SUBTASKS MAX_PARALLEL LOG_LEVEL; do
     if [ -n "${!var:-}" ]; then env_args+=(--env "$var=${!var}"); fi
 done
 # Every agent of the registry: AGENT_<NAME>_<FIELD>.
@@ -394,7 +394,7 @@ probe_url="http://$(hostport "$local_host" "$PORT")"
 
 say "starting the coordinator in wasmtime serve on $(hostport "$HOST" "$PORT")"
 # Instances are reused (up to 1000 requests each) so the in-memory circuit
-# breakers remember failures across requests; see README "Circuit breaker".
+# breakers remember failures across requests; see README "Deploying", "wasmtime serve".
 start "the coordinator" "wasmtime serve" "$coordinator_log" "$WASMTIME" serve -Scli \
     --addr "$(hostport "$HOST" "$PORT")" --max-instance-reuse-count 1000 "${env_args[@]}" "$WASM"
 wait_ready "the coordinator" "$coordinator_log" coordinator_ready

@@ -70,3 +70,16 @@ if [ ! -f "$stamp" ] || [ tests/conformance/requirements.txt -nt "$stamp" ]; the
     .venv/bin/pip install --quiet --disable-pip-version-check -r tests/conformance/requirements.txt
     touch "$stamp"
 fi
+
+# The README's aidial-client snippet runs in a venv of its own (tests/readme.rs):
+# aidial-client needs an older openai than the conformance clients above.
+if [ ! -x .venv-aidial/bin/python ]; then
+    say "creating the Python venv .venv-aidial (the README's aidial-client snippet)"
+    python3 -m venv .venv-aidial
+fi
+stamp=.venv-aidial/.requirements-installed
+if [ ! -f "$stamp" ] || [ tests/conformance/requirements-aidial.txt -nt "$stamp" ]; then
+    say "installing aidial-client into .venv-aidial"
+    .venv-aidial/bin/pip install --quiet --disable-pip-version-check -r tests/conformance/requirements-aidial.txt
+    touch "$stamp"
+fi

@@ -512,3 +512,20 @@ async fn a_misconfigured_coordinator_is_never_ready() {
     );
     assert_eq!(stdout.lines().last(), Some("==> stopped"));
 }
+
+#[test]
+fn the_script_passes_on_every_configuration_variable() {
+    // scripts/run.sh names the variables it hands to wasmtime with --env; one
+    // it forgot would be silently ignored by `make run`.
+    let script = std::fs::read_to_string(root().join("scripts/run.sh")).unwrap();
+    let list = script
+        .split("for var in ")
+        .nth(1)
+        .and_then(|rest| rest.split("; do").next())
+        .expect("run.sh has its `for var in ...; do` list");
+    let mut passed: Vec<&str> = list.split_whitespace().filter(|w| *w != "\\").collect();
+    passed.sort_unstable();
+    let mut read: Vec<&str> = mas_coordinator::config::VARIABLES.to_vec();
+    read.sort_unstable();
+    assert_eq!(passed, read);
+}
