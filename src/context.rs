@@ -59,6 +59,15 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
+    /// The text of the user's request (the last message).
+    pub fn request_text(&self) -> String {
+        self.request
+            .messages
+            .last()
+            .map(|m| m.text())
+            .unwrap_or_default()
+    }
+
     /// How to trust the states in this request's history and sign ours.
     pub fn state_trust(&self) -> StateTrust<'_> {
         StateTrust {

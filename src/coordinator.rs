@@ -91,13 +91,7 @@ pub fn deployment_of(path_and_query: &str) -> String {
     let path = path_and_query.split('?').next().unwrap_or("");
     path.strip_prefix("/openai/deployments/")
         .and_then(|rest| rest.split('/').next())
-        .filter(|name| {
-            !name.is_empty()
-                && name.len() <= 128
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        })
+        .filter(|name| crate::health::is_coordinator_name(name))
         .unwrap_or(crate::health::DEFAULT_DEPLOYMENT)
         .to_owned()
 }
@@ -308,12 +302,7 @@ async fn plan<'a, H: Host, T: Transport>(
 ) -> Result<(), FlowError> {
     let config = &ctx.config;
     let registry = &config.registry;
-    let request = ctx
-        .request
-        .messages
-        .last()
-        .map(|m| m.text())
-        .unwrap_or_default();
+    let request = ctx.request_text();
     let mut finished: Vec<Finished> = Vec::new();
     let mut memories: Vec<(u32, &AgentSpec, Memory)> = Vec::new();
     let mut first_error: Option<CoordError> = None;

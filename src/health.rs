@@ -49,6 +49,16 @@ pub fn misconfigured(error: &CoordError) -> Value {
     json!({"status": "misconfigured", "error": error.body().error, "problems": problems})
 }
 
+/// Whether `name` can name a coordinator deployment (in a path or a query):
+/// 1–128 of letters, digits, `-`, `_` and `.`.
+pub fn is_coordinator_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 fn query_value<'q>(path_and_query: &'q str, key: &str) -> Option<&'q str> {
     let (_, query) = path_and_query.split_once('?')?;
     query.split('&').find_map(|kv| {
@@ -131,12 +141,7 @@ async fn probe<H: Host>(host: &H, service: &str, base: &str, timeout_ms: u64) ->
 /// (`deployment=<name>`, default [`DEFAULT_DEPLOYMENT`]).
 pub async fn deep<H: Host>(host: &H, config: &Config, path_and_query: &str) -> Value {
     let deployment = query_value(path_and_query, "deployment")
-        .filter(|d| {
-            !d.is_empty()
-                && d.len() <= 128
-                && d.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        })
+        .filter(|d| is_coordinator_name(d))
         .unwrap_or(DEFAULT_DEPLOYMENT);
     let cache_key = format!("health:deep:{deployment}");
     let now = host.unix_ms();

@@ -113,12 +113,7 @@ pub const COMPLETED: &str = "## COMPLETED SUBTASKS:";
 pub fn request_body(ctx: &RequestContext, completed: Option<&str>) -> Vec<u8> {
     let registry = &ctx.config.registry;
     let last_text = completed.map(|done| {
-        let request = ctx
-            .request
-            .messages
-            .last()
-            .map(|m| m.text())
-            .unwrap_or_default();
+        let request = ctx.request_text();
         format!("{request}\n\n{COMPLETED}\n{done}")
     });
     ChatBody {

@@ -148,21 +148,21 @@ impl Registry {
             None => vec!["GPA".to_owned(), "UMS".to_owned()],
         };
         if names.is_empty() {
-            problems.add(config_error("AGENTS", "must name at least one agent"));
+            problems.add(CoordError::config("AGENTS", "must name at least one agent"));
         }
         let mut agents: Vec<AgentSpec> = Vec::with_capacity(names.len());
         for name in names {
             if !is_valid_name(&name) {
-                problems.add(config_error(
+                problems.add(CoordError::config(
                     "AGENTS",
                     "must list names made of A-Z, 0-9 and '_', starting with a letter, at most 32 characters",
                 ));
                 continue;
             }
             if agents.iter().any(|a| a.name == name) {
-                problems.add(config_error(
+                problems.add(CoordError::config(
                     "AGENTS",
-                    &format!("lists {name} more than once"),
+                    format!("lists {name} more than once"),
                 ));
                 continue;
             }
@@ -184,10 +184,6 @@ pub fn is_valid_name(name: &str) -> bool {
     name.len() <= MAX_NAME_LEN
         && bytes.next().is_some_and(|b| b.is_ascii_uppercase())
         && bytes.all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
-}
-
-fn config_error(var: &str, reason: &str) -> CoordError {
-    CoordError::config(var, reason)
 }
 
 /// The first set variable of `vars` and its name.
@@ -224,9 +220,9 @@ fn read_agent(
         None => match builtin_kind {
             Some(k) => k.to_owned(),
             None => {
-                problems.add(config_error(
+                problems.add(CoordError::config(
                     &kind_var,
-                    &format!("is required for agent {name} listed in AGENTS (dial or ums)"),
+                    format!("is required for agent {name} listed in AGENTS (dial or ums)"),
                 ));
                 String::new()
             }
@@ -258,9 +254,9 @@ fn read_agent(
                 Some((var, v)) => problems.take(parse_deployment(var, &v), String::new()),
                 None if name == "GPA" => DEFAULT_GPA_DEPLOYMENT.to_owned(),
                 None => {
-                    problems.add(config_error(
+                    problems.add(CoordError::config(
                         &deployment_var,
-                        &format!("is required for the dial agent {name}"),
+                        format!("is required for the dial agent {name}"),
                     ));
                     String::new()
                 }
@@ -279,9 +275,9 @@ fn read_agent(
                 Some((var, v)) => problems.take(parse_endpoint(var, &v), String::new()),
                 None if name == "UMS" => DEFAULT_UMS_ENDPOINT.to_owned(),
                 None => {
-                    problems.add(config_error(
+                    problems.add(CoordError::config(
                         &endpoint_var,
-                        &format!("is required for the ums agent {name}"),
+                        format!("is required for the ums agent {name}"),
                     ));
                     String::new()
                 }
@@ -296,7 +292,7 @@ fn read_agent(
             deployments: Vec::new(),
         },
         _ => {
-            problems.add(config_error(
+            problems.add(CoordError::config(
                 &kind_var,
                 "must be dial (a DIAL deployment) or ums (the UMS conversation API)",
             ));
@@ -314,9 +310,9 @@ fn read_agent(
         None if builtin && name == "GPA" => GPA_DESCRIPTION.to_owned(),
         None if builtin => UMS_DESCRIPTION.to_owned(),
         None => {
-            problems.add(config_error(
+            problems.add(CoordError::config(
                 &description_var,
-                &format!(
+                format!(
                     "is required for agent {name}: the coordination prompt says what it is for"
                 ),
             ));
@@ -347,9 +343,9 @@ fn read_agent(
 fn parse_text(var: &str, value: &str, max: usize) -> Result<String, CoordError> {
     let v = value.trim();
     if v.chars().count() > max || v.chars().any(char::is_control) {
-        return Err(config_error(
+        return Err(CoordError::config(
             var,
-            &format!("must be one line of at most {max} printable characters"),
+            format!("must be one line of at most {max} printable characters"),
         ));
     }
     Ok(v.to_owned())
@@ -364,13 +360,13 @@ mod tests {
         if v.starts_with("http://") {
             Ok(v.trim_end_matches('/').to_owned())
         } else {
-            Err(config_error(var, "must start with http://"))
+            Err(CoordError::config(var, "must start with http://"))
         }
     }
 
     fn deployment(var: &str, v: &str) -> Result<String, CoordError> {
         if v.contains('/') {
-            Err(config_error(var, "must be a deployment name"))
+            Err(CoordError::config(var, "must be a deployment name"))
         } else {
             Ok(v.to_owned())
         }

@@ -52,12 +52,7 @@ pub struct SynthesisSession {
 impl SynthesisSession {
     /// The synthesis of `context` (the CONTEXT section) for the request.
     pub fn new(ctx: &RequestContext, prompt: &str, context: &str) -> SynthesisSession {
-        let request = ctx
-            .request
-            .messages
-            .last()
-            .map(|m| m.text())
-            .unwrap_or_default();
+        let request = ctx.request_text();
         let body = request_body(ctx, prompt, &final_user_text(context, &request));
         SynthesisSession {
             spec: Some(CallSpec {

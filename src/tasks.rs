@@ -77,12 +77,7 @@ impl<'a> PlanRun<'a> {
             .collect();
         PlanRun {
             ctx,
-            request: ctx
-                .request
-                .messages
-                .last()
-                .map(|m| m.text())
-                .unwrap_or_default(),
+            request: ctx.request_text(),
             slots,
             single: plan.subtasks.len() == 1,
             max_parallel: ctx.config.max_parallel,

@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use mas_coordinator::config::Config;
+use mas_coordinator::config::{Config, SECRET_VARIABLES};
 use serde::Deserialize;
 use yaml_serde::Value;
 
@@ -20,8 +20,6 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const SPIN_APP_API_VERSION: &str = "core.spinkube.dev/v1alpha1";
 /// The Spin manifest's component (spin.toml).
 const COMPONENT: &str = "mas-coordinator";
-/// Configuration variables that are secrets: only ever from a Secret.
-const SECRET_VARIABLES: [&str; 2] = ["STATE_SECRET", "HEALTH_TOKEN"];
 /// Longer than the 16 characters the coordinator asks of a secret.
 const TEST_SECRET: &str = "a-test-secret-of-32-characters!!";
 
@@ -572,7 +570,7 @@ fn read_by_coordinator(
 /// values, as a real deployment has them.
 fn deployable_values(docs: &[Doc]) -> BTreeMap<String, String> {
     let mut values = resolved_variables(docs);
-    for var in SECRET_VARIABLES {
+    for &var in SECRET_VARIABLES {
         if let Some(v) = values.get_mut(var) {
             TEST_SECRET.clone_into(v);
         }
@@ -809,7 +807,7 @@ fn spin_app_variables_are_the_coordinators_variables() {
 fn secrets_come_from_a_secret_and_the_placeholders_are_refused() {
     let docs = kubernetes_docs();
     let app = spin_app(&docs);
-    for secret_var in SECRET_VARIABLES {
+    for &secret_var in SECRET_VARIABLES {
         let name = secret_var.to_ascii_lowercase();
         let var = app
             .spec
@@ -828,7 +826,7 @@ fn secrets_come_from_a_secret_and_the_placeholders_are_refused() {
     // are at least 16 characters), so a deployment that forgot to replace them
     // fails its readiness probe instead of running with a published secret.
     let values = resolved_variables(&docs);
-    for secret_var in SECRET_VARIABLES {
+    for &secret_var in SECRET_VARIABLES {
         let v = &values[secret_var];
         assert!(
             v.contains("CHANGE-ME") && v.len() < 16,

@@ -179,12 +179,7 @@ fn parse_case(raw: &str, line: usize, config: &Config, api_key: &str) -> Result<
             e.message()
         )
     })?;
-    let request = ctx
-        .request
-        .messages
-        .last()
-        .map(|m| m.text())
-        .unwrap_or_default();
+    let request = ctx.request_text();
     Ok(Case {
         id: case.id,
         line,

@@ -280,13 +280,7 @@ fn read_answer(
             "the answer of {url} is not a chat completion: {excerpt}"
         )))
     })?;
-    let text = completion
-        .choices
-        .into_iter()
-        .next()
-        .and_then(|c| c.message.content)
-        .unwrap_or_default();
-    Ok((text, completion.usage))
+    Ok(completion.into_text_and_usage())
 }
 
 #[cfg(test)]

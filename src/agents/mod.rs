@@ -147,15 +147,10 @@ impl Session for CompletionCall {
                 "the answer is not a chat completion".to_owned(),
             ))
         })?;
-        if let Some(usage) = completion.usage {
+        let (text, usage) = completion.into_text_and_usage();
+        if let Some(usage) = usage {
             say.usage(&self.deployment, usage);
         }
-        let text = completion
-            .choices
-            .into_iter()
-            .next()
-            .and_then(|c| c.message.content)
-            .unwrap_or_default();
         self.outcome = Some(Ok(text));
         Ok(())
     }

@@ -113,6 +113,19 @@ pub struct Completion {
     pub usage: Option<Usage>,
 }
 
+impl Completion {
+    /// The first choice's text (empty when there is none) and the usage.
+    pub fn into_text_and_usage(self) -> (String, Option<Usage>) {
+        let text = self
+            .choices
+            .into_iter()
+            .next()
+            .and_then(|c| c.message.content)
+            .unwrap_or_default();
+        (text, self.usage)
+    }
+}
+
 /// A choice of a non-streaming answer.
 #[derive(Debug, Deserialize)]
 pub struct CompletionChoice {
