@@ -513,6 +513,8 @@ pub fn add_own_time(line: &mut Value) {
             .collect();
         map.insert("own_us".to_owned(), Value::from(own.total_us));
         map.insert("phases_us".to_owned(), Value::Object(phases));
+        map.insert("polls".to_owned(), Value::from(own.polls));
+        map.insert("writes".to_owned(), Value::from(own.writes));
     }
 }
 

@@ -201,6 +201,7 @@ impl Reply<'_> {
     async fn send(self, status: u16, content_type: &str, bytes: Vec<u8>) {
         let mut sink = self.start(status, content_type);
         if !bytes.is_empty() {
+            meter::count_write();
             let _ = sink.send(bytes).await;
         }
     }
@@ -212,11 +213,18 @@ impl Reply<'_> {
 
     async fn error(self, e: &CoordError) {
         let mut sink = self.start_with(e.status(), "application/json", e.allow());
+        meter::count_write();
         let _ = sink.send(e.body_json()).await;
     }
 
-    /// A request refused before the flow started: the error, and its log line.
+    /// A request refused before the flow started: the error, then its log
+    /// line (which so counts the answer's write and time), then the end of
+    /// the body: as for a streamed answer, the client sees the response end
+    /// only once the line is written.
     async fn rejected(self, host: &WasiHost, trace: &Trace, e: &CoordError) {
+        let mut sink = self.start_with(e.status(), "application/json", e.allow());
+        meter::count_write();
+        let _ = sink.send(e.body_json()).await;
         let mut line = serde_json::json!({
             "ts_ms": host.unix_ms(),
             "level": "warn",
@@ -230,7 +238,7 @@ impl Reply<'_> {
         });
         add_own_time(&mut line);
         host.log(&line.to_string());
-        self.error(e).await;
+        drop(sink);
     }
 }
 
@@ -241,6 +249,7 @@ struct HostTransport {
 impl Transport for HostTransport {
     async fn write(&mut self, bytes: Vec<u8>) -> Result<(), ClientGone> {
         let before = meter::set_phase(Phase::Write);
+        meter::count_write();
         let sent = self.sink.send(bytes).await.map_err(|_| ClientGone);
         meter::set_phase(before);
         sent
@@ -324,9 +333,15 @@ impl WasiHost {
 /// A timer on the monotonic clock that does not block the instance. It keeps
 /// at most one registration with the executor and cancels it when dropped, so
 /// timers that lose a race (the common case) leave nothing behind.
+///
+/// The executor re-polls the whole request after every wake-up, so a timer is
+/// polled many times before it fires. It registers once: while its deadline
+/// has not passed, the registration cannot have fired (the executor drops a
+/// registration only when its pollable is ready), so a later poll with a
+/// waker that wakes the same task only reads the clock.
 struct Sleep {
     deadline_ns: u64,
-    registration: Option<spin_executor::CancelOnDropToken>,
+    registration: Option<(spin_executor::CancelOnDropToken, std::task::Waker)>,
 }
 
 impl std::future::Future for Sleep {
@@ -338,12 +353,18 @@ impl std::future::Future for Sleep {
             self.registration = None;
             return Poll::Ready(());
         }
+        if let Some((_, waker)) = &self.registration {
+            if waker.will_wake(cx.waker()) {
+                return Poll::Pending;
+            }
+        }
         // Replacing the token cancels the previous registration.
-        self.registration = Some(spin_executor::CancelOnDropToken::from(
-            spin_executor::push_waker_and_get_token(
+        self.registration = Some((
+            spin_executor::CancelOnDropToken::from(spin_executor::push_waker_and_get_token(
                 monotonic_clock::subscribe_instant(self.deadline_ns),
                 cx.waker().clone(),
-            ),
+            )),
+            cx.waker().clone(),
         ));
         Poll::Pending
     }

@@ -8,7 +8,8 @@
 //! monotonic clock; the time between them is the coordinator's own. The code
 //! says which phase it is in with [`set_phase`]; a switch in the middle of a
 //! poll charges the time so far to the phase that is ending. [`snapshot`]
-//! reads the totals (the request log line carries them).
+//! reads the totals (the request log line carries them), with how many polls
+//! the request took and how many writes went to the client ([`count_write`]).
 //!
 //! The meter is per thread, and an instance serves one request at a time, so
 //! [`start`] resets it for each request. Without [`start`] (native tests) it
@@ -63,6 +64,11 @@ pub struct OwnTime {
     pub total_us: u64,
     /// Each phase's share, in [`Phase`] order.
     pub phases_us: Vec<(&'static str, u64)>,
+    /// How many times the request's future was polled (each poll is one
+    /// wake-up of the instance by the host).
+    pub polls: u64,
+    /// How many writes went to the client (each crosses into the host).
+    pub writes: u64,
 }
 
 #[derive(Debug)]
@@ -72,6 +78,8 @@ struct Meter {
     /// Start of the running poll, or of the running phase within it.
     since_ns: Option<u64>,
     totals_ns: [u64; 5],
+    polls: u64,
+    writes: u64,
 }
 
 thread_local! {
@@ -81,6 +89,8 @@ thread_local! {
             phase: Phase::Read,
             since_ns: None,
             totals_ns: [0; 5],
+            polls: 0,
+            writes: 0,
         })
     };
 }
@@ -93,6 +103,8 @@ pub fn start(clock_ns: fn() -> u64) {
             phase: Phase::Read,
             since_ns: None,
             totals_ns: [0; 5],
+            polls: 0,
+            writes: 0,
         };
     });
 }
@@ -102,7 +114,13 @@ pub fn enter() {
     METER.with(|m| {
         let mut m = m.borrow_mut();
         m.since_ns = m.clock_ns.map(|clock| clock());
+        m.polls += 1;
     });
+}
+
+/// One write to the client is about to cross into the host.
+pub fn count_write() {
+    METER.with(|m| m.borrow_mut().writes += 1);
 }
 
 /// The poll ends: its time goes to the current phase.
@@ -145,6 +163,8 @@ pub fn snapshot() -> Option<OwnTime> {
         Some(OwnTime {
             total_us: phases_us.iter().map(|(_, us)| us).sum(),
             phases_us,
+            polls: m.polls,
+            writes: m.writes,
         })
     })
 }
@@ -179,6 +199,7 @@ mod tests {
         advance_us(10); // still coordination
         let before = set_phase(Phase::Write);
         advance_us(7);
+        count_write();
         assert_eq!(set_phase(before), Phase::Write);
         set_phase(Phase::Agents);
         advance_us(100);
@@ -195,6 +216,8 @@ mod tests {
                     ("synthesis", 0),
                     ("write", 7),
                 ],
+                polls: 2,
+                writes: 1,
             })
         );
         // A snapshot inside a poll includes the poll so far.

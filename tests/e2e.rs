@@ -898,7 +898,10 @@ async fn bad_input_gets_dial_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_request_line_reports_the_coordinators_own_time_by_phase() {
     let s = setup(&[]).await;
-    chat_stream(&s.host, &[user(WEATHER)], None).await;
+    let streamed = chat_stream(&s.host, &[user(WEATHER)], None).await;
+    let events = String::from_utf8_lossy(&streamed.body())
+        .matches("data: ")
+        .count();
     let r = post_json(
         &s.host.chat_url(),
         &[],
@@ -935,9 +938,18 @@ async fn the_request_line_reports_the_coordinators_own_time_by_phase() {
     }
     let latency_us = (served["latency_ms"].as_u64().unwrap() + 1) * 1_000;
     assert!(served["own_us"].as_u64().unwrap() <= latency_us, "{served}");
-    // A rejected request did nothing but read.
+    // Every write carries at least one whole event, and events that are ready
+    // together share a write; the request was woken up several times.
+    let writes = served["writes"].as_u64().unwrap();
+    assert!(
+        writes >= 1 && writes as usize <= events,
+        "{events} events: {served}"
+    );
+    assert!(served["polls"].as_u64().unwrap() >= 2, "{served}");
+    // A rejected request did nothing but read, and answered in one write.
     let rejected = &requests[1];
     assert_eq!(rejected["outcome"], "rejected");
+    assert_eq!(rejected["writes"], 1, "{rejected}");
     for phase in ["coordination", "agents", "synthesis", "write"] {
         assert_eq!(rejected["phases_us"][phase], 0, "{rejected}");
     }
