@@ -10,6 +10,7 @@
 //! ([`StageMirror`]); its choice attachments become ours; its state, answer and
 //! attachments are remembered for its next turn.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde::Deserialize;
@@ -33,6 +34,8 @@ use crate::state::trusted_state;
 /// tool calls and tool messages answering them. A state that is not is not
 /// forwarded (it could only make GPA fail).
 pub fn valid_gpa_state(state: &RawValue) -> bool {
+    // Borrowed views: nothing is unescaped or copied, only checked (a long
+    // history holds hundreds of these states).
     #[derive(Deserialize)]
     struct GpaState<'a> {
         #[serde(default, borrow)]
@@ -40,38 +43,52 @@ pub fn valid_gpa_state(state: &RawValue) -> bool {
     }
     #[derive(Deserialize)]
     struct ToolMessage<'a> {
-        role: &'a str,
-        #[serde(default)]
-        content: Option<Value>,
-        #[serde(default)]
+        #[serde(borrow)]
+        role: Cow<'a, str>,
+        #[serde(default, borrow)]
+        content: Option<&'a RawValue>,
+        #[serde(default, borrow)]
         tool_calls: Option<Vec<ToolCall<'a>>>,
-        #[serde(default)]
-        tool_call_id: Option<String>,
+        #[serde(default, borrow)]
+        tool_call_id: Option<Cow<'a, str>>,
     }
     #[derive(Deserialize)]
     struct ToolCall<'a> {
         #[allow(dead_code)]
-        id: String,
+        id: IsString,
         #[serde(rename = "type", borrow)]
-        kind: &'a str,
-        function: Function,
+        kind: Cow<'a, str>,
+        #[serde(borrow)]
+        function: Function<'a>,
     }
     #[derive(Deserialize)]
-    struct Function {
+    struct Function<'a> {
+        #[serde(borrow)]
+        name: Cow<'a, str>,
         #[allow(dead_code)]
-        name: String,
-        #[allow(dead_code)]
-        arguments: String,
+        arguments: IsString,
+    }
+    /// A string, checked and skipped.
+    struct IsString;
+    impl<'de> Deserialize<'de> for IsString {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<IsString, D::Error> {
+            let raw = <&RawValue>::deserialize(d)?;
+            if raw.get().starts_with('"') {
+                Ok(IsString)
+            } else {
+                Err(serde::de::Error::custom("expected a string"))
+            }
+        }
     }
     let Ok(state) = serde_json::from_str::<GpaState<'_>>(state.get()) else {
         return false;
     };
     state.tool_call_history.unwrap_or_default().iter().all(|m| {
-        let content_ok = matches!(
-            m.content,
-            None | Some(Value::Null) | Some(Value::String(_)) | Some(Value::Array(_))
-        );
-        let shape_ok = match m.role {
+        // null, a string or a list of parts.
+        let content_ok = m
+            .content
+            .is_none_or(|c| matches!(c.get().as_bytes().first(), Some(b'n' | b'"' | b'[')));
+        let shape_ok = match &*m.role {
             "assistant" => m.tool_calls.as_ref().is_some_and(|calls| {
                 calls
                     .iter()
@@ -129,10 +146,13 @@ fn answer_message(turn: &Message, exchange: &ExchangeView<'_>) -> Message {
             custom_content,
             extra: Vec::new(),
         },
-        // A state of the Python reference: the turn's own message.
+        // A state of the Python reference: the turn's own message (its
+        // custom content, which holds that state, is not copied).
         None => Message {
+            role: turn.role.clone(),
+            content: turn.content.clone(),
             custom_content,
-            ..turn.clone()
+            extra: turn.extra.clone(),
         },
     }
 }

@@ -339,13 +339,26 @@ pub const ROLES: [&str; 5] = ["system", "user", "assistant", "tool", "function"]
 /// content parts, not a number`.
 pub fn parse_request(body: &[u8]) -> Result<ChatRequest, RequestError> {
     check_top_level(body)?;
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let request: ChatRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        RequestError(describe(&path, e.inner()))
-    })?;
-    de.end()
-        .map_err(|e| RequestError(format!("the body is not valid JSON: {e}")))?;
+    // The common case, a valid body, parses without tracking the path (about a
+    // tenth faster for a long history); only a failure is parsed again with
+    // the path, to say where it failed.
+    let fast = match std::str::from_utf8(body) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(body),
+    };
+    let request: ChatRequest = match fast {
+        Ok(request) => request,
+        Err(_) => {
+            let mut de = serde_json::Deserializer::from_slice(body);
+            let request: ChatRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+                let path = e.path().to_string();
+                RequestError(describe(&path, e.inner()))
+            })?;
+            de.end()
+                .map_err(|e| RequestError(format!("the body is not valid JSON: {e}")))?;
+            request
+        }
+    };
     if request.messages.is_empty() {
         return Err(RequestError(
             "messages must not be empty: it needs at least the user's message".to_owned(),
