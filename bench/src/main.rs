@@ -943,6 +943,13 @@ fn main() -> anyhow::Result<()> {
     if !criterion.is_empty() {
         results.micro = criterion;
     }
+    // A new run keeps the key figures of the one it replaces (`report` keeps
+    // what the file already holds).
+    if !opts.report_only {
+        results.previous = report::load(&opts.out)
+            .ok()
+            .map(|p| report::PreviousRun::of(&p));
+    }
     report::save(&opts.out, &results)?;
     say(&format!("wrote {}", opts.out.display()));
     let others: Vec<Results> = opts

@@ -328,6 +328,99 @@ pub struct Results {
     pub targets: Vec<TargetCheck>,
     #[serde(default)]
     pub micro: Vec<CriterionBench>,
+    /// The key figures of the run this one replaced (the results file it
+    /// overwrote), so the report shows what moved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousRun>,
+}
+
+/// The key figures of an earlier run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PreviousRun {
+    pub date: String,
+    pub source: String,
+    pub command: String,
+    pub wasmtime_args: String,
+    pub targets: Vec<TargetCheck>,
+    pub figures: Vec<Figure>,
+}
+
+/// One figure compared between runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Figure {
+    pub name: String,
+    pub unit: String,
+    pub value: f64,
+}
+
+impl PreviousRun {
+    pub fn of(r: &Results) -> PreviousRun {
+        PreviousRun {
+            date: r.meta.date.clone(),
+            source: r.meta.source.clone(),
+            command: r.meta.command.clone(),
+            wasmtime_args: r.meta.wasmtime_args.clone(),
+            targets: r.targets.clone(),
+            figures: key_figures(r),
+        }
+    }
+}
+
+/// The figures a reader compares between runs: per scenario the added
+/// latency, the own time, polls, writes and CPU; per load level req/s and CPU;
+/// the long history's cost; the component's size.
+pub fn key_figures(r: &Results) -> Vec<Figure> {
+    let mut out = Vec::new();
+    let mut add = |name: String, unit: &str, value: f64| {
+        out.push(Figure {
+            name,
+            unit: unit.to_owned(),
+            value,
+        });
+    };
+    for l in &r.latency {
+        let s = &l.scenario;
+        add(format!("{s}: added latency p50"), "ms", l.added_p50_ms);
+        add(format!("{s}: added latency p99"), "ms", l.added_p99_ms);
+        if l.own.n > 0 {
+            add(format!("{s}: own time p50"), "µs", l.own.p50_us as f64);
+        }
+        if l.own.polls_p50 > 0 {
+            add(format!("{s}: polls p50"), "", l.own.polls_p50 as f64);
+            add(
+                format!("{s}: client writes p50"),
+                "",
+                l.own.writes_p50 as f64,
+            );
+        }
+        add(
+            format!("{s}: wasmtime CPU / request, 1 client"),
+            "ms",
+            l.wasmtime_cpu_ms_per_request,
+        );
+    }
+    for l in &r.load {
+        let s = format!("{} @ {} clients", l.scenario, l.clients);
+        add(format!("{s}: req/s"), "req/s", l.requests_per_s.round());
+        add(
+            format!("{s}: wasmtime CPU / request"),
+            "ms",
+            l.wasmtime_cpu_ms_per_request,
+        );
+    }
+    if let Some(h) = &r.long_history {
+        add(
+            "1,000 vs 1 message: added latency p50".to_owned(),
+            "ms",
+            h.added_delta_p50_ms,
+        );
+    }
+    add(
+        ".wasm size".to_owned(),
+        "MiB",
+        r.wasm_bytes as f64 / 1024.0 / 1024.0,
+    );
+    out
 }
 
 impl Results {
@@ -361,6 +454,7 @@ impl Results {
             failures_total,
             targets: Vec::new(),
             micro: Vec::new(),
+            previous: None,
         };
         results.targets = targets(&results);
         results
@@ -590,15 +684,73 @@ fn mark(met: bool) -> &'static str {
 }
 
 fn targets_table(r: &Results) -> String {
-    let mut s = String::from("| target | figure | measured | |\n|---|---|---:|---|\n");
+    let Some(prev) = &r.previous else {
+        let mut s = String::from("| target | figure | measured | |\n|---|---|---:|---|\n");
+        for t in &r.targets {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} |",
+                t.target,
+                t.figure,
+                t.value,
+                mark(t.met)
+            );
+        }
+        return s;
+    };
+    let mut s = String::from(
+        "| target | figure | measured | | previous run | |\n|---|---|---:|---|---:|---|\n",
+    );
     for t in &r.targets {
+        let before = prev
+            .targets
+            .iter()
+            .find(|p| p.target == t.target && p.figure == t.figure);
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             t.target,
             t.figure,
             t.value,
-            mark(t.met)
+            mark(t.met),
+            before.map_or("-", |p| p.value.as_str()),
+            before.map_or("", |p| mark(p.met))
+        );
+    }
+    s
+}
+
+fn value_text(value: f64, unit: &str) -> String {
+    let number = match unit {
+        "req/s" | "µs" | "" => format!("{value:.0}"),
+        _ => format!("{value:.3}"),
+    };
+    if unit.is_empty() {
+        number
+    } else {
+        format!("{number} {unit}")
+    }
+}
+
+/// Every key figure of this run beside the previous run's.
+fn moved_table(r: &Results, prev: &PreviousRun) -> String {
+    let mut s =
+        String::from("| figure | previous run | this run | change |\n|---|---:|---:|---:|\n");
+    for now in key_figures(r) {
+        let before = prev.figures.iter().find(|f| f.name == now.name);
+        let change = match before {
+            Some(b) if b.value != 0.0 => {
+                format!("{:+.0} %", (now.value - b.value) / b.value.abs() * 100.0)
+            }
+            _ => "-".to_owned(),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} |",
+            now.name,
+            before.map_or("-".to_owned(), |b| value_text(b.value, &b.unit)),
+            value_text(now.value, &now.unit),
+            change
         );
     }
     s
@@ -664,7 +816,7 @@ fn own_time_table(r: &Results) -> String {
         return "(no request line carried its own time)\n".to_owned();
     }
     let mut s = format!(
-        "| scenario | own time p50 (µs) | {} |\n|---|---:|{}\n",
+        "| scenario | own time p50 (µs) | {} | polls p50 | client writes p50 |\n|---|---:|{}---:|---:|\n",
         names.join(" p50 | ") + " p50",
         "---:|".repeat(names.len())
     );
@@ -681,10 +833,12 @@ fn own_time_table(r: &Results) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "| {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |",
             l.scenario,
             l.own.p50_us,
-            phases.join(" | ")
+            phases.join(" | "),
+            l.own.polls_p50,
+            l.own.writes_p50
         );
     }
     s
@@ -1081,6 +1235,24 @@ Generated by `mas-bench` (`bench/`, see `scripts/bench.sh`); the raw figures are
     );
     let _ = writeln!(s, "## Machine and command\n\n{}", machine_table(r));
     let _ = writeln!(s, "## Targets\n\n{}", targets_table(r));
+    if let Some(prev) = &r.previous {
+        let args = if prev.wasmtime_args.is_empty() {
+            "wasmtime's defaults".to_owned()
+        } else {
+            format!("`{}`", prev.wasmtime_args)
+        };
+        let _ = writeln!(
+            s,
+            "## What moved since the previous run\n\nThe previous run: {}, source {}, `{}`, {}. \
+Full runs on a shared VM vary (see Observations): treat changes of a few tens of percent in \
+latency or throughput as noise unless back-to-back `--quick` runs confirm them.\n\n{}",
+            prev.date,
+            prev.source,
+            prev.command,
+            args,
+            moved_table(r, prev)
+        );
+    }
     let _ = writeln!(
         s,
         "## Latency at 1 client\n\nScenarios: {}.\n\n{}",
@@ -1160,4 +1332,71 @@ compiled natively (`opt-level=3`), so absolute figures are lower than inside was
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn committed() -> Results {
+        load(&crate::workspace_root().join("bench/results.json")).expect("bench/results.json")
+    }
+
+    #[test]
+    fn the_report_puts_the_previous_run_beside_this_one() {
+        let mut now = committed();
+        let mut before = committed();
+        before.meta.date = "2026-11-30 10:00:00 UTC".to_owned();
+        before.latency[0].added_p50_ms = now.latency[0].added_p50_ms * 2.0;
+        before.targets[0].value = "9.999 ms".to_owned();
+        before.targets[0].met = false;
+        now.previous = Some(PreviousRun::of(&before));
+        let md = markdown(&now, &[], &crate::workspace_root());
+        assert!(md.contains("## What moved since the previous run"), "{md}");
+        assert!(
+            md.contains("The previous run: 2026-11-30 10:00:00 UTC"),
+            "{md}"
+        );
+        let scenario = &now.latency[0].scenario;
+        let row = format!(
+            "| {scenario}: added latency p50 | {:.3} ms | {:.3} ms | -50 % |",
+            before.latency[0].added_p50_ms, now.latency[0].added_p50_ms
+        );
+        assert!(md.contains(&row), "{row} in {md}");
+        let t = &now.targets[0];
+        let target_row = format!(
+            "| {} | {} | {} | {} | 9.999 ms | **not met** |",
+            t.target,
+            t.figure,
+            t.value,
+            mark(t.met)
+        );
+        assert!(md.contains(&target_row), "{target_row} in {md}");
+        // Without a previous run the tables keep their plain form.
+        now.previous = None;
+        let plain = markdown(&now, &[], &crate::workspace_root());
+        assert!(!plain.contains("What moved"));
+        assert!(plain.contains("| target | figure | measured | |\n"));
+    }
+
+    #[test]
+    fn a_previous_run_survives_the_results_file() {
+        let mut r = committed();
+        r.previous = Some(PreviousRun::of(&committed()));
+        let path = std::env::temp_dir().join(format!("mas-bench-prev-{}.json", std::process::id()));
+        save(&path, &r).unwrap();
+        let back = load(&path).unwrap();
+        std::fs::remove_file(&path).ok();
+        let prev = back.previous.expect("kept");
+        let want = key_figures(&r);
+        assert_eq!(prev.figures.len(), want.len());
+        for (got, want) in prev.figures.iter().zip(&want) {
+            assert_eq!((&got.name, &got.unit), (&want.name, &want.unit));
+            assert!((got.value - want.value).abs() <= 1e-9 * want.value.abs().max(1.0));
+        }
+        assert!(prev
+            .figures
+            .iter()
+            .any(|f| f.name == "gpa @ 32 clients: req/s" && f.unit == "req/s"));
+    }
 }

@@ -47,6 +47,12 @@ pub struct OwnTime {
     pub p99_us: u64,
     /// Each phase's p50, in the log line's order.
     pub phases_p50_us: Vec<(String, u64)>,
+    /// Wake-ups of the request (`polls`), p50; 0 when the lines lack it.
+    #[serde(default)]
+    pub polls_p50: u64,
+    /// Writes to the client (`writes`), p50; 0 when the lines lack it.
+    #[serde(default)]
+    pub writes_p50: u64,
 }
 
 fn rank_us(sorted: &[u64], p: f64) -> u64 {
@@ -85,11 +91,15 @@ impl OwnTime {
                 (name, p50)
             })
             .collect();
+        let polls = sorted(&|l| l["polls"].as_u64().unwrap_or(0));
+        let writes = sorted(&|l| l["writes"].as_u64().unwrap_or(0));
         OwnTime {
             n: own.len(),
             p50_us: rank_us(&own, 50.0),
             p99_us: rank_us(&own, 99.0),
             phases_p50_us,
+            polls_p50: rank_us(&polls, 50.0),
+            writes_p50: rank_us(&writes, 50.0),
         }
     }
 }
@@ -114,8 +124,10 @@ mod tests {
         let mut log = String::from("stderr [0] :: {\"event\":\"upstream_call\"}\nnot json\n");
         for own in [900, 100, 300, 200] {
             log.push_str(&format!(
-                "stderr [1] :: {{\"event\":\"request\",\"own_us\":{own},\"phases_us\":{{\"read\":{},\"write\":1}}}}\n",
-                own / 100
+                "stderr [1] :: {{\"event\":\"request\",\"own_us\":{own},\"phases_us\":{{\"read\":{},\"write\":1}},\"polls\":{},\"writes\":{}}}\n",
+                own / 100,
+                own / 10,
+                own / 50
             ));
         }
         let t = OwnTime::from_log(&log, 1);
@@ -124,6 +136,7 @@ mod tests {
             t.phases_p50_us,
             vec![("read".to_owned(), 2), ("write".to_owned(), 1)]
         );
+        assert_eq!((t.polls_p50, t.writes_p50), (20, 4));
         assert_eq!(OwnTime::from_log("", 0).n, 0);
     }
 }
