@@ -13,6 +13,8 @@
 # (benches/hot_paths.rs), runs mas-bench once with `--max-instance-reuse-count 1000`
 # (a variant for comparison, written under target/mas-bench/), then the main run
 # with wasmtime's defaults, which writes bench/results.json and BENCHMARKS.md.
+# The results file it replaces gives the "previous run" figures that BENCHMARKS.md
+# shows beside the new ones (commit both files so the next run compares with it).
 # The coordinator runs in its default COORDINATION_MODE (plan); every scenario's
 # floor is checked byte for byte against the upstream requests the coordinator
 # sends, and the two-agent scenario (two_agents) slows both agents in the world
