@@ -87,7 +87,8 @@ async fn serve(request: IncomingRequest, out: ResponseOutparam) {
                 Ok(config) => (200, health::shallow(&host, &config)),
             };
             if head {
-                reply.send(status, "application/json", Vec::new()).await;
+                // The head only: no length, since the body it would have is not sent.
+                drop(reply.start(status, "application/json"));
             } else {
                 reply.json(status, &report).await;
             }
@@ -178,10 +179,21 @@ struct Reply<'a> {
 
 impl Reply<'_> {
     fn start(self, status: u16, content_type: &str) -> BodySink {
-        self.start_with(status, content_type, None)
+        self.start_with(status, content_type, None, None)
     }
 
-    fn start_with(self, status: u16, content_type: &str, allow: Option<&str>) -> BodySink {
+    /// The response head; `length` is the body's length when it is known
+    /// (every answer but a stream): with `Content-Length` the host sends the
+    /// head and the body without chunked framing, so a kept-alive client gets
+    /// the whole answer in one segment instead of waiting for a separate
+    /// end-of-body chunk.
+    fn start_with(
+        self,
+        status: u16,
+        content_type: &str,
+        allow: Option<&str>,
+        length: Option<usize>,
+    ) -> BodySink {
         let mut list = vec![
             ("content-type".to_owned(), content_type.as_bytes().to_vec()),
             ("cache-control".to_owned(), b"no-cache".to_vec()),
@@ -189,6 +201,9 @@ impl Reply<'_> {
         ];
         if let Some(allow) = allow {
             list.push(("allow".to_owned(), allow.as_bytes().to_vec()));
+        }
+        if let Some(length) = length {
+            list.push(("content-length".to_owned(), length.to_string().into_bytes()));
         }
         let headers = Fields::from_list(&list).unwrap_or_else(|_| Fields::new());
         let response = OutgoingResponse::new(headers);
@@ -199,7 +214,7 @@ impl Reply<'_> {
     }
 
     async fn send(self, status: u16, content_type: &str, bytes: Vec<u8>) {
-        let mut sink = self.start(status, content_type);
+        let mut sink = self.start_with(status, content_type, None, Some(bytes.len()));
         if !bytes.is_empty() {
             meter::count_write();
             let _ = sink.send(bytes).await;
@@ -212,9 +227,10 @@ impl Reply<'_> {
     }
 
     async fn error(self, e: &CoordError) {
-        let mut sink = self.start_with(e.status(), "application/json", e.allow());
+        let body = e.body_json();
+        let mut sink = self.start_with(e.status(), "application/json", e.allow(), Some(body.len()));
         meter::count_write();
-        let _ = sink.send(e.body_json()).await;
+        let _ = sink.send(body).await;
     }
 
     /// A request refused before the flow started: the error, then its log
@@ -222,9 +238,10 @@ impl Reply<'_> {
     /// the body: as for a streamed answer, the client sees the response end
     /// only once the line is written.
     async fn rejected(self, host: &WasiHost, trace: &Trace, e: &CoordError) {
-        let mut sink = self.start_with(e.status(), "application/json", e.allow());
+        let body = e.body_json();
+        let mut sink = self.start_with(e.status(), "application/json", e.allow(), Some(body.len()));
         meter::count_write();
-        let _ = sink.send(e.body_json()).await;
+        let _ = sink.send(body).await;
         let mut line = serde_json::json!({
             "ts_ms": host.unix_ms(),
             "level": "warn",

@@ -556,6 +556,9 @@ async fn block_answer(body: Value) -> Value {
     let r = post_json(&s.host.chat_url(), &[("Api-Key", KEY)], &body).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("content-type"), Some("application/json"));
+    let length = r.body.len().to_string();
+    assert_eq!(r.header("content-length"), Some(length.as_str()));
+    assert_eq!(r.header("transfer-encoding"), None);
     r.json()
 }
 
@@ -851,6 +854,11 @@ async fn bad_input_gets_dial_errors() {
         r.json(),
         json!({"status": "ok", "breaker_store": "instance-memory", "state_signing": "off"})
     );
+    // Answers whose length is known carry it (no chunked framing: the head and
+    // the body can leave together), errors included.
+    let length = r.body.len().to_string();
+    assert_eq!(r.header("content-length"), Some(length.as_str()));
+    assert_eq!(r.header("transfer-encoding"), None);
 
     let r = get(&format!("{}/nope", s.host.url())).await;
     assert_eq!(r.status, 404);
@@ -859,6 +867,8 @@ async fn bad_input_gets_dial_errors() {
     let r = get(&url).await;
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("POST"));
+    let length = r.body.len().to_string();
+    assert_eq!(r.header("content-length"), Some(length.as_str()));
     assert_eq!(
         r.json()["error"]["message"],
         "Method GET is not allowed on this path (allowed: POST)"
@@ -899,6 +909,7 @@ async fn bad_input_gets_dial_errors() {
 async fn the_request_line_reports_the_coordinators_own_time_by_phase() {
     let s = setup(&[]).await;
     let streamed = chat_stream(&s.host, &[user(WEATHER)], None).await;
+    assert_eq!(streamed.header("transfer-encoding"), Some("chunked"));
     let events = String::from_utf8_lossy(&streamed.body())
         .matches("data: ")
         .count();
