@@ -16,7 +16,7 @@
 //! cargo build --release --target wasm32-wasip2 -p mas-coordinator
 //! cargo run --release -p mas-bench -- [--quick] [--wasmtime-args "--max-instance-reuse-count 1000"]
 //!     [--wasm PATH] [--wasmtime PATH] [--out PATH] [--markdown PATH | --no-markdown]
-//!     [--compare OTHER_RESULTS.json]... [--criterion DIR] [--label TEXT]
+//!     [--compare OTHER_RESULTS.json]... [--criterion DIR] [--label TEXT] [--spin PATH] [--no-hosts]
 //! cargo run --release -p mas-bench -- report [--out PATH] [--markdown PATH] [--compare ...]
 //! ```
 
@@ -24,6 +24,7 @@ mod http;
 mod procfs;
 mod report;
 mod scenario;
+mod spin;
 mod stats;
 
 use std::net::SocketAddr;
@@ -39,8 +40,8 @@ use mas_world::{World, WorldOptions};
 use crate::http::{send_fresh, Conn, Req};
 use crate::procfs::{Clock, CpuSnap, CpuUse};
 use crate::report::{
-    AgentPathResult, HealthResult, LatencyResult, LoadResult, LongHistoryResult, ParallelResult,
-    Results, StartupResult,
+    AgentPathResult, HealthResult, HostRun, HostsResult, LatencyResult, LoadResult,
+    LongHistoryResult, ParallelResult, Results, StartupResult,
 };
 use crate::scenario::{
     create_conversation, verify_bytes, Floor, FloorConns, FloorRun, Scenario, Verified,
@@ -60,6 +61,10 @@ pub struct Opts {
     pub compare: Vec<PathBuf>,
     pub criterion: PathBuf,
     pub label: Option<String>,
+    /// The `spin` binary for the Spin runs (else `$SPIN`, else the PATH).
+    pub spin: Option<PathBuf>,
+    /// Skip the host comparison (wasmtime on both kinds of connections, Spin).
+    pub no_hosts: bool,
     /// The command line as given (for the report).
     pub args: Vec<String>,
 }
@@ -105,6 +110,8 @@ fn parse_args() -> anyhow::Result<Opts> {
         compare: Vec::new(),
         criterion: target_dir().join("criterion"),
         label: None,
+        spin: None,
+        no_hosts: false,
         args: args.clone(),
     };
     let mut it = args.into_iter();
@@ -127,6 +134,8 @@ fn parse_args() -> anyhow::Result<Opts> {
             "--compare" => opts.compare.push(value("--compare")?.into()),
             "--criterion" => opts.criterion = value("--criterion")?.into(),
             "--label" => opts.label = Some(value("--label")?),
+            "--spin" => opts.spin = Some(value("--spin")?.into()),
+            "--no-hosts" => opts.no_hosts = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -223,6 +232,19 @@ fn coordinator_config(world: &World, wasmtime_args: &[String]) -> anyhow::Result
         .into_iter()
         .map(|(n, v)| (n.to_owned(), v))
         .collect();
+    env.extend(env_args(wasmtime_args));
+    Config::from_lookup(|name| {
+        env.iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    })
+    .map_err(|e| anyhow::anyhow!("the coordinator's configuration: {}", e.message()))
+}
+
+/// Every `--env NAME=VALUE` (or `--env=NAME=VALUE`) of `wasmtime_args`, in order.
+fn env_args(wasmtime_args: &[String]) -> Vec<(String, String)> {
+    let mut env = Vec::new();
     let mut args = wasmtime_args.iter();
     while let Some(arg) = args.next() {
         let pair = match arg.strip_prefix("--env=") {
@@ -234,16 +256,10 @@ fn coordinator_config(world: &World, wasmtime_args: &[String]) -> anyhow::Result
             env.push((name.to_owned(), value.to_owned()));
         }
     }
-    Config::from_lookup(|name| {
-        env.iter()
-            .rev()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-    })
-    .map_err(|e| anyhow::anyhow!("the coordinator's configuration: {}", e.message()))
+    env
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
@@ -357,7 +373,7 @@ async fn health(server: &Server, plan: Plan, clock: Clock) -> anyhow::Result<Hea
     }
     let mut samples = Vec::new();
     let mut failures = 0;
-    let before = CpuSnap::take(server.pid());
+    let before = CpuSnap::take(&[server.pid()]);
     let start = Instant::now();
     while start.elapsed() < plan.health_budget && samples.len() < 20_000 {
         let resp = conn.send(&req).await?;
@@ -367,7 +383,7 @@ async fn health(server: &Server, plan: Plan, clock: Clock) -> anyhow::Result<Hea
             failures += 1;
         }
     }
-    let cpu = CpuUse::between(&before, &CpuSnap::take(server.pid()), clock);
+    let cpu = CpuUse::between(&before, &CpuSnap::take(&[server.pid()]), clock);
     let n = samples.len().max(1);
     Ok(HealthResult {
         latency: Dist::of(&samples),
@@ -387,6 +403,30 @@ struct LatencyRun {
     failures: usize,
     errors: Vec<String>,
     cpu: CpuUse,
+    /// The serving process that used the most CPU, and how much.
+    busiest: Option<(String, Duration)>,
+}
+
+/// What a 1-client run talks to: an address, the processes that serve it
+/// (for their CPU time), and whether each request opens a new connection.
+struct Served {
+    addr: SocketAddr,
+    root_pid: u32,
+    fresh_connections: bool,
+}
+
+impl Served {
+    fn of(server: &Server) -> Served {
+        Served {
+            addr: server.addr,
+            root_pid: server.pid(),
+            fresh_connections: false,
+        }
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        procfs::process_tree(self.root_pid)
+    }
 }
 
 fn note_error(errors: &mut Vec<String>, e: String) {
@@ -410,7 +450,7 @@ struct Budget {
 /// connections) and the coordinated request, interleaved so all three see the
 /// same conditions.
 async fn latency_run(
-    server: &Server,
+    server: &Served,
     world: &World,
     scenario: &Scenario,
     floor: &Floor,
@@ -424,13 +464,14 @@ async fn latency_run(
         keepalive,
     } = budget;
     let mut conn = Conn::connect(server.addr).await?;
+
     let mut conns = FloorConns::connect(floor).await?;
     for _ in 0..warmup {
         floor.run(None).await?;
         if keepalive {
             floor.run(Some(&mut conns)).await?;
         }
-        let resp = conn.send(&scenario.request).await?;
+        let resp = send_to(server, &mut conn, &scenario.request).await?;
         scenario
             .check(&resp)
             .map_err(|e| anyhow::anyhow!("{}: warm-up request failed: {e}", scenario.name))?;
@@ -439,7 +480,9 @@ async fn latency_run(
     let mut run = LatencyRun::default();
     // wasmtime only works for the coordinated requests (the floor bypasses it), so
     // its CPU time over the whole run is theirs, instance teardown included.
-    let cpu_before = CpuSnap::take(server.pid());
+    let pids = server.pids();
+    let cpu_before = CpuSnap::take(&pids);
+    let per_pid_before: Vec<u64> = pids.iter().map(|&p| procfs::process_ticks(p)).collect();
     let start = Instant::now();
     while start.elapsed() < budget && run.coordinated.len() + run.failures < max {
         match floor.run(None).await {
@@ -459,7 +502,7 @@ async fn latency_run(
                 }
             }
         }
-        let sent = conn.send(&scenario.request).await;
+        let sent = send_to(server, &mut conn, &scenario.request).await;
         match sent {
             Ok(resp) => match scenario.check(&resp) {
                 Ok(()) => {
@@ -481,8 +524,24 @@ async fn latency_run(
     }
     // Let the last instance be torn down before reading the counter.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    run.cpu = CpuUse::between(&cpu_before, &CpuSnap::take(server.pid()), clock);
+    run.cpu = CpuUse::between(&cpu_before, &CpuSnap::take(&pids), clock);
+    // The process that did the most of the work (Spin: its trigger child).
+    run.busiest = pids
+        .iter()
+        .zip(&per_pid_before)
+        .map(|(&p, &before)| (p, procfs::process_ticks(p).saturating_sub(before)))
+        .max_by_key(|&(_, ticks)| ticks)
+        .map(|(p, ticks)| (procfs::comm(p), clock.duration(ticks)));
     Ok(run)
+}
+
+/// One request: on the kept-alive `conn`, or on a new connection.
+async fn send_to(server: &Served, conn: &mut Conn, req: &Req) -> anyhow::Result<http::Resp> {
+    if server.fresh_connections {
+        send_fresh(server.addr, req).await
+    } else {
+        conn.send(req).await
+    }
 }
 
 fn share(part: f64, whole: f64) -> f64 {
@@ -658,13 +717,13 @@ async fn load_run(
         .collect();
     tokio::time::sleep_until(measure_from.into()).await;
     world.clear_requests();
-    let a = CpuSnap::take(server.pid());
+    let a = CpuSnap::take(&[server.pid()]);
     while Instant::now() < end {
         let left = end.saturating_duration_since(Instant::now());
         tokio::time::sleep(left.min(Duration::from_millis(250))).await;
         world.clear_requests();
     }
-    let cpu = CpuUse::between(&a, &CpuSnap::take(server.pid()), clock);
+    let cpu = CpuUse::between(&a, &CpuSnap::take(&[server.pid()]), clock);
     let mut latencies = Vec::new();
     let mut failures = 0;
     let mut errors = Vec::new();
@@ -870,7 +929,15 @@ async fn run(opts: &Opts) -> anyhow::Result<Results> {
         let result = loop {
             wait_idle(Some(server.pid()), &mut idle_budget, clock).await;
             let log_start = std::fs::metadata(&log)?.len();
-            let run = latency_run(&server, &world, scenario, &floor, *budget, clock).await?;
+            let run = latency_run(
+                &Served::of(&server),
+                &world,
+                scenario,
+                &floor,
+                *budget,
+                clock,
+            )
+            .await?;
             let mut result = latency_result(scenario, &floor, verified, &run);
             result.own = own_time_since(&log, log_start, budget.warmup)?;
             if !disturbed(result.other_cores, &mut attempt) {
@@ -906,11 +973,51 @@ async fn run(opts: &Opts) -> anyhow::Result<Results> {
         }
     }
     let peak_rss_kib = procfs::status_kib(server.pid(), "VmHWM").unwrap_or(0);
-    drop(server);
+
+    let hosts = if opts.no_hosts {
+        None
+    } else {
+        let scenarios = [
+            (gpa.clone(), Floor::new(&gpa, &config, core, ums).await?),
+            {
+                let s = Scenario::ums(&create_conversation(ums).await?)?;
+                let f = Floor::new(&s, &config, core, ums).await?;
+                (s, f)
+            },
+        ];
+        let budget = Budget {
+            warmup: plan.warmup_iters,
+            time: plan.latency_budget / 2,
+            max: plan.latency_max,
+            keepalive: false,
+        };
+        let mut hosts = HostsResult::default();
+        for fresh in [false, true] {
+            let served = Served {
+                fresh_connections: fresh,
+                ..Served::of(&server)
+            };
+            for (scenario, floor) in &scenarios {
+                say(&format!(
+                    "wasmtime serve, {}: {}",
+                    connections_name(fresh),
+                    scenario.name
+                ));
+                wait_idle(Some(server.pid()), &mut idle_budget, clock).await;
+                let run = latency_run(&served, &world, scenario, floor, budget, clock).await?;
+                hosts
+                    .runs
+                    .push(host_run("wasmtime serve", fresh, scenario, &run));
+            }
+        }
+        drop(server);
+        spin_runs(opts, &world, &scenarios, budget, clock, &mut hosts).await;
+        Some(hosts)
+    };
 
     let long_history = LongHistoryResult::from_runs(&latency, "gpa", "gpa_1000_messages");
     say(&format!("done in {:.1} s", total.elapsed().as_secs_f64()));
-    Ok(Results::new(
+    let mut results = Results::new(
         meta,
         wasm_bytes,
         startup,
@@ -921,7 +1028,126 @@ async fn run(opts: &Opts) -> anyhow::Result<Results> {
         rss_after_latency,
         peak_rss_kib,
         total.elapsed().as_secs_f64(),
-    ))
+    );
+    results.hosts = hosts;
+    Ok(results)
+}
+
+fn connections_name(fresh: bool) -> &'static str {
+    if fresh {
+        "new per request"
+    } else {
+        "kept alive"
+    }
+}
+
+fn host_run(host: &str, fresh: bool, scenario: &Scenario, run: &LatencyRun) -> HostRun {
+    let floor = Dist::of(&run.floor.iter().map(FloorRun::slower).collect::<Vec<_>>());
+    let coordinated = Dist::of(&run.coordinated);
+    let n = run.coordinated.len().max(1) as f64;
+    let (busiest, busiest_cpu) = run
+        .busiest
+        .clone()
+        .unwrap_or_else(|| ("?".to_owned(), Duration::ZERO));
+    HostRun {
+        host: host.to_owned(),
+        connections: connections_name(fresh).to_owned(),
+        scenario: scenario.name.to_owned(),
+        added_p50_ms: coordinated.p50_ms - floor.p50_ms,
+        added_p99_ms: coordinated.p99_ms - floor.p99_ms,
+        floor,
+        coordinated,
+        cpu_ms_per_request: run.cpu.wasmtime_s * 1e3 / n,
+        busiest_process: busiest,
+        busiest_cpu_ms_per_request: busiest_cpu.as_secs_f64() * 1e3 / n,
+        failures: run.failures,
+        errors: run.errors.clone(),
+    }
+}
+
+/// The same runs under `spin up`, or why they could not happen.
+async fn spin_runs(
+    opts: &Opts,
+    world: &World,
+    scenarios: &[(Scenario, Floor)],
+    budget: Budget,
+    clock: Clock,
+    hosts: &mut HostsResult,
+) {
+    let Some(spin) = spin::find(opts.spin.as_deref()) else {
+        let why = "no `spin` on the PATH (nor $SPIN, nor --spin)".to_owned();
+        say(&format!("spin up: skipped: {why}"));
+        hosts.spin_skipped = Some(why);
+        return;
+    };
+    let root = workspace_root();
+    let wasm = target_dir().join("wasm32-wasip2/spin-kv/mas_coordinator.wasm");
+    if !wasm.is_file() {
+        let why = format!(
+            "{} is missing: cargo build --profile spin-kv --features spin-kv --target wasm32-wasip2 -p mas-coordinator",
+            wasm.display()
+        );
+        say(&format!("spin up: skipped: {why}"));
+        hosts.spin_skipped = Some(why);
+        return;
+    }
+    if let Err(e) = spin_measure(&spin, &root, opts, world, scenarios, budget, clock, hosts).await {
+        let why = format!("{e:#}");
+        say(&format!("spin up: failed: {why}"));
+        hosts.spin_skipped = Some(format!("failed: {why}"));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn spin_measure(
+    spin: &Path,
+    root: &Path,
+    opts: &Opts,
+    world: &World,
+    scenarios: &[(Scenario, Floor)],
+    budget: Budget,
+    clock: Clock,
+    hosts: &mut HostsResult,
+) -> anyhow::Result<()> {
+    hosts.spin_version = Some(spin::version(spin)?);
+    let dir = target_dir().join("mas-bench");
+    let state_dir = dir.join("spin-state");
+    let _ = std::fs::remove_dir_all(&state_dir);
+    let log = dir.join("spin.log");
+    std::fs::write(&log, b"")?;
+    // Spin reads the component's configuration from its variables (spin.toml
+    // maps each one), so the same settings go in as SPIN_VARIABLE_*.
+    let mut variables: Vec<(String, String)> = coordinator_env(world)
+        .into_iter()
+        .map(|(n, v)| (n.to_owned(), v))
+        .collect();
+    variables.extend(env_args(&opts.wasmtime_args));
+    let server =
+        spin::SpinServer::start(spin, &root.join("spin.toml"), &variables, &state_dir, &log)
+            .await?;
+    say(&format!(
+        "spin up (pid {}, {}) on {}",
+        server.pid(),
+        hosts.spin_version.as_deref().unwrap_or("?"),
+        server.addr
+    ));
+    for fresh in [false, true] {
+        let served = Served {
+            addr: server.addr,
+            root_pid: server.pid(),
+            fresh_connections: fresh,
+        };
+        for (scenario, floor) in scenarios {
+            say(&format!(
+                "spin up, {}: {}",
+                connections_name(fresh),
+                scenario.name
+            ));
+            let run = latency_run(&served, world, scenario, floor, budget, clock).await?;
+            hosts.runs.push(host_run("spin up", fresh, scenario, &run));
+        }
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {

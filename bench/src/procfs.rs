@@ -14,6 +14,53 @@ fn ticks_per_second() -> u64 {
         .unwrap_or(100)
 }
 
+/// The fields of a `/proc/...` stat line after the comm (field 3, the state, first).
+fn stat_fields(path: &str) -> Option<(String, Vec<String>)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text[open + 1..close].to_owned();
+    let fields = text[close + 1..]
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    Some((comm, fields))
+}
+
+/// `pid` and every live process descended from it (Spin runs its HTTP
+/// trigger as a child process of `spin up`).
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return vec![pid];
+    };
+    let parents: Vec<(u32, u32)> = dir
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|p| {
+            let (_, fields) = stat_fields(&format!("/proc/{p}/stat"))?;
+            Some((p, fields.get(1)?.parse().ok()?))
+        })
+        .collect();
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    tree
+}
+
+/// A process's command name (`comm`), or `?`.
+pub fn comm(pid: u32) -> String {
+    stat_fields(&format!("/proc/{pid}/stat")).map_or_else(|| "?".to_owned(), |(c, _)| c)
+}
+
 /// Reads `/proc/...`'s stat line: `(comm, utime + stime in ticks)`.
 fn stat_ticks(path: &str) -> Option<(String, u64)> {
     let text = std::fs::read_to_string(path).ok()?;
@@ -115,11 +162,12 @@ pub struct CpuSnap {
 }
 
 impl CpuSnap {
-    pub fn take(wasmtime_pid: u32) -> CpuSnap {
+    /// `server` holds the processes that serve (wasmtime, or Spin's process tree).
+    pub fn take(server: &[u32]) -> CpuSnap {
         let (machine_busy, machine_irq) = machine_ticks();
         CpuSnap {
-            wasmtime: process_ticks(wasmtime_pid),
-            wasmtime_system: process_system_ticks(wasmtime_pid),
+            wasmtime: server.iter().map(|&p| process_ticks(p)).sum(),
+            wasmtime_system: server.iter().map(|&p| process_system_ticks(p)).sum(),
             world: own_threads_ticks("mas-world"),
             bench_total: process_ticks(std::process::id()),
             machine_busy,
@@ -168,5 +216,36 @@ impl CpuUse {
         } else {
             0.0
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_tree_holds_the_children_and_their_names() {
+        let mut parent = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("sleep 5 & wait")
+            .spawn()
+            .expect("sh");
+        let pid = parent.id();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let tree = loop {
+            let tree = process_tree(pid);
+            if tree.len() >= 2 || std::time::Instant::now() > deadline {
+                break tree;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let names: Vec<String> = tree.iter().map(|&p| comm(p)).collect();
+        let _ = std::process::Command::new("kill")
+            .arg("--")
+            .args(tree.iter().map(u32::to_string))
+            .status();
+        let _ = parent.wait();
+        assert_eq!(tree[0], pid);
+        assert_eq!(names, ["sh", "sleep"], "{tree:?}");
     }
 }

@@ -328,10 +328,45 @@ pub struct Results {
     pub targets: Vec<TargetCheck>,
     #[serde(default)]
     pub micro: Vec<CriterionBench>,
+    /// The same scenarios under each host (wasmtime serve; spin up when there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<HostsResult>,
     /// The key figures of the run this one replaced (the results file it
     /// overwrote), so the report shows what moved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<PreviousRun>,
+}
+
+/// The same scenarios under each host, on kept-alive and on new connections.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HostsResult {
+    /// `spin --version`, when Spin ran.
+    pub spin_version: Option<String>,
+    /// Why the Spin runs did not happen.
+    pub spin_skipped: Option<String>,
+    pub runs: Vec<HostRun>,
+}
+
+/// One scenario under one host with one kind of client connection.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HostRun {
+    /// `wasmtime serve` or `spin up`.
+    pub host: String,
+    /// `kept alive` (one connection for every request, as DIAL Core does) or
+    /// `new per request`.
+    pub connections: String,
+    pub scenario: String,
+    pub floor: Dist,
+    pub coordinated: Dist,
+    pub added_p50_ms: f64,
+    pub added_p99_ms: f64,
+    /// CPU of every process of the host (Spin: `spin up` and its children).
+    pub cpu_ms_per_request: f64,
+    /// The process that used the most of it.
+    pub busiest_process: String,
+    pub busiest_cpu_ms_per_request: f64,
+    pub failures: usize,
+    pub errors: Vec<String>,
 }
 
 /// The key figures of an earlier run.
@@ -454,6 +489,7 @@ impl Results {
             failures_total,
             targets: Vec::new(),
             micro: Vec::new(),
+            hosts: None,
             previous: None,
         };
         results.targets = targets(&results);
@@ -730,6 +766,39 @@ fn value_text(value: f64, unit: &str) -> String {
     } else {
         format!("{number} {unit}")
     }
+}
+
+fn hosts_table(h: &HostsResult) -> String {
+    let mut s = String::new();
+    if let Some(version) = &h.spin_version {
+        let _ = writeln!(s, "Spin: `{version}`.\n");
+    }
+    if let Some(why) = &h.spin_skipped {
+        let _ = writeln!(s, "**spin up: skipped** ({why}).\n");
+    }
+    s.push_str(
+        "| host | client connections | scenario | floor p50 | coordinated p50 / p99 | added p50 / p99 | host CPU / request | busiest process (CPU / request) | failures |\n\
+|---|---|---|---:|---:|---:|---:|---|---:|\n",
+    );
+    for r in &h.runs {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} / {} | **{} / {}** | {} | {} ({}) | {} |",
+            r.host,
+            r.connections,
+            r.scenario,
+            f3(r.floor.p50_ms),
+            f3(r.coordinated.p50_ms),
+            f3(r.coordinated.p99_ms),
+            f3(r.added_p50_ms),
+            f3(r.added_p99_ms),
+            f3(r.cpu_ms_per_request),
+            r.busiest_process,
+            f3(r.busiest_cpu_ms_per_request),
+            r.failures
+        );
+    }
+    s
 }
 
 /// Every key figure of this run beside the previous run's.
@@ -1293,6 +1362,17 @@ the sum.\n\n{}",
         "## Throughput\n\n`gpa` and `ums` (follow-up) as above, streaming, each client on its own connection.\n\n{}",
         load_table(r)
     );
+    if let Some(h) = &r.hosts {
+        let _ = writeln!(
+            s,
+            "## Hosts and client connections\n\n`gpa` and `ums` at 1 client under each host, once \
+on one kept-alive connection (as DIAL Core calls an application) and once with a new connection \
+per request; the floor is measured in the same loop. Under Spin the CPU is that of `spin up` \
+and every process it started (it runs the HTTP trigger as a child process). Spin runs \
+`spin.toml` as shipped (the `spin-kv` build, breakers in Spin's key-value store).\n\n{}",
+            hosts_table(h)
+        );
+    }
     let _ = writeln!(
         s,
         "## Component size and instantiation\n\n{}",
