@@ -15,6 +15,9 @@
 # with wasmtime's defaults, which writes bench/results.json and BENCHMARKS.md.
 # The results file it replaces gives the "previous run" figures that BENCHMARKS.md
 # shows beside the new ones (commit both files so the next run compares with it).
+# It also runs gpa and ums on kept-alive and on new connections under each host:
+# wasmtime serve, and `spin up` when a spin binary is there (on the PATH, or
+# SPIN=/path/to/spin); without one the report says the Spin runs were skipped.
 # The coordinator runs in its default COORDINATION_MODE (plan); every scenario's
 # floor is checked byte for byte against the upstream requests the coordinator
 # sends, and the two-agent scenario (two_agents) slows both agents in the world
@@ -51,6 +54,12 @@ if [ -n "${WASMTIME:-}" ]; then extra=(--wasmtime "$WASMTIME" "${extra[@]}"); fi
 say "building the release component and the benchmark tool"
 cargo build --release --target wasm32-wasip2 -p mas-coordinator
 cargo build --release -p mas-bench
+# With Spin available (spin on the PATH, or $SPIN), the same scenarios also run
+# under `spin up` with the shipped spin.toml, which runs the spin-kv build.
+if [ -n "${SPIN:-}" ] || command -v spin >/dev/null 2>&1; then
+    say "spin found: building the spin-kv component for the spin up runs"
+    cargo build --profile spin-kv --features spin-kv --target wasm32-wasip2 -p mas-coordinator
+fi
 
 if [ "$micro" = 1 ]; then
     say "micro-benchmarks: cargo bench --bench hot_paths"
