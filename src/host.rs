@@ -10,11 +10,12 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use futures::{Sink, SinkExt, Stream, StreamExt};
+use futures::{Stream, StreamExt};
 use spin_sdk::http::{
-    Fields, IncomingRequest, IncomingResponse, Method as SpinMethod, OutgoingResponse, Request,
-    ResponseOutparam,
+    Fields, IncomingRequest, IncomingResponse, Method as SpinMethod, OutgoingBody,
+    OutgoingResponse, Request, ResponseOutparam,
 };
+use wasi::io::streams::OutputStream;
 
 use crate::breaker::SharedStore;
 use crate::client::{Host, Method, OutboundRequest, OutboundResponse, TransportError};
@@ -87,8 +88,7 @@ async fn serve(request: IncomingRequest, out: ResponseOutparam) {
                 Ok(config) => (200, health::shallow(&host, &config)),
             };
             if head {
-                // The head only: no length, since the body it would have is not sent.
-                drop(reply.start(status, "application/json"));
+                reply.head(status, "application/json");
             } else {
                 reply.json(status, &report).await;
             }
@@ -136,8 +136,8 @@ async fn chat(
     );
     let created = unix_ms / 1000;
     if ctx.streaming() {
-        let sink = reply.start(200, "text/event-stream; charset=utf-8");
-        let mut emitter = Emitter::streaming(SseEncoder::new(&id, created), HostTransport { sink });
+        let transport = reply.start(200, "text/event-stream; charset=utf-8");
+        let mut emitter = Emitter::streaming(SseEncoder::new(&id, created), transport);
         stream_response(&ctx, host, &mut emitter).await;
     } else {
         match collect_response(&ctx, host, &id, created).await {
@@ -169,7 +169,86 @@ async fn read_limited(
     Ok(body)
 }
 
-type BodySink = Pin<Box<dyn Sink<Vec<u8>, Error = wasi::io::streams::StreamError>>>;
+/// A body (of our response, or of an outbound request) written through its
+/// wasi:io output stream. The head can
+/// wait until the first bytes are in the stream ([`Reply::send`],
+/// [`HostTransport`]): a host then sends head and body together, which
+/// matters on hosts that do not set `TCP_NODELAY` (Spin): there a second small
+/// write waits for the client's delayed ACK, about 40 ms on a kept-alive
+/// connection. Dropping the writer ends the body.
+struct BodyWriter {
+    stream: Option<OutputStream>,
+    body: Option<OutgoingBody>,
+}
+
+impl BodyWriter {
+    fn new(response: &OutgoingResponse) -> BodyWriter {
+        BodyWriter::of(response.body().ok())
+    }
+
+    fn of_request(request: &spin_sdk::http::OutgoingRequest) -> BodyWriter {
+        BodyWriter::of(request.body().ok())
+    }
+
+    fn of(body: Option<OutgoingBody>) -> BodyWriter {
+        let stream = body.as_ref().and_then(|b| b.write().ok());
+        BodyWriter { stream, body }
+    }
+
+    /// Writes what the host takes now, without waiting; how many bytes it took.
+    fn write_now(&mut self, bytes: &[u8]) -> Result<usize, ClientGone> {
+        let stream = self.stream.as_ref().ok_or(ClientGone)?;
+        let room = stream.check_write().map_err(|_| ClientGone)?;
+        let n = usize::try_from(room).unwrap_or(usize::MAX).min(bytes.len());
+        if n > 0 {
+            stream.write(&bytes[..n]).map_err(|_| ClientGone)?;
+            stream.flush().map_err(|_| ClientGone)?;
+        }
+        Ok(n)
+    }
+
+    /// Writes all of `bytes`, waiting for the host to take more when it must.
+    async fn write_all(&mut self, bytes: &[u8]) -> Result<(), ClientGone> {
+        let mut offset = 0;
+        while offset < bytes.len() {
+            let n = self.write_now(&bytes[offset..])?;
+            offset += n;
+            if n == 0 {
+                self.writable().await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Until the stream takes bytes again (or fails: the next write says so).
+    async fn writable(&self) {
+        let Some(stream) = self.stream.as_ref() else {
+            return;
+        };
+        let mut token = None;
+        futures::future::poll_fn(|cx| {
+            let pollable = stream.subscribe();
+            if pollable.ready() {
+                return Poll::Ready(());
+            }
+            token = Some(spin_executor::CancelOnDropToken::from(
+                spin_executor::push_waker_and_get_token(pollable, cx.waker().clone()),
+            ));
+            Poll::Pending
+        })
+        .await;
+    }
+}
+
+impl Drop for BodyWriter {
+    fn drop(&mut self) {
+        // The stream goes first: a body can only be finished without it.
+        drop(self.stream.take());
+        if let Some(body) = self.body.take() {
+            let _ = OutgoingBody::finish(body, None);
+        }
+    }
+}
 
 /// The response side of one request: always carries `X-Trace-ID`.
 struct Reply<'a> {
@@ -178,22 +257,25 @@ struct Reply<'a> {
 }
 
 impl Reply<'_> {
-    fn start(self, status: u16, content_type: &str) -> BodySink {
-        self.start_with(status, content_type, None, None)
+    /// A response whose head is sent with its first write (a stream).
+    fn start(self, status: u16, content_type: &str) -> HostTransport {
+        let response = self.response(status, content_type, None, None);
+        HostTransport {
+            body: BodyWriter::new(&response),
+            head: Some((self.out, response)),
+        }
     }
 
     /// The response head; `length` is the body's length when it is known
     /// (every answer but a stream): with `Content-Length` the host sends the
-    /// head and the body without chunked framing, so a kept-alive client gets
-    /// the whole answer in one segment instead of waiting for a separate
-    /// end-of-body chunk.
-    fn start_with(
-        self,
+    /// body without chunked framing, so no separate end-of-body chunk follows.
+    fn response(
+        &self,
         status: u16,
         content_type: &str,
         allow: Option<&str>,
         length: Option<usize>,
-    ) -> BodySink {
+    ) -> OutgoingResponse {
         let mut list = vec![
             ("content-type".to_owned(), content_type.as_bytes().to_vec()),
             ("cache-control".to_owned(), b"no-cache".to_vec()),
@@ -208,17 +290,40 @@ impl Reply<'_> {
         let headers = Fields::from_list(&list).unwrap_or_else(|_| Fields::new());
         let response = OutgoingResponse::new(headers);
         let _ = response.set_status_code(status);
-        let body = Box::pin(response.take_body());
+        response
+    }
+
+    /// A whole answer: as much of the body as the host takes at once goes
+    /// into the stream before the head is handed over, the rest after it.
+    /// Returns the body, still open, for the caller to end by dropping it.
+    async fn answer(
+        self,
+        status: u16,
+        content_type: &str,
+        allow: Option<&str>,
+        bytes: &[u8],
+    ) -> BodyWriter {
+        let response = self.response(status, content_type, allow, Some(bytes.len()));
+        let mut body = BodyWriter::new(&response);
+        if !bytes.is_empty() {
+            meter::count_write();
+        }
+        let early = body.write_now(bytes).unwrap_or(0);
         self.out.set(response);
+        let _ = body.write_all(&bytes[early..]).await;
         body
     }
 
     async fn send(self, status: u16, content_type: &str, bytes: Vec<u8>) {
-        let mut sink = self.start_with(status, content_type, None, Some(bytes.len()));
-        if !bytes.is_empty() {
-            meter::count_write();
-            let _ = sink.send(bytes).await;
-        }
+        drop(self.answer(status, content_type, None, &bytes).await);
+    }
+
+    /// The head only (HEAD): no length, since the body it describes is not sent.
+    fn head(self, status: u16, content_type: &str) {
+        let response = self.response(status, content_type, None, None);
+        let body = BodyWriter::new(&response);
+        self.out.set(response);
+        drop(body);
     }
 
     async fn json(self, status: u16, value: &serde_json::Value) {
@@ -228,9 +333,10 @@ impl Reply<'_> {
 
     async fn error(self, e: &CoordError) {
         let body = e.body_json();
-        let mut sink = self.start_with(e.status(), "application/json", e.allow(), Some(body.len()));
-        meter::count_write();
-        let _ = sink.send(body).await;
+        drop(
+            self.answer(e.status(), "application/json", e.allow(), &body)
+                .await,
+        );
     }
 
     /// A request refused before the flow started: the error, then its log
@@ -238,10 +344,10 @@ impl Reply<'_> {
     /// the body: as for a streamed answer, the client sees the response end
     /// only once the line is written.
     async fn rejected(self, host: &WasiHost, trace: &Trace, e: &CoordError) {
-        let body = e.body_json();
-        let mut sink = self.start_with(e.status(), "application/json", e.allow(), Some(body.len()));
-        meter::count_write();
-        let _ = sink.send(body).await;
+        let bytes = e.body_json();
+        let body = self
+            .answer(e.status(), "application/json", e.allow(), &bytes)
+            .await;
         let mut line = serde_json::json!({
             "ts_ms": host.unix_ms(),
             "level": "warn",
@@ -255,21 +361,37 @@ impl Reply<'_> {
         });
         add_own_time(&mut line);
         host.log(&line.to_string());
-        drop(sink);
+        drop(body);
     }
 }
 
+/// The streamed response: its head leaves with the first write.
 struct HostTransport {
-    sink: BodySink,
+    body: BodyWriter,
+    head: Option<(ResponseOutparam, OutgoingResponse)>,
 }
 
 impl Transport for HostTransport {
     async fn write(&mut self, bytes: Vec<u8>) -> Result<(), ClientGone> {
         let before = meter::set_phase(Phase::Write);
         meter::count_write();
-        let sent = self.sink.send(bytes).await.map_err(|_| ClientGone);
+        let mut early = 0;
+        if let Some((out, response)) = self.head.take() {
+            early = self.body.write_now(&bytes).unwrap_or(0);
+            out.set(response);
+        }
+        let sent = self.body.write_all(&bytes[early..]).await;
         meter::set_phase(before);
         sent
+    }
+}
+
+impl Drop for HostTransport {
+    fn drop(&mut self) {
+        // Nothing was written: the client still gets the head.
+        if let Some((out, response)) = self.head.take() {
+            out.set(response);
+        }
     }
 }
 
@@ -460,6 +582,8 @@ impl Host for WasiHost {
         &self,
         request: OutboundRequest,
     ) -> Result<OutboundResponse<WasiBody>, TransportError> {
+        use spin_sdk::http::conversions::TryIntoOutgoingRequest as _;
+        use spin_sdk::wit::wasi::http0_2_0::outgoing_handler;
         let mut builder = Request::builder();
         builder.method(match request.method {
             Method::Get => SpinMethod::Get,
@@ -472,10 +596,51 @@ impl Host for WasiHost {
         if request.method == Method::Post {
             builder.header("content-length", request.body.len().to_string());
         }
-        builder.body(request.body);
-        let response: IncomingResponse = spin_sdk::http::send(builder.build())
-            .await
-            .map_err(|e| describe_send_error(&e))?;
+        let (outgoing, _) = builder
+            .build()
+            .try_into_outgoing_request()
+            .map_err(|e| TransportError::not_sent(first_line(&e.to_string())))?;
+        // The body goes into the stream before the request is handed over, as
+        // much as the host takes at once (all of it, up to its buffer): the
+        // host then sends head and body together. Sent after the head, a small
+        // body waits for the upstream's delayed ACK on a reused connection
+        // when the host does not set TCP_NODELAY (Spin pools its outbound
+        // connections): about 40 ms per call.
+        let mut body = BodyWriter::of_request(&outgoing);
+        let early = if request.method == Method::Post {
+            body.write_now(&request.body).unwrap_or(0)
+        } else {
+            0
+        };
+        let pending =
+            outgoing_handler::handle(outgoing, None).map_err(|code| describe_code(&code))?;
+        if request.method == Method::Post && body.write_all(&request.body[early..]).await.is_err() {
+            return Err(TransportError::not_sent(
+                "the connection closed before the request was sent (refused or reset)",
+            ));
+        }
+        drop(body);
+        // One registration at a time: replacing the token cancels the last.
+        let mut registration = None;
+        let response = futures::future::poll_fn(|cx| match pending.get() {
+            Some(Ok(Ok(response))) => Poll::Ready(Ok(response)),
+            Some(Ok(Err(code))) => Poll::Ready(Err(describe_code(&code))),
+            Some(Err(())) => {
+                Poll::Ready(Err(TransportError::other("the response was already taken")))
+            }
+            None => {
+                registration = Some(spin_executor::CancelOnDropToken::from(
+                    spin_executor::push_waker_and_get_token(
+                        pending.subscribe(),
+                        cx.waker().clone(),
+                    ),
+                ));
+                Poll::Pending
+            }
+        })
+        .await;
+        drop(registration);
+        let response = response?;
         let status = response.status();
         let stream = Box::pin(response.take_body_stream());
         Ok(OutboundResponse {
@@ -488,43 +653,32 @@ impl Host for WasiHost {
     }
 }
 
-/// The send error as a transport error, saying whether the request provably
-/// never reached the upstream.
-fn describe_send_error(e: &spin_sdk::http::SendError) -> TransportError {
+/// A wasi:http error code as a transport error, saying whether the request
+/// provably never reached the upstream.
+fn describe_code(code: &spin_sdk::http::ErrorCode) -> TransportError {
     use spin_sdk::http::ErrorCode as E;
-    match e {
-        spin_sdk::http::SendError::Http(code) => {
-            let not_sent = matches!(
-                code,
-                E::DnsTimeout
-                    | E::DnsError(_)
-                    | E::DestinationNotFound
-                    | E::DestinationUnavailable
-                    | E::DestinationIpProhibited
-                    | E::DestinationIpUnroutable
-                    | E::ConnectionRefused
-                    | E::ConnectionTimeout
-                    | E::ConnectionLimitReached
-                    | E::TlsProtocolError
-                    | E::TlsCertificateError
-                    | E::TlsAlertReceived(_)
-                    | E::HttpRequestDenied
-                    | E::HttpRequestUriInvalid
-                    | E::HttpRequestUriTooLong
-                    | E::HttpRequestMethodInvalid
-            );
-            TransportError {
-                not_sent,
-                message: format!("{code:?}"),
-            }
-        }
-        // spin-sdk writes the request body before it waits for the response, so
-        // a refused or reset connection can surface as a closed body stream: the
-        // request was not sent whole, and no server acts on half a request.
-        spin_sdk::http::SendError::Io(_) => TransportError::not_sent(
-            "the connection closed before the request was sent (refused or reset)",
-        ),
-        other => TransportError::other(first_line(&other.to_string())),
+    let not_sent = matches!(
+        code,
+        E::DnsTimeout
+            | E::DnsError(_)
+            | E::DestinationNotFound
+            | E::DestinationUnavailable
+            | E::DestinationIpProhibited
+            | E::DestinationIpUnroutable
+            | E::ConnectionRefused
+            | E::ConnectionTimeout
+            | E::ConnectionLimitReached
+            | E::TlsProtocolError
+            | E::TlsCertificateError
+            | E::TlsAlertReceived(_)
+            | E::HttpRequestDenied
+            | E::HttpRequestUriInvalid
+            | E::HttpRequestUriTooLong
+            | E::HttpRequestMethodInvalid
+    );
+    TransportError {
+        not_sent,
+        message: format!("{code:?}"),
     }
 }
 
