@@ -531,7 +531,7 @@ async fn latency_run(
         .zip(&per_pid_before)
         .map(|(&p, &before)| (p, procfs::process_ticks(p).saturating_sub(before)))
         .max_by_key(|&(_, ticks)| ticks)
-        .map(|(p, ticks)| (procfs::comm(p), clock.duration(ticks)));
+        .map(|(p, ticks)| (procfs::command(p), clock.duration(ticks)));
     Ok(run)
 }
 

@@ -61,6 +61,27 @@ pub fn comm(pid: u32) -> String {
     stat_fields(&format!("/proc/{pid}/stat")).map_or_else(|| "?".to_owned(), |(c, _)| c)
 }
 
+/// A short name of what a process runs: its program's file name and the
+/// arguments up to the first option (`spin trigger http`, `wasmtime serve`);
+/// its `comm` when the command line cannot be read.
+pub fn command(pid: u32) -> String {
+    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return comm(pid);
+    };
+    let mut args = raw
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned());
+    let Some(program) = args.next() else {
+        return comm(pid);
+    };
+    let name = program.rsplit('/').next().unwrap_or(&program).to_owned();
+    std::iter::once(name)
+        .chain(args.take_while(|a| !a.starts_with('-')).take(2))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Reads `/proc/...`'s stat line: `(comm, utime + stime in ticks)`.
 fn stat_ticks(path: &str) -> Option<(String, u64)> {
     let text = std::fs::read_to_string(path).ok()?;
@@ -240,6 +261,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         };
         let names: Vec<String> = tree.iter().map(|&p| comm(p)).collect();
+        let commands: Vec<String> = tree.iter().map(|&p| command(p)).collect();
         let _ = std::process::Command::new("kill")
             .arg("--")
             .args(tree.iter().map(u32::to_string))
@@ -247,5 +269,6 @@ mod tests {
         let _ = parent.wait();
         assert_eq!(tree[0], pid);
         assert_eq!(names, ["sh", "sleep"], "{tree:?}");
+        assert_eq!(commands, ["sh", "sleep 5"], "{tree:?}");
     }
 }
