@@ -64,6 +64,8 @@ fi
 if [ "$micro" = 1 ]; then
     say "micro-benchmarks: cargo bench --bench hot_paths"
     cargo bench --bench hot_paths
+    say "allocations per upstream chunk: cargo bench --bench allocations"
+    cargo bench --bench allocations
 fi
 
 compare=()

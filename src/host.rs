@@ -207,6 +207,19 @@ impl BodyWriter {
         Ok(n)
     }
 
+    /// Writes all of `bytes` if the host takes them all at once, else nothing
+    /// (the head must then go first: see [`BodyWriter::write_all`]); whether
+    /// it wrote them.
+    fn write_whole_now(&mut self, bytes: &[u8]) -> bool {
+        let Some(stream) = self.stream.as_ref() else {
+            return false;
+        };
+        let fits = stream
+            .check_write()
+            .is_ok_and(|room| usize::try_from(room).unwrap_or(usize::MAX) >= bytes.len());
+        fits && self.write_now(bytes) == Ok(bytes.len())
+    }
+
     /// Writes all of `bytes`, waiting for the host to take more when it must.
     async fn write_all(&mut self, bytes: &[u8]) -> Result<(), ClientGone> {
         let mut offset = 0;
@@ -293,8 +306,8 @@ impl Reply<'_> {
         response
     }
 
-    /// A whole answer: as much of the body as the host takes at once goes
-    /// into the stream before the head is handed over, the rest after it.
+    /// A whole answer: the body goes into the stream before the head is
+    /// handed over when the host takes all of it at once, else after it.
     /// Returns the body, still open, for the caller to end by dropping it.
     async fn answer(
         self,
@@ -308,7 +321,11 @@ impl Reply<'_> {
         if !bytes.is_empty() {
             meter::count_write();
         }
-        let early = body.write_now(bytes).unwrap_or(0);
+        let early = if body.write_whole_now(bytes) {
+            bytes.len()
+        } else {
+            0
+        };
         self.out.set(response);
         let _ = body.write_all(&bytes[early..]).await;
         body
@@ -377,7 +394,9 @@ impl Transport for HostTransport {
         meter::count_write();
         let mut early = 0;
         if let Some((out, response)) = self.head.take() {
-            early = self.body.write_now(&bytes).unwrap_or(0);
+            if self.body.write_whole_now(&bytes) {
+                early = bytes.len();
+            }
             out.set(response);
         }
         let sent = self.body.write_all(&bytes[early..]).await;
@@ -596,29 +615,38 @@ impl Host for WasiHost {
         if request.method == Method::Post {
             builder.header("content-length", request.body.len().to_string());
         }
+        if request.body.len() > EARLY_BODY_MAX {
+            // A large body (a long history): spin-sdk's send, which writes it
+            // after the head. Written by hand in chunks after the head, such a
+            // body failed now and then under `wasmtime serve` 48 (the stream
+            // closed before the last chunk: about 1 request in 25 with the
+            // 1.2 MiB body of a 1,000-message history); spin-sdk's writer never did.
+            builder.body(request.body);
+            let response: IncomingResponse = spin_sdk::http::send(builder.build())
+                .await
+                .map_err(|e| describe_send_error(&e))?;
+            return Ok(wasi_response(response));
+        }
         let (outgoing, _) = builder
             .build()
             .try_into_outgoing_request()
             .map_err(|e| TransportError::not_sent(first_line(&e.to_string())))?;
-        // The body goes into the stream before the request is handed over, as
-        // much as the host takes at once (all of it, up to its buffer): the
-        // host then sends head and body together. Sent after the head, a small
+        // The body goes into the stream before the request is handed over
+        // when the host takes all of it at once (up to 1 MiB in wasmtime 48):
+        // the host then sends head and body together. Sent after the head, a small
         // body waits for the upstream's delayed ACK on a reused connection
         // when the host does not set TCP_NODELAY (Spin pools its outbound
         // connections): about 40 ms per call.
         let mut body = BodyWriter::of_request(&outgoing);
-        let early = if request.method == Method::Post {
-            body.write_now(&request.body).unwrap_or(0)
+        let early = if request.method == Method::Post && body.write_whole_now(&request.body) {
+            request.body.len()
         } else {
             0
         };
         let pending =
             outgoing_handler::handle(outgoing, None).map_err(|code| describe_code(&code))?;
-        if request.method == Method::Post && body.write_all(&request.body[early..]).await.is_err() {
-            return Err(TransportError::not_sent(
-                "the connection closed before the request was sent (refused or reset)",
-            ));
-        }
+        let sent_whole =
+            request.method != Method::Post || body.write_all(&request.body[early..]).await.is_ok();
         drop(body);
         // One registration at a time: replacing the token cancels the last.
         let mut registration = None;
@@ -640,16 +668,47 @@ impl Host for WasiHost {
         })
         .await;
         drop(registration);
-        let response = response?;
-        let status = response.status();
-        let stream = Box::pin(response.take_body_stream());
-        Ok(OutboundResponse {
-            status,
-            body: WasiBody {
-                stream,
-                _response: response,
-            },
-        })
+        if !sent_whole {
+            // The host says why the connection failed (refused, reset...); a
+            // request that was not sent whole was acted on by no server.
+            let why = match response {
+                Err(e) => e.message,
+                Ok(_) => "the connection closed".to_owned(),
+            };
+            return Err(TransportError::not_sent(format!(
+                "{why}: the request was not sent whole"
+            )));
+        }
+        Ok(wasi_response(response?))
+    }
+}
+
+/// Outbound bodies up to this size go into their stream before the request
+/// is handed over (one write, so the host sends head and body together);
+/// larger ones go through spin-sdk's send.
+const EARLY_BODY_MAX: usize = 64 * 1024;
+
+fn wasi_response(response: IncomingResponse) -> OutboundResponse<WasiBody> {
+    let status = response.status();
+    let stream = Box::pin(response.take_body_stream());
+    OutboundResponse {
+        status,
+        body: WasiBody {
+            stream,
+            _response: response,
+        },
+    }
+}
+
+/// spin-sdk's send error as a transport error: the host's code when it gave
+/// one; a body that could not be written means the request was not sent whole.
+fn describe_send_error(e: &spin_sdk::http::SendError) -> TransportError {
+    match e {
+        spin_sdk::http::SendError::Http(code) => describe_code(code),
+        spin_sdk::http::SendError::Io(_) => TransportError::not_sent(
+            "the connection closed before the request was sent (refused or reset)",
+        ),
+        other => TransportError::other(first_line(&other.to_string())),
     }
 }
 

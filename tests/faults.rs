@@ -523,14 +523,9 @@ async fn ums_down_fails_the_ums_stage() {
     .await;
     let display =
         "The User Management agent is unreachable right now. Please try again in a moment.";
-    // wasmtime reports a refused connection either from the response
-    // (ConnectionRefused) or, when spin-sdk's request body write loses the race,
-    // as a closed body stream, which the host adapter words as below: both are
-    // "could not be reached".
-    let reasons = [
-        "ErrorCode::ConnectionRefused",
-        "the connection closed before the request was sent (refused or reset)",
-    ];
+    // The host's own error code: the request body is in its stream before the
+    // request is handed over, so no body write races the failed connection.
+    let reasons = ["ErrorCode::ConnectionRefused"];
     let expected = |reason: &str| {
         runtime_error(
             &format!("UMS (primary endpoint) could not be reached: {reason}"),

@@ -1169,6 +1169,9 @@ fn main() -> anyhow::Result<()> {
     if !criterion.is_empty() {
         results.micro = criterion;
     }
+    if let Some(a) = report::read_allocations(&target_dir().join("mas-bench/allocations.json")) {
+        results.allocations = Some(a);
+    }
     // A new run keeps the key figures of the one it replaces (`report` keeps
     // what the file already holds).
     if !opts.report_only {

@@ -328,6 +328,9 @@ pub struct Results {
     pub targets: Vec<TargetCheck>,
     #[serde(default)]
     pub micro: Vec<CriterionBench>,
+    /// Allocations per upstream chunk (`cargo bench --bench allocations`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocations: Option<Allocations>,
     /// The same scenarios under each host (wasmtime serve; spin up when there).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hosts: Option<HostsResult>,
@@ -335,6 +338,45 @@ pub struct Results {
     /// overwrote), so the report shows what moved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<PreviousRun>,
+}
+
+/// What `benches/allocations.rs` counted per upstream content chunk.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Allocations {
+    pub events: usize,
+    pub steps: Vec<AllocationStep>,
+    pub per_chunk_allocations: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AllocationStep {
+    pub step: String,
+    pub allocations: f64,
+    pub bytes: f64,
+}
+
+/// `target/mas-bench/allocations.json`, when the allocation count ran.
+pub fn read_allocations(path: &Path) -> Option<Allocations> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+fn allocations_table(a: &Allocations) -> String {
+    let mut s = String::from(
+        "| step | allocations per chunk | bytes allocated per chunk |\n|---|---:|---:|\n",
+    );
+    for step in &a.steps {
+        let _ = writeln!(
+            s,
+            "| {} | {:.2} | {:.0} |",
+            step.step, step.allocations, step.bytes
+        );
+    }
+    let _ = writeln!(
+        s,
+        "| **per chunk, one read per event** | **{:.2}** | |",
+        a.per_chunk_allocations
+    );
+    s
 }
 
 /// The same scenarios under each host, on kept-alive and on new connections.
@@ -489,6 +531,7 @@ impl Results {
             failures_total,
             targets: Vec::new(),
             micro: Vec::new(),
+            allocations: None,
             hosts: None,
             previous: None,
         };
@@ -1383,6 +1426,17 @@ and every process it started (it runs the HTTP trigger as a child process). Spin
             s,
             "## wasmtime serve variants\n\nThe same benchmark with other `wasmtime serve` flags (`--wasmtime-args`).\n\n{}",
             compare_table(r, others)
+        );
+    }
+    if let Some(a) = &r.allocations {
+        let _ = writeln!(
+            s,
+            "## Allocations per upstream chunk (native)\n\n`cargo bench --bench allocations` \
+(`benches/allocations.rs`): a counting allocator around the steps every content chunk of an \
+upstream stream goes through ({} events of a GPA-like stream); counts, the same on every \
+machine. Bytes are what was requested, including buffers that are reused afterwards.\n\n{}",
+            a.events,
+            allocations_table(a)
         );
     }
     let _ = writeln!(
