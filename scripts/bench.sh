@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks: the coordinator's own cost (BENCHMARKS.md, bench/results.json).
 #
-#   scripts/bench.sh                 everything: ~6 minutes on 2 cores
+#   scripts/bench.sh                 everything: ~7 minutes on 2 cores
 #   scripts/bench.sh --quick         shorter measurement windows (~2 minutes)
 #   scripts/bench.sh --no-variants   skip the run with instance reuse
 #   scripts/bench.sh --no-micro      skip the criterion micro-benchmarks

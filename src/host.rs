@@ -1,7 +1,9 @@
-//! The host adapter: wasi:http through spin-sdk 5.2. The only module that does
-//! I/O. It reads the incoming request, hands it to `coordinator`, streams the
-//! response through the body sink, and implements `client::Host` with outgoing
-//! wasi:http requests, monotonic-clock timers, wasi:random, stderr and a small
+//! The host adapter: wasi:http through spin-sdk 5.2's bindings. The only module
+//! that does I/O. It reads the incoming request, hands it to `coordinator`,
+//! streams the response through [`BodyWriter`] (a body goes into its stream
+//! before its head is handed over, so hosts send them together), and
+//! implements `client::Host` with outgoing wasi:http requests (written the
+//! same way up to [`EARLY_BODY_MAX`], through spin-sdk's send above it), monotonic-clock timers, wasi:random, stderr and a small
 //! key-value store for the breakers: the instance's memory in the default
 //! build (only standard `wasi:*` interfaces, so it runs on Spin and on plain
 //! WASI hosts alike), Spin's key-value store in the `spin-kv` build (shared by
