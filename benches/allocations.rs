@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures::executor::block_on;
 use mas_coordinator::dial::response::SseEncoder;
 use mas_coordinator::dial::upstream::StreamChunk;
-use mas_coordinator::emitter::{BufferTransport, Emitter};
+use mas_coordinator::emitter::{ClientGone, Emitter, Transport};
 use mas_coordinator::sse::SseDecoder;
 use serde_json::json;
 
@@ -47,6 +47,22 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
+
+/// A client that takes the bytes as the host's body stream does: from the
+/// emitter's buffer, without a copy of its own.
+#[derive(Default)]
+struct Client {
+    bytes: usize,
+    writes: usize,
+}
+
+impl Transport for Client {
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientGone> {
+        self.bytes += bytes.len();
+        self.writes += 1;
+        Ok(())
+    }
+}
 
 fn counters() -> (u64, u64) {
     (
@@ -118,7 +134,7 @@ fn main() {
     // 3. Our event to the client: encoding into the emitter's buffer and one
     // write per event (the flow flushes before it waits).
     let encoder = SseEncoder::new("chatcmpl-0123456789abcdef0123456789abcdef", 1_700_000_000);
-    let mut out = Emitter::streaming(encoder, BufferTransport::default());
+    let mut out = Emitter::streaming(encoder, Client::default());
     out.role();
     block_on(out.flush()).expect("buffer");
     let words: Vec<String> = (0..EVENTS).map(|i| format!("word{i} ")).collect();
@@ -129,7 +145,9 @@ fn main() {
         }
     });
     rows.push(("our event: encode + flush to the client", a, b));
-    drop(out);
+    let client = out.into_transport().expect("a streaming emitter");
+    assert_eq!(client.writes, EVENTS + 1);
+    assert!(client.bytes > 0);
 
     // One read per event: decoding, parsing, our event.
     let total_allocations: f64 = [0, 2, 3].iter().map(|&i| rows[i].1).sum();

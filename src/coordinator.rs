@@ -523,7 +523,7 @@ pub fn add_own_time(line: &mut Value) {
 pub struct NoTransport;
 
 impl Transport for NoTransport {
-    async fn write(&mut self, _bytes: Vec<u8>) -> Result<(), ClientGone> {
+    async fn write(&mut self, _bytes: &[u8]) -> Result<(), ClientGone> {
         Ok(())
     }
 }

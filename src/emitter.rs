@@ -19,11 +19,9 @@ use crate::error::CoordError;
 
 /// Where the streamed bytes go (the host's response body, or a test's buffer).
 pub trait Transport {
-    /// Writes and flushes `bytes`.
-    fn write(
-        &mut self,
-        bytes: Vec<u8>,
-    ) -> impl std::future::Future<Output = Result<(), ClientGone>>;
+    /// Writes and flushes `bytes` (the emitter reuses its buffer afterwards,
+    /// so a write allocates nothing on the way).
+    fn write(&mut self, bytes: &[u8]) -> impl std::future::Future<Output = Result<(), ClientGone>>;
 }
 
 /// A stage of our response, by index.
@@ -215,8 +213,8 @@ impl<T: Transport> Emitter<T> {
         } = &mut self.sink
         {
             if !buffer.is_empty() {
-                let bytes = std::mem::replace(buffer, Vec::with_capacity(4096));
-                transport.write(bytes).await?;
+                transport.write(buffer).await?;
+                buffer.clear();
             }
         }
         Ok(())
@@ -278,8 +276,8 @@ pub struct BufferTransport {
 }
 
 impl Transport for BufferTransport {
-    async fn write(&mut self, bytes: Vec<u8>) -> Result<(), ClientGone> {
-        self.writes.push(bytes);
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientGone> {
+        self.writes.push(bytes.to_vec());
         Ok(())
     }
 }

@@ -391,12 +391,12 @@ struct HostTransport {
 }
 
 impl Transport for HostTransport {
-    async fn write(&mut self, bytes: Vec<u8>) -> Result<(), ClientGone> {
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientGone> {
         let before = meter::set_phase(Phase::Write);
         meter::count_write();
         let mut early = 0;
         if let Some((out, response)) = self.head.take() {
-            if self.body.write_whole_now(&bytes) {
+            if self.body.write_whole_now(bytes) {
                 early = bytes.len();
             }
             out.set(response);
