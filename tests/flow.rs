@@ -1053,3 +1053,58 @@ fn without_a_secret_a_warning_is_logged_once_per_instance() {
     let _ = client.run(collect(&ctx, &client, "x", 1));
     assert_eq!(warnings(&client), 1, "once per instance");
 }
+
+/// GPA's body is written from borrowed parts of the request; it must be the
+/// very bytes of the owned history (`agent_history`), for every kind of
+/// earlier turn: a state of the Python reference, a turn with GPA's own
+/// answer, attachments and state, a second exchange in one turn with what GPA
+/// was asked, a user message with attachments, and a task on the current one.
+#[test]
+fn the_borrowed_gpa_history_writes_the_same_bytes_as_the_owned_one() {
+    use mas_coordinator::agents::dial::{agent_history, agent_messages};
+    let tool = json!({"tool_call_history": [
+        {"role": "assistant", "content": "", "tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+            "function": {"name": "web_search", "arguments": "{\"query\":\"kyiv\"}"}}]},
+        {"role": "tool", "content": "Kyiv: +5°C \"light\" rain", "tool_call_id": "call_1", "name": "web_search"},
+    ]});
+    let png = json!({"type": "image/png", "title": "a", "url": "files/a.png"});
+    let body = json!({"stream": true, "messages": [
+        {"role": "user", "content": "first", "custom_content": {"attachments": [png]}},
+        {"role": "assistant", "content": "synthesised one",
+         "custom_content": {"state": {"is_gpa": true, "gpa_messages": tool}}},
+        {"role": "user", "content": [{"type": "text", "text": "second"}], "name": "u"},
+        {"role": "assistant", "content": "synthesised two", "custom_content": {"state": {
+            "is_gpa": true,
+            "gpa_messages": tool,
+            "agents": {"GPA": [
+                {"answer": "GPA's own answer", "attachments": [png]},
+                {"asked": "second\n\nAlso this", "answer": "more", "state": {"tool_call_history": []}},
+            ]},
+        }}},
+        {"role": "user", "content": "third"},
+    ]});
+    let ctx = context(body, Some("conv-1"));
+    let gpa = ctx.config.registry.get("GPA").unwrap().clone();
+    let borrowed = agent_messages(&ctx, &gpa, Some("Be brief."));
+    let owned = agent_history(&ctx, &gpa, Some("Be brief."));
+    assert_eq!(borrowed.len(), 7, "{owned:?}");
+    assert_eq!(
+        String::from_utf8(serde_json::to_vec(&borrowed).unwrap()).unwrap(),
+        String::from_utf8(serde_json::to_vec(&owned).unwrap()).unwrap()
+    );
+    // And what GPA sees: its own answers, attachments and states.
+    let seen: Value = serde_json::to_value(&borrowed).unwrap();
+    assert_eq!(seen[1]["custom_content"]["state"], tool);
+    assert_eq!(seen[3]["content"], "GPA's own answer");
+    assert_eq!(
+        seen[3]["custom_content"]["attachments"][0]["url"],
+        "files/a.png"
+    );
+    assert_eq!(seen[4]["content"], "second\n\nAlso this");
+    assert_eq!(seen[3]["custom_content"]["state"], tool);
+    assert_eq!(
+        seen[5]["custom_content"]["state"],
+        json!({"tool_call_history": []})
+    );
+    assert_eq!(seen[6]["content"], "third\n\nBe brief.");
+}

@@ -108,12 +108,89 @@ fn state_check(agent: &AgentSpec) -> fn(&RawValue) -> bool {
     }
 }
 
+/// One message of a DIAL agent's history. Serialized straight into the call's
+/// body: what the request holds is borrowed from it, never copied first (a
+/// 1,000-message history holds about 1 MiB of earlier states).
+#[derive(Debug, Clone)]
+pub enum AgentMessage<'a> {
+    /// A message of the request as it is (an earlier user message).
+    Request(&'a Message),
+    /// A message built for the agent.
+    Built(Message),
+    /// An earlier answer of the agent and its own state, from our state in
+    /// the request.
+    Answer {
+        /// The answer without the state.
+        message: Message,
+        /// The agent's state, as the request holds it.
+        state: &'a RawValue,
+    },
+}
+
+impl AgentMessage<'_> {
+    /// The message, owned.
+    pub fn to_message(&self) -> Message {
+        match self {
+            AgentMessage::Request(m) => (*m).clone(),
+            AgentMessage::Built(m) => m.clone(),
+            AgentMessage::Answer { message, state } => {
+                let mut m = message.clone();
+                m.custom_content
+                    .get_or_insert_with(CustomContent::default)
+                    .state = Some((*state).to_owned());
+                m
+            }
+        }
+    }
+}
+
+impl serde::Serialize for AgentMessage<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        /// `custom_content` as [`CustomContent`] writes it: attachments, then state.
+        struct WithState<'b> {
+            attachments: Option<&'b RawValue>,
+            state: &'b RawValue,
+        }
+        impl serde::Serialize for WithState<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut map = s.serialize_map(None)?;
+                if let Some(a) = self.attachments {
+                    map.serialize_entry("attachments", a)?;
+                }
+                map.serialize_entry("state", self.state)?;
+                map.end()
+            }
+        }
+        match self {
+            AgentMessage::Request(m) => m.serialize(s),
+            AgentMessage::Built(m) => m.serialize(s),
+            AgentMessage::Answer { message, state } => {
+                let mut map = s.serialize_map(None)?;
+                map.serialize_entry("role", &message.role)?;
+                if let Some(c) = &message.content {
+                    map.serialize_entry("content", c)?;
+                }
+                let attachments = message
+                    .custom_content
+                    .as_ref()
+                    .and_then(|c| c.attachments.as_deref());
+                map.serialize_entry("custom_content", &WithState { attachments, state })?;
+                for (k, v) in &message.extra {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
+            }
+        }
+    }
+}
+
 /// The user message of an earlier exchange: the turn's user message (with its
 /// attachments), its text replaced by what the agent was asked when that differed.
-fn asked_message(user: Option<&Message>, asked: Option<&str>) -> Option<Message> {
+fn asked_message<'a>(user: Option<&'a Message>, asked: Option<&str>) -> Option<AgentMessage<'a>> {
     match (user, asked) {
-        (Some(u), None) => Some(u.clone()),
-        (Some(u), Some(text)) => Some(Message {
+        (Some(u), None) => Some(AgentMessage::Request(u)),
+        (Some(u), Some(text)) => Some(AgentMessage::Built(Message {
             role: "user".to_owned(),
             content: serde_json::value::to_raw_value(text).ok(),
             custom_content: u
@@ -125,21 +202,20 @@ fn asked_message(user: Option<&Message>, asked: Option<&str>) -> Option<Message>
                     ..CustomContent::default()
                 }),
             extra: Vec::new(),
-        }),
-        (None, Some(text)) => Some(Message::text_message("user", text)),
+        })),
+        (None, Some(text)) => Some(AgentMessage::Built(Message::text_message("user", text))),
         (None, None) => None,
     }
 }
 
 /// The assistant message of an earlier exchange: what the agent produced.
-fn answer_message(turn: &Message, exchange: &ExchangeView<'_>) -> Message {
+fn answer_message<'a>(turn: &Message, exchange: &ExchangeView<'a>) -> AgentMessage<'a> {
     let mut custom = CustomContent::default();
     if !exchange.attachments.is_empty() {
         custom.attachments = serde_json::value::to_raw_value(&exchange.attachments).ok();
     }
-    custom.state = exchange.state.map(ToOwned::to_owned);
-    let custom_content = (custom.attachments.is_some() || custom.state.is_some()).then_some(custom);
-    match &exchange.answer {
+    let custom_content = custom.attachments.is_some().then_some(custom);
+    let message = match &exchange.answer {
         Some(answer) => Message {
             role: "assistant".to_owned(),
             content: serde_json::value::to_raw_value(answer).ok(),
@@ -154,12 +230,29 @@ fn answer_message(turn: &Message, exchange: &ExchangeView<'_>) -> Message {
             custom_content,
             extra: turn.extra.clone(),
         },
+    };
+    match exchange.state {
+        Some(state) => AgentMessage::Answer { message, state },
+        None => AgentMessage::Built(message),
     }
 }
 
 /// The messages a DIAL agent receives for `history` (whose last message is the
-/// request), with `task` appended to the current message.
+/// request), with `task` appended to the current message, owned (see
+/// [`agent_messages`] for the form the call's body is written from).
 pub fn agent_history(ctx: &RequestContext, agent: &AgentSpec, task: Option<&str>) -> Vec<Message> {
+    agent_messages(ctx, agent, task)
+        .iter()
+        .map(AgentMessage::to_message)
+        .collect()
+}
+
+/// [`agent_history`], borrowing from the request what it holds.
+pub fn agent_messages<'a>(
+    ctx: &'a RequestContext,
+    agent: &AgentSpec,
+    task: Option<&str>,
+) -> Vec<AgentMessage<'a>> {
     let history = &ctx.request.messages;
     let Some((current, earlier)) = history.split_last() else {
         return Vec::new();
@@ -193,7 +286,7 @@ pub fn agent_history(ctx: &RequestContext, agent: &AgentSpec, task: Option<&str>
     if let Some(task) = task {
         last.append_text(&format!("\n\n{task}"));
     }
-    out.push(last);
+    out.push(AgentMessage::Built(last));
     out
 }
 
@@ -298,7 +391,7 @@ impl<'a> DialSession<'a> {
             AgentKind::Dial { deployments } => deployments,
             AgentKind::Ums { .. } => &[],
         };
-        let messages = agent_history(ctx, self.agent, self.task.as_deref());
+        let messages = agent_messages(ctx, self.agent, self.task.as_deref());
         let body = ChatBody {
             messages: &messages,
             stream: true,
