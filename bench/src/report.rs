@@ -1536,7 +1536,7 @@ mod tests {
         // Without a previous run the tables keep their plain form.
         now.previous = None;
         let plain = markdown(&now, &[], &crate::workspace_root());
-        assert!(!plain.contains("What moved"));
+        assert!(!plain.contains("## What moved since the previous run"));
         assert!(plain.contains("| target | figure | measured | |\n"));
     }
 
