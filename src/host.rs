@@ -310,19 +310,9 @@ impl Reply<'_> {
 
     /// A whole answer: the body goes into the stream before the head is
     /// handed over when the host takes all of it at once, else after it.
-    /// Returns the body, still open, for the caller to end by dropping it.
-    async fn answer(
-        self,
-        status: u16,
-        content_type: &str,
-        allow: Option<&str>,
-        bytes: &[u8],
-    ) -> BodyWriter {
+    async fn answer(self, status: u16, content_type: &str, allow: Option<&str>, bytes: &[u8]) {
         let response = self.response(status, content_type, allow, Some(bytes.len()));
         let mut body = BodyWriter::new(&response);
-        if !bytes.is_empty() {
-            meter::count_write();
-        }
         let early = if body.write_whole_now(bytes) {
             bytes.len()
         } else {
@@ -330,11 +320,13 @@ impl Reply<'_> {
         };
         self.out.set(response);
         let _ = body.write_all(&bytes[early..]).await;
-        body
     }
 
     async fn send(self, status: u16, content_type: &str, bytes: Vec<u8>) {
-        drop(self.answer(status, content_type, None, &bytes).await);
+        if !bytes.is_empty() {
+            meter::count_write();
+        }
+        self.answer(status, content_type, None, &bytes).await;
     }
 
     /// The head only (HEAD): no length, since the body it describes is not sent.
@@ -351,22 +343,18 @@ impl Reply<'_> {
     }
 
     async fn error(self, e: &CoordError) {
-        let body = e.body_json();
-        drop(
-            self.answer(e.status(), "application/json", e.allow(), &body)
-                .await,
-        );
+        meter::count_write();
+        self.answer(e.status(), "application/json", e.allow(), &e.body_json())
+            .await;
     }
 
-    /// A request refused before the flow started: the error, then its log
-    /// line (which so counts the answer's write and time), then the end of
-    /// the body: as for a streamed answer, the client sees the response end
-    /// only once the line is written.
+    /// A request refused before the flow started: its log line, then the
+    /// error. The line comes first because an answer of known length is
+    /// complete for the client as soon as its bytes arrive; it counts the
+    /// answer's one write already.
     async fn rejected(self, host: &WasiHost, trace: &Trace, e: &CoordError) {
         let bytes = e.body_json();
-        let body = self
-            .answer(e.status(), "application/json", e.allow(), &bytes)
-            .await;
+        meter::count_write();
         let mut line = serde_json::json!({
             "ts_ms": host.unix_ms(),
             "level": "warn",
@@ -380,7 +368,8 @@ impl Reply<'_> {
         });
         add_own_time(&mut line);
         host.log(&line.to_string());
-        drop(body);
+        self.answer(e.status(), "application/json", e.allow(), &bytes)
+            .await;
     }
 }
 
