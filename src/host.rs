@@ -219,7 +219,7 @@ impl BodyWriter {
         let fits = stream
             .check_write()
             .is_ok_and(|room| usize::try_from(room).unwrap_or(usize::MAX) >= bytes.len());
-        fits && self.write_now(bytes) == Ok(bytes.len())
+        fits && (bytes.is_empty() || (stream.write(bytes).is_ok() && stream.flush().is_ok()))
     }
 
     /// Writes all of `bytes`, waiting for the host to take more when it must.

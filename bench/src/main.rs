@@ -306,29 +306,43 @@ impl Server {
             .spawn()
             .with_context(|| format!("cannot start {}", opts.wasmtime.display()))?;
         let mut server = Server { child, addr };
-        let health = Req::get("/health");
-        loop {
-            if let Some(status) = server.child.try_wait()? {
-                bail!(
-                    "wasmtime serve exited ({status}) before answering; see {}",
-                    log.display()
-                );
-            }
-            let probe = tokio::time::timeout(Duration::from_secs(5), send_fresh(addr, &health));
-            if let Ok(Ok(resp)) = probe.await {
-                if resp.status == 200 {
-                    return Ok((server, spawned.elapsed()));
-                }
-            }
-            if spawned.elapsed() > Duration::from_secs(120) {
-                bail!("wasmtime serve did not answer within 120 s");
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let ready = until_healthy(&mut server.child, addr, "wasmtime serve", log, spawned).await?;
+        Ok((server, ready))
     }
 
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+}
+
+/// Waits until the server `child` (spawned at `spawned`) answers `GET /health`
+/// with 200 on `addr`; the time from spawn to that answer. Fails when the
+/// child exits first or nothing answers within 120 s.
+pub(crate) async fn until_healthy(
+    child: &mut Child,
+    addr: SocketAddr,
+    what: &str,
+    log: &Path,
+    spawned: Instant,
+) -> anyhow::Result<Duration> {
+    let health = Req::get("/health");
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "{what} exited ({status}) before answering; see {}",
+                log.display()
+            );
+        }
+        let probe = tokio::time::timeout(Duration::from_secs(5), send_fresh(addr, &health));
+        if let Ok(Ok(resp)) = probe.await {
+            if resp.status == 200 {
+                return Ok(spawned.elapsed());
+            }
+        }
+        if spawned.elapsed() > Duration::from_secs(120) {
+            bail!("{what} did not answer within 120 s; see {}", log.display());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -409,6 +423,7 @@ struct LatencyRun {
 
 /// What a 1-client run talks to: an address, the processes that serve it
 /// (for their CPU time), and whether each request opens a new connection.
+#[derive(Clone, Copy)]
 struct Served {
     addr: SocketAddr,
     root_pid: u32,
@@ -992,26 +1007,21 @@ async fn run(opts: &Opts) -> anyhow::Result<Results> {
             keepalive: false,
         };
         let mut hosts = HostsResult::default();
-        for fresh in [false, true] {
-            let served = Served {
-                fresh_connections: fresh,
-                ..Served::of(&server)
-            };
-            for (scenario, floor) in &scenarios {
-                say(&format!(
-                    "wasmtime serve, {}: {}",
-                    connections_name(fresh),
-                    scenario.name
-                ));
-                wait_idle(Some(server.pid()), &mut idle_budget, clock).await;
-                let run = latency_run(&served, &world, scenario, floor, budget, clock).await?;
-                hosts
-                    .runs
-                    .push(host_run("wasmtime serve", fresh, scenario, &run));
-            }
-        }
+        let runs = HostRuns {
+            world: &world,
+            scenarios: &scenarios,
+            budget,
+            clock,
+        };
+        let wasmtime = Served::of(&server);
+        hosts.runs = runs
+            .measure("wasmtime serve", &wasmtime, &mut idle_budget)
+            .await?;
         drop(server);
-        spin_runs(opts, &world, &scenarios, budget, clock, &mut hosts).await;
+        if let Err(why) = spin_runs(opts, &runs, &mut hosts, &mut idle_budget).await {
+            say(&format!("spin up: skipped: {why}"));
+            hosts.spin_skipped = Some(why);
+        }
         Some(hosts)
     };
 
@@ -1065,88 +1075,101 @@ fn host_run(host: &str, fresh: bool, scenario: &Scenario, run: &LatencyRun) -> H
     }
 }
 
-/// The same runs under `spin up`, or why they could not happen.
-async fn spin_runs(
-    opts: &Opts,
-    world: &World,
-    scenarios: &[(Scenario, Floor)],
+/// The host comparison: the same scenarios, on kept-alive and on new
+/// connections, under one host.
+struct HostRuns<'a> {
+    world: &'a World,
+    scenarios: &'a [(Scenario, Floor)],
     budget: Budget,
     clock: Clock,
-    hosts: &mut HostsResult,
-) {
-    let Some(spin) = spin::find(opts.spin.as_deref()) else {
-        let why = "no `spin` on the PATH (nor $SPIN, nor --spin)".to_owned();
-        say(&format!("spin up: skipped: {why}"));
-        hosts.spin_skipped = Some(why);
-        return;
-    };
-    let root = workspace_root();
-    let wasm = target_dir().join("wasm32-wasip2/spin-kv/mas_coordinator.wasm");
-    if !wasm.is_file() {
-        let why = format!(
-            "{} is missing: cargo build --profile spin-kv --features spin-kv --target wasm32-wasip2 -p mas-coordinator",
-            wasm.display()
-        );
-        say(&format!("spin up: skipped: {why}"));
-        hosts.spin_skipped = Some(why);
-        return;
-    }
-    if let Err(e) = spin_measure(&spin, &root, opts, world, scenarios, budget, clock, hosts).await {
-        let why = format!("{e:#}");
-        say(&format!("spin up: failed: {why}"));
-        hosts.spin_skipped = Some(format!("failed: {why}"));
+}
+
+impl HostRuns<'_> {
+    async fn measure(
+        &self,
+        host: &str,
+        server: &Served,
+        idle_budget: &mut Duration,
+    ) -> anyhow::Result<Vec<HostRun>> {
+        let mut runs = Vec::new();
+        for fresh in [false, true] {
+            let served = Served {
+                fresh_connections: fresh,
+                ..*server
+            };
+            for (scenario, floor) in self.scenarios {
+                say(&format!(
+                    "{host}, {}: {}",
+                    connections_name(fresh),
+                    scenario.name
+                ));
+                wait_idle(Some(served.root_pid), idle_budget, self.clock).await;
+                let run = latency_run(
+                    &served,
+                    self.world,
+                    scenario,
+                    floor,
+                    self.budget,
+                    self.clock,
+                )
+                .await?;
+                runs.push(host_run(host, fresh, scenario, &run));
+            }
+        }
+        Ok(runs)
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn spin_measure(
-    spin: &Path,
-    root: &Path,
+/// The same runs under `spin up`; why they could not happen otherwise.
+async fn spin_runs(
     opts: &Opts,
-    world: &World,
-    scenarios: &[(Scenario, Floor)],
-    budget: Budget,
-    clock: Clock,
+    runs: &HostRuns<'_>,
     hosts: &mut HostsResult,
-) -> anyhow::Result<()> {
-    hosts.spin_version = Some(spin::version(spin)?);
+    idle_budget: &mut Duration,
+) -> Result<(), String> {
+    let spin =
+        spin::find(opts.spin.as_deref()).ok_or("no `spin` on the PATH (nor $SPIN, nor --spin)")?;
+    let wasm = target_dir().join("wasm32-wasip2/spin-kv/mas_coordinator.wasm");
+    if !wasm.is_file() {
+        return Err(format!(
+            "{} is missing: cargo build --profile spin-kv --features spin-kv --target wasm32-wasip2 -p mas-coordinator",
+            wasm.display()
+        ));
+    }
+    let failed = |e: anyhow::Error| format!("failed: {e:#}");
+    hosts.spin_version = Some(spin::version(&spin).map_err(failed)?);
     let dir = target_dir().join("mas-bench");
     let state_dir = dir.join("spin-state");
     let _ = std::fs::remove_dir_all(&state_dir);
     let log = dir.join("spin.log");
-    std::fs::write(&log, b"")?;
+    std::fs::write(&log, b"").map_err(|e| failed(e.into()))?;
     // Spin reads the component's configuration from its variables (spin.toml
     // maps each one), so the same settings go in as SPIN_VARIABLE_*.
-    let mut variables: Vec<(String, String)> = coordinator_env(world)
+    let mut variables: Vec<(String, String)> = coordinator_env(runs.world)
         .into_iter()
         .map(|(n, v)| (n.to_owned(), v))
         .collect();
     variables.extend(env_args(&opts.wasmtime_args));
-    let server =
-        spin::SpinServer::start(spin, &root.join("spin.toml"), &variables, &state_dir, &log)
-            .await?;
+    let manifest = workspace_root().join("spin.toml");
+    let server = spin::SpinServer::start(&spin, &manifest, &variables, &state_dir, &log)
+        .await
+        .map_err(failed)?;
     say(&format!(
         "spin up (pid {}, {}) on {}",
         server.pid(),
         hosts.spin_version.as_deref().unwrap_or("?"),
         server.addr
     ));
-    for fresh in [false, true] {
-        let served = Served {
-            addr: server.addr,
-            root_pid: server.pid(),
-            fresh_connections: fresh,
-        };
-        for (scenario, floor) in scenarios {
-            say(&format!(
-                "spin up, {}: {}",
-                connections_name(fresh),
-                scenario.name
-            ));
-            let run = latency_run(&served, world, scenario, floor, budget, clock).await?;
-            hosts.runs.push(host_run("spin up", fresh, scenario, &run));
-        }
-    }
+    let served = Served {
+        addr: server.addr,
+        root_pid: server.pid(),
+        fresh_connections: false,
+    };
+    let measured = runs
+        .measure("spin up", &served, idle_budget)
+        .await
+        .map_err(failed)?;
+    hosts.runs.extend(measured);
     Ok(())
 }
 

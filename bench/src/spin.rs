@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
-use crate::http::{send_fresh, Req};
-
 /// The `spin` to run: `--spin PATH`, else `$SPIN`, else `spin` on the PATH.
 pub fn find(explicit: Option<&Path>) -> Option<PathBuf> {
     if let Some(path) = explicit {
@@ -89,30 +87,13 @@ impl SpinServer {
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
             .process_group(0);
+        let spawned = Instant::now();
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start {}", spin.display()))?;
         let mut server = SpinServer { child, addr };
-        let started = Instant::now();
-        let health = Req::get("/health");
-        loop {
-            if let Some(status) = server.child.try_wait()? {
-                bail!(
-                    "spin up exited ({status}) before answering; see {}",
-                    log.display()
-                );
-            }
-            let probe = tokio::time::timeout(Duration::from_secs(5), send_fresh(addr, &health));
-            if let Ok(Ok(resp)) = probe.await {
-                if resp.status == 200 {
-                    return Ok(server);
-                }
-            }
-            if started.elapsed() > Duration::from_secs(120) {
-                bail!("spin up did not answer within 120 s; see {}", log.display());
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        crate::until_healthy(&mut server.child, addr, "spin up", log, spawned).await?;
+        Ok(server)
     }
 
     pub fn pid(&self) -> u32 {
