@@ -31,8 +31,8 @@ use futures::future::{select, Either};
 use futures::{Stream, StreamExt};
 
 use crate::breaker::{self, Admission};
-use crate::client::{Host, Method, OutboundRequest, TransportError};
-use crate::config::{Config, LogLevel};
+use crate::client::{Host, Method, OutboundRequest, Target, TransportError};
+use crate::config::LogLevel;
 use crate::context::RequestContext;
 use crate::error::{redact, CoordError, Deadline, Service, UpstreamFault};
 use crate::limits::{ERROR_EXCERPT_WAIT_MS, MAX_ERROR_EXCERPT_BYTES};
@@ -53,49 +53,6 @@ impl<H> Clone for Caller<'_, H> {
     }
 }
 impl<H> Copy for Caller<'_, H> {}
-
-/// One place a call can go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    /// What goes into the URL (and a DIAL body's `model`): a deployment name
-    /// or an endpoint's base URL.
-    pub id: String,
-    /// How messages shown to the person name it: the deployment name, or
-    /// `primary endpoint` / `backup endpoint N` (URLs stay in logs).
-    pub label: String,
-    /// What the breaker is keyed by: the deployment's URL in DIAL Core, or the
-    /// endpoint.
-    pub identity: String,
-}
-
-/// The targets of a DIAL deployment list (primary first).
-pub fn dial_targets(config: &Config, deployments: &[String]) -> Vec<Target> {
-    deployments
-        .iter()
-        .map(|d| Target {
-            id: d.clone(),
-            label: d.clone(),
-            identity: format!("{}/openai/deployments/{d}", config.dial_endpoint),
-        })
-        .collect()
-}
-
-/// The targets of an endpoint list (primary first).
-pub fn endpoint_targets(endpoints: &[String]) -> Vec<Target> {
-    endpoints
-        .iter()
-        .enumerate()
-        .map(|(i, e)| Target {
-            id: e.clone(),
-            label: if i == 0 {
-                "primary endpoint".to_owned()
-            } else {
-                format!("backup endpoint {i}")
-            },
-            identity: e.clone(),
-        })
-        .collect()
-}
 
 /// The breaker key of a target: per coordinator deployment, service and target.
 pub fn breaker_key(coordinator: &str, service: &str, identity: &str) -> String {
@@ -827,13 +784,5 @@ mod tests {
         let r = e.build(&target("http://ums:1"));
         assert_eq!(r.url, "http://ums:1/conversations/c1");
         assert!(r.headers.is_empty());
-    }
-
-    #[test]
-    fn endpoint_targets_are_labelled_without_their_urls() {
-        let t = endpoint_targets(&["http://a".into(), "http://b".into()]);
-        assert_eq!(t[0].label, "primary endpoint");
-        assert_eq!(t[1].label, "backup endpoint 1");
-        assert_eq!(t[1].identity, "http://b");
     }
 }

@@ -1,5 +1,6 @@
 //! The seam between the coordinator and its host: outbound HTTP requests and
-//! responses, time, randomness, logging and breaker storage.
+//! responses, the targets they go to, time, randomness, logging and breaker
+//! storage.
 //!
 //! The component implements [`Host`] with WASI (`host.rs`); native tests
 //! implement it with scripted in-process fakes. Nothing here knows about DIAL,
@@ -16,6 +17,50 @@ pub enum Method {
     Get,
     /// POST.
     Post,
+}
+
+/// One place a call can go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// What goes into the URL (and a DIAL body's `model`): a deployment name
+    /// or an endpoint's base URL.
+    pub id: String,
+    /// How messages shown to the person name it: the deployment name, or
+    /// `primary endpoint` / `backup endpoint N` (URLs stay in logs).
+    pub label: String,
+    /// What the breaker is keyed by: the deployment's URL in DIAL Core, or the
+    /// endpoint.
+    pub identity: String,
+}
+
+/// The targets of a list of DIAL deployments (primary first) behind the DIAL
+/// Core at `dial_endpoint`.
+pub fn dial_targets(dial_endpoint: &str, deployments: &[String]) -> Vec<Target> {
+    deployments
+        .iter()
+        .map(|d| Target {
+            id: d.clone(),
+            label: d.clone(),
+            identity: format!("{dial_endpoint}/openai/deployments/{d}"),
+        })
+        .collect()
+}
+
+/// The targets of a list of endpoints (base URLs, primary first).
+pub fn endpoint_targets(endpoints: &[String]) -> Vec<Target> {
+    endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, e)| Target {
+            id: e.clone(),
+            label: if i == 0 {
+                "primary endpoint".to_owned()
+            } else {
+                format!("backup endpoint {i}")
+            },
+            identity: e.clone(),
+        })
+        .collect()
 }
 
 /// An outbound request.
@@ -143,4 +188,24 @@ pub trait Host {
     /// True the first time it is asked for `what` in this instance (for
     /// warnings logged once per instance).
     fn first_in_instance(&self, what: &'static str) -> bool;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_targets_are_labelled_without_their_urls() {
+        let t = endpoint_targets(&["http://a".into(), "http://b".into()]);
+        assert_eq!(t[0].label, "primary endpoint");
+        assert_eq!(t[1].label, "backup endpoint 1");
+        assert_eq!(t[1].identity, "http://b");
+    }
+
+    #[test]
+    fn dial_targets_are_keyed_by_their_url_in_dial_core() {
+        let t = dial_targets("http://core", &["gpa".into(), "gpa-b".into()]);
+        assert_eq!((t[1].id.as_str(), t[1].label.as_str()), ("gpa-b", "gpa-b"));
+        assert_eq!(t[0].identity, "http://core/openai/deployments/gpa");
+    }
 }

@@ -8,10 +8,12 @@
 //! for what the environment does not set (`host.rs`); [`VARIABLES`] is the
 //! list `spin.toml` declares. The names of the Python reference are kept so
 //! that existing set-ups carry over. The agents are a table of their own
-//! (`registry.rs`). Parsing is pure: it takes a lookup function, and reports
-//! every malformed variable at once.
+//! (`registry.rs`), read by their kinds (`agents/kinds.rs`, which is why
+//! `Config::from_lookup` lives there). Parsing is pure: it takes a lookup
+//! function, and reports every malformed variable at once.
 
 use crate::breaker::BreakerConfig;
+use crate::client::{dial_targets, Target};
 use crate::error::{CoordError, Problems};
 use crate::registry::Registry;
 
@@ -139,23 +141,22 @@ pub struct Config {
     pub log_level: LogLevel,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        // The built-in defaults are valid (see the test `defaults_match_the_python_reference`).
-        Config::from_lookup(|_| None).expect("the built-in defaults are a valid configuration")
-    }
-}
+/// Reads the agents of the registry: `(get, dial_endpoint, problems)`, where
+/// `get` is a variable's value (empty counts as unset) and `dial_endpoint` is
+/// DIAL Core's base URL (what `dial` agents' targets are keyed by).
+pub type ReadAgents<'r> = &'r dyn Fn(&dyn Fn(&str) -> Option<String>, &str, &Problems) -> Registry;
 
 impl Config {
-    /// Reads the configuration from the process environment.
-    pub fn from_env() -> Result<Config, CoordError> {
-        Config::from_lookup(|name| std::env::var(name).ok())
-    }
-
-    /// Reads the configuration through `lookup` (a variable's value, if set).
-    /// An empty value counts as unset. Every malformed variable is reported
-    /// at once, in one [`CoordError::Config`].
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, CoordError> {
+    /// Reads the configuration through `lookup` (a variable's value, if set),
+    /// the agents through `read_agents` (the kinds' reader,
+    /// `agents::kinds::read_registry`, which also provides
+    /// `Config::from_lookup`, `Config::from_env` and `Config::default`). An
+    /// empty value counts as unset. Every malformed variable is reported at
+    /// once, in one [`CoordError::Config`].
+    pub fn read(
+        lookup: impl Fn(&str) -> Option<String>,
+        read_agents: ReadAgents<'_>,
+    ) -> Result<Config, CoordError> {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         let problems = Problems::default();
         let endpoint = |var: &'static str, default: &str| match get(var) {
@@ -213,7 +214,7 @@ impl Config {
             }
             other => other,
         };
-        let registry = Registry::from_lookup(&get, parse_endpoint, parse_deployment, &problems);
+        let registry = read_agents(&get, &dial_endpoint, &problems);
         let coordination_mode =
             match get("COORDINATION_MODE").map(|v| v.trim().to_ascii_lowercase()) {
                 None => CoordinationMode::Plan,
@@ -282,24 +283,12 @@ impl Config {
         problems.into_result(config)
     }
 
-    /// The LLM deployments: primary, then backups.
-    pub fn llm_targets(&self) -> Vec<String> {
-        std::iter::once(self.deployment_name.clone())
+    /// The LLM deployments' targets: primary, then backups.
+    pub fn llm_targets(&self) -> Vec<Target> {
+        let deployments: Vec<String> = std::iter::once(self.deployment_name.clone())
             .chain(self.llm_backups.iter().cloned())
-            .collect()
-    }
-
-    /// URL of a deployment's chat-completions endpoint in DIAL Core.
-    pub fn deployment_url(&self, deployment: &str) -> String {
-        let mut url = format!(
-            "{}/openai/deployments/{deployment}/chat/completions",
-            self.dial_endpoint
-        );
-        if let Some(v) = &self.api_version {
-            url.push_str("?api-version=");
-            url.push_str(v);
-        }
-        url
+            .collect();
+        dial_targets(&self.dial_endpoint, &deployments)
     }
 }
 
@@ -405,7 +394,7 @@ mod tests {
         assert_eq!(cfg(&[]).unwrap(), Config::default());
         assert_eq!(Config::default().dial_endpoint, "http://localhost:8080");
         assert_eq!(
-            Config::default().registry.get("UMS").unwrap().targets(),
+            Config::default().registry.get("UMS").unwrap().target_ids(),
             ["http://localhost:8042"]
         );
     }
@@ -421,15 +410,12 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.dial_endpoint, "https://core.example.com");
+        assert_eq!(c.api_version.as_deref(), Some("2025-01-01-preview"));
         assert_eq!(
-            c.deployment_url("gpa"),
-            "https://core.example.com/openai/deployments/gpa/chat/completions?api-version=2025-01-01-preview"
-        );
-        assert_eq!(
-            c.registry.get("UMS").unwrap().targets(),
+            c.registry.get("UMS").unwrap().target_ids(),
             ["http://127.0.0.1:9000"]
         );
-        assert_eq!(c.registry.get("GPA").unwrap().targets(), ["gpa"]);
+        assert_eq!(c.registry.get("GPA").unwrap().target_ids(), ["gpa"]);
     }
 
     #[test]
@@ -572,12 +558,12 @@ mod tests {
         assert_eq!(r.max_parallel, 2);
         assert_eq!(c.breaker.min_callers, 3);
         assert_eq!(
-            c.registry.get("GPA").unwrap().targets(),
+            c.registry.get("GPA").unwrap().target_ids(),
             ["general-purpose-agent", "gpa-b1", "gpa-b2"]
         );
         assert_eq!(c.llm_backups, vec!["gpt-4o-mini"]);
         assert_eq!(
-            c.registry.get("UMS").unwrap().targets(),
+            c.registry.get("UMS").unwrap().target_ids(),
             ["http://localhost:8042", "http://ums2:8042"]
         );
         assert_eq!(c.timeouts.first_byte_ms, 500);

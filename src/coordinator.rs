@@ -18,9 +18,10 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
+use crate::agents::kinds::{self, Assignment};
 use crate::agents::ums::find_conversation;
-use crate::agents::{session_for, CompletionCall};
-use crate::calls::{dial_targets, CallSpec, Caller, Replay, RequestTemplate};
+use crate::agents::CompletionCall;
+use crate::calls::{CallSpec, Caller, Replay, RequestTemplate};
 use crate::client::Host;
 use crate::config::{Config, CoordinationMode};
 pub use crate::context::{FlowError, RequestContext};
@@ -32,7 +33,7 @@ use crate::error::{CoordError, Service};
 use crate::memory::{self, Memory};
 use crate::meter::{self, Phase};
 use crate::plan::{self, Finished, Outcome, Plan, PLAN_SYNTHESIS_PROMPT};
-use crate::registry::{AgentKind, AgentSpec};
+use crate::registry::AgentSpec;
 use crate::routing;
 use crate::state::{sign, token_subject};
 use crate::synthesis::{SynthesisSession, SYNTHESIS_PROMPT};
@@ -153,7 +154,7 @@ pub fn prepare(
 pub fn coordination_call(ctx: &RequestContext, body: Vec<u8>) -> CompletionCall {
     CompletionCall::new(CallSpec {
         service: Service::llm(),
-        targets: dial_targets(&ctx.config, &ctx.config.llm_targets()),
+        targets: ctx.config.llm_targets(),
         request: RequestTemplate::dial_chat(ctx, body),
         replay: Replay::Safe,
         defer_blame: false,
@@ -245,16 +246,13 @@ async fn route<'a, H: Host, T: Transport>(
         .unwrap_or_else(|| registry.fallback());
     agents.push(agent.name.clone());
     meter::set_phase(Phase::Agents);
-    let known = match agent.kind {
-        AgentKind::Ums { .. } => find_conversation(ctx, agent),
-        AgentKind::Dial { .. } => None,
-    };
-    let session = session_for(
+    let session = kinds::session(Assignment {
         ctx,
         agent,
-        routed.decision.additional_instructions.clone(),
-        known,
-    );
+        task: routed.decision.additional_instructions.clone(),
+        conversation: find_conversation(ctx, agent),
+    })
+    .map_err(CoordError::BadRequest)?;
     let mut agent_call = Single::new(Root::NewStage(agent.stage_name()), session);
     driver.run(&mut agent_call).await?;
     let memories: Vec<(&AgentSpec, Memory)> = agent_call

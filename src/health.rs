@@ -12,12 +12,12 @@
 use futures::future::{join_all, select, Either};
 use serde_json::{json, Value};
 
+use crate::agents::kinds;
 use crate::breaker;
-use crate::calls::{breaker_key, dial_targets, endpoint_targets, Target};
-use crate::client::{Host, OutboundRequest};
+use crate::calls::breaker_key;
+use crate::client::{Host, OutboundRequest, Target};
 use crate::config::Config;
 use crate::error::CoordError;
-use crate::registry::AgentKind;
 
 /// Longest wait for one probe.
 const PROBE_TIMEOUT_MS: u64 = 5_000;
@@ -98,23 +98,31 @@ pub fn authorize(config: &Config, authorization: Option<&str>) -> Result<(), Coo
 
 /// Every breaker of the configuration, by service, as `calls` keys them.
 fn breakers(config: &Config) -> Vec<(String, Target)> {
-    let mut all: Vec<(String, Target)> = dial_targets(config, &config.llm_targets())
+    let mut all: Vec<(String, Target)> = config
+        .llm_targets()
         .into_iter()
         .map(|t| ("LLM".to_owned(), t))
         .collect();
     for agent in config.registry.agents() {
-        let targets = match &agent.kind {
-            AgentKind::Dial { deployments } => dial_targets(config, deployments),
-            AgentKind::Ums { endpoints } => endpoint_targets(endpoints),
-        };
-        all.extend(targets.into_iter().map(|t| (agent.name.clone(), t)));
+        all.extend(
+            agent
+                .targets
+                .iter()
+                .map(|t| (agent.name.clone(), t.clone())),
+        );
     }
     all
 }
 
-async fn probe<H: Host>(host: &H, service: &str, base: &str, timeout_ms: u64) -> Value {
+async fn probe<H: Host>(
+    host: &H,
+    service: &str,
+    base: &str,
+    url: String,
+    timeout_ms: u64,
+) -> Value {
     let start = host.now_ms();
-    let request = OutboundRequest::get(format!("{base}/health"));
+    let request = OutboundRequest::get(url);
     let (up, status, error) =
         match select(std::pin::pin!(host.send(request)), host.sleep(timeout_ms)).await {
             // Only a 2xx health answer is "up": a 404 says the URL is not a
@@ -158,13 +166,22 @@ pub async fn deep<H: Host>(host: &H, config: &Config, path_and_query: &str) -> V
         }
     }
     let timeout = config.timeouts.first_byte_ms.min(PROBE_TIMEOUT_MS);
-    let mut probes = vec![probe(host, "DIAL Core", &config.dial_endpoint, timeout)];
-    for agent in config.registry.agents() {
-        if let AgentKind::Ums { endpoints } = &agent.kind {
-            for e in endpoints {
-                probes.push(probe(host, &agent.name, e, timeout));
-            }
-        }
+    let core = &config.dial_endpoint;
+    let agent_probes: Vec<(&str, kinds::Probe)> = config
+        .registry
+        .agents()
+        .iter()
+        .flat_map(|a| kinds::probes(a).into_iter().map(|p| (a.name.as_str(), p)))
+        .collect();
+    let mut probes = vec![probe(
+        host,
+        "DIAL Core",
+        core,
+        format!("{core}/health"),
+        timeout,
+    )];
+    for (agent, p) in &agent_probes {
+        probes.push(probe(host, agent, &p.target, p.url.clone(), timeout));
     }
     let checks = join_all(probes).await;
     let all_up = checks.iter().all(|c| c["up"] == true);

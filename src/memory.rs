@@ -85,6 +85,10 @@ pub enum Memory {
     },
 }
 
+/// A conversation an agent keeps on its side: its id, and the tag of the
+/// endpoint holding it ([`endpoint_tag`]) when known.
+pub type Conversation = (String, Option<String>);
+
 /// A short, stable tag of an endpoint URL for the state.
 pub fn endpoint_tag(endpoint: &str) -> String {
     format!("{:016x}", fnv1a(endpoint.as_bytes()))
@@ -318,7 +322,7 @@ pub fn exchanges<'a>(
 
 /// The conversation `agent` (a UMS-kind agent) kept in the turn whose trusted
 /// state is `state`: its id and the tag of its endpoint (when known).
-pub fn conversation(state: &RawValue, agent: &AgentSpec) -> Option<(String, Option<String>)> {
+pub fn conversation(state: &RawValue, agent: &AgentSpec) -> Option<Conversation> {
     let view = parse_view(state)?;
     let (id, endpoint) = match agent.slot {
         StateSlot::Ums => match view.ums_conversation_id {
@@ -343,19 +347,17 @@ pub fn conversation(state: &RawValue, agent: &AgentSpec) -> Option<(String, Opti
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::AgentKind;
 
+    /// What the memory reads of an agent: its name and slot.
     fn agent(name: &str, slot: StateSlot) -> AgentSpec {
         AgentSpec {
             name: name.to_owned(),
-            kind: match slot {
-                StateSlot::Ums => AgentKind::Ums {
-                    endpoints: vec!["http://ums".into()],
-                },
-                _ => AgentKind::Dial {
-                    deployments: vec![name.to_lowercase()],
-                },
+            kind: if slot == StateSlot::Ums {
+                "ums"
+            } else {
+                "dial"
             },
+            targets: Vec::new(),
             description: String::new(),
             display_name: String::new(),
             slot,
@@ -451,9 +453,7 @@ mod tests {
         let ums = agent("UMS", StateSlot::Ums);
         let rag = agent("RAG", StateSlot::Agents);
         let crm = AgentSpec {
-            kind: AgentKind::Ums {
-                endpoints: vec!["http://crm".into()],
-            },
+            kind: "ums",
             ..agent("CRM", StateSlot::Agents)
         };
         let e = |answer: &str, state: Option<Value>| {

@@ -2,7 +2,8 @@
 //! answers into the reply the user sees; its text is the answer itself.
 
 use crate::agents::{dial_delta, Read, Say, Session, Step};
-use crate::calls::{dial_targets, CallFailed, CallSpec, Replay, RequestTemplate, Target};
+use crate::calls::{CallFailed, CallSpec, Replay, RequestTemplate};
+use crate::client::Target;
 use crate::context::RequestContext;
 use crate::dial::request::{ChatBody, LlmMessages};
 use crate::error::{CoordError, Service};
@@ -57,7 +58,7 @@ impl SynthesisSession {
         SynthesisSession {
             spec: Some(CallSpec {
                 service: Service::llm(),
-                targets: dial_targets(&ctx.config, &ctx.config.llm_targets()),
+                targets: ctx.config.llm_targets(),
                 request: RequestTemplate::dial_chat(ctx, body),
                 replay: Replay::Safe,
                 defer_blame: false,

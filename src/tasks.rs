@@ -12,14 +12,15 @@
 
 use std::collections::HashMap;
 
-use crate::agents::session_for as agent_session;
+use crate::agents::kinds::{self, Assignment};
 use crate::agents::ums::find_conversation;
 use crate::context::RequestContext;
 use crate::driver::{Ended, Ready, Root, Scheduler, Task};
 use crate::error::CoordError;
+use crate::memory::Conversation;
 use crate::memory::Memory;
 use crate::plan::{task_text, Finished, Outcome, Plan, Subtask};
-use crate::registry::{AgentKind, AgentSpec};
+use crate::registry::AgentSpec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Status {
@@ -46,7 +47,7 @@ pub struct PlanRun<'a> {
     max_parallel: usize,
     /// The UMS conversation of each UMS-kind agent in this turn (id, endpoint
     /// tag), handed from round to round.
-    pub conversations: HashMap<String, (String, Option<String>)>,
+    pub conversations: HashMap<String, Conversation>,
     /// How each subtask ended, in the order they ended.
     pub finished: Vec<Finished>,
     /// What the agents left for later turns, with the number of the subtask.
@@ -61,7 +62,7 @@ impl<'a> PlanRun<'a> {
     pub fn new(
         ctx: &'a RequestContext,
         plan: &Plan,
-        conversations: HashMap<String, (String, Option<String>)>,
+        conversations: HashMap<String, Conversation>,
     ) -> PlanRun<'a> {
         let registry = &ctx.config.registry;
         let slots = plan
@@ -112,7 +113,7 @@ impl<'a> PlanRun<'a> {
     /// is using the conversation (a conversation is one thread).
     fn waits_for_its_conversation(&self, index: usize) -> bool {
         let agent = self.slots[index].agent;
-        matches!(agent.kind, AgentKind::Ums { .. })
+        kinds::is_serial(agent)
             && self
                 .slots
                 .iter()
@@ -147,13 +148,14 @@ impl<'a> PlanRun<'a> {
 }
 
 impl<'a> PlanRun<'a> {
-    fn unschedulable(&mut self, index: usize) -> Ready<'a> {
+    /// A subtask that can never run, and why.
+    fn unschedulable(&mut self, index: usize, why: &str) -> Ready<'a> {
         let slot = &self.slots[index];
         let finished = Finished {
             id: slot.subtask.task_id,
             agent: slot.agent.name.clone(),
             description: slot.subtask.task_description.clone(),
-            outcome: Outcome::Failed("not done: its dependencies could not run".to_owned()),
+            outcome: Outcome::Failed(format!("not done: {why}")),
         };
         let stage = self.stage_name(slot);
         self.slots[index].status = Status::Failed;
@@ -161,7 +163,7 @@ impl<'a> PlanRun<'a> {
         Ready::Skip {
             id: index,
             stage,
-            reason: "_Skipped: the tasks it depends on could not run._\n\n".to_owned(),
+            reason: format!("_Skipped: {why}._\n\n"),
         }
     }
 }
@@ -203,20 +205,30 @@ impl<'a> Scheduler<'a> for PlanRun<'a> {
                     deps.iter().filter_map(|d| self.finished_of(*d)).collect();
                 let text = task_text(&slot.subtask.task_description, &self.request, &dependencies);
                 let agent = slot.agent;
-                let known = match agent.kind {
-                    AgentKind::Ums { .. } => self
-                        .conversations
-                        .get(&agent.name)
-                        .cloned()
-                        .or_else(|| find_conversation(self.ctx, agent)),
-                    AgentKind::Dial { .. } => None,
-                };
+                let conversation = self
+                    .conversations
+                    .get(&agent.name)
+                    .cloned()
+                    .or_else(|| find_conversation(self.ctx, agent));
                 let stage = self.stage_name(slot);
-                out.push(Ready::Start(Task {
-                    id: index,
-                    root: Root::NewStage(stage),
-                    session: agent_session(self.ctx, agent, text, known),
-                }));
+                let assignment = Assignment {
+                    ctx: self.ctx,
+                    agent,
+                    task: text,
+                    conversation,
+                };
+                match kinds::session(assignment) {
+                    Ok(session) => out.push(Ready::Start(Task {
+                        id: index,
+                        root: Root::NewStage(stage),
+                        session,
+                    })),
+                    Err(reason) => {
+                        out.push(self.unschedulable(index, &reason));
+                        changed = true;
+                        continue;
+                    }
+                }
                 self.slots[index].status = Status::Running;
                 running += 1;
                 changed = true;
@@ -227,7 +239,7 @@ impl<'a> Scheduler<'a> for PlanRun<'a> {
         if out.is_empty() && running == 0 {
             for index in 0..self.slots.len() {
                 if self.slots[index].status == Status::Pending {
-                    out.push(self.unschedulable(index));
+                    out.push(self.unschedulable(index, "the tasks it depends on could not run"));
                 }
             }
         }

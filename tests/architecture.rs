@@ -141,3 +141,89 @@ fn layers_are_kept() {
         assert!(!deps.contains("host"), "{module} uses host");
     }
 }
+
+/// The code of a source file: comments dropped, and the unit tests at its end
+/// (everything from `#[cfg(test)]` on), which configure kinds by name.
+fn code_of(text: &str) -> String {
+    let mut code = String::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("#[cfg(test)]") {
+            break;
+        }
+        code.push_str(line.split("//").next().unwrap_or(""));
+        code.push('\n');
+    }
+    code
+}
+
+/// Every `.rs` file under `src/`, by its path relative to `src/`.
+fn source_files() -> Vec<(String, String)> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut out = Vec::new();
+    let mut dirs = vec![src.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().and_then(|e| e.to_str()) == Some("rs") {
+                let rel = path
+                    .strip_prefix(&src)
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
+                out.push((rel, std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn each_agent_kind_is_one_file_and_one_row_and_nothing_else_matches_on_it() {
+    use mas_coordinator::agents::kinds::KINDS;
+    let files = source_files();
+    assert!(!KINDS.is_empty());
+    for kind in KINDS {
+        let own = format!("agents/{}.rs", kind.name);
+        let (_, text) = files
+            .iter()
+            .find(|(path, _)| *path == own)
+            .unwrap_or_else(|| panic!("the {} kind has no file {own}", kind.name));
+        assert!(
+            text.contains("pub const KIND: Kind"),
+            "{own} defines its row"
+        );
+        let literal = format!("\"{}\"", kind.name);
+        for (path, text) in &files {
+            if *path == own || path == "agents/kinds.rs" {
+                continue;
+            }
+            let code = code_of(text);
+            assert!(
+                !code.contains(&literal),
+                "{path} names the {} kind ({literal}): what differs per kind belongs in {own} and its row of KINDS",
+                kind.name
+            );
+            assert!(
+                !code.contains("::KIND"),
+                "{path} uses a kind's row directly: go through agents::kinds"
+            );
+        }
+    }
+    // The rows themselves are only listed in the table.
+    let table = &files
+        .iter()
+        .find(|(p, _)| p == "agents/kinds.rs")
+        .unwrap()
+        .1;
+    for kind in KINDS {
+        assert!(
+            code_of(table).contains(&format!("super::{}::KIND", kind.name)),
+            "KINDS lists {}",
+            kind.name
+        );
+    }
+}

@@ -273,7 +273,7 @@ fn manifest_fits_the_component() {
 
     // Every endpoint the component calls is on the allow-list (by the variables' defaults).
     let allowed = allowed_hosts(&m);
-    let ums = config.registry.get("UMS").unwrap().targets()[0].clone();
+    let ums = config.registry.get("UMS").unwrap().targets[0].id.clone();
     for endpoint in [&config.dial_endpoint, &ums] {
         assert!(
             allowed.contains(endpoint),

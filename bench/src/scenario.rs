@@ -20,12 +20,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context as _};
 use mas_coordinator::agents::dial::agent_history;
 use mas_coordinator::agents::ums::{conversation_title, encode_path_segment, find_conversation};
-use mas_coordinator::calls::{dial_targets, RequestTemplate};
+use mas_coordinator::calls::RequestTemplate;
+use mas_coordinator::client::dial_targets;
 use mas_coordinator::config::{Config, CoordinationMode};
 use mas_coordinator::context::RequestContext;
 use mas_coordinator::dial::request::{parse_request, ChatBody, ChatRequest, Message};
 use mas_coordinator::plan::{self, Finished, Outcome, PLAN_SYNTHESIS_PROMPT};
-use mas_coordinator::registry::AgentKind;
 use mas_coordinator::routing;
 use mas_coordinator::synthesis::{self, SYNTHESIS_PROMPT};
 use mas_coordinator::trace::Trace;
@@ -70,7 +70,7 @@ fn context(messages: &[Message], config: &Config) -> RequestContext {
 
 /// A DIAL Core body as the coordinator sends it to `deployment`.
 fn dial_body(ctx: &RequestContext, deployment: &str, body: Vec<u8>) -> Vec<u8> {
-    let target = &dial_targets(&ctx.config, &[deployment.to_owned()])[0];
+    let target = &dial_targets(&ctx.config.dial_endpoint, &[deployment.to_owned()])[0];
     RequestTemplate::dial_chat(ctx, body).build(target).body
 }
 
@@ -487,9 +487,13 @@ impl Floor {
                 .get(&p.agent)
                 .unwrap_or_else(|| registry.fallback());
             let label = format!("task {}: {}", p.task_id, agent.name);
-            let (call, fault_target, calls) = match &agent.kind {
-                AgentKind::Dial { deployments } => {
-                    let deployment = deployments.first().context("an agent without targets")?;
+            let (call, fault_target, calls) = match agent.kind {
+                "dial" => {
+                    let deployment = &agent
+                        .targets
+                        .first()
+                        .context("an agent without targets")?
+                        .id;
                     let history = agent_history(&ctx, agent, p.task.as_deref());
                     let body = ChatBody {
                         messages: &history,
@@ -509,7 +513,7 @@ impl Floor {
                         1,
                     )
                 }
-                AgentKind::Ums { .. } => {
+                "ums" => {
                     ensure!(
                         planned.iter().filter(|q| q.agent == p.agent).count() == 1,
                         "{}: two subtasks of one UMS agent share a conversation; not covered",
@@ -545,6 +549,7 @@ impl Floor {
                         calls,
                     )
                 }
+                other => bail!("{}: agents of kind {other} are not covered", scenario.name),
             };
             agents.push(FloorAgent {
                 label,

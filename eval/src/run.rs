@@ -13,7 +13,7 @@ use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use mas_coordinator::calls::{dial_targets, RequestTemplate};
+use mas_coordinator::calls::RequestTemplate;
 use mas_coordinator::config::{Config, CoordinationMode};
 use mas_coordinator::dial::upstream::Completion;
 use mas_coordinator::dial::usage::Usage;
@@ -125,7 +125,7 @@ pub async fn run(
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let results: Arc<Mutex<Vec<Option<Attempt>>>> = Arc::new(Mutex::new(vec![None; total]));
     let progress = Arc::new(Mutex::new(Progress::default()));
-    let targets = dial_targets(config, &config.llm_targets());
+    let targets = config.llm_targets();
     let target = Arc::new(
         targets
             .into_iter()

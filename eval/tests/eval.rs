@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
-use mas_coordinator::calls::{dial_targets, RequestTemplate};
+use mas_coordinator::calls::RequestTemplate;
 use mas_coordinator::config::Config;
 use mas_eval::cases::parse_cases;
 use mas_eval::run::coordination_body;
@@ -245,7 +245,7 @@ async fn the_shipped_cases_against_the_local_world() {
         KEY,
     )
     .unwrap();
-    let target = &dial_targets(&config, &config.llm_targets())[0];
+    let target = &config.llm_targets()[0];
     let mut expected: Vec<String> = cases
         .iter()
         .map(|c| {

@@ -17,8 +17,11 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use super::kinds::{AgentVars, Assignment, Builtin, Kind, Probe};
 use super::{dial_delta, AnswerText, LocalStage, Read, Say, Session, Step};
-use crate::calls::{dial_targets, CallFailed, CallSpec, Replay, RequestTemplate, Target};
+use crate::calls::{CallFailed, CallSpec, Replay, RequestTemplate};
+use crate::client::{dial_targets, Target};
+use crate::config::parse_deployment;
 use crate::context::RequestContext;
 use crate::dial::request::{ChatBody, CustomContent, Message};
 use crate::dial::response::{Attachment, StageStatus};
@@ -26,8 +29,44 @@ use crate::dial::upstream::StageUpdate;
 use crate::error::{CoordError, UpstreamFault};
 use crate::limits::{MAX_AGENT_STATE_BYTES, MAX_CONTEXT_BYTES_PER_RESULT};
 use crate::memory::{self, Exchange, ExchangeView, Memory};
-use crate::registry::{AgentKind, AgentSpec, StateSlot};
+use crate::registry::{AgentSpec, StateSlot};
 use crate::state::trusted_state;
+
+/// The `dial` kind: a DIAL deployment called through DIAL Core.
+pub const KIND: Kind = Kind {
+    name: "dial",
+    about: "a DIAL deployment",
+    read,
+    builtin: Some(Builtin {
+        name: "GPA",
+        target: "general-purpose-agent",
+        legacy: ["GPA_DEPLOYMENT_NAME", "GPA_BACKUP_DEPLOYMENTS"],
+        description: GPA_DESCRIPTION,
+        display_name: "the General Purpose Agent",
+        slot: StateSlot::Gpa,
+    }),
+    session,
+    // DIAL Core, which serves every deployment, is always probed.
+    probes: |_| Vec::<Probe>::new(),
+    serial: false,
+};
+
+/// GPA's description in the coordination prompt.
+pub const GPA_DESCRIPTION: &str = "General Purpose Agent: answers general questions; searches the web; reads, \
+extracts and searches the content of documents and attached files (PDF, TXT, CSV, HTML) with RAG; \
+runs Python code for calculations, data analysis and charts; generates images and describes images.";
+
+/// `AGENT_<NAME>_DEPLOYMENT` and `AGENT_<NAME>_BACKUPS`: deployment names.
+fn read(vars: &AgentVars<'_>) -> Vec<Target> {
+    dial_targets(
+        vars.dial_endpoint,
+        &vars.targets("DEPLOYMENT", parse_deployment),
+    )
+}
+
+fn session(a: Assignment<'_>) -> Box<dyn Session + '_> {
+    Box::new(DialSession::new(a.ctx, a.agent, a.task))
+}
 
 /// Whether GPA's own state has the shape GPA expects back: an object whose
 /// `tool_call_history`, when present, is a list of assistant messages with
@@ -387,10 +426,6 @@ impl<'a> DialSession<'a> {
 
     fn spec(&self) -> CallSpec {
         let ctx = self.ctx;
-        let deployments: &[String] = match &self.agent.kind {
-            AgentKind::Dial { deployments } => deployments,
-            AgentKind::Ums { .. } => &[],
-        };
         let messages = agent_messages(ctx, self.agent, self.task.as_deref());
         let body = ChatBody {
             messages: &messages,
@@ -404,7 +439,7 @@ impl<'a> DialSession<'a> {
         }
         CallSpec {
             service: self.agent.service(),
-            targets: dial_targets(&ctx.config, deployments),
+            targets: self.agent.targets.clone(),
             request,
             replay: Replay::NotStarted,
             defer_blame: false,

@@ -6,23 +6,25 @@
 //! emitter or the breakers: the driver (`driver.rs`) owns all of those and can
 //! run several sessions at once into one response.
 //!
-//! - [`dial::DialSession`]: any DIAL deployment called through DIAL Core (GPA
-//!   and every `dial` agent of the registry).
-//! - [`ums::UmsSession`]: any agent with the UMS conversation API.
+//! Each agent kind is one file and one row of [`kinds::KINDS`]:
+//!
+//! - [`dial`]: any DIAL deployment called through DIAL Core (GPA and every
+//!   `dial` agent of the registry).
+//! - [`ums`]: any agent with the UMS conversation API.
 //! - [`synthesis::SynthesisSession`](crate::synthesis::SynthesisSession) uses
 //!   the same interface for the final answer.
 
 pub mod dial;
+pub mod kinds;
 pub mod ums;
 
-use crate::calls::{Blame, CallFailed, CallSpec, Target};
-use crate::context::RequestContext;
+use crate::calls::{Blame, CallFailed, CallSpec};
+use crate::client::Target;
 use crate::dial::response::{Attachment, StageStatus};
 use crate::dial::upstream::{error_text, ChunkDelta, Completion, StreamChunk};
 use crate::dial::usage::Usage;
 use crate::error::{CoordError, UpstreamFault};
 use crate::memory::Memory;
-use crate::registry::{AgentKind, AgentSpec};
 
 /// A stage a session opened, in the session's own numbering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -186,20 +188,6 @@ pub fn dial_delta(
         say.usage(deployment, usage);
     }
     Ok(chunk.into_delta())
-}
-
-/// A session for one call of `agent`, with `task` appended to the user's
-/// message, in the conversation `known` for UMS-kind agents.
-pub fn session_for<'a>(
-    ctx: &'a RequestContext,
-    agent: &'a AgentSpec,
-    task: Option<String>,
-    known: Option<(String, Option<String>)>,
-) -> Box<dyn Session + 'a> {
-    match &agent.kind {
-        AgentKind::Dial { .. } => Box::new(dial::DialSession::new(ctx, agent, task)),
-        AgentKind::Ums { .. } => Box::new(ums::UmsSession::new(ctx, agent, task.as_deref(), known)),
-    }
 }
 
 /// An upstream's text kept for the synthesis, bounded: past `max` bytes it is

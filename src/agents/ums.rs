@@ -16,17 +16,70 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::kinds::{AgentVars, Assignment, Builtin, Kind, Probe};
 use super::{parse_event, AnswerText, Read, Say, Session, Step};
-use crate::calls::{endpoint_targets, CallFailed, CallSpec, Replay, RequestTemplate, Target};
-use crate::client::Method;
+use crate::calls::{CallFailed, CallSpec, Replay, RequestTemplate};
+use crate::client::{endpoint_targets, Method, Target};
+use crate::config::parse_endpoint;
 use crate::context::RequestContext;
 use crate::dial::request::Message;
 use crate::dial::upstream::error_text;
 use crate::error::{CoordError, UpstreamFault};
 use crate::limits::MAX_CONTEXT_BYTES_PER_RESULT;
-use crate::memory::{self, endpoint_tag, is_valid_conversation_id, Memory};
-use crate::registry::{AgentKind, AgentSpec};
+use crate::memory::{self, endpoint_tag, is_valid_conversation_id, Conversation, Memory};
+use crate::registry::{AgentSpec, StateSlot};
 use crate::state::trusted_state;
+
+/// The `ums` kind: an agent with the UMS conversation API, called directly.
+pub const KIND: Kind = Kind {
+    name: "ums",
+    about: "the UMS conversation API",
+    read,
+    builtin: Some(Builtin {
+        name: "UMS",
+        target: "http://localhost:8042",
+        legacy: ["UMS_AGENT_ENDPOINT", "UMS_AGENT_BACKUP_ENDPOINTS"],
+        description: UMS_DESCRIPTION,
+        display_name: "the User Management agent",
+        slot: StateSlot::Ums,
+    }),
+    session,
+    probes,
+    // A conversation is one thread.
+    serial: true,
+};
+
+/// UMS's description in the coordination prompt.
+pub const UMS_DESCRIPTION: &str = "Users Management Service agent: everything about the users stored in the \
+Users Management Service: checking whether a person is a user, searching and listing users, showing a \
+user's details, creating, updating and deleting users. It can also search the web to complete a user's \
+profile.";
+
+/// `AGENT_<NAME>_ENDPOINT` and `AGENT_<NAME>_BACKUPS`: base URLs.
+fn read(vars: &AgentVars<'_>) -> Vec<Target> {
+    endpoint_targets(&vars.targets("ENDPOINT", parse_endpoint))
+}
+
+fn session(a: Assignment<'_>) -> Box<dyn Session + '_> {
+    Box::new(UmsSession::new(
+        a.ctx,
+        a.agent,
+        a.task.as_deref(),
+        a.conversation,
+    ))
+}
+
+/// Every endpoint's `/health`, primary and backups.
+fn probes(agent: &AgentSpec) -> Vec<Probe> {
+    agent
+        .targets
+        .iter()
+        .map(|t| Probe {
+            target: t.id.clone(),
+            url: format!("{}/health", t.id),
+        })
+        .collect()
+}
 
 /// Percent-encodes one URL path segment (RFC 3986 unreserved characters kept).
 pub fn encode_path_segment(segment: &str) -> String {
@@ -54,13 +107,10 @@ pub fn conversation_title(text: &str) -> String {
 
 /// The newest valid conversation of `agent` kept in the history's trusted
 /// state: its id and the tag of its endpoint.
-pub fn find_conversation(
-    ctx: &RequestContext,
-    agent: &AgentSpec,
-) -> Option<(String, Option<String>)> {
+pub fn find_conversation(ctx: &RequestContext, agent: &AgentSpec) -> Option<Conversation> {
     let trust = ctx.state_trust();
     let marker = match agent.slot {
-        crate::registry::StateSlot::Ums => memory::UMS_CONVERSATION_ID,
+        StateSlot::Ums => memory::UMS_CONVERSATION_ID,
         _ => memory::AGENTS,
     };
     ctx.request.messages.iter().rev().find_map(|m| {
@@ -137,7 +187,7 @@ pub struct UmsSession<'a> {
     agent: &'a AgentSpec,
     endpoints: Vec<Target>,
     message: String,
-    known: Option<(String, Option<String>)>,
+    known: Option<Conversation>,
     phase: Phase,
     text: AnswerText,
     /// Which endpoint created the conversation (the chat goes there).
@@ -151,7 +201,7 @@ impl<'a> UmsSession<'a> {
         ctx: &RequestContext,
         agent: &'a AgentSpec,
         task: Option<&str>,
-        known: Option<(String, Option<String>)>,
+        known: Option<Conversation>,
     ) -> UmsSession<'a> {
         let mut message = ctx
             .request
@@ -163,10 +213,7 @@ impl<'a> UmsSession<'a> {
             message.push_str("\n\n");
             message.push_str(task);
         }
-        let endpoints = match &agent.kind {
-            AgentKind::Ums { endpoints } => endpoint_targets(endpoints),
-            AgentKind::Dial { .. } => Vec::new(),
-        };
+        let endpoints = agent.targets.clone();
         UmsSession {
             agent,
             endpoints,
