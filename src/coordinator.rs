@@ -18,30 +18,23 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use crate::agents::kinds::{self, Assignment};
-use crate::agents::ums::find_conversation;
-use crate::agents::CompletionCall;
-use crate::calls::{CallSpec, Caller, Replay, RequestTemplate};
+use crate::calls::Caller;
 use crate::client::Host;
 use crate::config::{Config, CoordinationMode};
 pub use crate::context::{FlowError, RequestContext};
+use crate::coordination::{stage_name, CoordinationSession, Decided, Decision};
 use crate::dial::request::parse_request;
-use crate::dial::response::StageStatus;
-use crate::driver::{Driver, Root, Single};
-use crate::emitter::{ClientGone, Emitter, StageId, Transport};
-use crate::error::{CoordError, Service};
-use crate::memory::{self, Memory};
+use crate::driver::{Driver, Ending, Root, Single};
+use crate::emitter::{ClientGone, Emitter, Transport};
+use crate::error::CoordError;
+use crate::memory::Memory;
 use crate::meter::{self, Phase};
 use crate::plan::{self, Finished, Outcome, Plan, PLAN_SYNTHESIS_PROMPT};
 use crate::registry::AgentSpec;
-use crate::routing;
-use crate::state::{sign, token_subject};
+use crate::state::token_subject;
 use crate::synthesis::{SynthesisSession, SYNTHESIS_PROMPT};
 use crate::tasks::PlanRun;
 use crate::trace::Trace;
-
-/// Name of stage 0.
-pub const COORDINATION_STAGE: &str = "Coordination Request";
 
 /// What an incoming request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,209 +143,40 @@ pub fn prepare(
     })
 }
 
-/// The non-streaming coordination call of `body` on the LLM deployments.
-pub fn coordination_call(ctx: &RequestContext, body: Vec<u8>) -> CompletionCall {
-    CompletionCall::new(CallSpec {
-        service: Service::llm(),
-        targets: ctx.config.llm_targets(),
-        request: RequestTemplate::dial_chat(ctx, body),
-        replay: Replay::Safe,
-        defer_blame: false,
-    })
-}
-
-/// Writes the one state of the response: what the agents left, signed.
-pub fn write_state<T: Transport>(
-    ctx: &RequestContext,
-    out: &mut Emitter<T>,
-    memories: &[(&AgentSpec, Memory)],
-) {
-    if let Some(state) = memory::compose(memories.iter().map(|(a, m)| (*a, m))) {
-        out.set_state(sign(state, &ctx.state_trust()));
-    }
-}
-
-/// Runs coordination, the agents and synthesis, writing the response into
-/// `out`. Does not end the response: the caller does, by success or failure.
-/// The agents called are added to `agents` as soon as they are known (for the
-/// log).
-pub async fn coordinate<H: Host, T: Transport>(
-    ctx: &RequestContext,
-    host: &H,
-    out: &mut Emitter<T>,
-    agents: &mut Vec<String>,
-) -> Result<(), FlowError> {
-    meter::set_phase(Phase::Coordination);
-    let caller = Caller { host, ctx };
-    out.role();
-    let stage0 = out.open_stage(COORDINATION_STAGE, None);
-    let mut driver = Driver::new(caller, out);
-    match ctx.config.coordination_mode {
-        CoordinationMode::Route => route(ctx, &mut driver, stage0, agents).await,
-        CoordinationMode::Plan => plan(ctx, &mut driver, stage0, agents).await,
-    }
-}
-
-/// Asks the LLM for the coordination answer of `body`, its notes (a backup
-/// answered) going into `stage`.
-async fn coordination_answer<'a, H: Host, T: Transport>(
+/// Runs coordination, the agents and synthesis through `driver`. Does not
+/// end the response: the caller does, by success or failure. The agents
+/// called are added to `agents` as soon as they are known (for the log).
+///
+/// Rounds of coordination decide plans (in `route` mode one round, one plan
+/// of one subtask), each run by [`PlanRun`]; re-planning goes on while a plan
+/// asks for it (at most `MAX_PLAN_ROUNDS` rounds, never to repeat work already
+/// done). Then the state is written, and one synthesis of every result
+/// answers. The flow fails only when every subtask failed.
+pub async fn coordinate<'a, H: Host, T: Transport>(
     ctx: &'a RequestContext,
     driver: &mut Driver<'a, '_, H, T>,
-    stage: StageId,
-    body: Vec<u8>,
-) -> Result<String, FlowError> {
-    let mut call = Single::new(
-        Root::Existing(stage),
-        Box::new(coordination_call(ctx, body)),
-    );
-    driver.run(&mut call).await?;
-    Ok(call.result()?)
-}
-
-/// The synthesis, streamed as the answer.
-async fn synthesize<'a, H: Host, T: Transport>(
-    ctx: &'a RequestContext,
-    driver: &mut Driver<'a, '_, H, T>,
-    prompt: &str,
-    context: &str,
-) -> Result<(), FlowError> {
-    meter::set_phase(Phase::Synthesis);
-    let mut synthesis = Single::new(
-        Root::Choice,
-        Box::new(SynthesisSession::new(ctx, prompt, context)),
-    );
-    driver.run(&mut synthesis).await?;
-    synthesis.result()?;
-    Ok(())
-}
-
-/// `route` mode: one decision, one agent, as the seed.
-async fn route<'a, H: Host, T: Transport>(
-    ctx: &'a RequestContext,
-    driver: &mut Driver<'a, '_, H, T>,
-    stage0: StageId,
-    agents: &mut Vec<String>,
-) -> Result<(), FlowError> {
-    let registry = &ctx.config.registry;
-    let answer = coordination_answer(ctx, driver, stage0, routing::request_body(ctx)).await?;
-    let routed = routing::parse_decision(Some(&answer), registry);
-    driver
-        .out
-        .stage_content(stage0, &routing::stage_text(&routed, registry));
-    driver.out.close_stage(stage0, StageStatus::Completed);
-
-    let agent = registry
-        .get(&routed.decision.agent_name)
-        .unwrap_or_else(|| registry.fallback());
-    agents.push(agent.name.clone());
-    meter::set_phase(Phase::Agents);
-    let session = kinds::session(Assignment {
-        ctx,
-        agent,
-        task: routed.decision.additional_instructions.clone(),
-        conversation: find_conversation(ctx, agent),
-    })
-    .map_err(CoordError::BadRequest)?;
-    let mut agent_call = Single::new(Root::NewStage(agent.stage_name()), session);
-    driver.run(&mut agent_call).await?;
-    let memories: Vec<(&AgentSpec, Memory)> = agent_call
-        .ended
-        .as_mut()
-        .map(|e| std::mem::take(&mut e.memory))
-        .unwrap_or_default()
-        .into_iter()
-        .map(|m| (agent, m))
-        .collect();
-    write_state(ctx, driver.out, &memories);
-    let answer = agent_call.result()?;
-    synthesize(ctx, driver, SYNTHESIS_PROMPT, &answer).await
-}
-
-/// Numbers a round's subtasks from `first` on, in plan order (their
-/// dependencies follow), so that every subtask of the turn has its own number.
-fn renumber(plan: &mut Plan, first: u32) {
-    let map: Vec<(u32, u32)> = plan
-        .subtasks
-        .iter()
-        .zip(first..)
-        .map(|(s, n)| (s.task_id, n))
-        .collect();
-    let to = |id: u32| {
-        map.iter()
-            .find(|(from, _)| *from == id)
-            .map_or(id, |(_, n)| *n)
-    };
-    for s in &mut plan.subtasks {
-        s.task_id = to(s.task_id);
-        s.depends_on = s.depends_on.iter().map(|d| to(*d)).collect();
-    }
-}
-
-/// `plan` mode: a plan of subtasks over the agents, run in parallel where it
-/// can be, re-planned while the plan asks for it (at most `MAX_PLAN_ROUNDS`
-/// rounds, and never to repeat work already done), then one synthesis of
-/// every result. It fails only when every subtask failed.
-async fn plan<'a, H: Host, T: Transport>(
-    ctx: &'a RequestContext,
-    driver: &mut Driver<'a, '_, H, T>,
-    stage0: StageId,
     agents: &mut Vec<String>,
 ) -> Result<(), FlowError> {
     let config = &ctx.config;
-    let registry = &config.registry;
-    let request = ctx.request_text();
+    let rounds = match config.coordination_mode {
+        CoordinationMode::Route => 1,
+        CoordinationMode::Plan => config.max_plan_rounds,
+    };
+    driver.begin();
     let mut finished: Vec<Finished> = Vec::new();
     let mut memories: Vec<(u32, &AgentSpec, Memory)> = Vec::new();
     let mut first_error: Option<CoordError> = None;
     let mut conversations = HashMap::new();
-    for round in 1..=config.max_plan_rounds {
-        let stage = if round == 1 {
-            stage0
-        } else {
-            driver
-                .out
-                .open_stage(&format!("{COORDINATION_STAGE} (round {round})"), None)
-        };
+    for round in 1..=rounds {
         meter::set_phase(Phase::Coordination);
-        let done = (round > 1).then(|| plan::sections(&finished));
-        let body = plan::request_body(ctx, done.as_deref());
-        let answer = coordination_answer(ctx, driver, stage, body).await?;
-        let (mut plan, notes) = if round == 1 {
-            let planned = plan::parse_plan(&answer, registry, config.max_subtasks, &request);
-            (planned.plan, planned.notes)
-        } else {
-            match plan::parse_replan(&answer, registry, config.max_subtasks) {
-                Ok((plan, _)) if plan.subtasks.is_empty() => {
-                    driver.out.stage_content(
-                        stage,
-                        "_Nothing more to do._
-",
-                    );
-                    driver.out.close_stage(stage, StageStatus::Completed);
-                    break;
-                }
-                Ok((plan, _)) if plan::only_repeats(&plan, &finished) => {
-                    driver.out.stage_content(
-                        stage,
-                        "_The new plan only repeats subtasks already done, so planning stops here._
-",
-                    );
-                    driver.out.close_stage(stage, StageStatus::Completed);
-                    break;
-                }
-                Ok(planned) => planned,
-                Err(reason) => {
-                    driver.out.stage_content(
-                        stage,
-                        &format!(
-                            "_Planning stops here: {reason}._
-"
-                        ),
-                    );
-                    driver.out.close_stage(stage, StageStatus::Completed);
-                    break;
-                }
-            }
+        let decided = Decided::default();
+        let session = CoordinationSession::new(ctx, round, &finished, decided.clone());
+        let mut coordination = Single::new(Root::NewStage(stage_name(round)), Box::new(session));
+        driver.run(&mut coordination).await?;
+        coordination.result()?;
+        let decision = decided.borrow_mut().take();
+        let Some(Decision::Run(mut plan)) = decision else {
+            break;
         };
         renumber(
             &mut plan,
@@ -360,10 +184,6 @@ async fn plan<'a, H: Host, T: Transport>(
                 .unwrap_or(u32::MAX)
                 .saturating_add(1),
         );
-        driver
-            .out
-            .stage_content(stage, &plan::stage_text(&notes, &plan));
-        driver.out.close_stage(stage, StageStatus::Completed);
         for s in &plan.subtasks {
             if !agents.contains(&s.agent_name) {
                 agents.push(s.agent_name.clone());
@@ -387,22 +207,50 @@ async fn plan<'a, H: Host, T: Transport>(
     memories.sort_by_key(|(id, _, _)| *id);
     let memories: Vec<(&AgentSpec, Memory)> =
         memories.into_iter().map(|(_, a, m)| (a, m)).collect();
-    write_state(ctx, driver.out, &memories);
+    driver.write_state(&memories);
     if finished
         .iter()
         .all(|f| matches!(f.outcome, Outcome::Failed(_)))
     {
         return Err(FlowError::Failed(first_error.unwrap_or_else(|| {
-            CoordError::BadRequest("the plan had no subtask that could run".to_owned())
+            CoordError::Internal("the plan had no subtask that could run".to_owned())
         })));
     }
-    match finished.as_slice() {
+    meter::set_phase(Phase::Synthesis);
+    let (prompt, context) = match finished.as_slice() {
         // One subtask: the seed's synthesis of one answer.
         [only] => match &only.outcome {
-            Outcome::Done(answer) => synthesize(ctx, driver, SYNTHESIS_PROMPT, answer).await,
-            Outcome::Failed(_) => Ok(()),
+            Outcome::Done(answer) => (SYNTHESIS_PROMPT, answer.clone()),
+            Outcome::Failed(_) => return Ok(()),
         },
-        all => synthesize(ctx, driver, PLAN_SYNTHESIS_PROMPT, &plan::sections(all)).await,
+        all => (PLAN_SYNTHESIS_PROMPT, plan::sections(all)),
+    };
+    let mut synthesis = Single::new(
+        Root::Choice,
+        Box::new(SynthesisSession::new(ctx, prompt, &context)),
+    );
+    driver.run(&mut synthesis).await?;
+    synthesis.result()?;
+    Ok(())
+}
+
+/// Numbers a round's subtasks from `first` on, in plan order (their
+/// dependencies follow), so that every subtask of the turn has its own number.
+fn renumber(plan: &mut Plan, first: u32) {
+    let map: Vec<(u32, u32)> = plan
+        .subtasks
+        .iter()
+        .zip(first..)
+        .map(|(s, n)| (s.task_id, n))
+        .collect();
+    let to = |id: u32| {
+        map.iter()
+            .find(|(from, _)| *from == id)
+            .map_or(id, |(_, n)| *n)
+    };
+    for s in &mut plan.subtasks {
+        s.task_id = to(s.task_id);
+        s.depends_on = s.depends_on.iter().map(|d| to(*d)).collect();
     }
 }
 
@@ -428,17 +276,12 @@ pub async fn stream_response<H: Host, T: Transport>(
 ) {
     warn_unsigned(host, ctx);
     let mut agents = Vec::new();
-    let result = coordinate(ctx, host, out, &mut agents).await;
-    let (outcome, error) = match result {
-        Ok(()) => {
-            let gone = out.finish_ok().await.is_err();
-            (if gone { "client_gone" } else { "ok" }, None)
-        }
-        Err(FlowError::ClientGone) => ("client_gone", None),
-        Err(FlowError::Failed(e)) => {
-            let _ = out.finish_err(&e).await;
-            ("error", Some(e))
-        }
+    let mut driver = Driver::new(Caller { host, ctx }, out);
+    let result = coordinate(ctx, &mut driver, &mut agents).await;
+    let (outcome, error) = match driver.finish(result).await {
+        Ending::Ok => ("ok", None),
+        Ending::ClientGone => ("client_gone", None),
+        Ending::Failed(e) => ("error", Some(e)),
     };
     log_request(host, ctx, "stream", &agents, 200, outcome, error.as_ref());
 }
@@ -454,14 +297,15 @@ pub async fn collect_response<H: Host>(
     warn_unsigned(host, ctx);
     let mut out: Emitter<NoTransport> = Emitter::collecting();
     let mut agents = Vec::new();
-    let result = match coordinate(ctx, host, &mut out, &mut agents).await {
-        Ok(()) => {
-            out.close_open_stages(StageStatus::Completed);
-            Ok(out.into_merged(id, created).unwrap_or(Value::Null))
-        }
-        Err(FlowError::Failed(e)) => Err(e),
+    let mut driver = Driver::new(Caller { host, ctx }, &mut out);
+    let result = coordinate(ctx, &mut driver, &mut agents).await;
+    let result = match driver.finish(result).await {
+        Ending::Ok => Ok(out.into_merged(id, created).unwrap_or(Value::Null)),
+        Ending::Failed(e) => Err(e),
         // A collecting emitter never reports a gone client.
-        Err(FlowError::ClientGone) => Err(CoordError::BadRequest("client went away".to_owned())),
+        Ending::ClientGone => Err(CoordError::Internal(
+            "a collected answer lost its client".to_owned(),
+        )),
     };
     match &result {
         Ok(_) => log_request(host, ctx, "json", &agents, 200, "ok", None),

@@ -25,7 +25,7 @@ use futures::{FutureExt, StreamExt};
 use crate::agents::{LocalStage, Read, Say, Session, Step};
 use crate::calls::{self, Blame, CallFailed, Caller, Opened, Outcome};
 use crate::client::Host;
-use crate::context::ClientGone;
+use crate::context::{ClientGone, FlowError};
 use crate::dial::response::{Attachment, StageStatus};
 use crate::dial::usage::Usage;
 use crate::emitter::{Emitter, StageId, Transport};
@@ -34,8 +34,10 @@ use crate::limits::{
     FLUSH_BYTES, MAX_AGENT_OUTPUT_BYTES, MAX_ANSWER_BYTES, MAX_ATTACHMENTS_PER_AGENT,
     MAX_STAGES_PER_AGENT,
 };
-use crate::memory::Memory;
+use crate::memory::{self, Memory};
+use crate::registry::AgentSpec;
 use crate::sse::SseDecoder;
+use crate::state::sign;
 
 /// Where a task's text goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,7 +137,7 @@ impl<'a> Single<'a> {
     pub fn result(&mut self) -> Result<String, CoordError> {
         match self.ended.as_mut() {
             Some(e) => std::mem::replace(&mut e.result, Ok(String::new())),
-            None => Err(CoordError::BadRequest("the task did not run".to_owned())),
+            None => Err(CoordError::Internal("the task did not run".to_owned())),
         }
     }
 }
@@ -360,11 +362,24 @@ fn poll_calls<'a, H: Host>(
     Poll::Pending
 }
 
-/// Runs sessions into one response (see the module docs).
+/// Runs sessions into one response (see the module docs). It is the only
+/// writer of the response: its opening, every session's output, the state,
+/// and its end.
 pub struct Driver<'a, 'o, H: Host, T> {
     caller: Caller<'a, H>,
-    /// The response.
-    pub out: &'o mut Emitter<T>,
+    out: &'o mut Emitter<T>,
+}
+
+/// How a response ended.
+#[derive(Debug)]
+pub enum Ending {
+    /// Completed: the stop chunk and `[DONE]` were written.
+    Ok,
+    /// The client went away.
+    ClientGone,
+    /// The flow failed: open stages closed as failed, the stop chunk, the
+    /// error event and `[DONE]` were written (in a stream).
+    Failed(CoordError),
 }
 
 impl<H: Host, T> std::fmt::Debug for Driver<'_, '_, H, T> {
@@ -383,6 +398,38 @@ impl<'a, 'o, H: Host, T: Transport> Driver<'a, 'o, H, T> {
     /// A driver writing into `out`.
     pub fn new(caller: Caller<'a, H>, out: &'o mut Emitter<T>) -> Driver<'a, 'o, H, T> {
         Driver { caller, out }
+    }
+
+    /// Opens the response: the role chunk (sent with whatever the first
+    /// session says before its first call).
+    pub fn begin(&mut self) {
+        self.out.role();
+    }
+
+    /// Writes the one state of the response: what the agents left, in order, signed.
+    pub fn write_state(&mut self, memories: &[(&AgentSpec, Memory)]) {
+        if let Some(state) = memory::compose(memories.iter().map(|(a, m)| (*a, m))) {
+            let ctx = self.caller.ctx;
+            self.out.set_state(sign(state, &ctx.state_trust()));
+        }
+    }
+
+    /// Ends the response after the flow ended with `result`: on success open
+    /// stages completed, the stop chunk and `[DONE]`; on failure every open
+    /// stage closed as failed, the stop chunk, one error event and `[DONE]`
+    /// (a collected answer only closes its stages).
+    pub async fn finish(&mut self, result: Result<(), FlowError>) -> Ending {
+        match result {
+            Ok(()) => match self.out.finish_ok().await {
+                Ok(()) => Ending::Ok,
+                Err(ClientGone) => Ending::ClientGone,
+            },
+            Err(FlowError::ClientGone) => Ending::ClientGone,
+            Err(FlowError::Failed(e)) => {
+                let _ = self.out.finish_err(&e).await;
+                Ending::Failed(e)
+            }
+        }
     }
 
     /// Runs the scheduler's tasks until none is left. Fails only when the

@@ -132,6 +132,8 @@ pub enum CoordError {
     /// Configuration variables with malformed values: every one found, in
     /// the order they were read (never empty).
     Config(Vec<ConfigProblem>),
+    /// The coordinator itself failed: a state its own flow should never reach.
+    Internal(String),
     /// An upstream call failed.
     Upstream {
         /// Which upstream.
@@ -170,7 +172,7 @@ impl CoordError {
             CoordError::NotFound(_) => 404,
             CoordError::MethodNotAllowed { .. } => 405,
             CoordError::Unauthorized(_) => 401,
-            CoordError::Config(_) | CoordError::Upstream { .. } => 500,
+            CoordError::Config(_) | CoordError::Internal(_) | CoordError::Upstream { .. } => 500,
         }
     }
 
@@ -182,7 +184,7 @@ impl CoordError {
             | CoordError::MethodNotAllowed { .. }
             | CoordError::Unauthorized(_) => "invalid_request_error",
             CoordError::NotFound(_) => "not_found_error",
-            CoordError::Config(_) => "internal_server_error",
+            CoordError::Config(_) | CoordError::Internal(_) => "internal_server_error",
             CoordError::Upstream { .. } => "runtime_error",
         }
     }
@@ -202,6 +204,7 @@ impl CoordError {
                 format!("Method {method} is not allowed on this path (allowed: {allow})")
             }
             CoordError::Unauthorized(what) => what.clone(),
+            CoordError::Internal(what) => format!("Internal error: {what}"),
             CoordError::Config(problems) => {
                 let each: Vec<String> = problems
                     .iter()
@@ -252,6 +255,10 @@ impl CoordError {
                 "The coordinator does not serve this address.".to_owned()
             }
             CoordError::Unauthorized(_) => "This endpoint needs a valid token.".to_owned(),
+            CoordError::Internal(_) => {
+                "The coordinator failed internally. Please try again; if it keeps happening, tell the administrator."
+                    .to_owned()
+            }
             CoordError::Config(problems) => {
                 let vars: Vec<&str> = problems.iter().map(|p| p.var.as_str()).collect();
                 format!(
@@ -374,6 +381,19 @@ mod tests {
                 "message":"Invalid request: messages must not be empty",
                 "type":"invalid_request_error","code":"400",
                 "display_message":"The request could not be processed: messages must not be empty."}})
+        );
+    }
+
+    #[test]
+    fn an_internal_failure_is_a_500_not_the_callers_fault() {
+        let e = CoordError::Internal("the task did not run".into());
+        let v = serde_json::to_value(e.body()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"error":{
+                "message":"Internal error: the task did not run",
+                "type":"internal_server_error","code":"500",
+                "display_message":"The coordinator failed internally. Please try again; if it keeps happening, tell the administrator."}})
         );
     }
 

@@ -15,6 +15,7 @@ pub mod calls;
 pub mod client;
 pub mod config;
 pub mod context;
+pub mod coordination;
 pub mod coordinator;
 pub mod dial;
 pub mod driver;

@@ -330,12 +330,21 @@ pub fn task_text(description: &str, request: &str, dependencies: &[&Finished]) -
     (!text.is_empty()).then_some(text)
 }
 
+/// What a finished subtask was: its agent and its description.
+pub fn work_of(finished: &[Finished]) -> Vec<(String, String)> {
+    finished
+        .iter()
+        .map(|f| (f.agent.clone(), f.description.clone()))
+        .collect()
+}
+
 /// Whether a round only repeats subtasks already done (same agent, same
-/// description): re-planning then stops.
-pub fn only_repeats(plan: &Plan, done: &[Finished]) -> bool {
+/// description, as [`work_of`] lists them): re-planning then stops.
+pub fn only_repeats(plan: &Plan, done: &[(String, String)]) -> bool {
     plan.subtasks.iter().all(|s| {
-        done.iter()
-            .any(|f| f.agent == s.agent_name && f.description == s.task_description)
+        done.iter().any(|(agent, description)| {
+            *agent == s.agent_name && *description == s.task_description
+        })
     })
 }
 
@@ -524,10 +533,10 @@ mod tests {
             }],
             replan: true,
         };
-        assert!(only_repeats(&again, &done));
+        assert!(only_repeats(&again, &work_of(&done)));
         let mut new = again.clone();
         new.subtasks[0].task_description = "b".into();
-        assert!(!only_repeats(&new, &done));
+        assert!(!only_repeats(&new, &work_of(&done)));
     }
 
     #[test]

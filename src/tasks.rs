@@ -205,11 +205,15 @@ impl<'a> Scheduler<'a> for PlanRun<'a> {
                     deps.iter().filter_map(|d| self.finished_of(*d)).collect();
                 let text = task_text(&slot.subtask.task_description, &self.request, &dependencies);
                 let agent = slot.agent;
-                let conversation = self
-                    .conversations
-                    .get(&agent.name)
-                    .cloned()
-                    .or_else(|| find_conversation(self.ctx, agent));
+                // Only agents that keep a conversation have one to continue.
+                let conversation = kinds::is_serial(agent)
+                    .then(|| {
+                        self.conversations
+                            .get(&agent.name)
+                            .cloned()
+                            .or_else(|| find_conversation(self.ctx, agent))
+                    })
+                    .flatten();
                 let stage = self.stage_name(slot);
                 let assignment = Assignment {
                     ctx: self.ctx,

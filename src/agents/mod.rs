@@ -11,8 +11,9 @@
 //! - [`dial`]: any DIAL deployment called through DIAL Core (GPA and every
 //!   `dial` agent of the registry).
 //! - [`ums`]: any agent with the UMS conversation API.
-//! - [`synthesis::SynthesisSession`](crate::synthesis::SynthesisSession) uses
-//!   the same interface for the final answer.
+//! - [`synthesis::SynthesisSession`](crate::synthesis::SynthesisSession) and
+//!   [`coordination::CoordinationSession`](crate::coordination::CoordinationSession)
+//!   use the same interface for the coordination and the final answer.
 
 pub mod dial;
 pub mod kinds;
@@ -21,7 +22,7 @@ pub mod ums;
 use crate::calls::{Blame, CallFailed, CallSpec};
 use crate::client::Target;
 use crate::dial::response::{Attachment, StageStatus};
-use crate::dial::upstream::{error_text, ChunkDelta, Completion, StreamChunk};
+use crate::dial::upstream::{error_text, ChunkDelta, StreamChunk};
 use crate::dial::usage::Usage;
 use crate::error::{CoordError, UpstreamFault};
 use crate::memory::Memory;
@@ -98,62 +99,6 @@ pub trait Session {
     }
     /// A streamed call ended with `[DONE]`.
     fn on_done(&mut self, _say: &mut dyn Say) -> Result<(), CoordError> {
-        Ok(())
-    }
-}
-
-/// A non-streaming chat completion through DIAL Core (the coordination
-/// calls): reports its usage and finishes with the answer's text (empty when
-/// it had none).
-#[derive(Debug)]
-pub struct CompletionCall {
-    spec: Option<CallSpec>,
-    deployment: String,
-    outcome: Option<Result<String, CoordError>>,
-}
-
-impl CompletionCall {
-    /// Makes the call `spec`.
-    pub fn new(spec: CallSpec) -> CompletionCall {
-        CompletionCall {
-            spec: Some(spec),
-            deployment: String::new(),
-            outcome: None,
-        }
-    }
-}
-
-impl Session for CompletionCall {
-    fn step(&mut self, _say: &mut dyn Say) -> Step {
-        match self.spec.take() {
-            Some(spec) => Step::Call(spec, Read::Whole),
-            None => Step::Finish(self.outcome.take().unwrap_or_else(|| Ok(String::new()))),
-        }
-    }
-
-    fn on_open(&mut self, target: &Target, _say: &mut dyn Say) {
-        self.deployment = target.id.clone();
-    }
-
-    fn on_failed(&mut self, failed: CallFailed, _say: &mut dyn Say) {
-        self.outcome = Some(Err(failed.error));
-    }
-
-    fn on_event(&mut self, _data: &str, _say: &mut dyn Say) -> Result<(), CoordError> {
-        Ok(())
-    }
-
-    fn on_body(&mut self, body: &[u8], say: &mut dyn Say) -> Result<(), CoordError> {
-        let completion: Completion = serde_json::from_slice(body).map_err(|_| {
-            say.error(UpstreamFault::Malformed(
-                "the answer is not a chat completion".to_owned(),
-            ))
-        })?;
-        let (text, usage) = completion.into_text_and_usage();
-        if let Some(usage) = usage {
-            say.usage(&self.deployment, usage);
-        }
-        self.outcome = Some(Ok(text));
         Ok(())
     }
 }
