@@ -1,7 +1,8 @@
 //! The host adapter: wasi:http through spin-sdk 5.2's bindings. The only module
-//! that does I/O. It reads the incoming request, hands it to `coordinator`,
-//! streams the response through [`BodyWriter`] (a body goes into its stream
-//! before its head is handed over, so hosts send them together), and
+//! that does I/O, and nothing but adapters: it hands the incoming request to
+//! `app` (which decides everything about the answer), writes answers and
+//! streams through [`BodyWriter`] (a body goes into its stream before its
+//! head is handed over, so hosts send them together), and
 //! implements `client::Host` with outgoing wasi:http requests (written the
 //! same way up to [`EARLY_BODY_MAX`], through spin-sdk's send above it), monotonic-clock timers, wasi:random, stderr and a small
 //! key-value store for the breakers: the instance's memory in the default
@@ -19,18 +20,13 @@ use spin_sdk::http::{
 };
 use wasi::io::streams::OutputStream;
 
+use crate::app::{app, Answer, HttpRequest, Responder};
 use crate::breaker::SharedStore;
 use crate::client::{Host, Method, OutboundRequest, OutboundResponse, TransportError};
 use crate::config::Config;
-use crate::coordinator::{
-    add_own_time, collect_response, prepare, route_endpoint, stream_response, Endpoint, Incoming,
-};
-use crate::dial::response::SseEncoder;
-use crate::emitter::{ClientGone, Emitter, Transport};
+use crate::emitter::{ClientGone, Transport};
 use crate::error::CoordError;
-use crate::health;
 use crate::meter::{self, Phase};
-use crate::trace::{span_id, trace_id, Trace};
 
 #[spin_sdk::http_component]
 async fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
@@ -64,111 +60,16 @@ async fn serve(request: IncomingRequest, out: ResponseOutparam) {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
     };
-    let trace = Trace::from_headers(
-        header("traceparent").as_deref(),
-        header("x-trace-id").as_deref(),
-        trace_id(host.random_u64(), host.random_u64()),
-        span_id(host.random_u64()),
-    );
-    let trace_header = trace.trace_id.clone();
-    let reply = Reply {
-        out,
-        trace_id: &trace_header,
+    let body = request
+        .into_body_stream()
+        .map(|chunk| chunk.map_err(|_| ()));
+    let request = HttpRequest {
+        method: &method,
+        path: &path,
+        header: &header,
+        body,
     };
-    match route_endpoint(&method, &path) {
-        Ok(Endpoint::Health) => {
-            // HEAD is GET without the body (same status and headers).
-            let head = method.eq_ignore_ascii_case("HEAD");
-            let (status, report) = match read_config() {
-                Err(e) => (500, health::misconfigured(&e)),
-                Ok(config) if health::wants_deep(&path) => {
-                    if let Err(e) = health::authorize(&config, header("authorization").as_deref()) {
-                        return reply.error(&e).await;
-                    }
-                    (200, health::deep(&host, &config, &path).await)
-                }
-                Ok(config) => (200, health::shallow(&host, &config)),
-            };
-            if head {
-                reply.head(status, "application/json");
-            } else {
-                reply.json(status, &report).await;
-            }
-        }
-        Ok(Endpoint::Rate) => reply.send(200, "application/json", Vec::new()).await,
-        Ok(Endpoint::ChatCompletions) => chat(&host, request, reply, &header, &path, trace).await,
-        Err(e) => reply.error(&e).await,
-    }
-}
-
-async fn chat(
-    host: &WasiHost,
-    request: IncomingRequest,
-    reply: Reply<'_>,
-    header: &impl Fn(&str) -> Option<String>,
-    path: &str,
-    trace: Trace,
-) {
-    let start_ms = host.now_ms();
-    let unix_ms = host.unix_ms();
-    let config = match read_config() {
-        Ok(c) => c,
-        Err(e) => return reply.rejected(host, &trace, &e).await,
-    };
-    let expected = header("content-length").and_then(|v| v.trim().parse::<usize>().ok());
-    let body = match read_limited(request, config.max_request_bytes, expected).await {
-        Ok(b) => b,
-        Err(e) => return reply.rejected(host, &trace, &e).await,
-    };
-    let incoming = Incoming {
-        path,
-        trace: trace.clone(),
-        start_ms,
-        unix_ms,
-    };
-    let ctx = match prepare(config, header, &body, incoming) {
-        Ok(ctx) => ctx,
-        Err(e) => return reply.rejected(host, &trace, &e).await,
-    };
-    drop(body);
-    let id = format!(
-        "chatcmpl-{:016x}{:016x}",
-        host.random_u64(),
-        host.random_u64()
-    );
-    let created = unix_ms / 1000;
-    if ctx.streaming() {
-        let transport = reply.start(200, "text/event-stream; charset=utf-8");
-        let mut emitter = Emitter::streaming(SseEncoder::new(&id, created), transport);
-        stream_response(&ctx, host, &mut emitter).await;
-    } else {
-        match collect_response(&ctx, host, &id, created).await {
-            Ok(message) => reply.json(200, &message).await,
-            Err(e) => reply.error(&e).await,
-        }
-    }
-}
-
-/// Reads the request body, refusing more than `limit` bytes.
-async fn read_limited(
-    request: IncomingRequest,
-    limit: usize,
-    expected: Option<usize>,
-) -> Result<Vec<u8>, CoordError> {
-    let mut stream = request.into_body_stream();
-    // One allocation for the whole body when its length is announced.
-    let mut body = Vec::with_capacity(expected.unwrap_or(0).min(limit));
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk
-            .map_err(|_| CoordError::BadRequest("the request body could not be read".to_owned()))?;
-        if body.len() + chunk.len() > limit {
-            // Answer at once; the host closes the connection after the 413
-            // (a client that reads while it sends gets the answer).
-            return Err(CoordError::PayloadTooLarge(limit));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+    app(&host, request, read_config, Reply { out }).await;
 }
 
 /// A body (of our response, or of an outbound request) written through its
@@ -265,54 +166,59 @@ impl Drop for BodyWriter {
     }
 }
 
-/// The response side of one request: always carries `X-Trace-ID`.
-struct Reply<'a> {
+/// The response side of one request.
+struct Reply {
     out: ResponseOutparam,
-    trace_id: &'a str,
 }
 
-impl Reply<'_> {
-    /// A response whose head is sent with its first write (a stream).
-    fn start(self, status: u16, content_type: &str) -> HostTransport {
-        let response = self.response(status, content_type, None, None);
-        HostTransport {
-            body: BodyWriter::new(&response),
-            head: Some((self.out, response)),
-        }
+/// A response head; `length` is the body's length when it is known (every
+/// answer but a stream): with `Content-Length` the host sends the body without
+/// chunked framing, so no separate end-of-body chunk follows.
+fn response_head(
+    status: u16,
+    content_type: &str,
+    trace_id: &str,
+    allow: Option<&str>,
+    length: Option<usize>,
+) -> OutgoingResponse {
+    let mut list = vec![
+        ("content-type".to_owned(), content_type.as_bytes().to_vec()),
+        ("cache-control".to_owned(), b"no-cache".to_vec()),
+        ("x-trace-id".to_owned(), trace_id.as_bytes().to_vec()),
+    ];
+    if let Some(allow) = allow {
+        list.push(("allow".to_owned(), allow.as_bytes().to_vec()));
     }
-
-    /// The response head; `length` is the body's length when it is known
-    /// (every answer but a stream): with `Content-Length` the host sends the
-    /// body without chunked framing, so no separate end-of-body chunk follows.
-    fn response(
-        &self,
-        status: u16,
-        content_type: &str,
-        allow: Option<&str>,
-        length: Option<usize>,
-    ) -> OutgoingResponse {
-        let mut list = vec![
-            ("content-type".to_owned(), content_type.as_bytes().to_vec()),
-            ("cache-control".to_owned(), b"no-cache".to_vec()),
-            ("x-trace-id".to_owned(), self.trace_id.as_bytes().to_vec()),
-        ];
-        if let Some(allow) = allow {
-            list.push(("allow".to_owned(), allow.as_bytes().to_vec()));
-        }
-        if let Some(length) = length {
-            list.push(("content-length".to_owned(), length.to_string().into_bytes()));
-        }
-        let headers = Fields::from_list(&list).unwrap_or_else(|_| Fields::new());
-        let response = OutgoingResponse::new(headers);
-        let _ = response.set_status_code(status);
-        response
+    if let Some(length) = length {
+        list.push(("content-length".to_owned(), length.to_string().into_bytes()));
     }
+    let headers = Fields::from_list(&list).unwrap_or_else(|_| Fields::new());
+    let response = OutgoingResponse::new(headers);
+    let _ = response.set_status_code(status);
+    response
+}
 
-    /// A whole answer: the body goes into the stream before the head is
-    /// handed over when the host takes all of it at once, else after it.
-    async fn answer(self, status: u16, content_type: &str, allow: Option<&str>, bytes: &[u8]) {
-        let response = self.response(status, content_type, allow, Some(bytes.len()));
+impl Responder for Reply {
+    type Stream = HostTransport;
+
+    /// The body goes into the stream before the head is handed over when the
+    /// host takes all of it at once, else after it. A HEAD answer has no
+    /// length, since the body it describes is not sent.
+    async fn answer(self, answer: Answer<'_>) {
+        let length = (!answer.head_only).then_some(answer.body.len());
+        let response = response_head(
+            answer.status,
+            answer.content_type,
+            answer.trace_id,
+            answer.allow,
+            length,
+        );
         let mut body = BodyWriter::new(&response);
+        if answer.head_only {
+            self.out.set(response);
+            return;
+        }
+        let bytes = &answer.body;
         let early = if body.write_whole_now(bytes) {
             bytes.len()
         } else {
@@ -322,54 +228,18 @@ impl Reply<'_> {
         let _ = body.write_all(&bytes[early..]).await;
     }
 
-    async fn send(self, status: u16, content_type: &str, bytes: Vec<u8>) {
-        if !bytes.is_empty() {
-            meter::count_write();
+    fn stream(self, status: u16, trace_id: &str) -> HostTransport {
+        let response = response_head(
+            status,
+            "text/event-stream; charset=utf-8",
+            trace_id,
+            None,
+            None,
+        );
+        HostTransport {
+            body: BodyWriter::new(&response),
+            head: Some((self.out, response)),
         }
-        self.answer(status, content_type, None, &bytes).await;
-    }
-
-    /// The head only (HEAD): no length, since the body it describes is not sent.
-    fn head(self, status: u16, content_type: &str) {
-        let response = self.response(status, content_type, None, None);
-        let body = BodyWriter::new(&response);
-        self.out.set(response);
-        drop(body);
-    }
-
-    async fn json(self, status: u16, value: &serde_json::Value) {
-        let bytes = serde_json::to_vec(value).unwrap_or_default();
-        self.send(status, "application/json", bytes).await;
-    }
-
-    async fn error(self, e: &CoordError) {
-        meter::count_write();
-        self.answer(e.status(), "application/json", e.allow(), &e.body_json())
-            .await;
-    }
-
-    /// A request refused before the flow started: its log line, then the
-    /// error. The line comes first because an answer of known length is
-    /// complete for the client as soon as its bytes arrive; it counts the
-    /// answer's one write already.
-    async fn rejected(self, host: &WasiHost, trace: &Trace, e: &CoordError) {
-        let bytes = e.body_json();
-        meter::count_write();
-        let mut line = serde_json::json!({
-            "ts_ms": host.unix_ms(),
-            "level": "warn",
-            "event": "request",
-            "trace_id": trace.trace_id,
-            "span_id": trace.span_id,
-            "parent_span_id": trace.parent_span_id,
-            "status": e.status(),
-            "outcome": "rejected",
-            "error": e.message(),
-        });
-        add_own_time(&mut line);
-        host.log(&line.to_string());
-        self.answer(e.status(), "application/json", e.allow(), &bytes)
-            .await;
     }
 }
 

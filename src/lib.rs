@@ -10,6 +10,7 @@
 //! adapts it to wasi:http and is compiled only for the Wasm target.
 
 pub mod agents;
+pub mod app;
 pub mod breaker;
 pub mod calls;
 pub mod client;

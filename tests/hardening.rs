@@ -729,7 +729,7 @@ fn a_signed_state_survives_the_non_streaming_merge() {
     );
 }
 
-fn ums_state_turn(ctx: &mas_coordinator::coordinator::RequestContext) -> Value {
+fn ums_state_turn(ctx: &mas_coordinator::app::RequestContext) -> Value {
     let client = FakeClient::new()
         .on(LLM, routing_reply("UMS", None))
         .on("/conversations", Reply::json(200, json!({"id": "conv-1"})))
@@ -743,7 +743,7 @@ fn ums_state_turn(ctx: &mas_coordinator::coordinator::RequestContext) -> Value {
 }
 
 /// Whether a follow-up with `state` reuses its conversation (else UMS creates one).
-fn reuses(ctx: mas_coordinator::coordinator::RequestContext) -> bool {
+fn reuses(ctx: mas_coordinator::app::RequestContext) -> bool {
     let client = FakeClient::new()
         .on(LLM, routing_reply("UMS", None))
         .on(

@@ -4,8 +4,8 @@
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
+use mas_coordinator::app::{prepare, Incoming};
 use mas_coordinator::config::Config;
-use mas_coordinator::coordinator::{prepare, Incoming};
 use mas_coordinator::dial::request::parse_request;
 use mas_coordinator::error::CoordError;
 use mas_coordinator::sse::{SseDecoder, SseError};

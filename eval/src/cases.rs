@@ -22,8 +22,8 @@
 
 use std::collections::BTreeSet;
 
+use mas_coordinator::app::{prepare, Incoming, RequestContext};
 use mas_coordinator::config::Config;
-use mas_coordinator::coordinator::{prepare, Incoming, RequestContext};
 use mas_coordinator::trace::Trace;
 use serde::Deserialize;
 use serde_json::Value;

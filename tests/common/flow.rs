@@ -1,10 +1,8 @@
 //! Running the flow natively: a configuration pointing at the fakes, a
 //! validated request, the streamed events and the merged answer.
 
+use mas_coordinator::app::{collect_response, prepare, stream_response, Incoming, RequestContext};
 use mas_coordinator::config::Config;
-use mas_coordinator::coordinator::{
-    collect_response, prepare, stream_response, Incoming, RequestContext,
-};
 use mas_coordinator::dial::response::SseEncoder;
 use mas_coordinator::emitter::{BufferTransport, Emitter};
 use mas_coordinator::error::CoordError;
