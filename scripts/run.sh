@@ -394,7 +394,7 @@ probe_url="http://$(hostport "$local_host" "$PORT")"
 
 say "starting the coordinator in wasmtime serve on $(hostport "$HOST" "$PORT")"
 # Instances are reused (up to 1000 requests each) so the in-memory circuit
-# breakers remember failures across requests; see README "Deploying", "wasmtime serve".
+# breakers remember failures across requests; see docs/deploying.md, "wasmtime serve".
 start "the coordinator" "wasmtime serve" "$coordinator_log" "$WASMTIME" serve -Scli \
     --addr "$(hostport "$HOST" "$PORT")" --max-instance-reuse-count 1000 "${env_args[@]}" "$WASM"
 wait_ready "the coordinator" "$coordinator_log" coordinator_ready
@@ -419,10 +419,10 @@ logs_command="make logs"
 if [ "$LOG_DIR" != target/run ]; then logs_command="LOG_DIR=$LOG_DIR make logs"; fi
 if [ "$world" = 1 ]; then
     cat <<MSG
-This is the local DIAL world (deterministic stand-ins, see README "Local DIAL world").
+This is the local DIAL world (deterministic stand-ins, see docs/testing.md, "Local DIAL world").
 To serve real DIAL instead: DIAL_ENDPOINT=https://your-core UMS_AGENT_ENDPOINT=http://your-ums:8042 make run
 and register http://<this host>:$PORT/openai/deployments/mas-coordinator/chat/completions
-as an application in DIAL Core's config.json (README "Register in DIAL Core").
+as an application in DIAL Core's config.json (docs/dial-core.md, "Register in DIAL Core").
 
 MSG
     echo "Logs: $coordinator_log (the coordinator), $world_log (the world); follow the coordinator's with: $logs_command"

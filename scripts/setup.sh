@@ -71,10 +71,10 @@ if [ ! -f "$stamp" ] || [ tests/conformance/requirements.txt -nt "$stamp" ]; the
     touch "$stamp"
 fi
 
-# The README's aidial-client snippet runs in a venv of its own (tests/readme.rs):
+# The aidial-client snippet of docs/dial-core.md runs in a venv of its own (tests/readme.rs):
 # aidial-client needs an older openai than the conformance clients above.
 if [ ! -x .venv-aidial/bin/python ]; then
-    say "creating the Python venv .venv-aidial (the README's aidial-client snippet)"
+    say "creating the Python venv .venv-aidial (the aidial-client snippet of docs/dial-core.md)"
     python3 -m venv .venv-aidial
 fi
 stamp=.venv-aidial/.requirements-installed

@@ -1,10 +1,11 @@
-//! The README's client snippets (section "Calling it"), run exactly as they
-//! are written there — only the coordinator's address is swapped for the
-//! test's — against the built component in `wasmtime serve` and the local
-//! world: the `curl` line, the OpenAI SDK snippet (the `.venv` of the tests)
-//! and the aidial-client snippet (`.venv-aidial`, made by scripts/setup.sh,
-//! because aidial-client pins an older openai than the conformance tests use).
-//! Each must print what the README says it prints.
+//! The documented client snippets (docs/dial-core.md, section "Calling it",
+//! which the README's quick start links to), run exactly as they are written
+//! there — only the coordinator's address is swapped for the test's — against
+//! the built component in `wasmtime serve` and the local world: the `curl`
+//! line, the OpenAI SDK snippet (the `.venv` of the tests) and the
+//! aidial-client snippet (`.venv-aidial`, made by scripts/setup.sh, because
+//! aidial-client pins an older openai than the conformance tests use). Each
+//! must print what the page says it prints.
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
 mod common;
@@ -15,20 +16,24 @@ use std::time::Duration;
 use common::host::{sse_events, Stack};
 use common::wire::deltas;
 
-/// The address the README's snippets use.
-const README_URL: &str = "http://127.0.0.1:8055";
+/// The page that holds the snippets, and its section.
+const PAGE: &str = "docs/dial-core.md";
+const SECTION: &str = "Calling it";
+
+/// The address the snippets use.
+const SNIPPET_URL: &str = "http://127.0.0.1:8055";
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// The text of the `## <title>` section, up to the next `## ` heading.
-fn section<'r>(readme: &'r str, title: &str) -> &'r str {
+fn section<'r>(page: &'r str, title: &str) -> &'r str {
     let heading = format!("\n## {title}\n");
-    let start = readme
+    let start = page
         .find(&heading)
-        .unwrap_or_else(|| panic!("README has no section {title:?}"));
-    let body = &readme[start + heading.len()..];
+        .unwrap_or_else(|| panic!("{PAGE} has no section {title:?}"));
+    let body = &page[start + heading.len()..];
     body.find("\n## ").map_or(body, |end| &body[..end])
 }
 
@@ -82,9 +87,9 @@ async fn run(program: &Path, args: &[&str]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_client_snippets_work_as_pasted_and_print_what_the_readme_says() {
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    let calling = section(&readme, "Calling it");
+async fn the_client_snippets_work_as_pasted_and_print_what_the_docs_say() {
+    let page = std::fs::read_to_string(root().join(PAGE)).unwrap();
+    let calling = section(&page, SECTION);
     // "Against the local world each prints `...`."
     let said = calling
         .split("Against the local world each prints `")
@@ -100,11 +105,11 @@ async fn the_client_snippets_work_as_pasted_and_print_what_the_readme_says() {
     let url = stack.host.url();
     for (language, code) in &blocks {
         assert_eq!(
-            code.matches(README_URL).count(),
+            code.matches(SNIPPET_URL).count(),
             1,
             "each snippet names the coordinator once: {code}"
         );
-        let code = code.replace(README_URL, &url);
+        let code = code.replace(SNIPPET_URL, &url);
         if language == "sh" {
             let out = run(Path::new("bash"), &["-c", &code]).await;
             let events = sse_events(out.as_bytes());
