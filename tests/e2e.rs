@@ -13,7 +13,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::host::{get, post_json, post_json_timed, send, Stack, TimedResponse, WasiHost};
+use common::host::{get, post_json, send, Stack, WasiHost};
+use common::turns::{
+    as_history, chat_stream, closing, created, gpa_expected, opening, ums_expected, ums_state,
+};
 use common::wire::*;
 use mas_coordinator::memory::endpoint_tag;
 use mas_world::{Fault, FaultKind, Recorded, World};
@@ -30,72 +33,6 @@ const LLM_PATH: &str = "/openai/deployments/gpt-4o/chat/completions";
 
 async fn setup(extra_env: &[(&str, &str)]) -> Stack {
     Stack::start(extra_env).await
-}
-
-/// Streams one chat request with the key (and optionally `X-CONVERSATION-ID`).
-async fn chat_stream(host: &WasiHost, messages: &[Value], conv: Option<&str>) -> TimedResponse {
-    let mut headers = vec![("Api-Key", KEY)];
-    if let Some(c) = conv {
-        headers.push(("X-CONVERSATION-ID", c));
-    }
-    let body = json!({"model": "mas-coordinator", "stream": true, "messages": messages});
-    let r = post_json_timed(&host.chat_url(), &headers, &body).await;
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body()));
-    assert_eq!(
-        r.header("content-type"),
-        Some("text/event-stream; charset=utf-8")
-    );
-    r
-}
-
-/// The world's synthesis reply for our template
-/// `## CONTEXT:\n{answer}\n---\n## USER_REQUEST:\n{request}` (src/synthesis.rs):
-/// the context between the markers, trimmed, with the `---` line removed.
-fn synthesis_reply(agent_answer: &str) -> String {
-    format!("Based on the agent's answer: {}", agent_answer.trim())
-}
-
-/// The opening of every response: role, stage 0 with the decision, stage 1 opened.
-fn opening(agent: &str) -> Vec<Value> {
-    vec![
-        json!({"role": "assistant"}),
-        stage_open(0, "Coordination Request", None),
-        stage_content(0, &decision_block(agent)),
-        stage_close(0, "completed"),
-        stage_open(1, &format!("Call {agent} Agent"), None),
-    ]
-}
-
-/// The synthesis content, one delta per word, then the stop chunk and `[DONE]`.
-fn closing(agent_answer: &str) -> Vec<Value> {
-    let mut out: Vec<Value> = split_words(&synthesis_reply(agent_answer))
-        .iter()
-        .map(|w| content(w))
-        .collect();
-    out.push(json!("STOP"));
-    out.push(json!("[DONE]"));
-    out
-}
-
-/// Our state for a UMS turn in conversation `conv` of the world's UMS.
-fn ums_state(world: &World, conv: &str) -> Value {
-    json!({"ums_conversation_id": conv, "ums_endpoint": endpoint_tag(&world.ums_url())})
-}
-
-/// The expected response to a UMS request answered with `ums_reply`.
-fn ums_expected(world: &World, conv: &str, created: bool, ums_reply: &str) -> Vec<Value> {
-    let mut d = opening("UMS");
-    if created {
-        d.push(stage_content(
-            1,
-            &format!("_Created new UMS conversation: {conv}_\n\n"),
-        ));
-    }
-    d.extend(split_words(ums_reply).iter().map(|w| stage_content(1, w)));
-    d.push(stage_close(1, "completed"));
-    d.push(state(ums_state(world, conv)));
-    d.extend(closing(ums_reply));
-    d
 }
 
 fn image_url(n: u32) -> String {
@@ -203,13 +140,6 @@ fn our_gpa_state(gpa_state: &Value, text: &str, attachments: &[Value]) -> Value 
     json!({"is_gpa": true, "gpa_messages": gpa_state, "agents": {"GPA": [exchange]}})
 }
 
-fn gpa_expected(script: &GpaScript) -> Vec<Value> {
-    let mut d = opening("GPA");
-    d.extend(script.deltas.iter().cloned());
-    d.extend(closing(&script.text));
-    d
-}
-
 fn requests_to(world: &World, service: &str) -> Vec<Recorded> {
     world
         .requests()
@@ -218,35 +148,21 @@ fn requests_to(world: &World, service: &str) -> Vec<Recorded> {
         .collect()
 }
 
-/// The assistant message DIAL Chat would send back next turn: only content and
-/// state (docs/protocol.md §1.3).
-fn as_history(events: &[String]) -> Value {
-    let mut text = String::new();
-    let mut st = Value::Null;
-    for d in deltas(events) {
-        if let Some(t) = d["content"].as_str() {
-            text.push_str(t);
-        }
-        if let Some(s) = d.pointer("/custom_content/state") {
-            assert!(st.is_null(), "state is sent once");
-            st = s.clone();
-        }
-    }
-    assert!(!st.is_null(), "every turn sets a state");
-    json!({"role": "assistant", "content": text, "custom_content": {"state": st}})
-}
-
 // ---------------------------------------------------------------------------
 // The seed's examples
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed1_ums_query_end_to_end() {
     let s = setup(&[]).await;
-    let r = chat_stream(&s.host, &[user(KARPATHY)], None).await;
+    let r = chat_stream(&s.host, KEY, &[user(KARPATHY)], None).await;
     let ums_reply = "UMS[ums-conv-0001#1]: No user named Andrej Karpathy was found.";
     assert_eq!(
         deltas(&r.events()),
-        ums_expected(&s.world, "ums-conv-0001", true, ums_reply)
+        ums_expected(
+            &[created("ums-conv-0001")],
+            ums_state(&s.world.ums_url(), "ums-conv-0001"),
+            ums_reply
+        )
     );
     // The final content is exactly the world's synthesis of the UMS answer.
     let history = as_history(&r.events());
@@ -286,13 +202,16 @@ async fn seed1_ums_query_end_to_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed2_gpa_weather_and_picture_end_to_end() {
     let s = setup(&[]).await;
-    let r = chat_stream(&s.host, &[user(WEATHER)], Some("conv%2F42")).await;
+    let r = chat_stream(&s.host, KEY, &[user(WEATHER)], Some("conv%2F42")).await;
     let script = gpa_script(
         WEATHER,
         "1 messages (user), 0 with tool_call_history",
         Some(1),
     );
-    assert_eq!(deltas(&r.events()), gpa_expected(&script));
+    assert_eq!(
+        deltas(&r.events()),
+        gpa_expected(&decision_block("GPA"), &script.deltas, &script.text)
+    );
 
     // The state is exactly GPA's state, wrapped, with its answer and attachment.
     let history = as_history(&r.events());
@@ -341,45 +260,55 @@ async fn seed3_four_turns_keep_each_agents_memory_apart() {
 
     // Turn 1: UMS creates the conversation.
     let messages = turn(&mut history, KARPATHY);
-    let r1 = chat_stream(&s.host, &messages, conv).await;
+    let r1 = chat_stream(&s.host, KEY, &messages, conv).await;
     let ums1 = "UMS[ums-conv-0001#1]: No user named Andrej Karpathy was found.";
     assert_eq!(
         deltas(&r1.events()),
-        ums_expected(&s.world, "ums-conv-0001", true, ums1)
+        ums_expected(
+            &[created("ums-conv-0001")],
+            ums_state(&s.world.ums_url(), "ums-conv-0001"),
+            ums1
+        )
     );
     history.push(as_history(&r1.events()));
 
     // Turn 2: GPA, which sees only this turn.
     let messages = turn(&mut history, WEATHER);
-    let r2 = chat_stream(&s.host, &messages, conv).await;
+    let r2 = chat_stream(&s.host, KEY, &messages, conv).await;
     let gpa2 = gpa_script(
         WEATHER,
         "1 messages (user), 0 with tool_call_history",
         Some(1),
     );
-    assert_eq!(deltas(&r2.events()), gpa_expected(&gpa2));
+    assert_eq!(
+        deltas(&r2.events()),
+        gpa_expected(&decision_block("GPA"), &gpa2.deltas, &gpa2.text)
+    );
     let a2 = as_history(&r2.events());
     history.push(a2.clone());
 
     // Turn 3: UMS again, in the same UMS conversation (its turn #2).
     let messages = turn(&mut history, ADD_KARPATHY);
-    let r3 = chat_stream(&s.host, &messages, conv).await;
+    let r3 = chat_stream(&s.host, KEY, &messages, conv).await;
     let ums3 = "UMS[ums-conv-0001#2]: No user named Andrej Karpathy was found.";
     assert_eq!(
         deltas(&r3.events()),
-        ums_expected(&s.world, "ums-conv-0001", false, ums3)
+        ums_expected(&[], ums_state(&s.world.ums_url(), "ums-conv-0001"), ums3)
     );
     history.push(as_history(&r3.events()));
 
     // Turn 4: GPA with its own earlier turn restored.
     let messages = turn(&mut history, NIGHT);
-    let r4 = chat_stream(&s.host, &messages, conv).await;
+    let r4 = chat_stream(&s.host, KEY, &messages, conv).await;
     let gpa4 = gpa_script(
         NIGHT,
         "3 messages (user,assistant,user), 1 with tool_call_history",
         Some(2),
     );
-    assert_eq!(deltas(&r4.events()), gpa_expected(&gpa4));
+    assert_eq!(
+        deltas(&r4.events()),
+        gpa_expected(&decision_block("GPA"), &gpa4.deltas, &gpa4.text)
+    );
 
     let all = s.world.requests();
     let turn_requests = |t: usize| -> Vec<Recorded> {
@@ -565,7 +494,7 @@ async fn block_answer(body: Value) -> Value {
 /// Streams `messages` from a fresh stack and folds the stream as aidial-sdk would.
 async fn streamed_fold(messages: &[Value]) -> Value {
     let s = setup(&[]).await;
-    let r = chat_stream(&s.host, messages, None).await;
+    let r = chat_stream(&s.host, KEY, messages, None).await;
     fold(&r.events())
 }
 
@@ -650,17 +579,24 @@ async fn the_key_goes_to_dial_core_only_and_never_into_logs() {
     let s = setup(&[("DIAL_API_VERSION", api_version)]).await;
     let mut bodies = Vec::new();
 
-    let r = chat_stream(&s.host, &[user(KARPATHY)], None).await;
+    let r = chat_stream(&s.host, KEY, &[user(KARPATHY)], None).await;
     bodies.push(r.body());
     let r = chat_stream(
         &s.host,
+        KEY,
         &[user("Search weather in Kyiv")],
         Some("conv%2F42"),
     )
     .await;
     bodies.push(r.body());
     // GPA without X-CONVERSATION-ID works too.
-    let r = chat_stream(&s.host, &[user("What is the capital of France?")], None).await;
+    let r = chat_stream(
+        &s.host,
+        KEY,
+        &[user("What is the capital of France?")],
+        None,
+    )
+    .await;
     let d = deltas(&r.events());
     assert_eq!(d[4], stage_open(1, "Call GPA Agent", None));
     assert_eq!(d.last().unwrap(), "[DONE]");
@@ -674,7 +610,7 @@ async fn the_key_goes_to_dial_core_only_and_never_into_logs() {
             ..Fault::default()
         },
     );
-    let r = chat_stream(&s.host, &[user("Hello there")], None).await;
+    let r = chat_stream(&s.host, KEY, &[user("Hello there")], None).await;
     let d = deltas(&r.events());
     assert_eq!(
         d[d.len() - 2]["error"]["message"],
@@ -747,7 +683,7 @@ async fn first_bytes_arrive_before_the_routing_call_finishes() {
             ..Fault::default()
         },
     );
-    let r = chat_stream(&s.host, &[user(KARPATHY)], None).await;
+    let r = chat_stream(&s.host, KEY, &[user(KARPATHY)], None).await;
     let events = r.timed_events();
     let (first_at, _) = events[0];
     let early: Vec<Value> = events
@@ -785,7 +721,7 @@ async fn gpa_events_are_relayed_as_they_come() {
             ..Fault::default()
         },
     );
-    let r = chat_stream(&s.host, &[user("Search weather in Kyiv")], None).await;
+    let r = chat_stream(&s.host, KEY, &[user("Search weather in Kyiv")], None).await;
     let mut times = Vec::new();
     for (at, e) in r.timed_events() {
         if e == "[DONE]" {
@@ -908,7 +844,7 @@ async fn bad_input_gets_dial_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_request_line_reports_the_coordinators_own_time_by_phase() {
     let s = setup(&[]).await;
-    let streamed = chat_stream(&s.host, &[user(WEATHER)], None).await;
+    let streamed = chat_stream(&s.host, KEY, &[user(WEATHER)], None).await;
     assert_eq!(streamed.header("transfer-encoding"), Some("chunked"));
     let events = String::from_utf8_lossy(&streamed.body())
         .matches("data: ")
@@ -981,7 +917,7 @@ async fn at_the_default_log_level_only_calls_that_failed_get_a_line() {
             ..Fault::default()
         },
     );
-    chat_stream(&s.host, &[user(WEATHER)], None).await;
+    chat_stream(&s.host, KEY, &[user(WEATHER)], None).await;
     let lines: Vec<(String, String, String)> = s
         .host
         .json_logs()
@@ -1092,14 +1028,14 @@ async fn a_third_dial_agent_works_end_to_end_by_configuration_alone() {
 
     // Turn 1: routed to RAG: its stage and attachment mirrored, its state kept.
     let mut history = vec![user(policy)];
-    let r1 = chat_stream(&s.host, &history, conv).await;
+    let r1 = chat_stream(&s.host, KEY, &history, conv).await;
     let (want, rag1_text, _) = rag_expected(policy, "1 messages (user), 0 with rag state", 1, 1);
     assert_eq!(deltas(&r1.events()), want);
     history.push(as_history(&r1.events()));
 
     // Turn 2: GPA, which never sees RAG's turn.
     history.push(user(weather));
-    let r2 = chat_stream(&s.host, &history, conv).await;
+    let r2 = chat_stream(&s.host, KEY, &history, conv).await;
     let gpa2 = gpa_script(weather, "1 messages (user), 0 with tool_call_history", None);
     let d2 = deltas(&r2.events());
     assert_eq!(d2[..5].to_vec(), opening("GPA"));
@@ -1109,7 +1045,7 @@ async fn a_third_dial_agent_works_end_to_end_by_configuration_alone() {
     // Turn 3: RAG again, with its own turn restored (its answer, attachment and
     // state), never GPA's.
     history.push(user(sick));
-    let r3 = chat_stream(&s.host, &history, conv).await;
+    let r3 = chat_stream(&s.host, KEY, &history, conv).await;
     let (want, _, _) = rag_expected(
         sick,
         "3 messages (user,assistant,user), 1 with rag state",
@@ -1230,8 +1166,8 @@ async fn the_seeds_four_turns_behave_the_same_in_plan_mode() {
     {
         route_history.push(user(text));
         plan_history.push(user(text));
-        let r = chat_stream(&routed.host, &route_history, conv).await;
-        let p = chat_stream(&planned.host, &plan_history, conv).await;
+        let r = chat_stream(&routed.host, KEY, &route_history, conv).await;
+        let p = chat_stream(&planned.host, KEY, &plan_history, conv).await;
         // Each world's UMS has its own port, hence its own endpoint tag.
         let tagged = |d: Vec<Value>, w: &World| -> Vec<Value> {
             let tag = json!(endpoint_tag(&w.ums_url()));
@@ -1289,7 +1225,7 @@ async fn a_two_agent_turn_runs_both_at_once_then_each_agent_keeps_its_own_memory
     let conv = Some("chat-plan");
     let both = "Do we have user John? Also, search the weather in Kyiv";
     let mut history = vec![user(both)];
-    let r = chat_stream(&s.host, &history, conv).await;
+    let r = chat_stream(&s.host, KEY, &history, conv).await;
     let d = deltas(&r.events());
     let stage_names: Vec<&str> = d
         .iter()
@@ -1355,7 +1291,7 @@ async fn a_two_agent_turn_runs_both_at_once_then_each_agent_keeps_its_own_memory
 
     // A UMS-only turn: the conversation of the two-agent turn is reused.
     history.push(user("Add him as a user"));
-    let r = chat_stream(&s.host, &history, conv).await;
+    let r = chat_stream(&s.host, KEY, &history, conv).await;
     let d = deltas(&r.events());
     assert_eq!(d[4], stage_open(1, "Call UMS Agent", None));
     assert_eq!(d[5], stage_content(1, "UMS[ums-conv-0001#2]: "));
@@ -1364,7 +1300,7 @@ async fn a_two_agent_turn_runs_both_at_once_then_each_agent_keeps_its_own_memory
     // A GPA-only turn: GPA sees its own exchange of the two-agent turn, never UMS's.
     history.push(user("Search the weather in Kyiv again"));
     s.world.clear_requests();
-    let r = chat_stream(&s.host, &history, conv).await;
+    let r = chat_stream(&s.host, KEY, &history, conv).await;
     assert_eq!(deltas(&r.events()).last().unwrap(), "[DONE]");
     let gpa = requests_to(&s.world, "core")
         .into_iter()

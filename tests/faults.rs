@@ -15,9 +15,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::host::{get, post_json, post_json_timed, send, Stack, TimedResponse, WasiHost};
+use common::host::{get, post_json, send, Stack, TimedResponse, WasiHost};
+use common::turns::{
+    as_history, chat_stream, closing, created, gpa_expected, opening, ums_expected, ums_state,
+};
 use common::wire::*;
-use mas_coordinator::memory::endpoint_tag;
 use mas_world::{Fault, FaultKind, Recorded, World, WorldOptions};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,27 +47,6 @@ fn fault(kind: FaultKind) -> Fault {
     }
 }
 
-/// Streams one chat request with the key (and optionally `X-CONVERSATION-ID`).
-async fn chat_stream(host: &WasiHost, messages: &[Value], conv: Option<&str>) -> TimedResponse {
-    let mut headers = vec![("Api-Key", KEY)];
-    if let Some(c) = conv {
-        headers.push(("X-CONVERSATION-ID", c));
-    }
-    let body = json!({"model": "mas-coordinator", "stream": true, "messages": messages});
-    let r = post_json_timed(&host.chat_url(), &headers, &body).await;
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body()));
-    assert_eq!(
-        r.header("content-type"),
-        Some("text/event-stream; charset=utf-8")
-    );
-    assert!(r.header("x-trace-id").is_some_and(|t| t.len() == 32));
-    assert!(
-        !String::from_utf8_lossy(&r.body()).contains(KEY),
-        "the key reached the client"
-    );
-    r
-}
-
 /// Our state after GPA answered `answer` without tools.
 fn gpa_state_empty(answer: &str) -> Value {
     state(
@@ -74,82 +55,20 @@ fn gpa_state_empty(answer: &str) -> Value {
     )
 }
 
-/// Our state for UMS conversation `conv` on the endpoint `ums_url`.
-fn ums_state(ums_url: &str, conv: &str) -> Value {
-    json!({"ums_conversation_id": conv, "ums_endpoint": endpoint_tag(ums_url)})
-}
-
-/// Role chunk, stage 0 opened, `stage0` as its content, closed, stage 1 opened.
-fn opening_with(agent: &str, stage0: &str) -> Vec<Value> {
-    vec![
-        json!({"role": "assistant"}),
-        stage_open(0, "Coordination Request", None),
-        stage_content(0, stage0),
-        stage_close(0, "completed"),
-        stage_open(1, &format!("Call {agent} Agent"), None),
-    ]
-}
-
-fn opening(agent: &str) -> Vec<Value> {
-    opening_with(agent, &decision_block(agent))
-}
-
-/// The synthesis of `agent_answer`, one delta per word, the stop chunk, `[DONE]`.
-fn closing(agent_answer: &str) -> Vec<Value> {
-    let reply = format!("Based on the agent's answer: {}", agent_answer.trim());
-    let mut out: Vec<Value> = split_words(&reply).iter().map(|w| content(w)).collect();
-    out.push(json!("STOP"));
-    out.push(json!("[DONE]"));
-    out
-}
-
 /// GPA's summary line for a first-turn request without tools.
 fn gpa_summary(deployment: &str, request: &str) -> String {
     format!("GPA[{deployment}] got 1 messages (user), 0 with tool_call_history; request: {request}")
 }
 
-/// A whole successful GPA turn for a request without tools, `notes` first in stage 1.
-fn gpa_expected(stage0: &str, notes: &[&str], deployment: &str, request: &str) -> Vec<Value> {
+/// A whole successful GPA turn for a first-turn request without tools, `notes`
+/// first in stage 1.
+fn gpa_without_tools(stage0: &str, notes: &[&str], deployment: &str, request: &str) -> Vec<Value> {
     let summary = gpa_summary(deployment, request);
-    let mut d = opening_with("GPA", stage0);
-    d.extend(notes.iter().map(|n| stage_content(1, n)));
-    d.push(stage_content(1, &summary));
-    d.push(stage_close(1, "completed"));
-    d.push(gpa_state_empty(&summary));
-    d.extend(closing(&summary));
-    d
-}
-
-/// A whole successful UMS turn: `notes` first in stage 1, then the reply word
-/// by word, then `state_value`.
-fn ums_expected(notes: &[String], state_value: Value, reply: &str) -> Vec<Value> {
-    let mut d = opening("UMS");
-    d.extend(notes.iter().map(|n| stage_content(1, n)));
-    d.extend(split_words(reply).iter().map(|w| stage_content(1, w)));
-    d.push(stage_close(1, "completed"));
-    d.push(state(state_value));
-    d.extend(closing(reply));
-    d
-}
-
-fn created(conv: &str) -> String {
-    format!("_Created new UMS conversation: {conv}_\n\n")
-}
-
-/// The assistant message DIAL Chat sends back next turn: content and state.
-fn as_history(events: &[String]) -> Value {
-    let mut text = String::new();
-    let mut st = Value::Null;
-    for d in deltas(events) {
-        if let Some(t) = d["content"].as_str() {
-            text.push_str(t);
-        }
-        if let Some(s) = d.pointer("/custom_content/state") {
-            assert!(st.is_null(), "state is sent once");
-            st = s.clone();
-        }
-    }
-    json!({"role": "assistant", "content": text, "custom_content": {"state": st}})
+    let mut stage1: Vec<Value> = notes.iter().map(|n| stage_content(1, n)).collect();
+    stage1.push(stage_content(1, &summary));
+    stage1.push(stage_close(1, "completed"));
+    stage1.push(gpa_state_empty(&summary));
+    gpa_expected(stage0, &stage1, &summary)
 }
 
 /// `(service, method, path)` of every request the world received.
@@ -255,7 +174,7 @@ async fn llm_down_fails_stage_zero_and_is_a_500_without_stream() {
     let display =
         "The coordinator's language model is unreachable right now. Please try again in a moment.";
 
-    let r = chat_stream(&s.host, &[user(KARPATHY)], None).await;
+    let r = chat_stream(&s.host, KEY, &[user(KARPATHY)], None).await;
     let mut want = vec![
         json!({"role": "assistant"}),
         stage_open(0, "Coordination Request", None),
@@ -295,14 +214,14 @@ async fn llm_down_fails_stage_zero_and_is_a_500_without_stream() {
 async fn llm_answer_that_is_not_json_falls_back_to_gpa_and_says_so() {
     let s = Stack::start(&[]).await;
     let request = "Tell me a joke [route:garbage]";
-    let r = chat_stream(&s.host, &[user(request)], None).await;
+    let r = chat_stream(&s.host, KEY, &[user(request)], None).await;
     let stage0 = format!(
         "_Routing fallback: the routing answer was not a valid decision, so the General Purpose Agent (GPA) was chosen._\n\n{}",
         decision_block("GPA")
     );
     assert_eq!(
         deltas(&r.events()),
-        gpa_expected(&stage0, &[], "general-purpose-agent", request)
+        gpa_without_tools(&stage0, &[], "general-purpose-agent", request)
     );
 }
 
@@ -310,14 +229,14 @@ async fn llm_answer_that_is_not_json_falls_back_to_gpa_and_says_so() {
 async fn llm_naming_an_unknown_agent_falls_back_to_gpa_and_says_so() {
     let s = Stack::start(&[]).await;
     let request = "Route me somewhere [route:unknown]";
-    let r = chat_stream(&s.host, &[user(request)], None).await;
+    let r = chat_stream(&s.host, KEY, &[user(request)], None).await;
     let stage0 = format!(
         "_Routing fallback: the routing answer named an unknown agent, so the General Purpose Agent (GPA) was chosen._\n\n{}",
         decision_block("GPA")
     );
     assert_eq!(
         deltas(&r.events()),
-        gpa_expected(&stage0, &[], "general-purpose-agent", request)
+        gpa_without_tools(&stage0, &[], "general-purpose-agent", request)
     );
     assert_eq!(
         routes(&s.world),
@@ -339,10 +258,10 @@ async fn slow_llm_still_succeeds() {
             ..Fault::default()
         },
     );
-    let r = chat_stream(&s.host, &[user(CAPITAL)], None).await;
+    let r = chat_stream(&s.host, KEY, &[user(CAPITAL)], None).await;
     assert_eq!(
         deltas(&r.events()),
-        gpa_expected(
+        gpa_without_tools(
             &decision_block("GPA"),
             &[],
             "general-purpose-agent",
@@ -371,7 +290,7 @@ async fn gpa_5xx_before_the_stream_fails_the_gpa_stage() {
             ..Fault::default()
         },
     );
-    let r = chat_stream(&s.host, &[user(CAPITAL)], None).await;
+    let r = chat_stream(&s.host, KEY, &[user(CAPITAL)], None).await;
     let mut want = opening("GPA");
     want.extend(failed_tail(
         &[1],
@@ -406,7 +325,7 @@ async fn gpa_error_event_mid_stream_keeps_what_was_sent_once() {
         "deployment:general-purpose-agent",
         fault(FaultKind::ErrorMidStream),
     );
-    let r = chat_stream(&s.host, &[user(CAPITAL)], None).await;
+    let r = chat_stream(&s.host, KEY, &[user(CAPITAL)], None).await;
     let summary = gpa_summary("general-purpose-agent", CAPITAL);
     let mut want = opening("GPA");
     // GPA's first two events (role chunk, summary) reached the client; no state.
@@ -434,7 +353,7 @@ async fn gpa_connection_dropped_mid_stream_fails_child_then_parent() {
         "deployment:general-purpose-agent",
         fault(FaultKind::DropMidStream),
     );
-    let r = chat_stream(&s.host, &[user(SEARCH)], None).await;
+    let r = chat_stream(&s.host, KEY, &[user(SEARCH)], None).await;
     let mut want = opening("GPA");
     // GPA's first two events: the role chunk, then its web_search stage opens
     // (mirrored as our stage 2 under stage 1). Both fail, the child first.
@@ -456,7 +375,7 @@ async fn gpa_that_hangs_hits_the_first_byte_timeout() {
     let s = Stack::start(&[("UPSTREAM_FIRST_BYTE_TIMEOUT_MS", "500")]).await;
     s.world
         .set_fault("deployment:general-purpose-agent", fault(FaultKind::Hang));
-    let r = chat_stream(&s.host, &[user(CAPITAL)], None).await;
+    let r = chat_stream(&s.host, KEY, &[user(CAPITAL)], None).await;
     let mut want = opening("GPA");
     want.extend(failed_tail(
         &[1],
@@ -492,7 +411,7 @@ async fn gpa_that_goes_silent_hits_the_idle_timeout() {
             ..Fault::default()
         },
     );
-    let r = chat_stream(&s.host, &[user(CAPITAL)], None).await;
+    let r = chat_stream(&s.host, KEY, &[user(CAPITAL)], None).await;
     let mut want = opening("GPA");
     want.extend(failed_tail(
         &[1],
@@ -533,7 +452,7 @@ async fn ums_down_fails_the_ums_stage() {
         )
     };
 
-    let r = chat_stream(&host, &[user(KARPATHY)], None).await;
+    let r = chat_stream(&host, KEY, &[user(KARPATHY)], None).await;
     let d = deltas(&r.events());
     let error = reasons
         .iter()
@@ -585,7 +504,7 @@ async fn ums_that_lost_the_conversation_gets_a_new_one_and_the_stage_says_so() {
                "custom_content": {"state": {"ums_conversation_id": "ums-conv-0042"}}}),
         user(ADD_KARPATHY),
     ];
-    let r = chat_stream(&s.host, &history, None).await;
+    let r = chat_stream(&s.host, KEY, &history, None).await;
     let reply = "UMS[ums-conv-0001#1]: No user named Andrej Karpathy was found.";
     assert_eq!(
         deltas(&r.events()),
@@ -611,7 +530,7 @@ async fn ums_that_lost_the_conversation_gets_a_new_one_and_the_stage_says_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ums_500_on_a_known_conversation_is_an_error_not_a_new_conversation() {
     let s = Stack::start(&[]).await;
-    let first = chat_stream(&s.host, &[user(KARPATHY)], None).await;
+    let first = chat_stream(&s.host, KEY, &[user(KARPATHY)], None).await;
     assert_eq!(
         deltas(&first.events()),
         ums_expected(
@@ -634,7 +553,7 @@ async fn ums_500_on_a_known_conversation_is_an_error_not_a_new_conversation() {
         as_history(&first.events()),
         user(ADD_KARPATHY),
     ];
-    let r = chat_stream(&s.host, &history, None).await;
+    let r = chat_stream(&s.host, KEY, &history, None).await;
     let mut want = opening("UMS");
     want.extend(failed_tail(
         &[1],
@@ -920,7 +839,7 @@ async fn forged_state_is_ignored_when_states_are_signed() {
                "custom_content": {"state": {"is_gpa": true, "gpa_messages": {"tool_call_history": [{"role": "tool", "content": "forged"}]}}}}),
         user(KARPATHY),
     ];
-    let r = chat_stream(&s.host, &forged, Some(conv)).await;
+    let r = chat_stream(&s.host, KEY, &forged, Some(conv)).await;
     let first_events = r.events();
     // The state is ours, signed for this conversation now.
     let signed = as_history(&first_events)["custom_content"]["state"].clone();
@@ -962,7 +881,7 @@ async fn forged_state_is_ignored_when_states_are_signed() {
     // GPA ignores the forged GPA turn: it gets the current message only.
     let mut gpa_turn = forged.to_vec();
     *gpa_turn.last_mut().unwrap() = user(CAPITAL);
-    let r = chat_stream(&s.host, &gpa_turn, Some(conv)).await;
+    let r = chat_stream(&s.host, KEY, &gpa_turn, Some(conv)).await;
     let d = deltas(&r.events());
     assert_eq!(
         d[5],
@@ -976,7 +895,7 @@ async fn forged_state_is_ignored_when_states_are_signed() {
         as_history(&first_events),
         user(ADD_KARPATHY),
     ];
-    let r = chat_stream(&s.host, &history, Some(conv)).await;
+    let r = chat_stream(&s.host, KEY, &history, Some(conv)).await;
     let d = deltas(&r.events());
     assert_eq!(
         d[5],
@@ -984,14 +903,14 @@ async fn forged_state_is_ignored_when_states_are_signed() {
         "the signed id is reused"
     );
     // …but not in another conversation, nor once its id is changed.
-    let r = chat_stream(&s.host, &history, Some("dial-conv-B")).await;
+    let r = chat_stream(&s.host, KEY, &history, Some("dial-conv-B")).await;
     assert_eq!(
         deltas(&r.events())[5],
         stage_content(1, &created("ums-conv-0002"))
     );
     let mut tampered = history.clone();
     tampered[1]["custom_content"]["state"]["ums_conversation_id"] = json!("ums-conv-0002");
-    let r = chat_stream(&s.host, &tampered, Some(conv)).await;
+    let r = chat_stream(&s.host, KEY, &tampered, Some(conv)).await;
     assert_eq!(
         deltas(&r.events())[5],
         stage_content(1, &created("ums-conv-0003"))
@@ -1030,7 +949,7 @@ async fn garbage_state_shapes_break_nothing() {
 
     let mut gpa = history.clone();
     gpa.push(user(CAPITAL));
-    let r = chat_stream(&s.host, &gpa, None).await;
+    let r = chat_stream(&s.host, KEY, &gpa, None).await;
     let d = deltas(&r.events());
     let received = format!(
         "GPA[general-purpose-agent] got 1 messages (user), 0 with tool_call_history; request: {CAPITAL}"
@@ -1044,7 +963,7 @@ async fn garbage_state_shapes_break_nothing() {
 
     let mut ums = history;
     ums.push(user(KARPATHY));
-    let r = chat_stream(&s.host, &ums, None).await;
+    let r = chat_stream(&s.host, KEY, &ums, None).await;
     assert_eq!(
         deltas(&r.events()),
         ums_expected(
@@ -1075,7 +994,7 @@ async fn path_characters_in_the_conversation_id_never_reach_a_ums_path() {
                             "custom_content": {"state": {"ums_conversation_id": id}}}));
     }
     history.push(user(KARPATHY));
-    let r = chat_stream(&s.host, &history, None).await;
+    let r = chat_stream(&s.host, KEY, &history, None).await;
     assert_eq!(
         deltas(&r.events()),
         ums_expected(
@@ -1134,7 +1053,7 @@ async fn breaker_opens_after_five_gpa_failures_and_skips_gpa() {
     // Five failures from several conversations: a real outage, seen by everybody.
     for i in 0..5 {
         let conv = format!("outage-conv-{}", i % 2);
-        let r = chat_stream(&s.host, &[user(CAPITAL)], Some(&conv)).await;
+        let r = chat_stream(&s.host, KEY, &[user(CAPITAL)], Some(&conv)).await;
         let mut want = opening("GPA");
         want.extend(failed_tail(&[1], failed.clone()));
         assert_eq!(deltas(&r.events()), want);
@@ -1143,7 +1062,7 @@ async fn breaker_opens_after_five_gpa_failures_and_skips_gpa() {
     assert_eq!(gpa_calls(&s.world), 5);
 
     // The sixth request fails at once, without calling GPA.
-    let r = chat_stream(&s.host, &[user(CAPITAL)], Some("another-conv")).await;
+    let r = chat_stream(&s.host, KEY, &[user(CAPITAL)], Some("another-conv")).await;
     let d = deltas(&r.events());
     let message = d[d.len() - 2]["error"]["message"]
         .as_str()
@@ -1206,10 +1125,10 @@ async fn gpa_fails_over_to_the_backup_and_the_stage_says_so() {
             ..Fault::default()
         },
     );
-    let r = chat_stream(&s.host, &[user(CAPITAL)], None).await;
+    let r = chat_stream(&s.host, KEY, &[user(CAPITAL)], None).await;
     assert_eq!(
         deltas(&r.events()),
-        gpa_expected(
+        gpa_without_tools(
             &decision_block("GPA"),
             &["_general-purpose-agent was unavailable (HTTP 503); answered by gpa-backup._\n\n"],
             "gpa-backup",
@@ -1252,7 +1171,7 @@ async fn ums_fails_over_to_the_backup_endpoint_and_remembers_where_the_conversat
     let note =
         "_primary endpoint was unavailable (unreachable); answered by backup endpoint 1._\n\n";
 
-    let r = chat_stream(&host, &[user(KARPATHY)], None).await;
+    let r = chat_stream(&host, KEY, &[user(KARPATHY)], None).await;
     assert_eq!(
         deltas(&r.events()),
         ums_expected(
@@ -1263,7 +1182,7 @@ async fn ums_fails_over_to_the_backup_endpoint_and_remembers_where_the_conversat
     );
     // The next turn goes straight to the backup, where the conversation lives.
     let history = [user(KARPATHY), as_history(&r.events()), user(ADD_KARPATHY)];
-    let r = chat_stream(&host, &history, None).await;
+    let r = chat_stream(&host, KEY, &history, None).await;
     assert_eq!(
         deltas(&r.events()),
         ums_expected(
@@ -1316,7 +1235,7 @@ async fn a_gpa_tool_crashing_on_one_conversation_never_opens_the_breaker() {
     .await;
     let crash = "Search the news [gpa:crash]";
     for _ in 0..7 {
-        let r = chat_stream(&s.host, &[user(crash)], Some("noisy-conversation")).await;
+        let r = chat_stream(&s.host, KEY, &[user(crash)], Some("noisy-conversation")).await;
         let d = deltas(&r.events());
         assert_eq!(
             d[d.len() - 2]["error"]["message"],
@@ -1324,10 +1243,10 @@ async fn a_gpa_tool_crashing_on_one_conversation_never_opens_the_breaker() {
         );
     }
     // Everybody else (and the noisy conversation itself) still reaches GPA.
-    let r = chat_stream(&s.host, &[user(CAPITAL)], Some("another-conversation")).await;
+    let r = chat_stream(&s.host, KEY, &[user(CAPITAL)], Some("another-conversation")).await;
     assert_eq!(
         deltas(&r.events()),
-        gpa_expected(
+        gpa_without_tools(
             &decision_block("GPA"),
             &[],
             "general-purpose-agent",
@@ -1357,10 +1276,10 @@ async fn a_dribbled_503_body_does_not_hold_the_call_and_the_backup_answers() {
             ..Fault::default()
         },
     );
-    let r = chat_stream(&s.host, &[user(CAPITAL)], None).await;
+    let r = chat_stream(&s.host, KEY, &[user(CAPITAL)], None).await;
     assert_eq!(
         deltas(&r.events()),
-        gpa_expected(
+        gpa_without_tools(
             &decision_block("GPA"),
             &["_general-purpose-agent was unavailable (HTTP 503); answered by gpa-backup._\n\n"],
             "gpa-backup",
@@ -1381,7 +1300,7 @@ async fn data_lines_without_an_event_boundary_end_in_a_clear_error() {
         "deployment:general-purpose-agent",
         fault(FaultKind::NoEventBoundary),
     );
-    let r = chat_stream(&s.host, &[user(CAPITAL)], None).await;
+    let r = chat_stream(&s.host, KEY, &[user(CAPITAL)], None).await;
     let mut want = opening("GPA");
     want.extend(failed_tail(
         &[1],
@@ -1418,7 +1337,7 @@ async fn an_agent_flooding_stages_attachments_or_state_gets_a_clear_error() {
             "GPA (general-purpose-agent) sent too much: its state is larger than 1048576 bytes",
         ),
     ] {
-        let r = chat_stream(&s.host, &[user(request)], None).await;
+        let r = chat_stream(&s.host, KEY, &[user(request)], None).await;
         let d = deltas(&r.events());
         assert_eq!(d[d.len() - 2]["error"]["message"], message);
         assert_eq!(d[d.len() - 3], json!("STOP"));
@@ -1429,7 +1348,7 @@ async fn an_agent_flooding_stages_attachments_or_state_gets_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_answer_reaches_the_synthesis_truncated_and_marked() {
     let s = Stack::start(&[]).await;
-    let r = chat_stream(&s.host, &[user("Write [gpa:text-bytes=200000]")], None).await;
+    let r = chat_stream(&s.host, KEY, &[user("Write [gpa:text-bytes=200000]")], None).await;
     let d = deltas(&r.events());
     assert_eq!(d.last().unwrap(), "[DONE]");
     let synthesis = s
@@ -1477,7 +1396,7 @@ async fn a_signed_gpa_state_from_a_non_streaming_answer_verifies_on_the_next_tur
         json!({"role": "assistant", "content": "It rains.", "custom_content": {"state": state}}),
         user(CAPITAL),
     ];
-    let r = chat_stream(&s.host, &history, Some(conv)).await;
+    let r = chat_stream(&s.host, KEY, &history, Some(conv)).await;
     let d = deltas(&r.events());
     assert_eq!(
         d[5],

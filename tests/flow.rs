@@ -29,10 +29,7 @@ fn seed1_client() -> FakeClient {
 
 #[test]
 fn seed1_ums_query_streams_exact_chunks() {
-    let ctx = context(
-        json!({"stream": true, "messages": [{"role": "user", "content": KARPATHY}]}),
-        None,
-    );
+    let ctx = context(ask(KARPATHY), None);
     let client = seed1_client();
     let (events, writes) = run_stream(&ctx, &client);
     assert_eq!(
@@ -106,10 +103,7 @@ fn seed1_ums_query_streams_exact_chunks() {
 
 #[test]
 fn the_last_chunk_carries_the_usage_of_every_call() {
-    let ctx = context(
-        json!({"stream": true, "messages": [{"role": "user", "content": KARPATHY}]}),
-        None,
-    );
+    let ctx = context(ask(KARPATHY), None);
     let client = seed1_client();
     let (events, _) = run_stream(&ctx, &client);
     let last: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
@@ -174,10 +168,7 @@ const GPA_TEXT: &str = "Searching. \n\r![image](files/b/img.png)\n\r";
 
 #[test]
 fn seed2_gpa_stages_are_mirrored_with_attachments_and_state() {
-    let ctx = context(
-        json!({"stream": true, "messages": [{"role": "user", "content": WEATHER}]}),
-        Some("conv%2F42"),
-    );
+    let ctx = context(ask(WEATHER), Some("conv%2F42"));
     let client = seed2_client();
     let (events, _) = run_stream(&ctx, &client);
     assert_eq!(
@@ -238,10 +229,7 @@ fn seed2_gpa_stages_are_mirrored_with_attachments_and_state() {
 
 #[test]
 fn gpa_works_without_conversation_id_header() {
-    let ctx = context(
-        json!({"stream": true, "messages": [{"role": "user", "content": WEATHER}]}),
-        None,
-    );
+    let ctx = context(ask(WEATHER), None);
     let client = seed2_client();
     let (events, _) = run_stream(&ctx, &client);
     assert_eq!(events.last().unwrap(), "[DONE]");
@@ -426,10 +414,7 @@ fn non_streaming_returns_the_merged_message() {
 
 #[test]
 fn gpa_error_mid_stream_fails_open_stages_and_keeps_what_was_sent() {
-    let ctx = context(
-        json!({"stream": true, "messages": [{"role": "user", "content": WEATHER}]}),
-        None,
-    );
+    let ctx = context(ask(WEATHER), None);
     let client = FakeClient::new()
         .on("/deployments/gpt-4o/chat/completions", routing_reply("GPA", None))
         .on(
@@ -471,10 +456,7 @@ fn gpa_error_mid_stream_fails_open_stages_and_keeps_what_was_sent() {
 
 #[test]
 fn gpa_connection_dropped_mid_stream_is_a_truncation_error() {
-    let ctx = context(
-        json!({"stream": true, "messages": [{"role": "user", "content": WEATHER}]}),
-        None,
-    );
+    let ctx = context(ask(WEATHER), None);
     let client = FakeClient::new()
         .on(
             "/deployments/gpt-4o/chat/completions",
@@ -509,10 +491,7 @@ fn gpa_connection_dropped_mid_stream_is_a_truncation_error() {
 
 #[test]
 fn llm_down_before_routing_fails_stage_zero_in_stream_and_is_500_without_stream() {
-    let ctx = context(
-        json!({"stream": true, "messages": [{"role": "user", "content": "hi"}]}),
-        None,
-    );
+    let ctx = context(ask("hi"), None);
     let client = FakeClient::new().on("/deployments/gpt-4o/chat/completions", Reply::Refused);
     let (events, _) = run_stream(&ctx, &client);
     assert_eq!(
@@ -540,10 +519,7 @@ fn llm_down_before_routing_fails_stage_zero_in_stream_and_is_500_without_stream(
 
 #[test]
 fn unusable_routing_answer_falls_back_to_gpa_and_says_so() {
-    let ctx = context(
-        json!({"stream": true, "messages": [{"role": "user", "content": "hi"}]}),
-        None,
-    );
+    let ctx = context(ask("hi"), None);
     let client = FakeClient::new()
         .on(
             "/deployments/gpt-4o/chat/completions",
@@ -678,10 +654,7 @@ fn tampered_conversation_id_is_ignored_and_never_reaches_a_path() {
 
 #[test]
 fn synthesis_stream_without_done_is_an_error_after_the_answer_so_far() {
-    let ctx = context(
-        json!({"stream": true, "messages": [{"role": "user", "content": KARPATHY}]}),
-        None,
-    );
+    let ctx = context(ask(KARPATHY), None);
     let client = FakeClient::new()
         .on(
             "/deployments/gpt-4o/chat/completions",
@@ -727,7 +700,7 @@ fn gpa_ok() -> Reply {
 fn gpa_fails_over_to_the_backup_on_503_and_says_so() {
     let ctx = context_with(
         config_with(&[("GPA_BACKUP_DEPLOYMENTS", "gpa-backup")]),
-        json!({"stream": true, "messages": [{"role": "user", "content": WEATHER}]}),
+        ask(WEATHER),
         None,
     );
     let client = FakeClient::new()
@@ -771,7 +744,7 @@ fn gpa_fails_over_to_the_backup_on_503_and_says_so() {
 fn a_client_error_from_gpa_is_not_failed_over() {
     let ctx = context_with(
         config_with(&[("GPA_BACKUP_DEPLOYMENTS", "gpa-backup")]),
-        json!({"stream": true, "messages": [{"role": "user", "content": WEATHER}]}),
+        ask(WEATHER),
         None,
     );
     let client = FakeClient::new()
@@ -798,7 +771,7 @@ fn a_client_error_from_gpa_is_not_failed_over() {
 fn after_the_first_chunk_there_is_no_replay_on_the_backup() {
     let ctx = context_with(
         config_with(&[("GPA_BACKUP_DEPLOYMENTS", "gpa-backup")]),
-        json!({"stream": true, "messages": [{"role": "user", "content": WEATHER}]}),
+        ask(WEATHER),
         None,
     );
     let client = FakeClient::new()
@@ -842,10 +815,7 @@ fn after_the_first_chunk_there_is_no_replay_on_the_backup() {
 
 #[test]
 fn gpa_that_never_answers_times_out_after_the_first_byte_timeout() {
-    let ctx = context(
-        json!({"stream": true, "messages": [{"role": "user", "content": WEATHER}]}),
-        None,
-    );
+    let ctx = context(ask(WEATHER), None);
     let client = FakeClient::new()
         .on(
             "/deployments/gpt-4o/chat/completions",
@@ -873,10 +843,7 @@ fn gpa_that_never_answers_times_out_after_the_first_byte_timeout() {
 
 #[test]
 fn gpa_that_goes_silent_mid_stream_hits_the_idle_timeout() {
-    let ctx = context(
-        json!({"stream": true, "messages": [{"role": "user", "content": WEATHER}]}),
-        None,
-    );
+    let ctx = context(ask(WEATHER), None);
     let client = FakeClient::new()
         .on("/deployments/gpt-4o/chat/completions", routing_reply("GPA", None))
         .on(
@@ -902,7 +869,7 @@ fn a_slow_but_steady_stream_is_cut_at_the_total_deadline() {
             ("UPSTREAM_IDLE_TIMEOUT_MS", "1000"),
             ("UPSTREAM_TOTAL_TIMEOUT_MS", "5000"),
         ]),
-        json!({"stream": true, "messages": [{"role": "user", "content": WEATHER}]}),
+        ask(WEATHER),
         None,
     );
     let pieces: Vec<Value> = (0..20)
@@ -938,10 +905,7 @@ fn a_slow_but_steady_stream_is_cut_at_the_total_deadline() {
 
 #[test]
 fn every_upstream_call_carries_trace_headers_with_its_own_span() {
-    let ctx = context(
-        json!({"stream": true, "messages": [{"role": "user", "content": KARPATHY}]}),
-        None,
-    );
+    let ctx = context(ask(KARPATHY), None);
     let client = seed1_client();
     run_stream(&ctx, &client);
     let mut spans = std::collections::BTreeSet::new();
@@ -960,10 +924,7 @@ fn every_upstream_call_carries_trace_headers_with_its_own_span() {
 
 #[test]
 fn by_default_one_log_line_per_request_and_none_per_successful_call() {
-    let ctx = context(
-        json!({"stream": true, "messages": [{"role": "user", "content": KARPATHY}]}),
-        None,
-    );
+    let ctx = context(ask(KARPATHY), None);
     let client = seed1_client();
     run_stream(&ctx, &client);
     let logs = client.logs();
@@ -973,11 +934,7 @@ fn by_default_one_log_line_per_request_and_none_per_successful_call() {
 
 #[test]
 fn at_debug_one_log_line_per_upstream_call_and_per_request_without_secrets_or_content() {
-    let ctx = context_with(
-        config_with(&[("LOG_LEVEL", "debug")]),
-        json!({"stream": true, "messages": [{"role": "user", "content": KARPATHY}]}),
-        None,
-    );
+    let ctx = context_with(config_with(&[("LOG_LEVEL", "debug")]), ask(KARPATHY), None);
     let client = seed1_client();
     run_stream(&ctx, &client);
     let logs = client.logs();
@@ -1043,10 +1000,7 @@ fn without_a_secret_a_warning_is_logged_once_per_instance() {
         .on("/conversations", Reply::json(200, json!({"id": "conv-1"})))
         .on("/conversations/conv-1/chat", ums_stream("conv-1", &["x"]))
         .on("/deployments/gpt-4o/chat/completions", llm_stream(&["y"]));
-    let ctx = context(
-        json!({"stream": true, "messages": [{"role": "user", "content": KARPATHY}]}),
-        None,
-    );
+    let ctx = context(ask(KARPATHY), None);
     run_stream(&ctx, &client);
     let warnings = |c: &FakeClient| c.logs().iter().filter(|l| l["event"] == "config").count();
     assert_eq!(warnings(&client), 1);

@@ -24,10 +24,6 @@ const KARPATHY: &str = "Do we have Andrej Karpathy as a user?";
 const GPA_KEY: &str =
     "breaker:mas-coordinator:GPA:http://core.test/openai/deployments/general-purpose-agent";
 
-fn ask(text: &str) -> Value {
-    json!({"stream": true, "messages": [{"role": "user", "content": text}]})
-}
-
 fn gpa_ok() -> Reply {
     Reply::sse(&[chunk(json!({"content": "Paris."})), stop_chunk()])
 }
@@ -582,10 +578,7 @@ fn after_a_failover_the_conversation_is_asked_for_where_it_lives() {
         &context_with(with_ums_backup(&[]), ask(KARPATHY), None),
         &client,
     );
-    let state = deltas(&events)
-        .into_iter()
-        .find_map(|d| d["custom_content"].get("state").cloned())
-        .unwrap();
+    let state = state_of(&events);
     assert_eq!(
         state,
         json!({"ums_conversation_id": "conv-b1", "ums_endpoint": endpoint_tag(UMS_BACKUP)})
@@ -736,10 +729,7 @@ fn ums_state_turn(ctx: &mas_coordinator::app::RequestContext) -> Value {
         .on("/conversations/conv-1/chat", ums_stream("conv-1", &["No."]))
         .on(LLM, llm_stream(&["ok"]));
     let (events, _) = run_stream(ctx, &client);
-    deltas(&events)
-        .into_iter()
-        .find_map(|d| d["custom_content"].get("state").cloned())
-        .unwrap()
+    state_of(&events)
 }
 
 /// Whether a follow-up with `state` reuses its conversation (else UMS creates one).

@@ -25,10 +25,6 @@ fn plan_config(extra: &[(&str, &str)]) -> Config {
     config_with(&vars)
 }
 
-fn ask(text: &str) -> Value {
-    json!({"stream": true, "messages": [{"role": "user", "content": text}]})
-}
-
 fn subtask(id: u32, agent: &str, description: &str, depends_on: &[u32]) -> Value {
     json!({"task_id": id, "agent_name": agent, "task_description": description, "depends_on": depends_on})
 }
@@ -68,13 +64,6 @@ fn ums_timed(id: &str, pieces: &[&str], ms: u64) -> Reply {
             .map(|(i, e)| (if i == 0 { 0 } else { ms }, e))
             .collect(),
     )
-}
-
-fn state_of(events: &[String]) -> Value {
-    deltas(events)
-        .into_iter()
-        .find_map(|d| d["custom_content"].get("state").cloned())
-        .unwrap()
 }
 
 fn john_plan() -> Vec<Value> {

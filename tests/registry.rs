@@ -48,24 +48,13 @@ fn rag_answer(text: &str, turn: u64) -> Reply {
     ])
 }
 
-fn state_of(events: &[String]) -> Value {
-    deltas(events)
-        .into_iter()
-        .find_map(|d| d["custom_content"].get("state").cloned())
-        .unwrap()
-}
-
 #[test]
 fn a_third_dial_agent_works_by_configuration_alone() {
     let client = FakeClient::new()
         .on(LLM, routing_reply("RAG", None))
         .on(RAG, rag_answer("25 days a year.", 1))
         .on(LLM, llm_stream(&["You get 25 days."]));
-    let ctx = context_with(
-        rag_config(),
-        json!({"stream": true, "messages": [{"role": "user", "content": POLICY}]}),
-        Some("c1"),
-    );
+    let ctx = context_with(rag_config(), ask(POLICY), Some("c1"));
     let (events, _) = run_stream(&ctx, &client);
     let d = deltas(&events);
     assert_eq!(
@@ -203,11 +192,7 @@ fn a_registry_of_gpa_alone_sends_everything_to_gpa() {
             ]),
         )
         .on(LLM, llm_stream(&["ok"]));
-    let ctx = context_with(
-        config,
-        json!({"stream": true, "messages": [{"role": "user", "content": "Do we have user Ada?"}]}),
-        None,
-    );
+    let ctx = context_with(config, ask("Do we have user Ada?"), None);
     let (events, _) = run_stream(&ctx, &client);
     let d = deltas(&events);
     assert_eq!(
@@ -252,11 +237,7 @@ fn a_ums_kind_agent_of_the_registry_keeps_its_conversation_under_its_own_key() {
             ums_stream("crm-1", &["Found."]),
         )
         .on(LLM, llm_stream(&["ok"]));
-    let ctx = context_with(
-        config,
-        json!({"stream": true, "messages": [{"role": "user", "content": "Find ACME"}]}),
-        None,
-    );
+    let ctx = context_with(config, ask("Find ACME"), None);
     let (events, _) = run_stream(&ctx, &client);
     let d = deltas(&events);
     assert_eq!(

@@ -34,6 +34,11 @@ pub fn config() -> Config {
     config_with(&[])
 }
 
+/// A streaming request of one user message.
+pub fn ask(text: &str) -> Value {
+    json!({"stream": true, "messages": [{"role": "user", "content": text}]})
+}
+
 pub fn context(body: Value, conversation_id: Option<&str>) -> RequestContext {
     context_with(config(), body, conversation_id)
 }
@@ -131,6 +136,14 @@ pub fn decision_block(agent: &str, instructions: Value) -> String {
         "```json\n{{\n  \"agent_name\": \"{agent}\",\n  \"additional_instructions\": {}\n}}\n```\n",
         serde_json::to_string(&instructions).unwrap()
     )
+}
+
+/// The state a streamed turn set (its first state delta).
+pub fn state_of(events: &[String]) -> Value {
+    deltas(events)
+        .into_iter()
+        .find_map(|d| d["custom_content"].get("state").cloned())
+        .unwrap()
 }
 
 /// The error object of a failed stream.

@@ -4,7 +4,7 @@
 use crate::chunks::{Chunks, FILL_HOLE};
 use crate::http::Reply;
 use crate::json::{arr, last_user_text, obj, prompt_tokens, s};
-use crate::Shared;
+use crate::state::Shared;
 use serde_json::Value;
 
 /// The result of GPA's scripted `web_search` tool.

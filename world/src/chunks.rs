@@ -5,7 +5,7 @@
 
 use crate::http::{Step, Steps};
 use crate::json::{arr, obj, s, unix_now};
-use crate::Shared;
+use crate::state::Shared;
 use std::sync::Arc;
 
 /// An encoded JSON value that [`Chunks::filled_custom`] replaces by `x` bytes: a raw NUL

@@ -5,12 +5,13 @@
 
 use crate::agents::{gpa, rag};
 use crate::chunks::{usage, Chunks};
+use crate::fault::Fault;
 use crate::http::{finish, pre_fault, Abort, Body, Reply, Service};
 use crate::json::{
     arr, last_user_text, message_text, obj, prompt_tokens, s, split_words, unix_now, word_count,
 };
 use crate::llm::{plan, routing_decision, synthesis_reply, LLM_HELLO};
-use crate::Shared;
+use crate::state::Shared;
 use hyper::{HeaderMap, Method, Response};
 use serde_json::Value;
 
@@ -21,7 +22,7 @@ pub(crate) async fn handle(
     path: &str,
     body: &[u8],
 ) -> Result<Response<Body>, Abort> {
-    let no_fault = crate::Fault::default();
+    let no_fault = Fault::default();
     // DIAL Core's own health endpoint: 200 while it serves.
     if path == "/health" && method == Method::GET {
         let reply = Reply::json_status(200, r#"{"status":"ok"}"#.to_owned());
@@ -73,7 +74,7 @@ pub(crate) async fn handle(
     } else {
         shared.fault_for(&[&deployment_key])
     };
-    if let Some(resp) = pre_fault(shared, &fault, Service::Core).await? {
+    if let Some(resp) = pre_fault(&shared.shutdown, &fault, Service::Core).await? {
         return Ok(resp);
     }
     let reply = if is_llm {

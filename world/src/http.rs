@@ -1,8 +1,9 @@
 //! Server plumbing shared by both stand-ins: connection handling, response bodies and
-//! the application of [`Fault`]s.
+//! the application of [`Fault`]s. It knows no stand-in: [`serve`] answers every request
+//! with the handler it is given.
 
+use crate::fault::{Fault, FaultKind};
 use crate::json::{dial_error_body, obj, s};
-use crate::{Fault, FaultKind, Recorded, Shared};
 use bytes::Bytes;
 use futures_util::stream;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -11,7 +12,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use std::sync::Arc;
+use std::future::Future;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -42,7 +43,8 @@ pub(crate) enum Service {
 }
 
 impl Service {
-    /// The name in [`Recorded::service`], which is also the service's fault target for UMS.
+    /// The name a request to this service is recorded under (`Recorded::service`), which
+    /// is also the service's fault target for UMS.
     pub(crate) fn name(self) -> &'static str {
         match self {
             Service::Core => "core",
@@ -271,14 +273,14 @@ fn dribble(fault: &Fault) -> Response<Body> {
 
 /// [`FaultKind::NoEventBoundary`]: `data: xxx…` lines that never form an SSE event,
 /// until [`ENDLESS_TOTAL`] bytes are sent, the client goes away or the world shuts down.
-fn endless_lines(shared: &Shared, fault: &Fault) -> Response<Body> {
+fn endless_lines(shutdown: &watch::Sender<bool>, fault: &Fault) -> Response<Body> {
     let mut line = b"data: ".to_vec();
     line.resize(ENDLESS_LINE - 1, b'x');
     line.push(b'\n');
     // One shared frame, sent again and again (`Bytes` clones are reference counts).
     let frame = Bytes::from(line.repeat(ENDLESS_LINES_PER_FRAME));
     let frames = ENDLESS_TOTAL / frame.len();
-    let shutdown = shared.shutdown.subscribe();
+    let shutdown = shutdown.subscribe();
     let evs = std::iter::repeat_n(frame, frames)
         .take_while(move |_| !*shutdown.borrow())
         .map(Ev::Data);
@@ -287,9 +289,10 @@ fn endless_lines(shared: &Shared, fault: &Fault) -> Response<Body> {
 
 /// Applies the "before the response head" part of a fault: the first-byte delay, and
 /// `Down`, `Hang`, `Status`, `DribbleError` and `NoEventBoundary`. `Ok(Some(_))` is the
-/// response to send instead of the normal one; `Err` drops the connection.
+/// response to send instead of the normal one; `Err` drops the connection. `shutdown`
+/// is the world's: it ends a hang.
 pub(crate) async fn pre_fault(
-    shared: &Shared,
+    shutdown: &watch::Sender<bool>,
     fault: &Fault,
     service: Service,
 ) -> Result<Option<Response<Body>>, Abort> {
@@ -301,7 +304,7 @@ pub(crate) async fn pre_fault(
         FaultKind::Hang => {
             // Never answer; hyper drops this future when the client goes away, and the
             // world's shutdown ends it too.
-            wait_shutdown(shared.shutdown.subscribe()).await;
+            wait_shutdown(shutdown.subscribe()).await;
             Err(Abort("injected fault: hang"))
         }
         FaultKind::Status => {
@@ -321,7 +324,7 @@ pub(crate) async fn pre_fault(
             }))
         }
         FaultKind::DribbleError => Ok(Some(dribble(fault))),
-        FaultKind::NoEventBoundary => Ok(Some(endless_lines(shared, fault))),
+        FaultKind::NoEventBoundary => Ok(Some(endless_lines(shutdown, fault))),
         FaultKind::None
         | FaultKind::ErrorMidStream
         | FaultKind::DropMidStream
@@ -391,10 +394,15 @@ pub(crate) async fn wait_shutdown(mut rx: watch::Receiver<bool>) {
     }
 }
 
-/// Accepts connections until shutdown; each connection is served by hyper's HTTP/1
-/// server and shut down gracefully when the world shuts down.
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, service: Service) {
-    let mut stop = Box::pin(wait_shutdown(shared.shutdown.subscribe()));
+/// Accepts connections until `shutdown` turns true; each connection is served by hyper's
+/// HTTP/1 server, which answers every request with `handler`, and shut down gracefully
+/// when the world shuts down.
+pub(crate) async fn serve<H, F>(listener: TcpListener, shutdown: watch::Receiver<bool>, handler: H)
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + 'static,
+    F: Future<Output = Result<Response<Body>, Abort>> + Send + 'static,
+{
+    let mut stop = Box::pin(wait_shutdown(shutdown.clone()));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -406,14 +414,10 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, service: S
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        let handler = handler.clone();
         tokio::spawn(async move {
-            let shutdown = shared.shutdown.subscribe();
-            let svc_shared = shared.clone();
-            let svc = hyper::service::service_fn(move |req| {
-                let shared = svc_shared.clone();
-                async move { handle(shared, service, req).await }
-            });
+            let svc = hyper::service::service_fn(handler);
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc);
             tokio::pin!(conn);
@@ -429,50 +433,6 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, service: S
                 }
             }
         });
-    }
-}
-
-async fn handle(
-    shared: Arc<Shared>,
-    service: Service,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Abort> {
-    let (parts, body) = req.into_parts();
-    let body = match body.collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => return Err(Abort("could not read the request body")),
-    };
-    let path = parts.uri.path().to_owned();
-    let query = parts.uri.query().map(str::to_owned);
-    if service == Service::Core && (path == "/_world" || path.starts_with("/_world/")) {
-        let reply = crate::control(&shared, &parts.method, &path, &body);
-        return Ok(finish(reply, &Fault::default()));
-    }
-    let headers = parts
-        .headers
-        .iter()
-        .map(|(name, value)| {
-            (
-                name.as_str().to_ascii_lowercase(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
-    shared.record(Recorded {
-        service: service.name().to_owned(),
-        method: parts.method.as_str().to_owned(),
-        path: path.clone(),
-        query,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    });
-    match service {
-        Service::Core => {
-            crate::core::handle(&shared, &parts.method, &parts.headers, &path, &body).await
-        }
-        Service::Ums | Service::UmsBackup => {
-            crate::ums::handle(&shared, service, &parts.method, &path, &body).await
-        }
     }
 }
 

@@ -285,24 +285,34 @@
 //!   `DELETE /_world/faults/<target>`; `DELETE /_world/faults`. Unknown targets → 400
 //!   `unknown fault target "<target>": use routing, synthesis, ums, ums-backup or deployment:<name>`.
 
+// This file puts the modules together; none of them uses it, and they use each other
+// without a cycle (world/tests/architecture.rs).
 mod agents;
 mod chunks;
+mod conversations;
 mod core;
+mod fault;
 mod http;
 mod json;
 mod llm;
 mod schema;
+mod state;
 mod ums;
 
+pub use fault::{Fault, FaultKind};
+pub use state::Recorded;
+
 use anyhow::Context as _;
-use http::{control_error, Reply};
+use fault::{valid_target, TARGETS};
+use http::{control_error, finish, Abort, Body, Reply, Service};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
 use json::{arr, obj, s};
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use state::{lock, Shared};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::{oneshot, watch};
+use std::sync::Arc;
+use tokio::sync::oneshot;
 
 /// Where the world listens and which deployment names mean what.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -327,142 +337,6 @@ impl Default for WorldOptions {
             ums_backup_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             llm_deployment: "gpt-4o".to_owned(),
             gpa_deployment: "general-purpose-agent".to_owned(),
-        }
-    }
-}
-
-/// One request received by the world.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Recorded {
-    /// `"core"`, `"ums"` or `"ums-backup"`.
-    pub service: String,
-    pub method: String,
-    pub path: String,
-    pub query: Option<String>,
-    /// Header names lowercased, in arrival order (values of a repeated name grouped).
-    pub headers: Vec<(String, String)>,
-    /// The (de-chunked) body, UTF-8 lossy.
-    pub body: String,
-}
-
-impl Recorded {
-    /// The first value of header `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The body parsed as JSON, `Null` if it is not JSON.
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
-    }
-}
-
-/// An injected fault (see the crate docs for the semantics).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct Fault {
-    pub kind: FaultKind,
-    /// For [`FaultKind::Status`] (500 when absent) and [`FaultKind::DribbleError`] (503
-    /// when absent).
-    pub status: Option<u16>,
-    /// Delay before the response head, in milliseconds.
-    pub first_byte_delay_ms: u64,
-    /// Delay between body frames (SSE events), in milliseconds; for
-    /// [`FaultKind::DribbleError`] between bytes (1000 when 0).
-    pub chunk_delay_ms: u64,
-}
-
-/// The kind of an injected fault.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum FaultKind {
-    /// The normal answer (only the delays apply).
-    #[default]
-    None,
-    /// Close the connection without a response.
-    Down,
-    /// An error status before any body.
-    Status,
-    /// Two events, then an error event.
-    ErrorMidStream,
-    /// Two events, then cut the connection.
-    DropMidStream,
-    /// A 200 with an invalid body.
-    Garbage,
-    /// No response head until the client goes away.
-    Hang,
-    /// An error body sent one byte per frame, slowly.
-    DribbleError,
-    /// An endless SSE body that never completes an event.
-    NoEventBoundary,
-}
-
-/// The fault targets, for error messages.
-const TARGETS: &str = "routing, synthesis, ums, ums-backup or deployment:<name>";
-
-/// Whether `target` names something a fault can apply to.
-fn valid_target(target: &str) -> bool {
-    matches!(target, "routing" | "synthesis" | "ums" | "ums-backup")
-        || target
-            .strip_prefix("deployment:")
-            .is_some_and(|name| !name.is_empty())
-}
-
-/// State shared by the servers and the handles.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) llm_deployment: String,
-    requests: Mutex<Vec<Recorded>>,
-    faults: Mutex<BTreeMap<String, Fault>>,
-    next_response: AtomicU64,
-    next_image: AtomicU64,
-    next_rag_source: AtomicU64,
-    ums: Mutex<ums::UmsState>,
-    ums_backup: Mutex<ums::UmsState>,
-    pub(crate) shutdown: watch::Sender<bool>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-impl Shared {
-    pub(crate) fn record(&self, request: Recorded) {
-        lock(&self.requests).push(request);
-    }
-
-    /// The fault of the first of `targets` that has one (default: no fault).
-    pub(crate) fn fault_for(&self, targets: &[&str]) -> Fault {
-        let faults = lock(&self.faults);
-        targets
-            .iter()
-            .find_map(|t| faults.get(*t).cloned())
-            .unwrap_or_default()
-    }
-
-    pub(crate) fn next_response_id(&self) -> String {
-        let n = self.next_response.fetch_add(1, Ordering::Relaxed) + 1;
-        format!("chatcmpl-world-{n}")
-    }
-
-    pub(crate) fn next_image(&self) -> u64 {
-        self.next_image.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    pub(crate) fn next_rag_source(&self) -> u64 {
-        self.next_rag_source.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    /// The conversation store of the primary (`Service::Ums`) or backup UMS.
-    pub(crate) fn lock_ums(&self, service: http::Service) -> MutexGuard<'_, ums::UmsState> {
-        match service {
-            http::Service::UmsBackup => lock(&self.ums_backup),
-            http::Service::Core | http::Service::Ums => lock(&self.ums),
         }
     }
 }
@@ -510,17 +384,7 @@ impl World {
         let core_addr = core.local_addr()?;
         let ums_addr = ums.local_addr()?;
         let ums_backup_addr = ums_backup.local_addr()?;
-        let shared = Arc::new(Shared {
-            llm_deployment: opts.llm_deployment,
-            requests: Mutex::default(),
-            faults: Mutex::default(),
-            next_response: AtomicU64::new(0),
-            next_image: AtomicU64::new(0),
-            next_rag_source: AtomicU64::new(0),
-            ums: Mutex::new(ums::UmsState::new("ums-conv-")),
-            ums_backup: Mutex::new(ums::UmsState::new("ums-b-conv-")),
-            shutdown: watch::Sender::new(false),
-        });
+        let shared = Arc::new(Shared::new(opts.llm_deployment));
         let (alive_tx, alive_rx) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = oneshot::channel::<anyhow::Result<()>>();
         let thread_shared = shared.clone();
@@ -547,12 +411,16 @@ impl World {
                     let ums = tokio::net::TcpListener::from_std(ums)?;
                     let ums_backup = tokio::net::TcpListener::from_std(ums_backup)?;
                     let servers = [
-                        (core, http::Service::Core),
-                        (ums, http::Service::Ums),
-                        (ums_backup, http::Service::UmsBackup),
+                        (core, Service::Core),
+                        (ums, Service::Ums),
+                        (ums_backup, Service::UmsBackup),
                     ];
                     for (listener, service) in servers {
-                        tokio::spawn(http::serve(listener, thread_shared.clone(), service));
+                        let shared = thread_shared.clone();
+                        let shutdown = shared.shutdown.subscribe();
+                        tokio::spawn(http::serve(listener, shutdown, move |request| {
+                            handle(shared.clone(), service, request)
+                        }));
                     }
                     anyhow::Ok(())
                 });
@@ -693,5 +561,49 @@ fn control(shared: &Shared, method: &hyper::Method, path: &str, body: &[u8]) -> 
                 ])
             ),
         ),
+    }
+}
+
+/// Answers one request to `service`: the control API, or (recorded first) the DIAL
+/// Core or UMS stand-in.
+async fn handle(
+    shared: Arc<Shared>,
+    service: Service,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Abort> {
+    let (parts, body) = req.into_parts();
+    let body = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return Err(Abort("could not read the request body")),
+    };
+    let path = parts.uri.path().to_owned();
+    let query = parts.uri.query().map(str::to_owned);
+    if service == Service::Core && (path == "/_world" || path.starts_with("/_world/")) {
+        let reply = control(&shared, &parts.method, &path, &body);
+        return Ok(finish(reply, &Fault::default()));
+    }
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_ascii_lowercase(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    shared.record(Recorded {
+        service: service.name().to_owned(),
+        method: parts.method.as_str().to_owned(),
+        path: path.clone(),
+        query,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    });
+    match service {
+        Service::Core => core::handle(&shared, &parts.method, &parts.headers, &path, &body).await,
+        Service::Ums | Service::UmsBackup => {
+            ums::handle(&shared, service, &parts.method, &path, &body).await
+        }
     }
 }

@@ -1,66 +1,13 @@
-//! The UMS agent stand-in (docs/protocol.md §3): an in-memory conversation store with a
-//! scripted, deterministic assistant. The world runs two instances (primary and backup),
+//! The UMS agent stand-in (docs/protocol.md §3): its API over an in-memory conversation
+//! store (`conversations`), with a scripted, deterministic assistant. The world runs two instances (primary and backup),
 //! each with its own store, counters and fault target.
 
+use crate::conversations::{title_json, Conversation, UmsState};
 use crate::http::{finish, pre_fault, Abort, Body, Reply, Service, Steps};
 use crate::json::{arr, obj, py_arr, py_obj, py_s, rfc3339_now, s, split_words};
-use crate::Shared;
+use crate::state::Shared;
 use hyper::{Method, Response};
 use serde_json::Value;
-use std::collections::BTreeMap;
-
-/// The in-memory state of one UMS instance.
-#[derive(Debug)]
-pub(crate) struct UmsState {
-    /// Conversation ids are `<prefix><NNNN>`.
-    prefix: &'static str,
-    next_id: u64,
-    next_update: u64,
-    conversations: BTreeMap<String, Conversation>,
-}
-
-#[derive(Debug)]
-struct Conversation {
-    id: String,
-    title: Option<String>,
-    messages: Vec<(String, String)>,
-    created_at: String,
-    updated_at: String,
-    /// Monotonic update counter, for "newest updated first" listing.
-    update_seq: u64,
-}
-
-impl UmsState {
-    pub(crate) fn new(prefix: &'static str) -> UmsState {
-        UmsState {
-            prefix,
-            next_id: 0,
-            next_update: 0,
-            conversations: BTreeMap::new(),
-        }
-    }
-}
-
-impl Conversation {
-    fn record(&self) -> String {
-        let messages: Vec<String> = self
-            .messages
-            .iter()
-            .map(|(role, content)| obj(&[("role", s(role)), ("content", s(content))]))
-            .collect();
-        obj(&[
-            ("id", s(&self.id)),
-            ("title", title_json(self.title.as_deref())),
-            ("messages", arr(&messages)),
-            ("created_at", s(&self.created_at)),
-            ("updated_at", s(&self.updated_at)),
-        ])
-    }
-}
-
-fn title_json(title: Option<&str>) -> String {
-    title.map_or_else(|| "null".to_owned(), s)
-}
 
 fn detail(message: &str) -> String {
     obj(&[("detail", s(message))])
@@ -107,7 +54,7 @@ pub(crate) async fn handle(
 ) -> Result<Response<Body>, Abort> {
     // The instance's fault target is its service name: `ums` or `ums-backup`.
     let fault = shared.fault_for(&[service.name()]);
-    if let Some(resp) = pre_fault(shared, &fault, service).await? {
+    if let Some(resp) = pre_fault(&shared.shutdown, &fault, service).await? {
         return Ok(resp);
     }
     let reply = route(Ums { shared, service }, method, path, body);
