@@ -168,7 +168,7 @@ impl BreakerState {
 }
 
 /// A small key-value store: where breaker states (and the deep health report's
-/// cache) live. A deployment choice (see README "Which build on which host").
+/// cache) live. A deployment choice (see docs/deploying.md, "Which build on which host").
 pub trait SharedStore {
     /// The value of `key`, if any.
     fn get(&self, key: &str) -> Option<Vec<u8>>;

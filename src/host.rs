@@ -318,7 +318,7 @@ fn shared_store() -> &'static dyn SharedStore {
 }
 
 /// Spin's default key-value store, shared by every instance of a Spin
-/// deployment (the `spin-kv` build; Spin-only, see README).
+/// deployment (the `spin-kv` build; Spin-only, see docs/deploying.md).
 #[cfg(feature = "spin-kv")]
 struct SpinKvStore;
 

@@ -21,6 +21,7 @@ use serde_json::Value;
 use sha2::Sha256;
 
 use crate::dial::request::Message;
+use crate::dial::response::cleanup_indices;
 
 /// The state key holding the signature.
 pub const SIGNATURE: &str = "signature";
@@ -50,24 +51,6 @@ pub struct StateTrust<'a> {
     pub max_age_s: Option<u64>,
 }
 
-/// Removes `index` from objects inside lists, at any depth (aidial-sdk's
-/// `cleanup_indices`), so the canonical form is the same before and after a
-/// client's merge.
-fn strip_list_indices(value: &mut Value) {
-    match value {
-        Value::Array(items) => {
-            for item in items {
-                if let Value::Object(o) = item {
-                    o.remove("index");
-                }
-                strip_list_indices(item);
-            }
-        }
-        Value::Object(o) => o.values_mut().for_each(strip_list_indices),
-        _ => {}
-    }
-}
-
 fn mac(secret: &str, binding: Binding<'_>, issued_s: u64, state: &Value) -> Option<Hmac<Sha256>> {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).ok()?;
     // Length-prefixed fields, so no two bindings serialize alike.
@@ -80,7 +63,7 @@ fn mac(secret: &str, binding: Binding<'_>, issued_s: u64, state: &Value) -> Opti
     if let Value::Object(map) = &mut canonical {
         map.remove(SIGNATURE);
     }
-    strip_list_indices(&mut canonical);
+    cleanup_indices(&mut canonical);
     // serde_json's map is ordered by key, so this serialization is canonical.
     mac.update(&serde_json::to_vec(&canonical).ok()?);
     Some(mac)

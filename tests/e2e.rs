@@ -18,6 +18,7 @@ use common::turns::{
     as_history, chat_stream, closing, created, gpa_expected, opening, ums_expected, ums_state,
 };
 use common::wire::*;
+use mas_coordinator::dial::response::cleanup_indices;
 use mas_coordinator::memory::endpoint_tag;
 use mas_world::{Fault, FaultKind, Recorded, World};
 use serde_json::{json, Map, Value};
@@ -423,22 +424,6 @@ fn merge_lists(t: &mut Vec<Value>, s: &[Value]) {
         } else {
             t.push(e.clone());
         }
-    }
-}
-
-/// aidial-sdk's `cleanup_indices`: drops `index` from every list element.
-fn cleanup_indices(v: &mut Value) {
-    match v {
-        Value::Array(items) => {
-            for item in items {
-                if let Value::Object(o) = item {
-                    o.remove("index");
-                }
-                cleanup_indices(item);
-            }
-        }
-        Value::Object(o) => o.values_mut().for_each(cleanup_indices),
-        _ => {}
     }
 }
 

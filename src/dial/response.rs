@@ -417,9 +417,10 @@ impl MessageAccumulator {
 }
 
 /// Drops `index` from every object inside a list, at any depth — what
-/// aidial-sdk does to the merged message (state included), so the
-/// non-streaming answer equals the SDK's fold of the stream.
-fn cleanup_indices(value: &mut Value) {
+/// aidial-sdk's `cleanup_indices` does to the merged message (state
+/// included): the non-streaming answer equals the SDK's fold of the stream,
+/// and a state's signed form is the same before and after a client's merge.
+pub fn cleanup_indices(value: &mut Value) {
     match value {
         Value::Array(items) => {
             for item in items {
