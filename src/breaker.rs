@@ -193,6 +193,39 @@ pub fn save(store: &dyn SharedStore, key: &str, state: &BreakerState) {
     }
 }
 
+/// Asks the breaker at `key` whether a call may go out now (`now` in Unix
+/// ms); the state it moves to (open to half-open) is saved.
+pub fn admit_at(store: &dyn SharedStore, key: &str, cfg: &BreakerConfig, now: u64) -> Admission {
+    let state = load(store, key);
+    let (admission, next) = state.clone().admit(cfg, now);
+    if next != state {
+        save(store, key, &next);
+    }
+    admission
+}
+
+/// A call through the breaker at `key` showed its target alive: the breaker
+/// resets (saved only when that changes it).
+pub fn record_success(store: &dyn SharedStore, key: &str) {
+    let state = load(store, key);
+    if state != BreakerState::default() {
+        save(store, key, &state.on_success());
+    }
+}
+
+/// A call through the breaker at `key` failed in a way that counts against
+/// its target, for `caller` at `now` (Unix ms).
+pub fn record_failure(
+    store: &dyn SharedStore,
+    key: &str,
+    cfg: &BreakerConfig,
+    now: u64,
+    caller: u64,
+) {
+    let next = load(store, key).on_failure(cfg, now, caller);
+    save(store, key, &next);
+}
+
 /// A store in this instance's memory: it lasts as long as the host reuses the instance.
 #[derive(Debug, Default)]
 pub struct MemoryStore {

@@ -3,7 +3,9 @@
 //! line per call, and every failure mapped to the one error type.
 //!
 //! [`open`] walks the targets of a [`CallSpec`] in order (primary, then
-//! backups) until one accepts the call with a success head; [`Opened::body`]
+//! backups) until one accepts the call with a success head; what a failed
+//! attempt means (fail over or not, what the breaker counts) is the pure
+//! [`verdict`], and the breaker's state changes are `breaker::record_*`. [`Opened::body`]
 //! then yields the body under the idle and total deadlines, and
 //! [`Opened::finish`] writes the call's log line and feeds the breaker.
 //!
@@ -187,16 +189,15 @@ pub struct CallFailed {
     pub blame: Option<Blame>,
 }
 
-/// Records a held-back breaker failure.
+/// Records a breaker failure (also one that was held back).
 pub fn blame<H: Host>(caller: Caller<'_, H>, blame: &Blame) {
-    let store = caller.host.store();
-    let state = breaker::load(store, &blame.key);
-    let next = state.on_failure(
+    breaker::record_failure(
+        caller.host.store(),
+        &blame.key,
         &caller.ctx.config.breaker,
         caller.host.unix_ms(),
         caller.ctx.caller_id(),
     );
-    breaker::save(store, &blame.key, &next);
 }
 
 /// A committed call: a target answered with a success head.
@@ -307,25 +308,13 @@ impl<'a, H: Host> Opened<'a, H> {
     /// Ends the call: one log line, and its outcome fed to the breaker.
     pub fn finish(self, outcome: Outcome) {
         let caller = self.caller;
-        let store = caller.host.store();
         let key = &self.log.breaker_key;
         match outcome {
             // An answer with a head shows the target is alive.
             Outcome::Ok | Outcome::Failed(_, false) => {
-                let state = breaker::load(store, key);
-                if state != breaker::BreakerState::default() {
-                    breaker::save(store, key, &state.on_success());
-                }
+                breaker::record_success(caller.host.store(), key);
             }
-            Outcome::Failed(_, true) => {
-                let state = breaker::load(store, key);
-                let next = state.on_failure(
-                    &caller.ctx.config.breaker,
-                    caller.host.unix_ms(),
-                    caller.ctx.caller_id(),
-                );
-                breaker::save(store, key, &next);
-            }
+            Outcome::Failed(_, true) => blame(caller, &Blame { key: key.clone() }),
             Outcome::ClientGone => {}
         }
         let now = caller.host.now_ms();
@@ -393,14 +382,70 @@ fn url_path(url: &str) -> String {
     path.split('?').next().unwrap_or("/").to_owned()
 }
 
-/// Whether a status before the head means "this target is failing".
-fn is_target_failure(status: u16) -> bool {
-    status >= 500 || status == 408 || status == 429
+/// How an attempt on one target failed, before any success head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// A head with this (non-2xx) status.
+    Status(u16),
+    /// The request could not be sent whole, or no head came back;
+    /// `not_sent`: it provably never reached the upstream.
+    Unreachable {
+        /// Whether it provably never reached the upstream.
+        not_sent: bool,
+    },
+    /// No head within the first-byte timeout.
+    Timeout,
 }
 
-/// Whether a status says the upstream did not take the request at all.
-fn is_not_started(status: u16) -> bool {
-    status == 503 || status == 429
+/// What the breaker makes of a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    /// The target is alive (it answered): the breaker resets.
+    Alive,
+    /// A failure of the target, counted now.
+    Failure,
+    /// A failure of the target that the session counts only if it proves to
+    /// be one (see [`CallSpec::defer_blame`]).
+    Deferred,
+}
+
+/// The decision about a failed attempt: whether the call moves on to the next
+/// target, and what the breaker counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// Whether the call may be sent to the next target.
+    pub failover: bool,
+    /// What the breaker counts.
+    pub count: Count,
+}
+
+/// Decides about a failed attempt (see the module docs): a target that
+/// refused this request (a 4xx other than 408 and 429) is alive and the call
+/// stops there; a call moves on only where the upstream provably did not
+/// start the work (not sent, 503, 429) or the work has no side effects
+/// ([`Replay::Safe`]); every other failure of the target counts, unless the
+/// spec defers a failure that does not fail over.
+pub fn verdict(attempt: Attempt, replay: Replay, defer_blame: bool) -> Verdict {
+    let safe = replay == Replay::Safe;
+    let (failover, deferrable) = match attempt {
+        Attempt::Status(status) if status >= 500 || status == 408 || status == 429 => {
+            (status == 503 || status == 429 || safe, true)
+        }
+        Attempt::Status(_) => {
+            return Verdict {
+                failover: false,
+                count: Count::Alive,
+            }
+        }
+        Attempt::Unreachable { not_sent } => (not_sent || safe, false),
+        Attempt::Timeout => (safe, false),
+    };
+    let count = if deferrable && defer_blame && !failover {
+        Count::Deferred
+    } else {
+        Count::Failure
+    };
+    Verdict { failover, count }
 }
 
 /// Calls the first available target of `spec` (primary first, then backups).
@@ -419,12 +464,7 @@ pub async fn open<'a, H: Host>(
 
     for (index, target) in spec.targets.iter().enumerate() {
         let key = breaker_key(&ctx.coordinator, &spec.service.name, &target.identity);
-        let wall = host.unix_ms();
-        let state = breaker::load(store, &key);
-        let (admission, next) = state.clone().admit(&ctx.config.breaker, wall);
-        if next != state {
-            breaker::save(store, &key, &next);
-        }
+        let admission = breaker::admit_at(store, &key, &ctx.config.breaker, host.unix_ms());
         let mut request = spec.request.build(target);
         let start_ms = host.now_ms();
         let log = CallLog {
@@ -452,8 +492,8 @@ pub async fn open<'a, H: Host>(
         let sent = select(sending, host.sleep(timeouts.first_byte_ms)).await;
         let head_ms = host.now_ms();
         let latency = head_ms.saturating_sub(start_ms);
-        // (error, reason for the note, may fail over, counted by the breaker now)
-        let (error, reason, failover, counted) = match sent {
+        // (the error, the reason for the note, how the attempt failed)
+        let (error, reason, attempt) = match sent {
             Either::Left((Ok(mut response), _)) => {
                 if (200..300).contains(&response.status) {
                     let deadline_ms = start_ms.saturating_add(timeouts.total_ms);
@@ -472,11 +512,6 @@ pub async fn open<'a, H: Host>(
                     .saturating_add(ERROR_EXCERPT_WAIT_MS)
                     .min(start_ms.saturating_add(timeouts.total_ms));
                 let excerpt = read_excerpt(host, &mut response.body, wait_until).await;
-                let error = site_error(
-                    &spec,
-                    target,
-                    UpstreamFault::Status(status, redact(&excerpt, &ctx.api_key)),
-                );
                 log_call(
                     caller,
                     &spec,
@@ -487,17 +522,11 @@ pub async fn open<'a, H: Host>(
                     Some(latency),
                     latency,
                 );
-                if !is_target_failure(status) {
-                    // The target is alive and refused this request: no failover.
-                    let state = breaker::load(store, &log.breaker_key);
-                    if state != breaker::BreakerState::default() {
-                        breaker::save(store, &log.breaker_key, &state.on_success());
-                    }
-                    return Err(CallFailed { error, blame: None });
-                }
-                let failover = is_not_started(status) || spec.replay == Replay::Safe;
-                let counted = !spec.defer_blame || failover;
-                (error, format!("HTTP {status}"), failover, counted)
+                (
+                    UpstreamFault::Status(status, redact(&excerpt, &ctx.api_key)),
+                    format!("HTTP {status}"),
+                    Attempt::Status(status),
+                )
             }
             Either::Left((Err(e), _)) => {
                 log_call(
@@ -510,44 +539,43 @@ pub async fn open<'a, H: Host>(
                     None,
                     latency,
                 );
-                let failover = e.not_sent || spec.replay == Replay::Safe;
                 (
-                    site_error(
-                        &spec,
-                        target,
-                        UpstreamFault::Connect(redact(&e.message, &ctx.api_key)),
-                    ),
+                    UpstreamFault::Connect(redact(&e.message, &ctx.api_key)),
                     "unreachable".to_owned(),
-                    failover,
-                    true,
+                    Attempt::Unreachable {
+                        not_sent: e.not_sent,
+                    },
                 )
             }
             Either::Right(_) => {
                 log_call(caller, &spec, target, &log, None, "timeout", None, latency);
                 let what = format!("no response within {} ms", timeouts.first_byte_ms);
                 (
-                    site_error(
-                        &spec,
-                        target,
-                        UpstreamFault::Timeout(Deadline::FirstByte, what.clone()),
-                    ),
+                    UpstreamFault::Timeout(Deadline::FirstByte, what.clone()),
                     what,
-                    spec.replay == Replay::Safe,
-                    true,
+                    Attempt::Timeout,
                 )
             }
         };
+        let error = site_error(&spec, target, error);
+        let Verdict { failover, count } = verdict(attempt, spec.replay, spec.defer_blame);
         let pending = Blame {
             key: log.breaker_key,
         };
-        if counted {
-            blame(caller, &pending);
+        match count {
+            // The target is alive and refused this request: no failover.
+            Count::Alive => {
+                breaker::record_success(store, &pending.key);
+                return Err(CallFailed { error, blame: None });
+            }
+            Count::Failure => blame(caller, &pending),
+            Count::Deferred => {}
         }
         let more = index + 1 < spec.targets.len();
         if !failover || !more {
             return Err(CallFailed {
                 error,
-                blame: (!counted).then_some(pending),
+                blame: (count == Count::Deferred).then_some(pending),
             });
         }
         passed_over.push((target.label.clone(), reason));
@@ -727,16 +755,56 @@ mod tests {
     }
 
     #[test]
-    fn target_failures_are_5xx_408_429_and_only_503_429_prove_nothing_started() {
-        for s in [500, 502, 503, 504, 408, 429] {
-            assert!(is_target_failure(s));
-        }
-        for s in [400, 401, 403, 404, 413, 422] {
-            assert!(!is_target_failure(s));
-        }
-        assert!(is_not_started(503) && is_not_started(429));
-        for s in [500, 502, 504, 408] {
-            assert!(!is_not_started(s));
+    fn every_failed_attempt_has_its_verdict() {
+        use Attempt::{Status, Timeout, Unreachable};
+        use Count::{Alive, Deferred, Failure};
+        use Replay::{NotStarted, Safe};
+        let v = |failover, count| Verdict { failover, count };
+        // (attempt, replay, defer_blame) -> verdict
+        let table = [
+            // Refused by a live target: no failover, the breaker resets.
+            (Status(400), Safe, false, v(false, Alive)),
+            (Status(404), NotStarted, true, v(false, Alive)),
+            (Status(413), Safe, false, v(false, Alive)),
+            (Status(422), NotStarted, false, v(false, Alive)),
+            // 503 and 429 prove nothing started: always fail over.
+            (Status(503), NotStarted, false, v(true, Failure)),
+            (Status(429), NotStarted, true, v(true, Failure)),
+            (Status(503), Safe, true, v(true, Failure)),
+            // Other 5xx and 408: only a call without side effects fails over.
+            (Status(500), Safe, false, v(true, Failure)),
+            (Status(502), NotStarted, false, v(false, Failure)),
+            (Status(504), NotStarted, true, v(false, Deferred)),
+            (Status(408), NotStarted, true, v(false, Deferred)),
+            (Status(408), Safe, true, v(true, Failure)),
+            // Not sent: fail over; sent but no head: only when safe. Counted.
+            (
+                Unreachable { not_sent: true },
+                NotStarted,
+                true,
+                v(true, Failure),
+            ),
+            (
+                Unreachable { not_sent: false },
+                NotStarted,
+                true,
+                v(false, Failure),
+            ),
+            (
+                Unreachable { not_sent: false },
+                Safe,
+                false,
+                v(true, Failure),
+            ),
+            (Timeout, NotStarted, true, v(false, Failure)),
+            (Timeout, Safe, false, v(true, Failure)),
+        ];
+        for (attempt, replay, defer, expected) in table {
+            assert_eq!(
+                verdict(attempt, replay, defer),
+                expected,
+                "{attempt:?} {replay:?} defer={defer}"
+            );
         }
     }
 
