@@ -183,6 +183,7 @@ pub fn prepare(
         trace: incoming.trace,
         start_ms: incoming.start_ms,
         unix_s: incoming.unix_ms / 1000,
+        recall: std::sync::OnceLock::new(),
     })
 }
 

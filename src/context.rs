@@ -3,10 +3,13 @@
 //! ([`FlowError`]). It sits below the flow, the agents and the calls, so none of
 //! them has to import another for these types.
 
+use std::sync::OnceLock;
+
 use crate::config::Config;
 use crate::dial::request::ChatRequest;
 use crate::error::CoordError;
-use crate::state::{Binding, StateTrust};
+use crate::memory::Recall;
+use crate::state::{fnv1a, Binding, StateTrust};
 use crate::trace::Trace;
 
 /// Why the flow stopped early.
@@ -56,6 +59,8 @@ pub struct RequestContext {
     pub start_ms: u64,
     /// When the request arrived, in unix seconds (issue time of signed state).
     pub unix_s: u64,
+    /// The history's trusted states, read the first time an agent needs them.
+    pub recall: OnceLock<Recall>,
 }
 
 impl RequestContext {
@@ -81,6 +86,13 @@ impl RequestContext {
         }
     }
 
+    /// Which states of the history this request trusts: read once (each
+    /// signature verified once), on first use.
+    pub fn recall(&self) -> &Recall {
+        self.recall
+            .get_or_init(|| Recall::read(&self.request.messages, &self.state_trust()))
+    }
+
     /// Whether the client asked for SSE.
     pub fn streaming(&self) -> bool {
         self.request.stream.unwrap_or(false)
@@ -95,23 +107,5 @@ impl RequestContext {
             (None, None) => "anonymous".to_owned(),
         };
         fnv1a(who.as_bytes())
-    }
-}
-
-/// FNV-1a, 64 bits: a stable, cheap hash (not a secret).
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fnv1a_matches_the_reference_values() {
-        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 }

@@ -38,10 +38,11 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use crate::context::fnv1a;
+use crate::dial::request::Message;
 use crate::dial::response::Attachment;
 use crate::limits::{truncate_marked, MAX_REMEMBERED_ATTACHMENTS, MAX_REMEMBERED_TEXT_BYTES};
 use crate::registry::{AgentSpec, StateSlot};
+use crate::state::{fnv1a, trusted_state, StateTrust};
 
 /// State key marking an assistant turn served by GPA.
 pub const IS_GPA: &str = "is_gpa";
@@ -83,6 +84,39 @@ pub enum Memory {
         /// [`endpoint_tag`] of the endpoint.
         endpoint: String,
     },
+}
+
+/// What a request remembers: the messages of its history whose state it
+/// trusts, found once per request (`RequestContext::recall`), so that every
+/// signature is verified once however many agents read the history.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recall {
+    trusted: Vec<usize>,
+}
+
+impl Recall {
+    /// Reads which of `messages` carry a state `trust` accepts.
+    pub fn read(messages: &[Message], trust: &StateTrust<'_>) -> Recall {
+        Recall {
+            trusted: messages
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| trusted_state(m, trust).is_some())
+                .map(|(i, _)| i)
+                .collect(),
+        }
+    }
+
+    /// The trusted states of `messages` (the history `read` was given),
+    /// oldest first, with their message's index.
+    pub fn states<'m>(
+        &'m self,
+        messages: &'m [Message],
+    ) -> impl DoubleEndedIterator<Item = (usize, &'m RawValue)> + 'm {
+        self.trusted
+            .iter()
+            .filter_map(|&i| Some((i, messages.get(i)?.state()?)))
+    }
 }
 
 /// A conversation an agent keeps on its side: its id, and the tag of the
@@ -347,6 +381,55 @@ pub fn conversation(state: &RawValue, agent: &AgentSpec) -> Option<Conversation>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recall_keeps_the_messages_whose_state_is_trusted() {
+        use crate::dial::request::CustomContent;
+        use crate::state::{sign, Binding};
+        let trust = StateTrust {
+            secret: Some("0123456789abcdef-secret"),
+            binding: Binding {
+                conversation: "conv-1",
+                subject: "",
+            },
+            now_s: 1_700_000_000,
+            max_age_s: None,
+        };
+        let with_state = |role: &str, state: Value| {
+            let mut m = Message::text_message(role, "x");
+            m.custom_content = Some(CustomContent {
+                state: Some(raw(&state)),
+                ..CustomContent::default()
+            });
+            m
+        };
+        let signed = sign(json!({"ums_conversation_id": "c1"}), &trust);
+        let mut forged = signed.clone();
+        forged["ums_conversation_id"] = json!("c2");
+        let messages = vec![
+            Message::text_message("user", "hi"),
+            with_state("assistant", signed.clone()),
+            with_state("assistant", forged),
+            Message::text_message("assistant", "no state"),
+            with_state("assistant", json!({"ums_conversation_id": "unsigned"})),
+            with_state("user", signed),
+        ];
+        let recall = Recall::read(&messages, &trust);
+        let kept: Vec<usize> = recall.states(&messages).map(|(i, _)| i).collect();
+        assert_eq!(kept, [1, 5]);
+        let newest: Vec<usize> = recall.states(&messages).rev().map(|(i, _)| i).collect();
+        assert_eq!(newest, [5, 1]);
+        // Without a secret every state is taken as it comes.
+        let open = StateTrust {
+            secret: None,
+            ..trust
+        };
+        let all: Vec<usize> = Recall::read(&messages, &open)
+            .states(&messages)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(all, [1, 2, 4, 5]);
+    }
 
     /// What the memory reads of an agent: its name and slot.
     fn agent(name: &str, slot: StateSlot) -> AgentSpec {

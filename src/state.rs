@@ -136,6 +136,13 @@ pub fn trusted_state<'a>(message: &'a Message, trust: &StateTrust<'_>) -> Option
     }
 }
 
+/// FNV-1a, 64 bits: a stable, cheap hash (not a secret).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// The `sub` claim of a bearer JWT (`Authorization: Bearer <header>.<payload>.<sig>`),
 /// read without verifying it: DIAL Core checked the token before forwarding it.
 /// `None` for anything else (opaque tokens, no header).
@@ -278,6 +285,12 @@ mod tests {
             trusted_state(&m, &trust("x", 1)).is_none(),
             "unsigned state is not trusted"
         );
+    }
+
+    #[test]
+    fn fnv1a_matches_the_reference_values() {
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 
     #[test]

@@ -1062,3 +1062,33 @@ fn the_borrowed_gpa_history_writes_the_same_bytes_as_the_owned_one() {
     );
     assert_eq!(seen[6]["content"], "third\n\nBe brief.");
 }
+
+/// Agents read the history through the request's one recall: once it is
+/// read, every agent takes the states it holds and no state is verified or
+/// trusted again (here a recall that trusts nothing hides a valid GPA turn
+/// and a valid UMS conversation alike).
+#[test]
+fn agents_read_the_history_through_the_requests_one_recall() {
+    use mas_coordinator::agents::dial::agent_history;
+    use mas_coordinator::agents::ums::find_conversation;
+    use mas_coordinator::memory::Recall;
+    let body = json!({"stream": true, "messages": [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "one",
+         "custom_content": {"state": {"is_gpa": true, "gpa_messages": {"tool_call_history": []},
+                                      "ums_conversation_id": "conv-7"}}},
+        {"role": "user", "content": "second"},
+    ]});
+    let ctx = context(body.clone(), None);
+    let gpa = ctx.config.registry.get("GPA").unwrap().clone();
+    let ums = ctx.config.registry.get("UMS").unwrap().clone();
+    assert_eq!(agent_history(&ctx, &gpa, None).len(), 3);
+    assert_eq!(
+        find_conversation(&ctx, &ums).map(|(id, _)| id).as_deref(),
+        Some("conv-7")
+    );
+    let blind = context(body, None);
+    blind.recall.set(Recall::default()).unwrap();
+    assert_eq!(agent_history(&blind, &gpa, None).len(), 1);
+    assert_eq!(find_conversation(&blind, &ums), None);
+}

@@ -65,6 +65,7 @@ fn context(messages: &[Message], config: &Config) -> RequestContext {
         trace: Trace::from_headers(None, None, "a".repeat(32), "b".repeat(16)),
         start_ms: 0,
         unix_s: 0,
+        recall: Default::default(),
     }
 }
 

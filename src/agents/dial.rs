@@ -30,7 +30,6 @@ use crate::error::{CoordError, UpstreamFault};
 use crate::limits::{MAX_AGENT_STATE_BYTES, MAX_CONTEXT_BYTES_PER_RESULT};
 use crate::memory::{self, Exchange, ExchangeView, Memory};
 use crate::registry::{AgentSpec, StateSlot};
-use crate::state::trusted_state;
 
 /// The `dial` kind: a DIAL deployment called through DIAL Core.
 pub const KIND: Kind = Kind {
@@ -296,22 +295,20 @@ pub fn agent_messages<'a>(
     let Some((current, earlier)) = history.split_last() else {
         return Vec::new();
     };
-    let trust = ctx.state_trust();
     let check = state_check(agent);
-    // Cheap text checks first: most messages are not this agent's turns.
+    // A cheap text check first: most states are not this agent's turns.
     let marker = match agent.slot {
         StateSlot::Gpa => memory::IS_GPA,
         _ => memory::AGENTS,
     };
     let mut out = Vec::new();
-    for (i, message) in earlier.iter().enumerate() {
-        if message.role != "assistant" || !message.state().is_some_and(|s| s.get().contains(marker))
-        {
-            continue;
-        }
-        let Some(state) = trusted_state(message, &trust) else {
+    for (i, state) in ctx.recall().states(history) {
+        let Some(message) = earlier.get(i) else {
             continue;
         };
+        if message.role != "assistant" || !state.get().contains(marker) {
+            continue;
+        }
         let user = i
             .checked_sub(1)
             .map(|p| &earlier[p])

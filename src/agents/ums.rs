@@ -28,7 +28,6 @@ use crate::error::{CoordError, UpstreamFault};
 use crate::limits::MAX_CONTEXT_BYTES_PER_RESULT;
 use crate::memory::{self, endpoint_tag, is_valid_conversation_id, Conversation, Memory};
 use crate::registry::{AgentSpec, StateSlot};
-use crate::state::trusted_state;
 
 /// The `ums` kind: an agent with the UMS conversation API, called directly.
 pub const KIND: Kind = Kind {
@@ -108,18 +107,16 @@ pub fn conversation_title(text: &str) -> String {
 /// The newest valid conversation of `agent` kept in the history's trusted
 /// state: its id and the tag of its endpoint.
 pub fn find_conversation(ctx: &RequestContext, agent: &AgentSpec) -> Option<Conversation> {
-    let trust = ctx.state_trust();
     let marker = match agent.slot {
         StateSlot::Ums => memory::UMS_CONVERSATION_ID,
         _ => memory::AGENTS,
     };
-    ctx.request.messages.iter().rev().find_map(|m| {
-        // Cheap text check first: most states in a long history are not this agent's.
-        if !m.state()?.get().contains(marker) {
-            return None;
-        }
-        memory::conversation(trusted_state(m, &trust)?, agent)
-    })
+    ctx.recall()
+        .states(&ctx.request.messages)
+        .rev()
+        // A cheap text check first: most states in a long history are not this agent's.
+        .filter(|(_, state)| state.get().contains(marker))
+        .find_map(|(_, state)| memory::conversation(state, agent))
 }
 
 #[derive(Deserialize)]
