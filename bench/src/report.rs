@@ -1590,4 +1590,89 @@ mod tests {
             .iter()
             .any(|f| f.name == "gpa @ 32 clients: req/s" && f.unit == "req/s"));
     }
+
+    /// The rendering of fixed inputs, pinned byte for byte: `bench/fixtures/`
+    /// holds a full results file (every section: the previous run, hosts,
+    /// allocations, micro-benchmarks, two agents) and what `markdown` and
+    /// `summary` made of it, and of a bare variant of it (no previous run, no
+    /// optional section, Spin skipped, failures listed). A change of the
+    /// report's text shows here as a diff of the expected files; after an
+    /// intended one, `MAS_BENCH_BLESS=1 cargo test -p mas-bench` rewrites them.
+    #[test]
+    fn the_report_of_fixed_inputs_is_pinned() {
+        let fixtures = crate::workspace_root().join("bench/fixtures");
+        let full = load(&fixtures.join("results.json")).expect("bench/fixtures/results.json");
+        let mut variant = full.clone();
+        variant.meta.wasmtime_args = "--max-instance-reuse-count 1000".to_owned();
+        variant.meta.quick = true;
+        variant.previous = None;
+        let mut labelled = variant.clone();
+        labelled.meta.label = Some("labelled run".to_owned());
+        labelled.load.retain(|l| l.clients != 8);
+        labelled.latency.retain(|l| l.scenario != "ums");
+
+        let mut bare = full.clone();
+        bare.previous = None;
+        bare.micro.clear();
+        bare.allocations = None;
+        bare.long_history = None;
+        bare.hosts = Some(HostsResult {
+            spin_version: None,
+            spin_skipped: Some("no `spin` on the PATH".to_owned()),
+            runs: full.hosts.as_ref().expect("hosts").runs[..2].to_vec(),
+        });
+        for l in &mut bare.latency {
+            l.parallel = None;
+            l.own = OwnTime::default();
+        }
+        bare.latency[1].floor_keepalive = Dist::default();
+        bare.latency[1].verified_requests = 1;
+        bare.latency[0].errors = vec!["first error".to_owned(), "second error".to_owned()];
+        bare.load[2].errors = vec!["connect: refused".to_owned()];
+
+        // A root with its own observations, so the notes section is pinned too.
+        let root = std::env::temp_dir().join(format!("mas-bench-pinned-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("bench")).unwrap();
+        std::fs::write(
+            root.join("bench/observations.md"),
+            "## Observations\n\nA note of the fixture.\n\n",
+        )
+        .unwrap();
+        let rendered = [
+            ("full.md", markdown(&full, &[variant, labelled], &root)),
+            ("full-summary.txt", summary(&full)),
+            ("bare.md", markdown(&bare, &[], &root)),
+            ("bare-summary.txt", summary(&bare)),
+        ];
+        std::fs::remove_dir_all(&root).ok();
+        let bless = std::env::var_os("MAS_BENCH_BLESS").is_some();
+        for (name, got) in rendered {
+            let path = fixtures.join(name);
+            if bless {
+                std::fs::write(&path, &got).unwrap();
+            }
+            let want = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                got == want,
+                "the report rendered for {name} differs from {}:\n{}",
+                path.display(),
+                first_difference(&want, &got)
+            );
+        }
+    }
+
+    /// The first line where `want` and `got` differ, both shown.
+    fn first_difference(want: &str, got: &str) -> String {
+        let (mut w, mut g) = (want.lines(), got.lines());
+        for n in 1.. {
+            match (w.next(), g.next()) {
+                (None, None) => return "(only the line ends differ)".to_owned(),
+                (a, b) if a == b => {}
+                (a, b) => {
+                    return format!("line {n}:\n  expected: {a:?}\n  rendered: {b:?}");
+                }
+            }
+        }
+        unreachable!()
+    }
 }
