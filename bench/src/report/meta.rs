@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 use super::results::{Machine, Meta, Results};
-use crate::Opts;
+use crate::cli::Opts;
 
 fn command_output(program: &str, args: &[&str]) -> String {
     std::process::Command::new(program)
