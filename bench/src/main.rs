@@ -65,8 +65,8 @@ pub(crate) fn say(text: &str) {
 }
 
 fn main() -> anyhow::Result<()> {
-    let opts = cli::parse_args()?;
-    let mut results = if opts.report_only {
+    let opts = cli::parse_args();
+    let mut results = if opts.report_only() {
         report::load(&opts.out)?
     } else {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -88,7 +88,7 @@ fn main() -> anyhow::Result<()> {
     }
     // A new run keeps the key figures of the one it replaces (`report` keeps
     // what the file already holds).
-    if !opts.report_only {
+    if !opts.report_only() {
         results.previous = report::load(&opts.out)
             .ok()
             .map(|p| report::PreviousRun::of(&p));
@@ -101,7 +101,7 @@ fn main() -> anyhow::Result<()> {
         .map(|p| report::load(p))
         .collect::<anyhow::Result<_>>()?;
     println!("{}", report::summary(&results));
-    if let Some(path) = &opts.markdown {
+    if let Some(path) = opts.markdown() {
         let md = report::markdown(&results, &others, &workspace_root());
         std::fs::write(path, md).with_context(|| format!("cannot write {}", path.display()))?;
         say(&format!("wrote {}", path.display()));
