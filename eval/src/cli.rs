@@ -1,7 +1,6 @@
 //! The command line: flags, configuration, and one run from the cases file to
 //! the report.
 
-use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -163,7 +162,7 @@ pub async fn run_command(args: Args, env: impl Fn(&str) -> Option<String>) -> an
     let options = RunOptions {
         repeat: args.repeat,
         concurrency: args.concurrency,
-        progress: !args.no_progress && std::io::stderr().is_terminal(),
+        progress: !args.no_progress,
     };
     let cases = Arc::new(cases);
     let attempts = run(cases.clone(), &indices, &config, &client, &options).await?;
