@@ -255,7 +255,9 @@ mod tests {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         let tree = loop {
             let tree = process_tree(pid);
-            if tree.len() >= 2 || std::time::Instant::now() > deadline {
+            // The child is `sh` until it has executed `sleep`.
+            let execed = tree.get(1).is_some_and(|&child| comm(child) == "sleep");
+            if execed || std::time::Instant::now() > deadline {
                 break tree;
             }
             std::thread::sleep(Duration::from_millis(10));

@@ -64,7 +64,7 @@ impl SpinServer {
         log: &Path,
     ) -> anyhow::Result<SpinServer> {
         use std::os::unix::process::CommandExt as _;
-        let port = crate::free_port()?;
+        let port = crate::server::free_port()?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         std::fs::create_dir_all(state_dir)?;
         let log_file = std::fs::OpenOptions::new()
@@ -92,7 +92,7 @@ impl SpinServer {
             .spawn()
             .with_context(|| format!("cannot start {}", spin.display()))?;
         let mut server = SpinServer { child, addr };
-        crate::until_healthy(&mut server.child, addr, "spin up", log, spawned).await?;
+        crate::server::until_healthy(&mut server.child, addr, "spin up", log, spawned).await?;
         Ok(server)
     }
 

@@ -1,7 +1,6 @@
 //! The command line: flags, configuration, and one run from the cases file to
 //! the report.
 
-use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -28,137 +27,85 @@ pub const EXIT_BELOW_MIN: i32 = 1;
 /// an endpoint that cannot be used).
 pub const EXIT_ERROR: i32 = 2;
 
-/// The usage text.
-pub const USAGE: &str = "\
-mas-eval: runs the coordinator's coordination step on labelled cases against a DIAL
-endpoint and reports whether it picks the right agents (docs/eval.md).
-
-Usage: mas-eval [options]
-
-Options:
-  --cases FILE        the labelled cases, JSON Lines (default: the shipped eval/cases.jsonl)
-  --out DIR           where report.json and report.md go (default: target/eval)
-  --mode plan|route   the coordination mode (default: COORDINATION_MODE, else plan)
-  --concurrency N     calls at once, 1 to 64 (default: 4)
-  --repeat N          ask every case N times, 1 to 100, to expose non-determinism (default: 1)
-  --min-accuracy X    exit with status 1 when the accuracy (0 to 1) is below X
-  --local-world       start the local DIAL world in process and run against it
-  --no-progress       no progress bar on stderr (it is drawn only on a terminal anyway)
-  -h, --help          this text
-
+/// What `--help` says after the flags.
+const AFTER_HELP: &str = "\
 Environment: DIAL_ENDPOINT (required unless --local-world), DEPLOYMENT_NAME, DIAL_API_KEY
 (required unless --local-world), and every other variable the coordinator reads (AGENTS,
 AGENT_<NAME>_*, COORDINATION_MODE, MAX_SUBTASKS, DIAL_API_VERSION, UPSTREAM_*_TIMEOUT_MS, ...).
 SSL_CERT_FILE adds trusted certificates (PEM) to Mozilla's.
 
-Exit status: 0 done; 1 accuracy below --min-accuracy; 2 error.";
+Exit status: 0 done; 1 accuracy below --min-accuracy; 2 error (flags included).";
 
-/// The parsed flags.
-#[derive(Debug, Clone, PartialEq)]
+/// The flags. A flag that cannot be read exits with clap's status for usage
+/// errors, which is [`EXIT_ERROR`]; a repeated flag takes its last value.
+#[derive(Debug, Clone, PartialEq, clap::Parser)]
+#[command(
+    name = "mas-eval",
+    about = "mas-eval: runs the coordinator's coordination step on labelled cases against a DIAL \
+endpoint and reports whether it picks the right agents (docs/eval.md).",
+    long_about = None,
+    after_help = AFTER_HELP,
+    args_override_self = true
+)]
 pub struct Args {
-    /// `--cases`.
+    /// The labelled cases, JSON Lines (default: the shipped eval/cases.jsonl).
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_CASES, hide_default_value = true)]
     pub cases: PathBuf,
-    /// `--out`.
+    /// Where report.json and report.md go (default: target/eval).
+    #[arg(long, value_name = "DIR", default_value_os_t = default_out(), hide_default_value = true)]
     pub out: PathBuf,
-    /// `--mode`.
-    pub mode: Option<CoordinationMode>,
-    /// `--concurrency`.
+    /// The coordination mode (default: COORDINATION_MODE, else plan).
+    #[arg(long, value_enum, ignore_case = true)]
+    pub mode: Option<Mode>,
+    /// Calls at once, 1 to 64.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 4,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64)
+    )]
     pub concurrency: usize,
-    /// `--repeat`.
+    /// Ask every case N times, 1 to 100, to expose non-determinism.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..=100)
+    )]
     pub repeat: u32,
-    /// `--min-accuracy`.
+    /// Exit with status 1 when the accuracy (0 to 1) is below X.
+    #[arg(long, value_name = "X", value_parser = accuracy)]
     pub min_accuracy: Option<f64>,
-    /// `--local-world`.
+    /// Start the local DIAL world in process and run against it.
+    #[arg(long)]
     pub local_world: bool,
-    /// Not `--no-progress`.
-    pub progress: bool,
+    /// No progress bar on stderr (it is drawn only on a terminal anyway).
+    #[arg(long)]
+    pub no_progress: bool,
 }
 
-impl Default for Args {
-    fn default() -> Self {
-        Args {
-            cases: PathBuf::from(DEFAULT_CASES),
-            out: default_out(),
-            mode: None,
-            concurrency: 4,
-            repeat: 1,
-            min_accuracy: None,
-            local_world: false,
-            progress: true,
+/// `--mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// A plan of subtasks for one or more agents.
+    Plan,
+    /// One agent.
+    Route,
+}
+
+impl From<Mode> for CoordinationMode {
+    fn from(mode: Mode) -> Self {
+        match mode {
+            Mode::Plan => CoordinationMode::Plan,
+            Mode::Route => CoordinationMode::Route,
         }
     }
 }
 
-/// What the command line asks for.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Command {
-    /// Print the usage.
-    Help,
-    /// Run.
-    Run(Args),
-}
-
-/// Parses the flags (without the program name).
-pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
-    let mut out = Args::default();
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = |name: &str| -> Result<String, String> {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        match flag.as_str() {
-            "-h" | "--help" => return Ok(Command::Help),
-            "--cases" => out.cases = PathBuf::from(value("--cases")?),
-            "--out" => out.out = PathBuf::from(value("--out")?),
-            "--mode" => {
-                out.mode = Some(match value("--mode")?.to_ascii_lowercase().as_str() {
-                    "plan" => CoordinationMode::Plan,
-                    "route" => CoordinationMode::Route,
-                    other => return Err(format!("--mode must be plan or route, not {other:?}")),
-                });
-            }
-            "--concurrency" => {
-                out.concurrency = number(&value("--concurrency")?, "--concurrency", 64)?
-            }
-            "--repeat" => {
-                out.repeat = u32::try_from(number(&value("--repeat")?, "--repeat", 100)?)
-                    .map_err(|e| e.to_string())?;
-            }
-            "--min-accuracy" => {
-                let v = value("--min-accuracy")?;
-                match v.trim().parse::<f64>() {
-                    Ok(x) if (0.0..=1.0).contains(&x) => out.min_accuracy = Some(x),
-                    _ => {
-                        return Err(format!(
-                            "--min-accuracy must be a number from 0 to 1, not {v:?}"
-                        ))
-                    }
-                }
-            }
-            "--local-world" | "--no-progress" if inline.is_some() => {
-                return Err(format!("{flag} takes no value"));
-            }
-            "--local-world" => out.local_world = true,
-            "--no-progress" => out.progress = false,
-            other => return Err(format!("unknown argument {other:?} (see --help)")),
-        }
-    }
-    Ok(Command::Run(out))
-}
-
-fn number(v: &str, name: &str, max: usize) -> Result<usize, String> {
-    match v.trim().parse::<usize>() {
-        Ok(n) if (1..=max).contains(&n) => Ok(n),
-        _ => Err(format!(
-            "{name} must be a whole number from 1 to {max}, not {v:?}"
-        )),
+fn accuracy(v: &str) -> Result<f64, String> {
+    match v.trim().parse::<f64>() {
+        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
+        _ => Err("must be a number from 0 to 1".to_owned()),
     }
 }
 
@@ -169,7 +116,7 @@ pub async fn run_command(args: Args, env: impl Fn(&str) -> Option<String>) -> an
     let mut config = Config::from_lookup(env)
         .map_err(|e| anyhow::anyhow!("the configuration is not valid: {}", e.message()))?;
     if let Some(mode) = args.mode {
-        config.coordination_mode = mode;
+        config.coordination_mode = mode.into();
     }
     // The local world serves until `world` is dropped, at the end of the run.
     let world = if args.local_world {
@@ -215,7 +162,7 @@ pub async fn run_command(args: Args, env: impl Fn(&str) -> Option<String>) -> an
     let options = RunOptions {
         repeat: args.repeat,
         concurrency: args.concurrency,
-        progress: args.progress && std::io::stderr().is_terminal(),
+        progress: !args.no_progress,
     };
     let cases = Arc::new(cases);
     let attempts = run(cases.clone(), &indices, &config, &client, &options).await?;
@@ -262,15 +209,18 @@ pub async fn run_command(args: Args, env: impl Fn(&str) -> Option<String>) -> an
 
 #[cfg(test)]
 mod tests {
+    use clap::error::ErrorKind;
+    use clap::Parser as _;
+
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<Command, String> {
-        parse_args(args.iter().map(|s| (*s).to_owned()))
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("mas-eval").chain(args.iter().copied()))
     }
 
     #[test]
     fn flags_are_read_in_both_spellings() {
-        let Ok(Command::Run(a)) = parse(&[
+        let Ok(a) = parse(&[
             "--cases",
             "x.jsonl",
             "--out=o",
@@ -291,16 +241,42 @@ mod tests {
             Args {
                 cases: "x.jsonl".into(),
                 out: "o".into(),
-                mode: Some(CoordinationMode::Route),
+                mode: Some(Mode::Route),
                 concurrency: 8,
                 repeat: 3,
                 min_accuracy: Some(0.75),
                 local_world: true,
-                progress: false,
+                no_progress: true,
             }
         );
-        assert_eq!(parse(&[]), Ok(Command::Run(Args::default())));
-        assert_eq!(parse(&["--mode", "plan", "-h"]), Ok(Command::Help));
+        let Ok(defaults) = parse(&[]) else {
+            panic!("no flags");
+        };
+        assert_eq!(
+            defaults,
+            Args {
+                cases: DEFAULT_CASES.into(),
+                out: default_out(),
+                mode: None,
+                concurrency: 4,
+                repeat: 1,
+                min_accuracy: None,
+                local_world: false,
+                no_progress: false,
+            }
+        );
+        assert_eq!(
+            parse(&["--repeat", "2", "--repeat", "5"])
+                .map(|a| a.repeat)
+                .ok(),
+            Some(5),
+            "the last of a repeated flag"
+        );
+        let help = parse(&["--mode", "plan", "-h"]).map(|_| ()).unwrap_err();
+        assert_eq!(help.kind(), ErrorKind::DisplayHelp);
+        assert!(help
+            .to_string()
+            .starts_with("mas-eval: runs the coordinator's coordination step"));
     }
 
     #[test]
@@ -308,28 +284,33 @@ mod tests {
         for (args, message) in [
             (
                 &["--mode", "auto"][..],
-                "--mode must be plan or route, not \"auto\"",
+                "invalid value 'auto' for '--mode <MODE>'",
             ),
             (
                 &["--concurrency", "0"][..],
-                "--concurrency must be a whole number from 1 to 64, not \"0\"",
+                "invalid value '0' for '--concurrency <N>': 0 is not in 1..=64",
             ),
             (
                 &["--repeat", "x"][..],
-                "--repeat must be a whole number from 1 to 100, not \"x\"",
+                "invalid value 'x' for '--repeat <N>': invalid digit found in string",
             ),
             (
                 &["--min-accuracy", "1.5"][..],
-                "--min-accuracy must be a number from 0 to 1, not \"1.5\"",
+                "invalid value '1.5' for '--min-accuracy <X>': must be a number from 0 to 1",
             ),
-            (&["--cases"][..], "--cases needs a value"),
-            (&["--local-world=yes"][..], "--local-world takes no value"),
             (
-                &["--verbose"][..],
-                "unknown argument \"--verbose\" (see --help)",
+                &["--cases"][..],
+                "a value is required for '--cases <FILE>' but none was supplied",
             ),
+            (
+                &["--local-world=yes"][..],
+                "unexpected value 'yes' for '--local-world' found",
+            ),
+            (&["--verbose"][..], "unexpected argument '--verbose' found"),
         ] {
-            assert_eq!(parse(args), Err(message.to_owned()), "{args:?}");
+            let e = parse(args).map(|_| ()).unwrap_err();
+            assert_eq!(e.exit_code(), EXIT_ERROR, "{args:?}");
+            assert!(e.to_string().contains(message), "{args:?}: {e}");
         }
     }
 }

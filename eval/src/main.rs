@@ -1,19 +1,12 @@
 //! `mas-eval`: see `mas_eval` and docs/eval.md.
 
-use mas_eval::cli::{parse_args, run_command, Command, EXIT_ERROR, USAGE};
+use clap::Parser as _;
+use mas_eval::cli::{run_command, Args, EXIT_ERROR};
 
 fn main() {
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(Command::Help) => {
-            println!("{USAGE}");
-            return;
-        }
-        Ok(Command::Run(args)) => args,
-        Err(message) => {
-            eprintln!("mas-eval: {message}");
-            std::process::exit(EXIT_ERROR);
-        }
-    };
+    // `--help` prints the usage and exits with 0; a flag that cannot be read
+    // exits with EXIT_ERROR.
+    let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

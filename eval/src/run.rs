@@ -9,7 +9,6 @@
 //! component's own parsers. Backup deployments are not tried: the primary is
 //! the model being evaluated.
 
-use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -19,6 +18,8 @@ use mas_coordinator::dial::upstream::Completion;
 use mas_coordinator::dial::usage::Usage;
 use mas_coordinator::error::redact;
 use mas_coordinator::{plan, routing};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cases::{fresh, Case};
 use crate::client::{CallError, Client};
@@ -31,7 +32,8 @@ pub struct RunOptions {
     pub repeat: u32,
     /// Most calls at once.
     pub concurrency: usize,
-    /// Whether to draw the progress bar on stderr.
+    /// Whether to draw the progress bar on stderr (never drawn when stderr is
+    /// not a terminal).
     pub progress: bool,
 }
 
@@ -85,25 +87,25 @@ pub fn coordination_body(case: &Case) -> Vec<u8> {
 
 #[derive(Debug, Default)]
 struct Progress {
-    done: usize,
     wrong: usize,
     errors: usize,
     fatal: Option<String>,
 }
 
-/// One line of the progress bar.
-pub fn progress_line(done: usize, total: usize, wrong: usize, errors: usize) -> String {
-    const WIDTH: usize = 30;
-    let filled = done
-        .saturating_mul(WIDTH)
-        .checked_div(total)
-        .unwrap_or(WIDTH)
-        .min(WIDTH);
-    format!(
-        "[{}{}] {done}/{total} answers, {wrong} wrong, {errors} errors",
-        "#".repeat(filled),
-        "-".repeat(WIDTH - filled)
-    )
+/// The progress bar on stderr, `[####------] 40/80 answers, 3 wrong, 1 errors`;
+/// hidden when `draw` is false or stderr is not a terminal.
+fn progress_bar(total: usize, draw: bool) -> ProgressBar {
+    let target = if draw {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let bar = ProgressBar::with_draw_target(Some(total as u64), target);
+    if let Ok(style) = ProgressStyle::with_template("[{bar:30}] {pos}/{len} answers, {msg}") {
+        bar.set_style(style.progress_chars("##-"));
+    }
+    bar.set_message("0 wrong, 0 errors");
+    bar
 }
 
 /// Runs every case of `indices` (each `repeat` times: all cases once, then
@@ -132,12 +134,10 @@ pub async fn run(
             .next()
             .ok_or_else(|| anyhow::anyhow!("no LLM deployment is configured"))?,
     );
-    if options.progress {
-        draw(&progress_line(0, total, 0, 0));
-    }
+    let bar = progress_bar(total, options.progress);
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..options.concurrency.clamp(1, total.max(1)) {
-        let (cases, jobs, next, results, progress, target, client) = (
+        let (cases, jobs, next, results, progress, target, client, bar) = (
             cases.clone(),
             jobs.clone(),
             next.clone(),
@@ -145,8 +145,8 @@ pub async fn run(
             progress.clone(),
             target.clone(),
             client.clone(),
+            bar.clone(),
         );
-        let draw_progress = options.progress;
         workers.spawn(async move {
             loop {
                 if lock(&progress).fatal.is_some() {
@@ -189,7 +189,6 @@ pub async fn run(
                         return;
                     }
                     Ok(outcome) => {
-                        p.done += 1;
                         match &outcome {
                             Outcome::Answered(a) if !a.judged.correct => p.wrong += 1,
                             Outcome::Error(_) => p.errors += 1,
@@ -202,18 +201,15 @@ pub async fn run(
                         });
                     }
                 }
-                if draw_progress {
-                    draw(&progress_line(p.done, total, p.wrong, p.errors));
-                }
+                bar.set_message(format!("{} wrong, {} errors", p.wrong, p.errors));
+                bar.inc(1);
             }
         });
     }
     while let Some(joined) = workers.join_next().await {
         joined.map_err(|e| anyhow::anyhow!("a worker failed: {e}"))?;
     }
-    if options.progress {
-        eprintln!();
-    }
+    bar.finish();
     if let Some(fatal) = lock(&progress).fatal.take() {
         return Err(anyhow::anyhow!("{fatal}"));
     }
@@ -223,12 +219,6 @@ pub async fn run(
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn draw(line: &str) {
-    let mut err = std::io::stderr().lock();
-    let _ = write!(err, "\r{line}");
-    let _ = err.flush();
 }
 
 enum Failure {
@@ -287,22 +277,6 @@ fn read_answer(
 mod tests {
     use super::*;
     use crate::client::Response;
-
-    #[test]
-    fn the_progress_bar_fills_with_the_answers() {
-        assert_eq!(
-            progress_line(0, 80, 0, 0),
-            "[------------------------------] 0/80 answers, 0 wrong, 0 errors"
-        );
-        assert_eq!(
-            progress_line(40, 80, 3, 1),
-            "[###############---------------] 40/80 answers, 3 wrong, 1 errors"
-        );
-        assert_eq!(
-            progress_line(80, 80, 3, 1),
-            "[##############################] 80/80 answers, 3 wrong, 1 errors"
-        );
-    }
 
     fn answer(status: u16, body: &str) -> Result<(String, Option<Usage>), Failure> {
         read_answer(

@@ -852,9 +852,11 @@ fn missing_configuration_and_bad_flags_are_errors() {
     );
     let output = mas_eval(&["--repeat", "0"], &[]);
     assert_eq!(output.status.code(), Some(2));
-    assert_eq!(
-        text(&output.stderr),
-        "mas-eval: --repeat must be a whole number from 1 to 100, not \"0\"\n"
+    assert!(
+        text(&output.stderr)
+            .starts_with("error: invalid value '0' for '--repeat <N>': 0 is not in 1..=100\n"),
+        "{}",
+        text(&output.stderr)
     );
     let output = mas_eval(&["--help"], &[]);
     assert_eq!(output.status.code(), Some(0));

@@ -1,0 +1,348 @@
+//! The results file (`bench/results.json`): every figure a run measured, as
+//! serialized, and the only input of the report. `mas-bench report` re-renders
+//! `BENCHMARKS.md` from it alone, and a new run keeps the key figures of the
+//! file it replaces ([`PreviousRun`]); the fields added after the first runs
+//! are `#[serde(default)]`, so older files still load.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use super::targets::targets;
+use crate::stats::{Dist, OwnTime};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Machine {
+    pub nproc: usize,
+    pub cpu_model: String,
+    pub mem_total_gib: f64,
+    pub kernel: String,
+    pub rustc: String,
+    pub wasmtime: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Meta {
+    pub date: String,
+    /// The command that produced the results.
+    pub command: String,
+    pub quick: bool,
+    /// Extra `wasmtime serve` flags of this run.
+    pub wasmtime_args: String,
+    pub label: Option<String>,
+    pub wasm_path: String,
+    pub machine: Machine,
+    /// Cores busy on the machine during the second before the run (other work).
+    #[serde(default)]
+    pub busy_cores_before: f64,
+    /// The commit measured, and whether the component's sources had local changes.
+    #[serde(default)]
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StartupResult {
+    pub no_cache_median_ms: f64,
+    pub no_cache_ms: Vec<f64>,
+    pub cached_median_ms: f64,
+    pub cached_ms: Vec<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HealthResult {
+    pub latency: Dist,
+    pub failures: usize,
+    pub wasmtime_cpu_ms_per_request: f64,
+    #[serde(default)]
+    pub wasmtime_kernel_share: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LatencyResult {
+    pub scenario: String,
+    pub description: String,
+    pub upstream_calls: usize,
+    /// Bytes of the request body sent to the coordinator.
+    pub request_bytes: usize,
+    /// Bytes of the agent calls' bodies (GPA messages or UMS chat; all agents).
+    pub agent_body_bytes: usize,
+    /// Upstream requests of one floor run found identical, byte for byte, to
+    /// those of one coordinated run (as the world recorded them).
+    #[serde(default)]
+    pub verified_requests: usize,
+    /// Their body bytes.
+    #[serde(default)]
+    pub verified_body_bytes: usize,
+    /// The upstream calls made directly, each on a new connection (as wasmtime
+    /// does): coordination + the slowest agent path + synthesis (with one agent,
+    /// every call one after the other).
+    pub floor: Dist,
+    /// The upstream calls made directly on kept-alive connections.
+    pub floor_keepalive: Dist,
+    pub coordinated: Dist,
+    pub ttfb: Dist,
+    pub added_p50_ms: f64,
+    pub added_p99_ms: f64,
+    pub wasmtime_cpu_ms_per_request: f64,
+    /// Share of wasmtime's CPU time spent in the kernel.
+    #[serde(default)]
+    pub wasmtime_kernel_share: f64,
+    /// Cores used by other processes during the run (should be ~0).
+    #[serde(default)]
+    pub other_cores: f64,
+    pub failures: usize,
+    pub errors: Vec<String>,
+    /// The coordinator's own time, from its request log lines.
+    #[serde(default)]
+    pub own: OwnTime,
+    /// Scenarios whose plan has several independent subtasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel: Option<ParallelResult>,
+}
+
+/// One agent path of a plan, measured directly (fresh connections).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AgentPathResult {
+    /// `task <n>: <AGENT>`.
+    pub task: String,
+    /// Its upstream calls (UMS on a first turn: create + chat).
+    pub calls: usize,
+    /// The world's pause between two events of this agent's stream.
+    pub world_chunk_delay_ms: u64,
+    pub path: Dist,
+}
+
+/// Independent subtasks run at once: the coordinated request against the
+/// direct floor of the slower agent path and of all paths one after the other.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ParallelResult {
+    pub agents: Vec<AgentPathResult>,
+    /// Coordination + the slower agent path + synthesis, per floor run.
+    pub slower_floor: Dist,
+    /// Coordination + every agent path one after the other + synthesis.
+    pub sum_floor: Dist,
+    pub added_over_slower_p50_ms: f64,
+    pub added_over_slower_p90_ms: f64,
+    pub added_over_slower_p99_ms: f64,
+    /// Negative: what running the agents at once saves over one after the other.
+    pub coordinated_minus_sum_p50_ms: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LongHistoryResult {
+    pub short: String,
+    pub long: String,
+    pub request_bytes: usize,
+    pub agent_body_bytes: usize,
+    pub coordinated_delta_p50_ms: f64,
+    pub coordinated_delta_p99_ms: f64,
+    pub floor_delta_p50_ms: f64,
+    pub added_delta_p50_ms: f64,
+    pub added_delta_p99_ms: f64,
+    pub cpu_delta_ms_per_request: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoadResult {
+    pub scenario: String,
+    pub clients: usize,
+    pub measure_s: f64,
+    pub requests: usize,
+    /// Failed requests during the whole level (warm-up included).
+    pub failures: usize,
+    pub errors: Vec<String>,
+    pub requests_per_s: f64,
+    pub latency: Dist,
+    pub wasmtime_cpu_ms_per_request: f64,
+    #[serde(default)]
+    pub wasmtime_kernel_share: f64,
+    pub wasmtime_cores: f64,
+    pub world_cores: f64,
+    pub world_cpu_ms_per_request: f64,
+    pub bench_client_cores: f64,
+    /// Interrupt time (loopback network processing), charged to no process.
+    #[serde(default)]
+    pub irq_cores: f64,
+    /// Other processes.
+    #[serde(default)]
+    pub other_cores: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TargetCheck {
+    pub target: String,
+    pub figure: String,
+    pub value: String,
+    pub met: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CriterionBench {
+    pub id: String,
+    pub median_ns: f64,
+    pub median_low_ns: f64,
+    pub median_high_ns: f64,
+    pub mean_ns: f64,
+    /// `("Bytes" | "Elements" | ..., n)` per iteration.
+    pub throughput: Option<(String, u64)>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Results {
+    pub meta: Meta,
+    pub wasm_bytes: u64,
+    pub startup: StartupResult,
+    pub health: HealthResult,
+    pub latency: Vec<LatencyResult>,
+    pub long_history: Option<LongHistoryResult>,
+    pub load: Vec<LoadResult>,
+    pub wasmtime_rss_after_latency_kib: u64,
+    pub wasmtime_peak_rss_kib: u64,
+    pub run_seconds: f64,
+    pub failures_total: usize,
+    pub targets: Vec<TargetCheck>,
+    #[serde(default)]
+    pub micro: Vec<CriterionBench>,
+    /// Allocations per upstream chunk (`cargo bench --bench allocations`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocations: Option<Allocations>,
+    /// The same scenarios under each host (wasmtime serve; spin up when there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<HostsResult>,
+    /// The key figures of the run this one replaced (the results file it
+    /// overwrote), so the report shows what moved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousRun>,
+}
+
+/// What `benches/allocations.rs` counted per upstream content chunk.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Allocations {
+    pub events: usize,
+    pub steps: Vec<AllocationStep>,
+    pub per_chunk_allocations: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AllocationStep {
+    pub step: String,
+    pub allocations: f64,
+    pub bytes: f64,
+}
+
+/// The same scenarios under each host, on kept-alive and on new connections.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HostsResult {
+    /// `spin --version`, when Spin ran.
+    pub spin_version: Option<String>,
+    /// Why the Spin runs did not happen.
+    pub spin_skipped: Option<String>,
+    pub runs: Vec<HostRun>,
+}
+
+/// One scenario under one host with one kind of client connection.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HostRun {
+    /// `wasmtime serve` or `spin up`.
+    pub host: String,
+    /// `kept alive` (one connection for every request, as DIAL Core does) or
+    /// `new per request`.
+    pub connections: String,
+    pub scenario: String,
+    pub floor: Dist,
+    pub coordinated: Dist,
+    pub added_p50_ms: f64,
+    pub added_p99_ms: f64,
+    /// CPU of every process of the host (Spin: `spin up` and its children).
+    pub cpu_ms_per_request: f64,
+    /// The process that used the most of it.
+    pub busiest_process: String,
+    pub busiest_cpu_ms_per_request: f64,
+    pub failures: usize,
+    pub errors: Vec<String>,
+}
+
+/// The key figures of an earlier run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PreviousRun {
+    pub date: String,
+    pub source: String,
+    pub command: String,
+    pub wasmtime_args: String,
+    pub targets: Vec<TargetCheck>,
+    pub figures: Vec<Figure>,
+}
+
+/// One figure compared between runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Figure {
+    pub name: String,
+    pub unit: String,
+    pub value: f64,
+}
+
+impl Results {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        meta: Meta,
+        wasm_bytes: u64,
+        startup: StartupResult,
+        health: HealthResult,
+        latency: Vec<LatencyResult>,
+        long_history: Option<LongHistoryResult>,
+        load: Vec<LoadResult>,
+        wasmtime_rss_after_latency_kib: u64,
+        wasmtime_peak_rss_kib: u64,
+        run_seconds: f64,
+    ) -> Results {
+        let failures_total = health.failures
+            + latency.iter().map(|r| r.failures).sum::<usize>()
+            + load.iter().map(|r| r.failures).sum::<usize>();
+        let mut results = Results {
+            meta,
+            wasm_bytes,
+            startup,
+            health,
+            latency,
+            long_history,
+            load,
+            wasmtime_rss_after_latency_kib,
+            wasmtime_peak_rss_kib,
+            run_seconds,
+            failures_total,
+            targets: Vec::new(),
+            micro: Vec::new(),
+            allocations: None,
+            hosts: None,
+            previous: None,
+        };
+        results.targets = targets(&results);
+        results
+    }
+
+    pub(super) fn latency_of(&self, scenario: &str) -> Option<&LatencyResult> {
+        self.latency.iter().find(|r| r.scenario == scenario)
+    }
+
+    pub(super) fn load_of(&self, scenario: &str, clients: usize) -> Option<&LoadResult> {
+        self.load
+            .iter()
+            .find(|r| r.scenario == scenario && r.clients == clients)
+    }
+}
+
+pub fn save(path: &Path, results: &Results) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut json = serde_json::to_string_pretty(results)?;
+    json.push('\n');
+    std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))
+}
+
+pub fn load(path: &Path) -> anyhow::Result<Results> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a results file", path.display()))
+}
