@@ -152,14 +152,14 @@ pub(super) fn targets_table(r: &Results) -> String {
     s
 }
 
-/// The throughput target under the recommended production flags (README,
-/// "wasmtime serve": instance reuse), from a variant run of the same benchmark.
+/// The throughput target under the recommended production flags
+/// (docs/deploying.md, "wasmtime serve": instance reuse), from a variant run of the same benchmark.
 pub(super) fn production_throughput(others: &[Results]) -> Option<String> {
     let variant = others
         .iter()
         .find(|o| o.meta.wasmtime_args.contains("--max-instance-reuse-count"))?;
     let mut s = format!(
-        "With the recommended production flag (`{}`, the README's `wasmtime serve` command; the \
+        "With the recommended production flag (`{}`, the `wasmtime serve` command of docs/deploying.md; the \
 variant run below):\n\n| target | figure | measured | |\n|---|---|---:|---|\n",
         variant.meta.wasmtime_args
     );
