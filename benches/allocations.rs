@@ -16,10 +16,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::executor::block_on;
-use mas_coordinator::dial::response::SseEncoder;
-use mas_coordinator::dial::upstream::StreamChunk;
-use mas_coordinator::emitter::{ClientGone, Emitter, Transport};
-use mas_coordinator::sse::SseDecoder;
+use mas_coordinator::flow::emitter::{ClientGone, Emitter, Transport};
+use mas_coordinator::wire::response::SseEncoder;
+use mas_coordinator::wire::sse::SseDecoder;
+use mas_coordinator::wire::upstream::StreamChunk;
 use serde_json::json;
 
 struct Counting;

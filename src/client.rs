@@ -8,8 +8,6 @@
 
 use futures::Stream;
 
-use crate::breaker::SharedStore;
-
 /// HTTP method of an outbound call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -17,6 +15,39 @@ pub enum Method {
     Get,
     /// POST.
     Post,
+}
+
+/// A small key-value store: where breaker states (and the deep health report's
+/// cache) live. A deployment choice (see docs/deploying.md, "Which build on which host").
+pub trait SharedStore {
+    /// The value of `key`, if any.
+    fn get(&self, key: &str) -> Option<Vec<u8>>;
+    /// Stores `value` under `key`.
+    fn set(&self, key: &str, value: &[u8]);
+    /// A name for `/health`.
+    fn kind(&self) -> &'static str;
+}
+
+/// A store in this instance's memory: it lasts as long as the host reuses the instance.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    values: std::cell::RefCell<std::collections::HashMap<String, Vec<u8>>>,
+}
+
+impl SharedStore for MemoryStore {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.values.borrow().get(key).cloned()
+    }
+
+    fn set(&self, key: &str, value: &[u8]) {
+        self.values
+            .borrow_mut()
+            .insert(key.to_owned(), value.to_vec());
+    }
+
+    fn kind(&self) -> &'static str {
+        "instance-memory"
+    }
 }
 
 /// One place a call can go.

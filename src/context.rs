@@ -6,11 +6,11 @@
 use std::sync::OnceLock;
 
 use crate::config::Config;
-use crate::dial::request::ChatRequest;
 use crate::error::CoordError;
+use crate::memory::state::{fnv1a, Binding, StateTrust};
 use crate::memory::Recall;
-use crate::state::{fnv1a, Binding, StateTrust};
 use crate::trace::Trace;
+use crate::wire::request::ChatRequest;
 
 /// Why the flow stopped early.
 #[derive(Debug, Clone, PartialEq, Eq)]

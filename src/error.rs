@@ -3,13 +3,13 @@
 //! Every failure a request can meet is a [`CoordError`]. Before the first byte it
 //! becomes an HTTP status with a DIAL error body ([`CoordError::status`],
 //! [`CoordError::body`]); after it, the same body travels as one SSE error event
-//! (see `dial::response`). This module must not do I/O and must never put the
+//! (see `wire::response`). This module must not do I/O and must never put the
 //! per-request key into a message: upstream text is passed through [`redact`].
 
 use std::fmt;
 
-use crate::dial::error::{ErrorBody, ErrorDetail};
-use crate::dial::request::RequestError;
+use crate::wire::error::{ErrorBody, ErrorDetail};
+use crate::wire::request::RequestError;
 
 /// Who a fault came from: the short name used in logs and technical messages
 /// (`GPA`, `LLM`, `RAG`) and the words DIAL Chat shows to the person.

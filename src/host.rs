@@ -21,11 +21,11 @@ use spin_sdk::http::{
 use wasi::io::streams::OutputStream;
 
 use crate::app::{app, Answer, HttpRequest, Responder};
-use crate::breaker::SharedStore;
+use crate::client::SharedStore;
 use crate::client::{Host, Method, OutboundRequest, OutboundResponse, TransportError};
 use crate::config::Config;
-use crate::emitter::{ClientGone, Transport};
 use crate::error::CoordError;
+use crate::flow::emitter::{ClientGone, Transport};
 use crate::meter::{self, Phase};
 
 #[spin_sdk::http_component]
@@ -309,7 +309,7 @@ fn read_config() -> Result<Config, CoordError> {
 
 #[cfg(not(feature = "spin-kv"))]
 fn shared_store() -> &'static dyn SharedStore {
-    Box::leak(Box::new(crate::breaker::MemoryStore::default()))
+    Box::leak(Box::new(crate::client::MemoryStore::default()))
 }
 
 #[cfg(feature = "spin-kv")]

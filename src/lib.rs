@@ -1,39 +1,40 @@
 //! mas-coordinator: a multi-agent coordinator for EPAM AI DIAL, shipped as a
 //! WASI HTTP component (Spin, `wasmtime serve`, any wasi:http host).
 //!
-//! A request goes through three steps (see README "Architecture"):
-//! coordination (`routing`), the agents of the registry (`registry`,
-//! `agents::dial`, `agents::ums`) and synthesis (`synthesis`), run by
-//! `coordinator` through one `driver`, which owns the response (`emitter`,
-//! in the DIAL wire format of `dial`) and every upstream call (`calls`).
-//! Everything except `host` is plain Rust that runs natively in tests; `host`
-//! adapts it to wasi:http and is compiled only for the Wasm target.
+//! The tree is the architecture, from the top (see docs/architecture.md):
+//!
+//! - [`host`] (Wasm only) adapts wasi:http to [`app`], which decides every
+//!   answer: endpoints, the body limit, health, refusals, stream or collect.
+//! - [`flow`]: one request's steps in order — coordination, the agents'
+//!   subtasks (the scheduler), synthesis — each a session run by the one
+//!   driver, which alone writes the response.
+//! - [`agents`]: the agent kinds, one file and one table row each, as sans-IO
+//!   sessions.
+//! - [`calls`]: upstream calls and their resilience (failover, the circuit
+//!   breaker, timeouts).
+//! - [`memory`]: what the coordinator keeps between turns in the message
+//!   state, and how that state is signed and trusted.
+//! - [`config`]: the configuration and the registry of agents.
+//! - [`wire`]: the DIAL wire format.
+//!
+//! Beside them: the request's shared [`context`], the one [`error`] type,
+//! every bound ([`limits`]), the seam to the host ([`client`]), tracing
+//! ([`trace`]) and the own-time [`meter`]. Everything except `host` is plain
+//! Rust that runs natively in tests.
 
 pub mod agents;
 pub mod app;
-pub mod breaker;
 pub mod calls;
 pub mod client;
 pub mod config;
 pub mod context;
-pub mod coordination;
-pub mod coordinator;
-pub mod dial;
-pub mod driver;
-pub mod emitter;
 pub mod error;
-pub mod health;
+pub mod flow;
 pub mod limits;
 pub mod memory;
 pub mod meter;
-pub mod plan;
-pub mod registry;
-pub mod routing;
-pub mod sse;
-pub mod state;
-pub mod synthesis;
-pub mod tasks;
 pub mod trace;
+pub mod wire;
 
 // spin-sdk's `http_component` macro expands to `unsafe` handle conversions;
 // this is the only place the crate allows it.

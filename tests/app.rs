@@ -12,8 +12,8 @@ use common::flow::config_with;
 use futures::stream;
 use mas_coordinator::app::{app, Answer, HttpRequest, Responder};
 use mas_coordinator::config::Config;
-use mas_coordinator::emitter::{ClientGone, Transport};
 use mas_coordinator::error::CoordError;
+use mas_coordinator::flow::emitter::{ClientGone, Transport};
 use serde_json::{json, Value};
 
 /// What the app answered.

@@ -1,8 +1,9 @@
 //! The module graph of `src/`, read from the source: which top-level module
 //! uses which (`crate::<module>` outside comments), and the rules the
-//! architecture keeps (README "Architecture"): no cycle; the DIAL wire format
-//! below everything; agents that never touch the response, the driver or the
-//! flow; one module that talks to the host.
+//! architecture keeps (docs/architecture.md): no cycle; the DIAL wire format
+//! below everything; agents that never touch the response or the flow; one
+//! module that talks to the host; the graph the docs show is the code's; and
+//! each agent kind is one file and one row of the kinds table.
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
@@ -40,12 +41,25 @@ fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
             let code = line.split("//").next().unwrap_or("");
             for (i, _) in code.match_indices("crate::") {
                 let rest = &code[i + "crate::".len()..];
-                let used: String = rest
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                if !used.is_empty() && used != module {
-                    uses.insert(used);
+                // `crate::a::..`, or a group `crate::{a::.., b}` (on one line).
+                let heads: Vec<&str> = match rest.strip_prefix('{') {
+                    Some(group) => group
+                        .split('}')
+                        .next()
+                        .unwrap_or("")
+                        .split(',')
+                        .map(str::trim)
+                        .collect(),
+                    None => vec![rest],
+                };
+                for head in heads {
+                    let used: String = head
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    if !used.is_empty() && used != module {
+                        uses.insert(used);
+                    }
                 }
             }
         }
@@ -108,38 +122,90 @@ fn layers_are_kept() {
     };
     // The wire format and the small pure pieces stand on nothing of ours.
     assert_eq!(
-        uses("dial"),
-        BTreeSet::new(),
-        "dial/ has its own error type"
+        uses("wire"),
+        set(&["limits"]),
+        "wire/ has its own error type"
     );
-    for leaf in ["trace", "limits", "breaker"] {
+    for leaf in ["client", "limits", "meter", "trace"] {
         assert_eq!(uses(leaf), BTreeSet::new(), "{leaf}");
     }
-    assert_eq!(uses("error"), set(&["dial"]));
-    assert_eq!(uses("sse"), set(&["limits"]));
+    assert_eq!(uses("error"), set(&["wire"]));
+    assert_eq!(uses("config"), set(&["client", "error"]));
+    assert!(
+        uses("memory").is_subset(&set(&["config", "limits", "wire"])),
+        "memory is read and written by the layers above it"
+    );
     // Agents say what they have to say; they never write the response, run
-    // calls, or know the flow.
-    for forbidden in [
-        "emitter",
-        "driver",
-        "coordinator",
-        "host",
-        "synthesis",
-        "routing",
-    ] {
+    // the flow, or know the application.
+    for forbidden in ["flow", "app", "host"] {
         assert!(
             !uses("agents").contains(forbidden),
             "agents use {forbidden}"
         );
     }
-    // Calls know nothing of agents, the driver or the flow.
-    for forbidden in ["agents", "driver", "coordinator", "emitter"] {
+    // Calls know nothing of agents, memory, the flow or the application.
+    for forbidden in ["agents", "memory", "flow", "app", "host"] {
         assert!(!uses("calls").contains(forbidden), "calls use {forbidden}");
     }
-    // Only the host adapter talks to the host, and nothing depends on it.
+    for forbidden in ["app", "host"] {
+        assert!(!uses("flow").contains(forbidden), "flow uses {forbidden}");
+    }
+    // Only the host adapter talks to the host and calls the app, and nothing
+    // depends on the host adapter.
     for (module, deps) in &graph {
         assert!(!deps.contains("host"), "{module} uses host");
+        if module != "host" {
+            assert!(!deps.contains("app"), "{module} uses app");
+        }
     }
+}
+
+/// The module graph docs/architecture.md shows (its `module-graph` block):
+/// one `module -> uses, ...` line per top-level module.
+fn documented_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/architecture.md");
+    let text = std::fs::read_to_string(doc).unwrap();
+    let block = text
+        .split("```text module-graph\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/architecture.md has a ```text module-graph block");
+    block
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let (module, uses) = line.split_once("->").expect("module -> uses");
+            let uses = uses
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect();
+            (module.trim().to_owned(), uses)
+        })
+        .collect()
+}
+
+#[test]
+fn the_documented_module_graph_is_the_code_s() {
+    let code = module_graph();
+    let doc = documented_graph();
+    let show = |g: &BTreeMap<String, BTreeSet<String>>| {
+        g.iter()
+            .map(|(m, u)| {
+                format!(
+                    "{m} -> {}",
+                    u.iter().cloned().collect::<Vec<_>>().join(", ")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        show(&doc),
+        show(&code),
+        "docs/architecture.md's module graph (left) differs from src/ (right)"
+    );
 }
 
 /// The code of a source file: comments dropped, and the unit tests at its end

@@ -18,8 +18,8 @@ use common::turns::{
     as_history, chat_stream, closing, created, gpa_expected, opening, ums_expected, ums_state,
 };
 use common::wire::*;
-use mas_coordinator::dial::response::cleanup_indices;
 use mas_coordinator::memory::endpoint_tag;
+use mas_coordinator::wire::response::cleanup_indices;
 use mas_world::{Fault, FaultKind, Recorded, World};
 use serde_json::{json, Map, Value};
 
@@ -1126,7 +1126,7 @@ const PLAN_ENV: (&str, &str) = ("COORDINATION_MODE", "plan");
 /// Stage 0's text for a plan of one subtask.
 fn one_subtask_plan(agent: &str, description: &str) -> String {
     let plan = json!({"subtasks": [{"task_id": 1, "agent_name": agent, "task_description": description, "depends_on": []}], "replan": false});
-    let plan: mas_coordinator::plan::Plan = serde_json::from_value(plan).unwrap();
+    let plan: mas_coordinator::flow::plan::Plan = serde_json::from_value(plan).unwrap();
     format!(
         "```json\n{}\n```\n",
         serde_json::to_string_pretty(&plan).unwrap()

@@ -847,21 +847,21 @@ async fn forged_state_is_ignored_when_states_are_signed() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let trust = |conversation| mas_coordinator::state::StateTrust {
+    let trust = |conversation| mas_coordinator::memory::state::StateTrust {
         secret: Some(SECRET),
-        binding: mas_coordinator::state::Binding {
+        binding: mas_coordinator::memory::state::Binding {
             conversation,
             subject: "",
         },
         now_s,
         max_age_s: None,
     };
-    assert!(mas_coordinator::state::verify(
+    assert!(mas_coordinator::memory::state::verify(
         &signed,
         SECRET,
         &trust(conv)
     ));
-    assert!(!mas_coordinator::state::verify(
+    assert!(!mas_coordinator::memory::state::verify(
         &signed,
         SECRET,
         &trust("dial-conv-B")

@@ -71,7 +71,7 @@ fn seed1_ums_query_streams_exact_chunks() {
     assert_eq!(routing["response_format"]["type"], "json_schema");
     assert_eq!(
         routing["response_format"]["json_schema"]["schema"],
-        mas_coordinator::routing::decision_schema(&config().registry)
+        mas_coordinator::flow::routing::decision_schema(&config().registry)
     );
     assert_eq!(routing["messages"][0]["role"], "system");
     assert_eq!(

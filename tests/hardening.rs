@@ -11,8 +11,9 @@ use std::rc::Rc;
 
 use common::fakes::*;
 use common::flow::*;
-use mas_coordinator::breaker::{self, BreakerState, MemoryStore};
+use mas_coordinator::calls::breaker::{self, BreakerState};
 use mas_coordinator::client::Host;
+use mas_coordinator::client::MemoryStore;
 use mas_coordinator::memory::endpoint_tag;
 use serde_json::{json, Value};
 
@@ -865,7 +866,7 @@ fn the_deep_health_check_is_cached_in_the_store() {
             Reply::json(200, json!({"status": "healthy"})),
         );
     let config = config();
-    let first = client.run(mas_coordinator::health::deep(
+    let first = client.run(mas_coordinator::app::health::deep(
         &client,
         &config,
         "/health?deep=1",
@@ -874,7 +875,7 @@ fn the_deep_health_check_is_cached_in_the_store() {
     assert_eq!(first["state_signing"], "off");
     assert_eq!(client.requests().len(), 2);
     client.clock.advance(4_000);
-    let cached = client.run(mas_coordinator::health::deep(
+    let cached = client.run(mas_coordinator::app::health::deep(
         &client,
         &config,
         "/health?deep=1",
@@ -886,7 +887,7 @@ fn the_deep_health_check_is_cached_in_the_store() {
     );
     assert_eq!(cached["cached_ms_ago"], 4_000);
     client.clock.advance(1_000);
-    client.run(mas_coordinator::health::deep(
+    client.run(mas_coordinator::app::health::deep(
         &client,
         &config,
         "/health?deep=1",
@@ -905,7 +906,7 @@ fn only_a_2xx_health_answer_counts_as_up() {
             "ums.test/health",
             Reply::json(200, json!({"status": "healthy"})),
         );
-    let report = client.run(mas_coordinator::health::deep(
+    let report = client.run(mas_coordinator::app::health::deep(
         &client,
         &config(),
         "/health?deep=1",

@@ -35,7 +35,7 @@ fn plan_reply(subtasks: Vec<Value>, replan: bool) -> Reply {
 
 /// The plan as stage 0 shows it (fields in the plan type's order).
 fn plan_block(subtasks: &[Value], replan: bool) -> String {
-    let plan: mas_coordinator::plan::Plan =
+    let plan: mas_coordinator::flow::plan::Plan =
         serde_json::from_value(json!({"subtasks": subtasks, "replan": replan})).unwrap();
     format!(
         "```json\n{}\n```\n",
@@ -154,7 +154,7 @@ fn two_independent_agents_stream_interleaved_into_their_own_stages() {
     let synthesis = body_json(reqs.last().unwrap());
     assert_eq!(
         synthesis["messages"][0]["content"],
-        mas_coordinator::plan::PLAN_SYNTHESIS_PROMPT
+        mas_coordinator::flow::plan::PLAN_SYNTHESIS_PROMPT
     );
     assert_eq!(
         synthesis["messages"][1]["content"],

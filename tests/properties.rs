@@ -6,10 +6,10 @@
 
 use mas_coordinator::app::{prepare, Incoming};
 use mas_coordinator::config::Config;
-use mas_coordinator::dial::request::parse_request;
 use mas_coordinator::error::CoordError;
-use mas_coordinator::sse::{SseDecoder, SseError};
 use mas_coordinator::trace::Trace;
+use mas_coordinator::wire::request::parse_request;
+use mas_coordinator::wire::sse::{SseDecoder, SseError};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use serde_json::{json, Map, Value};

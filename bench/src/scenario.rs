@@ -24,11 +24,11 @@ use mas_coordinator::calls::RequestTemplate;
 use mas_coordinator::client::dial_targets;
 use mas_coordinator::config::{Config, CoordinationMode};
 use mas_coordinator::context::RequestContext;
-use mas_coordinator::dial::request::{parse_request, ChatBody, ChatRequest, Message};
-use mas_coordinator::plan::{self, Finished, Outcome, PLAN_SYNTHESIS_PROMPT};
-use mas_coordinator::routing;
-use mas_coordinator::synthesis::{self, SYNTHESIS_PROMPT};
+use mas_coordinator::flow::plan::{self, Finished, Outcome, PLAN_SYNTHESIS_PROMPT};
+use mas_coordinator::flow::routing;
+use mas_coordinator::flow::synthesis::{self, SYNTHESIS_PROMPT};
 use mas_coordinator::trace::Trace;
+use mas_coordinator::wire::request::{parse_request, ChatBody, ChatRequest, Message};
 use mas_world::{Fault, FaultKind, Recorded, World};
 use serde_json::{json, Value};
 

@@ -208,7 +208,7 @@ pub fn fresh(salt: u64) -> u64 {
     bytes.extend_from_slice(&nanos.to_le_bytes());
     bytes.extend_from_slice(&salt.to_le_bytes());
     bytes.extend_from_slice(&std::process::id().to_le_bytes());
-    mas_coordinator::state::fnv1a(&bytes)
+    mas_coordinator::memory::state::fnv1a(&bytes)
 }
 
 #[cfg(test)]

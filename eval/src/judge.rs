@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use mas_coordinator::config::{Config, CoordinationMode};
-use mas_coordinator::plan::{self, Plan};
-use mas_coordinator::routing::{self, RoutingDecision};
+use mas_coordinator::flow::plan::{self, Plan};
+use mas_coordinator::flow::routing::{self, RoutingDecision};
 use serde::Serialize;
 
 use crate::cases::Case;
@@ -157,7 +157,7 @@ pub fn order_respected(decision: &Decision, groups: &[Vec<String>]) -> bool {
 
 /// For each subtask, the agents of the subtasks it depends on, directly or not.
 fn ancestor_agents(plan: &Plan) -> BTreeMap<u32, BTreeSet<&str>> {
-    let by_id: BTreeMap<u32, &mas_coordinator::plan::Subtask> =
+    let by_id: BTreeMap<u32, &mas_coordinator::flow::plan::Subtask> =
         plan.subtasks.iter().map(|s| (s.task_id, s)).collect();
     let mut out = BTreeMap::new();
     for s in &plan.subtasks {

@@ -168,7 +168,7 @@ pub struct Row {
     pub latency_ms: Option<f64>,
     /// Reported usage.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tokens: Option<mas_coordinator::dial::usage::Usage>,
+    pub tokens: Option<mas_coordinator::wire::usage::Usage>,
     /// The answer's text (shortened).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub answer: Option<String>,

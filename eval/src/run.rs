@@ -14,10 +14,10 @@ use std::time::Instant;
 
 use mas_coordinator::calls::RequestTemplate;
 use mas_coordinator::config::{Config, CoordinationMode};
-use mas_coordinator::dial::upstream::Completion;
-use mas_coordinator::dial::usage::Usage;
 use mas_coordinator::error::redact;
-use mas_coordinator::{plan, routing};
+use mas_coordinator::flow::{plan, routing};
+use mas_coordinator::wire::upstream::Completion;
+use mas_coordinator::wire::usage::Usage;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 

@@ -1,7 +1,7 @@
 //! A DIAL agent: a deployment called through DIAL Core with the per-request key
 //! and `X-CONVERSATION-ID` (GPA, and every `dial` agent of the registry).
 //!
-//! History: the agent sees only its own earlier exchanges (`memory.rs`): for
+//! History: the agent sees only its own earlier exchanges (`memory/`): for
 //! each, what it was asked (with that turn's user attachments) and what it
 //! produced (its text, its attachments, its own state), never our stages or
 //! another agent's results; then the current user message with its
@@ -22,14 +22,14 @@ use super::{dial_delta, AnswerText, LocalStage, Read, Say, Session, Step};
 use crate::calls::{CallFailed, CallSpec, Replay, RequestTemplate};
 use crate::client::{dial_targets, Target};
 use crate::config::parse_deployment;
+use crate::config::registry::{AgentSpec, StateSlot};
 use crate::context::RequestContext;
-use crate::dial::request::{ChatBody, CustomContent, Message};
-use crate::dial::response::{Attachment, StageStatus};
-use crate::dial::upstream::StageUpdate;
 use crate::error::{CoordError, UpstreamFault};
 use crate::limits::{MAX_AGENT_STATE_BYTES, MAX_CONTEXT_BYTES_PER_RESULT};
 use crate::memory::{self, Exchange, ExchangeView, Memory};
-use crate::registry::{AgentSpec, StateSlot};
+use crate::wire::request::{ChatBody, CustomContent, Message};
+use crate::wire::response::{Attachment, StageStatus};
+use crate::wire::upstream::StageUpdate;
 
 /// The `dial` kind: a DIAL deployment called through DIAL Core.
 pub const KIND: Kind = Kind {

@@ -12,16 +12,16 @@
 //! adding one.
 //!
 //! Reading the agents needs this table, and the configuration holds the
-//! agents, so [`Config::from_lookup`] is defined here: `config.rs` reads every
+//! agents, so [`Config::from_lookup`] is defined here: `config/mod.rs` reads every
 //! other variable and asks [`read_registry`] for the agents.
 
 use super::Session;
 use crate::client::Target;
+use crate::config::registry::{is_valid_name, AgentSpec, Registry, StateSlot};
 use crate::config::Config;
 use crate::context::RequestContext;
 use crate::error::{CoordError, Problems};
 use crate::memory::Conversation;
-use crate::registry::{is_valid_name, AgentSpec, Registry, StateSlot};
 
 /// Every kind, in the order error messages list them.
 pub static KINDS: &[Kind] = &[super::dial::KIND, super::ums::KIND];

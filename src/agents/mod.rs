@@ -3,7 +3,7 @@
 //! events or its whole body, its end, its failure), and says what it has to say
 //! through [`Say`]: text for its stage, stages of its own, attachments, its
 //! memory for later turns, usage. It never touches the network, the clock, the
-//! emitter or the breakers: the driver (`driver.rs`) owns all of those and can
+//! emitter or the breakers: the driver (`flow/driver.rs`) owns all of those and can
 //! run several sessions at once into one response.
 //!
 //! Each agent kind is one file and one row of [`kinds::KINDS`]:
@@ -11,8 +11,8 @@
 //! - [`dial`]: any DIAL deployment called through DIAL Core (GPA and every
 //!   `dial` agent of the registry).
 //! - [`ums`]: any agent with the UMS conversation API.
-//! - [`synthesis::SynthesisSession`](crate::synthesis::SynthesisSession) and
-//!   [`coordination::CoordinationSession`](crate::coordination::CoordinationSession)
+//! - [`synthesis::SynthesisSession`](crate::flow::synthesis::SynthesisSession) and
+//!   [`coordination::CoordinationSession`](crate::flow::coordination::CoordinationSession)
 //!   use the same interface for the coordination and the final answer.
 
 pub mod dial;
@@ -21,11 +21,11 @@ pub mod ums;
 
 use crate::calls::{Blame, CallFailed, CallSpec};
 use crate::client::Target;
-use crate::dial::response::{Attachment, StageStatus};
-use crate::dial::upstream::{error_text, ChunkDelta, StreamChunk};
-use crate::dial::usage::Usage;
 use crate::error::{CoordError, UpstreamFault};
 use crate::memory::Memory;
+use crate::wire::response::{Attachment, StageStatus};
+use crate::wire::upstream::{error_text, ChunkDelta, StreamChunk};
+use crate::wire::usage::Usage;
 
 /// A stage a session opened, in the session's own numbering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -52,7 +52,7 @@ pub trait Say {
     fn close_stage(&mut self, stage: LocalStage, status: StageStatus);
     /// Adds an attachment to the choice.
     fn attachment(&mut self, attachment: Attachment);
-    /// Leaves something for later turns (see `memory.rs`).
+    /// Leaves something for later turns (see `memory/`).
     fn remember(&mut self, memory: Memory);
     /// Reports what a call to `model` used.
     fn usage(&mut self, model: &str, usage: Usage);

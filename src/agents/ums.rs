@@ -4,7 +4,7 @@
 //!
 //! UMS keeps its own history per conversation, so it receives only the current
 //! request (plus the task text). The conversation id and a tag of the endpoint
-//! that holds it live in our state (`memory.rs`): the newest valid one in the
+//! that holds it live in our state (`memory/`): the newest valid one in the
 //! history is reused, on its own endpoint first; otherwise a conversation is
 //! created, and the stage says so. If the endpoint no longer knows the id (the
 //! chat call fails and `GET /conversations/{id}` answers 404), one new
@@ -21,13 +21,13 @@ use super::{parse_event, AnswerText, Read, Say, Session, Step};
 use crate::calls::{CallFailed, CallSpec, Replay, RequestTemplate};
 use crate::client::{endpoint_targets, Method, Target};
 use crate::config::parse_endpoint;
+use crate::config::registry::{AgentSpec, StateSlot};
 use crate::context::RequestContext;
-use crate::dial::request::Message;
-use crate::dial::upstream::error_text;
 use crate::error::{CoordError, UpstreamFault};
 use crate::limits::MAX_CONTEXT_BYTES_PER_RESULT;
 use crate::memory::{self, endpoint_tag, is_valid_conversation_id, Conversation, Memory};
-use crate::registry::{AgentSpec, StateSlot};
+use crate::wire::request::Message;
+use crate::wire::upstream::error_text;
 
 /// The `ums` kind: an agent with the UMS conversation API, called directly.
 pub const KIND: Kind = Kind {

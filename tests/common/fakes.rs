@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
 use futures::Stream;
-use mas_coordinator::breaker::{MemoryStore, SharedStore};
 use mas_coordinator::client::{Host, Method, OutboundRequest, OutboundResponse, TransportError};
+use mas_coordinator::client::{MemoryStore, SharedStore};
 use serde_json::{json, Value};
 
 pub const CORE: &str = "http://core.test";

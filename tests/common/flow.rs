@@ -3,10 +3,10 @@
 
 use mas_coordinator::app::{collect_response, prepare, stream_response, Incoming, RequestContext};
 use mas_coordinator::config::Config;
-use mas_coordinator::dial::response::SseEncoder;
-use mas_coordinator::emitter::{BufferTransport, Emitter};
 use mas_coordinator::error::CoordError;
+use mas_coordinator::flow::emitter::{BufferTransport, Emitter};
 use mas_coordinator::trace::Trace;
+use mas_coordinator::wire::response::SseEncoder;
 use serde_json::{json, Value};
 
 use super::fakes::{FakeClient, CORE, KEY, UMS, UNIX_EPOCH_MS};

@@ -55,7 +55,7 @@ pub fn opening(agent: &str) -> Vec<Value> {
 }
 
 /// The world's synthesis reply for our template
-/// `## CONTEXT:\n{answer}\n---\n## USER_REQUEST:\n{request}` (src/synthesis.rs):
+/// `## CONTEXT:\n{answer}\n---\n## USER_REQUEST:\n{request}` (src/flow/synthesis.rs):
 /// the context between the markers, trimmed, with the `---` line removed.
 pub fn synthesis_reply(agent_answer: &str) -> String {
     format!("Based on the agent's answer: {}", agent_answer.trim())

@@ -12,9 +12,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::config::registry::{AgentSpec, Registry};
 use crate::context::RequestContext;
-use crate::dial::request::{ChatBody, LlmMessages};
-use crate::registry::{AgentSpec, Registry};
+use crate::wire::request::{ChatBody, LlmMessages};
 
 /// The routing decision the LLM returns as structured output.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

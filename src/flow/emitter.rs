@@ -13,9 +13,9 @@
 use serde_json::Value;
 
 pub use crate::context::ClientGone;
-use crate::dial::response::{Attachment, Delta, MessageAccumulator, SseEncoder, StageStatus};
-use crate::dial::usage::{Usage, UsageReport};
 use crate::error::CoordError;
+use crate::wire::response::{Attachment, Delta, MessageAccumulator, SseEncoder, StageStatus};
+use crate::wire::usage::{Usage, UsageReport};
 
 /// Where the streamed bytes go (the host's response body, or a test's buffer).
 pub trait Transport {

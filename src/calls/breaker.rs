@@ -14,29 +14,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Breaker settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BreakerConfig {
-    /// Consecutive failures that open the breaker.
-    pub failure_threshold: u32,
-    /// The failures must happen within this many milliseconds.
-    pub window_ms: u64,
-    /// How long the breaker stays open before a trial call.
-    pub open_ms: u64,
-    /// Distinct callers (conversations or users) the failures must come from (1 to 4).
-    pub min_callers: u8,
-}
-
-impl Default for BreakerConfig {
-    fn default() -> Self {
-        BreakerConfig {
-            failure_threshold: 5,
-            window_ms: 60_000,
-            open_ms: 60_000,
-            min_callers: 2,
-        }
-    }
-}
+use crate::client::SharedStore;
+use crate::config::BreakerConfig;
 
 /// Most distinct callers a closed breaker remembers.
 const MAX_CALLERS: usize = 4;
@@ -167,17 +146,6 @@ impl BreakerState {
     }
 }
 
-/// A small key-value store: where breaker states (and the deep health report's
-/// cache) live. A deployment choice (see docs/deploying.md, "Which build on which host").
-pub trait SharedStore {
-    /// The value of `key`, if any.
-    fn get(&self, key: &str) -> Option<Vec<u8>>;
-    /// Stores `value` under `key`.
-    fn set(&self, key: &str, value: &[u8]);
-    /// A name for `/health`.
-    fn kind(&self) -> &'static str;
-}
-
 /// The breaker state stored under `key` (default when absent or unreadable).
 pub fn load(store: &dyn SharedStore, key: &str) -> BreakerState {
     store
@@ -226,31 +194,10 @@ pub fn record_failure(
     save(store, key, &next);
 }
 
-/// A store in this instance's memory: it lasts as long as the host reuses the instance.
-#[derive(Debug, Default)]
-pub struct MemoryStore {
-    values: std::cell::RefCell<std::collections::HashMap<String, Vec<u8>>>,
-}
-
-impl SharedStore for MemoryStore {
-    fn get(&self, key: &str) -> Option<Vec<u8>> {
-        self.values.borrow().get(key).cloned()
-    }
-
-    fn set(&self, key: &str, value: &[u8]) {
-        self.values
-            .borrow_mut()
-            .insert(key.to_owned(), value.to_vec());
-    }
-
-    fn kind(&self) -> &'static str {
-        "instance-memory"
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::MemoryStore;
 
     const CFG: BreakerConfig = BreakerConfig {
         failure_threshold: 5,

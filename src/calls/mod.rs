@@ -25,6 +25,8 @@
 //! with a head shows the target is alive. Failures are counted with the
 //! request's caller (see `BreakerConfig::min_callers`).
 
+pub mod breaker;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -32,13 +34,13 @@ use std::task::{Context, Poll};
 use futures::future::{select, Either};
 use futures::{Stream, StreamExt};
 
-use crate::breaker::{self, Admission};
 use crate::client::{Host, Method, OutboundRequest, Target, TransportError};
 use crate::config::LogLevel;
 use crate::context::RequestContext;
 use crate::error::{redact, CoordError, Deadline, Service, UpstreamFault};
 use crate::limits::{ERROR_EXCERPT_WAIT_MS, MAX_ERROR_EXCERPT_BYTES};
 use crate::trace::span_id;
+use breaker::Admission;
 
 /// The request being served and the host it runs on: what every call needs.
 #[derive(Debug)]
@@ -622,7 +624,7 @@ async fn read_excerpt<H: Host>(host: &H, body: &mut H::Body, wait_until: u64) ->
     match serde_json::from_str::<serde_json::Value>(&text) {
         Ok(v) => v
             .get("error")
-            .map(crate::dial::upstream::error_text)
+            .map(crate::wire::upstream::error_text)
             .or_else(|| v.get("detail").map(ToString::to_string))
             .unwrap_or_else(|| text.into_owned()),
         Err(_) => text.into_owned(),

@@ -8,14 +8,15 @@
 //! for what the environment does not set (`host.rs`); [`VARIABLES`] is the
 //! list `spin.toml` declares. The names of the Python reference are kept so
 //! that existing set-ups carry over. The agents are a table of their own
-//! (`registry.rs`), read by their kinds (`agents/kinds.rs`, which is why
+//! (`config/registry.rs`), read by their kinds (`agents/kinds.rs`, which is why
 //! `Config::from_lookup` lives there). Parsing is pure: it takes a lookup
 //! function, and reports every malformed variable at once.
 
-use crate::breaker::BreakerConfig;
+pub mod registry;
+
 use crate::client::{dial_targets, Target};
+use crate::config::registry::Registry;
 use crate::error::{CoordError, Problems};
-use crate::registry::Registry;
 
 /// Every configuration variable the coordinator reads, in the README's order,
 /// except the per-agent `AGENT_<NAME>_<FIELD>` ones of the registry.
@@ -78,6 +79,30 @@ impl Default for Timeouts {
             first_byte_ms: 30_000,
             idle_ms: 120_000,
             total_ms: 300_000,
+        }
+    }
+}
+
+/// Breaker settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the breaker.
+    pub failure_threshold: u32,
+    /// The failures must happen within this many milliseconds.
+    pub window_ms: u64,
+    /// How long the breaker stays open before a trial call.
+    pub open_ms: u64,
+    /// Distinct callers (conversations or users) the failures must come from (1 to 4).
+    pub min_callers: u8,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failure_threshold: 5,
+            window_ms: 60_000,
+            open_ms: 60_000,
+            min_callers: 2,
         }
     }
 }

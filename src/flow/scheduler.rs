@@ -14,13 +14,13 @@ use std::collections::HashMap;
 
 use crate::agents::kinds::{self, Assignment};
 use crate::agents::ums::find_conversation;
+use crate::config::registry::AgentSpec;
 use crate::context::RequestContext;
-use crate::driver::{Ended, Ready, Root, Scheduler, Task};
 use crate::error::CoordError;
+use crate::flow::driver::{Ended, Ready, Root, Scheduler, Task};
+use crate::flow::plan::{task_text, Finished, Outcome, Plan, Subtask};
 use crate::memory::Conversation;
 use crate::memory::Memory;
-use crate::plan::{task_text, Finished, Outcome, Plan, Subtask};
-use crate::registry::AgentSpec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Status {

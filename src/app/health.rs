@@ -13,7 +13,7 @@ use futures::future::{join_all, select, Either};
 use serde_json::{json, Value};
 
 use crate::agents::kinds;
-use crate::breaker;
+use crate::calls::breaker;
 use crate::calls::breaker_key;
 use crate::client::{Host, OutboundRequest, Target};
 use crate::config::Config;

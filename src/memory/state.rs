@@ -20,8 +20,8 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use sha2::Sha256;
 
-use crate::dial::request::Message;
-use crate::dial::response::cleanup_indices;
+use crate::wire::request::Message;
+use crate::wire::response::cleanup_indices;
 
 /// The state key holding the signature.
 pub const SIGNATURE: &str = "signature";

@@ -5,8 +5,8 @@ use crate::agents::{dial_delta, Read, Say, Session, Step};
 use crate::calls::{CallFailed, CallSpec, Replay, RequestTemplate};
 use crate::client::Target;
 use crate::context::RequestContext;
-use crate::dial::request::{ChatBody, LlmMessages};
 use crate::error::{CoordError, Service};
+use crate::wire::request::{ChatBody, LlmMessages};
 
 /// The system prompt of the synthesis call.
 pub const SYNTHESIS_PROMPT: &str = "\

@@ -34,15 +34,17 @@
 //! Reading is lenient and defensive: an entry that does not have the expected
 //! shape is ignored, as if absent.
 
+pub mod state;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use crate::dial::request::Message;
-use crate::dial::response::Attachment;
+use crate::config::registry::{AgentSpec, StateSlot};
 use crate::limits::{truncate_marked, MAX_REMEMBERED_ATTACHMENTS, MAX_REMEMBERED_TEXT_BYTES};
-use crate::registry::{AgentSpec, StateSlot};
-use crate::state::{fnv1a, trusted_state, StateTrust};
+use crate::memory::state::{fnv1a, trusted_state, StateTrust};
+use crate::wire::request::Message;
+use crate::wire::response::Attachment;
 
 /// State key marking an assistant turn served by GPA.
 pub const IS_GPA: &str = "is_gpa";
@@ -202,7 +204,7 @@ pub fn compose<'a>(
                     .entry(agent.name.clone())
                     .or_insert_with(|| json!({"conversation_id": id, "endpoint": endpoint}));
             }
-            // A slot always matches its agent's kind (registry.rs).
+            // A slot always matches its agent's kind (agents/kinds.rs).
             (StateSlot::Gpa, Memory::Conversation { .. })
             | (StateSlot::Ums, Memory::Exchange(_)) => {}
         }
@@ -384,8 +386,8 @@ mod tests {
 
     #[test]
     fn recall_keeps_the_messages_whose_state_is_trusted() {
-        use crate::dial::request::CustomContent;
-        use crate::state::{sign, Binding};
+        use crate::memory::state::{sign, Binding};
+        use crate::wire::request::CustomContent;
         let trust = StateTrust {
             secret: Some("0123456789abcdef-secret"),
             binding: Binding {

@@ -4,7 +4,7 @@
 //!
 //! Sessions (`agents/`) are state machines that never do I/O; the driver asks
 //! each for its next step, makes the call it asks for (failover, breaker,
-//! timeouts and the call's log line are `calls.rs`), and feeds it what comes
+//! timeouts and the call's log line are `calls/`), and feeds it what comes
 //! back: the head, every SSE event (decoded here, bounded in size) or the
 //! whole body (bounded), the end, the failure. What a session says goes
 //! straight into the emitter under the session's root stage, with the stage
@@ -25,19 +25,19 @@ use futures::{FutureExt, StreamExt};
 use crate::agents::{LocalStage, Read, Say, Session, Step};
 use crate::calls::{self, Blame, CallFailed, Caller, Opened, Outcome};
 use crate::client::Host;
+use crate::config::registry::AgentSpec;
 use crate::context::{ClientGone, FlowError};
-use crate::dial::response::{Attachment, StageStatus};
-use crate::dial::usage::Usage;
-use crate::emitter::{Emitter, StageId, Transport};
 use crate::error::{redact, CoordError, Service, UpstreamFault};
+use crate::flow::emitter::{Emitter, StageId, Transport};
 use crate::limits::{
     FLUSH_BYTES, MAX_AGENT_OUTPUT_BYTES, MAX_ANSWER_BYTES, MAX_ATTACHMENTS_PER_AGENT,
     MAX_STAGES_PER_AGENT,
 };
+use crate::memory::state::sign;
 use crate::memory::{self, Memory};
-use crate::registry::AgentSpec;
-use crate::sse::SseDecoder;
-use crate::state::sign;
+use crate::wire::response::{Attachment, StageStatus};
+use crate::wire::sse::SseDecoder;
+use crate::wire::usage::Usage;
 
 /// Where a task's text goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -678,10 +678,10 @@ impl<'a, 'o, H: Host, T: Transport> Driver<'a, 'o, H, T> {
                 let mut events = Vec::new();
                 if let Err(e) = decoder.push(&bytes, &mut events) {
                     return Handled::Failed(opened.error(match e {
-                        crate::sse::SseError::EventTooLarge(_) => {
+                        crate::wire::sse::SseError::EventTooLarge(_) => {
                             UpstreamFault::Oversized(e.to_string())
                         }
-                        crate::sse::SseError::InvalidUtf8 => {
+                        crate::wire::sse::SseError::InvalidUtf8 => {
                             UpstreamFault::Malformed(e.to_string())
                         }
                     }));

@@ -17,10 +17,10 @@ use crate::calls::{CallFailed, CallSpec, Replay, RequestTemplate};
 use crate::client::Target;
 use crate::config::CoordinationMode;
 use crate::context::RequestContext;
-use crate::dial::upstream::Completion;
 use crate::error::{CoordError, Service, UpstreamFault};
-use crate::plan::{self, Finished, Plan, Subtask};
-use crate::routing;
+use crate::flow::plan::{self, Finished, Plan, Subtask};
+use crate::flow::routing;
+use crate::wire::upstream::Completion;
 
 /// Name of stage 0.
 pub const COORDINATION_STAGE: &str = "Coordination Request";

@@ -10,6 +10,8 @@
 //! one error event and `[DONE]` ([`stream_response`]); in non-streaming mode
 //! it becomes an HTTP error ([`collect_response`]).
 
+pub mod health;
+
 use std::future::Future;
 
 use futures::{Stream, StreamExt};
@@ -19,16 +21,15 @@ use crate::calls::Caller;
 use crate::client::Host;
 use crate::config::Config;
 pub use crate::context::{FlowError, RequestContext};
-use crate::coordinator::coordinate;
-use crate::dial::request::parse_request;
-use crate::dial::response::SseEncoder;
-use crate::driver::{Driver, Ending};
-use crate::emitter::{ClientGone, Emitter, Transport};
 use crate::error::CoordError;
-use crate::health;
+use crate::flow::coordinate;
+use crate::flow::driver::{Driver, Ending};
+use crate::flow::emitter::{ClientGone, Emitter, Transport};
+use crate::memory::state::token_subject;
 use crate::meter;
-use crate::state::token_subject;
 use crate::trace::{span_id, trace_id, Trace};
+use crate::wire::request::parse_request;
+use crate::wire::response::SseEncoder;
 
 /// An incoming HTTP request, as the host reads it.
 pub struct HttpRequest<'r, B> {

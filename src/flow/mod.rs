@@ -5,24 +5,32 @@
 //! the one [`Driver`], which alone writes the response. The role chunk and the
 //! opening of stage 0 are flushed before the coordination call, so the
 //! client's first byte never waits on the LLM. The state of the response (what
-//! every agent left for later turns, `memory.rs`) is written once, when the
+//! every agent left for later turns, `memory/`) is written once, when the
 //! agents are done, on success and on failure alike.
+
+pub mod coordination;
+pub mod driver;
+pub mod emitter;
+pub mod plan;
+pub mod routing;
+pub mod scheduler;
+pub mod synthesis;
 
 use std::collections::HashMap;
 
 use crate::client::Host;
+use crate::config::registry::AgentSpec;
 use crate::config::CoordinationMode;
 use crate::context::{FlowError, RequestContext};
-use crate::coordination::{stage_name, CoordinationSession, Decided, Decision};
-use crate::driver::{Driver, Root, Single};
-use crate::emitter::Transport;
 use crate::error::CoordError;
+use crate::flow::coordination::{stage_name, CoordinationSession, Decided, Decision};
+use crate::flow::driver::{Driver, Root, Single};
+use crate::flow::emitter::Transport;
+use crate::flow::scheduler::PlanRun;
+use crate::flow::synthesis::{SynthesisSession, SYNTHESIS_PROMPT};
 use crate::memory::Memory;
 use crate::meter::{self, Phase};
-use crate::plan::{self, Finished, Outcome, Plan, PLAN_SYNTHESIS_PROMPT};
-use crate::registry::AgentSpec;
-use crate::synthesis::{SynthesisSession, SYNTHESIS_PROMPT};
-use crate::tasks::PlanRun;
+use plan::{Finished, Outcome, Plan, PLAN_SYNTHESIS_PROMPT};
 
 /// Runs coordination, the agents and synthesis through `driver`. Does not
 /// end the response: the caller does, by success or failure. The agents

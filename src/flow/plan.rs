@@ -22,10 +22,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 
+use crate::config::registry::Registry;
 use crate::context::RequestContext;
-use crate::dial::request::{ChatBody, LlmMessages};
-use crate::registry::Registry;
-use crate::routing::{agent_list, fallback_note, fill_agents, strip_fence};
+use crate::flow::routing::{agent_list, fallback_note, fill_agents, strip_fence};
+use crate::wire::request::{ChatBody, LlmMessages};
 
 /// The coordination plan the LLM returns as structured output.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
