@@ -12,10 +12,10 @@ use mas_coordinator::agents::{LocalStage, Read, Say, Session, Step};
 use mas_coordinator::calls::{self, Blame, CallFailed, CallSpec, Caller};
 use mas_coordinator::client::Target;
 use mas_coordinator::context::RequestContext;
-use mas_coordinator::dial::response::{Attachment, StageStatus};
-use mas_coordinator::dial::usage::Usage;
 use mas_coordinator::error::{redact, CoordError, Service, UpstreamFault};
 use mas_coordinator::memory::Memory;
+use mas_coordinator::wire::response::{Attachment, StageStatus};
+use mas_coordinator::wire::usage::Usage;
 use serde_json::Value;
 
 use super::fakes::{FakeClient, Reply};
