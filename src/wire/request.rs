@@ -110,11 +110,6 @@ impl Message {
         serde_json::from_str(self.state()?.get()).ok()
     }
 
-    /// Replaces the content with plain text.
-    pub fn set_text(&mut self, text: &str) {
-        self.content = raw(&text);
-    }
-
     /// Appends text to the content: to the string, or as one more text part.
     pub fn append_text(&mut self, text: &str) {
         let content = match self.parsed_content() {
@@ -501,6 +496,58 @@ fn quote_cut(text: &str) -> String {
     format!("\"{}{more}\"", cut.escape_debug())
 }
 
+/// The body of a chat-completions call the coordinator makes (same shape as
+/// the requests it receives), serialized straight from borrowed parts. The
+/// deployment's `model` is added per target by the caller.
+#[derive(Debug, Serialize)]
+pub struct ChatBody<M: Serialize> {
+    /// The messages.
+    pub messages: M,
+    /// Streaming or not.
+    pub stream: bool,
+    /// Structured output, for the routing call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<Value>,
+}
+
+impl<M: Serialize> ChatBody<M> {
+    /// The body as JSON bytes.
+    pub fn to_vec(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// The messages of an LLM call: our system prompt, then the history without
+/// `custom_content`; the last message's text replaced when `last_text` is set.
+#[derive(Debug, Clone, Copy)]
+pub struct LlmMessages<'a> {
+    /// The system prompt.
+    pub system: &'a str,
+    /// The conversation.
+    pub history: &'a [Message],
+    /// A replacement for the last message's content.
+    pub last_text: Option<&'a str>,
+}
+
+impl Serialize for LlmMessages<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.history.len() + 1))?;
+        seq.serialize_element(&serde_json::json!({"role": "system", "content": self.system}))?;
+        let (last, earlier) = match (self.last_text, self.history.split_last()) {
+            (Some(text), Some((last, earlier))) => (Some((last, text)), earlier),
+            _ => (None, self.history),
+        };
+        for m in earlier {
+            seq.serialize_element(&m.without_custom_content())?;
+        }
+        if let Some((m, text)) = last {
+            seq.serialize_element(&WithText(m, text))?;
+        }
+        seq.end()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -675,7 +722,7 @@ mod tests {
     }
 
     #[test]
-    fn append_and_set_text() {
+    fn append_text_to_a_string_or_to_parts() {
         let mut m = Message::text_message("user", "hello");
         m.append_text("\n\nmore");
         assert_eq!(m.text(), "hello\n\nmore");
@@ -685,62 +732,5 @@ mod tests {
         .unwrap();
         p.append_text("b");
         assert_eq!(p.text(), "a\nb");
-        p.set_text("plain");
-        assert_eq!(
-            serde_json::to_value(&p).unwrap(),
-            json!({"role": "user", "content": "plain"})
-        );
-    }
-}
-
-/// The body of a chat-completions call the coordinator makes (same shape as
-/// the requests it receives), serialized straight from borrowed parts. The
-/// deployment's `model` is added per target by the caller.
-#[derive(Debug, Serialize)]
-pub struct ChatBody<M: Serialize> {
-    /// The messages.
-    pub messages: M,
-    /// Streaming or not.
-    pub stream: bool,
-    /// Structured output, for the routing call.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub response_format: Option<Value>,
-}
-
-impl<M: Serialize> ChatBody<M> {
-    /// The body as JSON bytes.
-    pub fn to_vec(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
-    }
-}
-
-/// The messages of an LLM call: our system prompt, then the history without
-/// `custom_content`; the last message's text replaced when `last_text` is set.
-#[derive(Debug, Clone, Copy)]
-pub struct LlmMessages<'a> {
-    /// The system prompt.
-    pub system: &'a str,
-    /// The conversation.
-    pub history: &'a [Message],
-    /// A replacement for the last message's content.
-    pub last_text: Option<&'a str>,
-}
-
-impl Serialize for LlmMessages<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeSeq;
-        let mut seq = s.serialize_seq(Some(self.history.len() + 1))?;
-        seq.serialize_element(&serde_json::json!({"role": "system", "content": self.system}))?;
-        let (last, earlier) = match (self.last_text, self.history.split_last()) {
-            (Some(text), Some((last, earlier))) => (Some((last, text)), earlier),
-            _ => (None, self.history),
-        };
-        for m in earlier {
-            seq.serialize_element(&m.without_custom_content())?;
-        }
-        if let Some((m, text)) = last {
-            seq.serialize_element(&WithText(m, text))?;
-        }
-        seq.end()
     }
 }
