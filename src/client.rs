@@ -177,8 +177,20 @@ impl TransportError {
 pub struct OutboundResponse<B> {
     /// HTTP status.
     pub status: u16,
+    /// `Retry-After` in seconds, when the response carries one as a number.
+    pub retry_after_s: Option<u64>,
     /// Body chunks, split anywhere.
     pub body: B,
+}
+
+/// A `Retry-After` value in seconds (its HTTP-date form is not read), bounded
+/// to a day.
+pub fn retry_after_seconds(value: &str) -> Option<u64> {
+    value
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(|s| s.min(24 * 60 * 60))
 }
 
 /// What the coordinator needs from the host it runs on: outbound HTTP, a timer,
@@ -231,6 +243,14 @@ mod tests {
         assert_eq!(t[0].label, "primary endpoint");
         assert_eq!(t[1].label, "backup endpoint 1");
         assert_eq!(t[1].identity, "http://b");
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_and_bounded() {
+        assert_eq!(retry_after_seconds(" 30 "), Some(30));
+        assert_eq!(retry_after_seconds("999999999"), Some(86_400));
+        assert_eq!(retry_after_seconds("Wed, 21 Oct 2026 07:28:00 GMT"), None);
+        assert_eq!(retry_after_seconds("-1"), None);
     }
 
     #[test]

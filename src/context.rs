@@ -99,13 +99,52 @@ impl RequestContext {
     }
 
     /// Who this request is for, as the circuit breaker counts callers: the
-    /// conversation, else the user, else one shared "anonymous" caller.
+    /// user of the token DIAL Core forwarded (its `sub`). Never a header the
+    /// client chooses (`X-CONVERSATION-ID` is one: two chats would be two
+    /// callers). Without a token the breaker cannot tell users apart, so each
+    /// request counts as a caller of its own (see docs/operating.md).
     pub fn caller_id(&self) -> u64 {
-        let who = match (&self.conversation_id, &self.subject) {
-            (Some(c), _) => format!("conversation:{c}"),
-            (None, Some(s)) => format!("user:{s}"),
-            (None, None) => "anonymous".to_owned(),
+        let who = match &self.subject {
+            Some(s) => format!("user:{s}"),
+            None => format!("request:{}", self.trace.span_id),
         };
         fnv1a(who.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(conversation: Option<&str>, subject: Option<&str>, span: &str) -> RequestContext {
+        RequestContext {
+            config: Config::default(),
+            api_key: "sk".to_owned(),
+            conversation_id: conversation.map(str::to_owned),
+            subject: subject.map(str::to_owned),
+            coordinator: "mas-coordinator".to_owned(),
+            request: ChatRequest {
+                messages: Vec::new(),
+                stream: None,
+            },
+            trace: Trace::from_headers(None, None, "a".repeat(32), span.to_owned()),
+            start_ms: 0,
+            unix_s: 0,
+            recall: OnceLock::new(),
+        }
+    }
+
+    #[test]
+    fn the_breaker_s_caller_is_the_token_s_user_never_a_client_chosen_header() {
+        let alice_1 = request(Some("conv-1"), Some("alice"), "1111111111111111");
+        let alice_2 = request(Some("conv-2"), Some("alice"), "2222222222222222");
+        let bob = request(Some("conv-1"), Some("bob"), "3333333333333333");
+        assert_eq!(alice_1.caller_id(), alice_2.caller_id());
+        assert_ne!(alice_1.caller_id(), bob.caller_id());
+        // Without a token every request is a caller of its own, whatever its
+        // conversation id says.
+        let anonymous_1 = request(Some("conv-1"), None, "4444444444444444");
+        let anonymous_2 = request(Some("conv-1"), None, "5555555555555555");
+        assert_ne!(anonymous_1.caller_id(), anonymous_2.caller_id());
     }
 }

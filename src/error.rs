@@ -49,6 +49,14 @@ pub enum UpstreamFault {
     Connect(String),
     /// The upstream answered with a non-success status; the text is a short, redacted excerpt.
     Status(u16, String),
+    /// The upstream answered 429: a limit of this caller (or of its share)
+    /// was reached, not a fault of the upstream; `Retry-After` when it said.
+    RateLimited {
+        /// Seconds until it may be tried again, when the upstream said.
+        retry_after_s: Option<u64>,
+        /// A short, redacted excerpt of its answer.
+        detail: String,
+    },
     /// The upstream sent an error event inside its stream.
     ErrorEvent(String),
     /// The stream ended (EOF or broken connection) before its end marker.
@@ -224,6 +232,19 @@ impl CoordError {
                         format!("{who} answered HTTP {s}")
                     }
                     UpstreamFault::Status(s, d) => format!("{who} answered HTTP {s}: {d}"),
+                    UpstreamFault::RateLimited {
+                        retry_after_s,
+                        detail,
+                    } => {
+                        let mut m = format!("{who} answered HTTP 429: a limit was reached");
+                        if !detail.is_empty() {
+                            m.push_str(&format!(" ({detail})"));
+                        }
+                        if let Some(s) = retry_after_s {
+                            m.push_str(&format!("; retry after {s} s"));
+                        }
+                        m
+                    }
                     UpstreamFault::ErrorEvent(d) => format!("{who} reported an error: {d}"),
                     UpstreamFault::Truncated(d) => {
                         format!("{who} stopped before finishing its answer: {d}")
@@ -271,6 +292,16 @@ impl CoordError {
                 let what = match fault {
                     UpstreamFault::Connect(_) => format!("{who} is unreachable right now"),
                     UpstreamFault::Status(s, _) => format!("{who} failed (HTTP {s})"),
+                    UpstreamFault::RateLimited { retry_after_s, .. } => {
+                        let mut s = format!("{who} reached a usage limit");
+                        if let Some(first) = s.get_mut(0..1) {
+                            first.make_ascii_uppercase();
+                        }
+                        return match retry_after_s {
+                            Some(after) => format!("{s}. Please try again in {after} s."),
+                            None => format!("{s}. Please try again later."),
+                        };
+                    }
                     UpstreamFault::ErrorEvent(_) => format!("{who} reported an error"),
                     UpstreamFault::Truncated(_) => {
                         format!("{who} stopped before finishing its answer")
@@ -395,6 +426,27 @@ mod tests {
                 "type":"internal_server_error","code":"500",
                 "display_message":"The coordinator failed internally. Please try again; if it keeps happening, tell the administrator."}})
         );
+    }
+
+    #[test]
+    fn a_limit_says_so_and_when_to_try_again() {
+        let limited = |retry_after_s| CoordError::Upstream {
+            service: Service::llm(),
+            target: "gpt-4o".into(),
+            fault: UpstreamFault::RateLimited {
+                retry_after_s,
+                detail: String::new(),
+            },
+        };
+        assert_eq!(
+            limited(None).display_message(),
+            "The coordinator's language model reached a usage limit. Please try again later."
+        );
+        assert_eq!(
+            limited(Some(20)).message(),
+            "LLM (gpt-4o) answered HTTP 429: a limit was reached; retry after 20 s"
+        );
+        assert_eq!(limited(Some(20)).status(), 500, "never a 429 to DIAL Core");
     }
 
     #[test]

@@ -22,7 +22,9 @@ use wasi::io::streams::OutputStream;
 
 use crate::app::{app, Answer, HttpRequest, Responder};
 use crate::client::SharedStore;
-use crate::client::{Host, Method, OutboundRequest, OutboundResponse, TransportError};
+use crate::client::{
+    retry_after_seconds, Host, Method, OutboundRequest, OutboundResponse, TransportError,
+};
 use crate::config::Config;
 use crate::error::CoordError;
 use crate::flow::emitter::{ClientGone, Transport};
@@ -551,9 +553,16 @@ const EARLY_BODY_MAX: usize = 64 * 1024;
 
 fn wasi_response(response: IncomingResponse) -> OutboundResponse<WasiBody> {
     let status = response.status();
+    let retry_after_s = response
+        .headers()
+        .get("retry-after")
+        .first()
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(retry_after_seconds);
     let stream = Box::pin(response.take_body_stream());
     OutboundResponse {
         status,
+        retry_after_s,
         body: WasiBody {
             stream,
             _response: response,

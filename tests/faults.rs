@@ -1221,6 +1221,120 @@ async fn ums_fails_over_to_the_backup_endpoint_and_remembers_where_the_conversat
 // ---------------------------------------------------------------------------
 // Hardening: one user cannot trip the breaker, bounded reads, merge-proof signatures
 
+/// A streamed chat of the user `sub` (of the forwarded token) in `conversation`.
+async fn chat_as(host: &WasiHost, sub: &str, conversation: &str) -> TimedResponse {
+    let token = bearer(sub);
+    let headers = [
+        ("Api-Key", KEY),
+        ("X-CONVERSATION-ID", conversation),
+        ("Authorization", token.as_str()),
+    ];
+    let body = json!({"model": "mas-coordinator", "stream": true, "messages": [user(CAPITAL)]});
+    let r = common::host::post_json_timed(&host.chat_url(), &headers, &body).await;
+    assert_eq!(r.status, 200);
+    r
+}
+
+/// What a stream that failed in coordination says.
+fn coordination_failed(message: &str, display: &str) -> Vec<Value> {
+    let mut want = vec![
+        json!({"role": "assistant"}),
+        stage_open(0, "Coordination Request", None),
+    ];
+    want.extend(failed_tail(&[0], runtime_error(message, display)));
+    want
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_llm_limit_of_one_user_never_opens_the_breaker_and_another_user_is_served() {
+    let s = Stack::start_with_args(
+        &[
+            "--max-instance-reuse-count",
+            "1000",
+            "--idle-instance-timeout",
+            "60s",
+        ],
+        &[],
+    )
+    .await;
+    s.world.set_fault(
+        "routing",
+        Fault {
+            kind: FaultKind::Status,
+            status: Some(429),
+            ..Fault::default()
+        },
+    );
+    // One user, three conversations, twice the breaker's threshold.
+    for i in 0..10 {
+        let r = chat_as(&s.host, "alice", &format!("alice-conv-{}", i % 3)).await;
+        assert_eq!(
+            deltas(&r.events()),
+            coordination_failed(
+                "LLM (gpt-4o) answered HTTP 429: a limit was reached (injected fault)",
+                "The coordinator's language model reached a usage limit. Please try again later."
+            )
+        );
+    }
+    s.world.clear_faults();
+    let r = chat_as(&s.host, "bob", "bob-conv").await;
+    let d = deltas(&r.events());
+    assert_eq!(d.last(), Some(&json!("[DONE]")));
+    assert!(d.iter().all(|e| e.get("error").is_none()), "{d:?}");
+    let health = get(&format!("{}/health?deep=1", s.host.url())).await;
+    assert_eq!(
+        health.json()["breakers"][0],
+        json!({"service": "LLM", "target": "gpt-4o", "state": "closed"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llm_503s_seen_by_several_users_open_its_breaker() {
+    let s = Stack::start_with_args(
+        &[
+            "--max-instance-reuse-count",
+            "1000",
+            "--idle-instance-timeout",
+            "60s",
+        ],
+        &[],
+    )
+    .await;
+    s.world.set_fault(
+        "routing",
+        Fault {
+            kind: FaultKind::Status,
+            status: Some(503),
+            ..Fault::default()
+        },
+    );
+    for i in 0..5 {
+        let r = chat_as(&s.host, &format!("user-{}", i % 2), "conv").await;
+        assert_eq!(
+            deltas(&r.events()),
+            coordination_failed(
+                "LLM (gpt-4o) answered HTTP 503: injected fault",
+                "The coordinator's language model failed (HTTP 503). Please try again in a moment."
+            )
+        );
+    }
+    let llm_calls = |w: &World| w.requests().iter().filter(|r| r.path == LLM_PATH).count();
+    assert_eq!(llm_calls(&s.world), 5);
+    let r = chat_as(&s.host, "carol", "conv").await;
+    let d = deltas(&r.events());
+    let message = d[d.len() - 2]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.starts_with(
+            "LLM (gpt-4o) is skipped after repeated failures (circuit open, next try in "
+        ),
+        "{message}"
+    );
+    assert_eq!(llm_calls(&s.world), 5, "the LLM is not called while open");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gpa_tool_crashing_on_one_conversation_never_opens_the_breaker() {
     let s = Stack::start_with_args(

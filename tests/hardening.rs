@@ -42,6 +42,26 @@ fn gpa_breaker(store: &MemoryStore) -> BreakerState {
     breaker::load(store, GPA_KEY)
 }
 
+/// A request of `user` (the `sub` of the token DIAL Core forwards) in `conversation`.
+fn as_user(user: &str, conversation: &str) -> mas_coordinator::context::RequestContext {
+    as_user_with(config(), user, conversation)
+}
+
+fn as_user_with(
+    config: mas_coordinator::config::Config,
+    user: &str,
+    conversation: &str,
+) -> mas_coordinator::context::RequestContext {
+    let token = common::wire::bearer(user);
+    context_full(
+        config,
+        ask(QUESTION),
+        Some(conversation),
+        Some(&token),
+        UNIX_EPOCH_MS,
+    )
+}
+
 fn gpa_calls(client: &FakeClient) -> usize {
     client
         .requests()
@@ -54,7 +74,7 @@ fn gpa_calls(client: &FakeClient) -> usize {
 // 1. One user cannot open a breaker for everyone
 
 #[test]
-fn content_failures_of_one_request_never_count_against_the_target() {
+fn content_failures_and_4xx_of_one_user_never_count_against_the_target() {
     let client = FakeClient::new();
     let failures = [
         // An error event mid-stream (a tool crashed on this conversation's request).
@@ -67,22 +87,17 @@ fn content_failures_of_one_request_never_count_against_the_target() {
             400,
             json!({"error": {"message": "context length exceeded"}}),
         ),
-        // A slow tool after the head: the idle timeout.
-        Reply::HangAfter(
-            200,
-            vec![Ok(format!(
-                "data: {}\n\n",
-                chunk(json!({"content": "Working. "}))
-            )
-            .into_bytes())],
-        ),
+        // An attachment this user cannot read.
+        Reply::json(403, json!({"error": {"message": "forbidden"}})),
+        // This user's quota.
+        Reply::json(429, json!({"error": {"message": "quota exceeded"}})),
         // Malformed data.
         Reply::Http(200, vec![Ok(b"data: this is not json\n\n".to_vec())]),
     ];
-    for (i, failure) in failures.iter().cycle().take(12).enumerate() {
+    for (i, failure) in failures.iter().cycle().take(15).enumerate() {
         gpa_turn(&client, failure.clone(), false);
-        let conv = format!("conv-{}", i % 3);
-        let (events, _) = run_stream(&context(ask(QUESTION), Some(&conv)), &client);
+        let ctx = as_user(&format!("user-{}", i % 3), &format!("conv-{i}"));
+        let (events, _) = run_stream(&ctx, &client);
         assert!(error_of(&events)["message"]
             .as_str()
             .unwrap()
@@ -96,16 +111,97 @@ fn content_failures_of_one_request_never_count_against_the_target() {
 }
 
 #[test]
-fn one_conversation_alone_cannot_open_the_breaker_a_real_outage_can() {
+fn a_4xx_leaves_a_counting_or_half_open_breaker_as_it_is() {
     let client = FakeClient::new();
-    // A forged state makes GPA answer 500 before its head, six times, for one conversation.
-    for _ in 0..6 {
+    for i in 0..3 {
+        gpa_turn(&client, Reply::Refused, false);
+        run_stream(&as_user(&format!("user-{}", i % 2), "c"), &client);
+    }
+    let counting = gpa_breaker(&client.store);
+    assert!(matches!(counting, BreakerState::Closed { failures: 3, .. }));
+    // A user who makes the target refuse their request does not reset it.
+    gpa_turn(&client, Reply::json(403, json!({})), false);
+    run_stream(&as_user("mallory", "c"), &client);
+    assert_eq!(gpa_breaker(&client.store), counting);
+    // Nor close a half-open one: the trial was not a success.
+    for i in 0..2 {
+        gpa_turn(&client, Reply::Refused, false);
+        run_stream(&as_user(&format!("user-{}", i % 2), "c"), &client);
+    }
+    assert!(matches!(
+        gpa_breaker(&client.store),
+        BreakerState::Open { .. }
+    ));
+    client.clock.advance(60_000);
+    gpa_turn(&client, Reply::json(413, json!({})), false);
+    run_stream(&as_user("mallory", "c"), &client);
+    assert!(
+        matches!(gpa_breaker(&client.store), BreakerState::HalfOpen { .. }),
+        "{:?}",
+        gpa_breaker(&client.store)
+    );
+}
+
+#[test]
+fn a_stream_that_stalls_or_breaks_after_its_head_counts_against_the_target() {
+    let client = FakeClient::new();
+    let head_then = |rest: Vec<Result<Vec<u8>, mas_coordinator::client::TransportError>>| {
+        let mut chunks = vec![Ok(format!(
+            "data: {}\n\n",
+            chunk(json!({"content": "Working. "}))
+        )
+        .into_bytes())];
+        chunks.extend(rest);
+        chunks
+    };
+    let failures = [
+        // Silent past the idle timeout.
+        Reply::HangAfter(200, head_then(Vec::new())),
+        // Cut by the transport.
+        Reply::Http(
+            200,
+            head_then(vec![Err(mas_coordinator::client::TransportError::other(
+                "connection reset",
+            ))]),
+        ),
+    ];
+    // Stalls shorter than the breaker's window, so that five of them fall in it.
+    let quick = config_with(&[("UPSTREAM_IDLE_TIMEOUT_MS", "2000")]);
+    for (i, failure) in failures.iter().cycle().take(5).enumerate() {
+        gpa_turn(&client, failure.clone(), false);
+        let (events, _) = run_stream(
+            &as_user_with(quick.clone(), &format!("user-{}", i % 2), "c"),
+            &client,
+        );
+        assert!(error_of(&events)["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("GPA (general-purpose-agent) "));
+    }
+    assert!(
+        matches!(gpa_breaker(&client.store), BreakerState::Open { .. }),
+        "{:?}",
+        gpa_breaker(&client.store)
+    );
+}
+
+#[test]
+fn one_user_alone_cannot_open_the_breaker_a_real_outage_can() {
+    let client = FakeClient::new();
+    assert_eq!(
+        common::wire::bearer("alice"),
+        "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbGljZSJ9.x"
+    );
+    // A forged state makes GPA answer 500 before its head, six times, for one
+    // user in three conversations (a conversation id is the client's to choose).
+    for i in 0..6 {
         gpa_turn(
             &client,
             Reply::json(500, json!({"error": {"message": "bad history"}})),
             false,
         );
-        let (events, _) = run_stream(&context(ask(QUESTION), Some("noisy")), &client);
+        let ctx = as_user("noisy", &format!("conv-{}", i % 3));
+        let (events, _) = run_stream(&ctx, &client);
         assert_eq!(
             error_of(&events)["message"],
             "GPA (general-purpose-agent) answered HTTP 500: bad history"
@@ -118,7 +214,7 @@ fn one_conversation_alone_cannot_open_the_breaker_a_real_outage_can() {
     ));
     // Everybody else still gets GPA.
     gpa_turn(&client, gpa_ok(), true);
-    let (events, _) = run_stream(&context(ask(QUESTION), Some("someone-else")), &client);
+    let (events, _) = run_stream(&as_user("someone-else", "conv-x"), &client);
     assert_eq!(events.last().unwrap(), "[DONE]");
     assert!(events.iter().all(|e| !e.contains("\"error\"")));
     assert_eq!(
@@ -127,13 +223,10 @@ fn one_conversation_alone_cannot_open_the_breaker_a_real_outage_can() {
         "and a success resets it"
     );
 
-    // An outage seen from two conversations opens it after the threshold.
+    // An outage seen by two users opens it after the threshold.
     for i in 0..5 {
         gpa_turn(&client, Reply::Refused, false);
-        run_stream(
-            &context(ask(QUESTION), Some(&format!("user-{}", i % 2))),
-            &client,
-        );
+        run_stream(&as_user(&format!("user-{}", i % 2), "c"), &client);
     }
     assert!(
         matches!(gpa_breaker(&client.store), BreakerState::Open { .. }),
@@ -142,7 +235,7 @@ fn one_conversation_alone_cannot_open_the_breaker_a_real_outage_can() {
     );
     let before = gpa_calls(&client);
     client.push(LLM, routing_reply("GPA", None));
-    let (events, _) = run_stream(&context(ask(QUESTION), Some("user-0")), &client);
+    let (events, _) = run_stream(&as_user("user-0", "c"), &client);
     assert_eq!(
         error_of(&events)["message"],
         "GPA (general-purpose-agent) is skipped after repeated failures (circuit open, next try in 60 s)"
@@ -151,14 +244,40 @@ fn one_conversation_alone_cannot_open_the_breaker_a_real_outage_can() {
 }
 
 #[test]
+fn an_llm_limit_reaches_the_user_as_a_limit_with_its_retry_after() {
+    let client = FakeClient::new().on(
+        LLM,
+        Reply::RetryAfter(
+            30,
+            Box::new(Reply::json(
+                429,
+                json!({"error": {"message": "Token rate limit exceeded"}}),
+            )),
+        ),
+    );
+    let (events, _) = run_stream(&as_user("alice", "c"), &client);
+    assert_eq!(
+        error_of(&events),
+        json!({
+            "message": "LLM (gpt-4o) answered HTTP 429: a limit was reached (Token rate limit exceeded); retry after 30 s",
+            "type": "runtime_error",
+            "code": "500",
+            "display_message": "The coordinator's language model reached a usage limit. Please try again in 30 s."
+        })
+    );
+    let llm_key = "breaker:mas-coordinator:LLM:http://core.test/openai/deployments/gpt-4o";
+    assert_eq!(
+        breaker::load(&*client.store, llm_key),
+        BreakerState::default()
+    );
+}
+
+#[test]
 fn the_open_period_passes_on_the_clock_and_a_lost_trial_expires() {
     let client = FakeClient::new();
     for i in 0..5 {
         gpa_turn(&client, Reply::Refused, false);
-        run_stream(
-            &context(ask(QUESTION), Some(&format!("user-{}", i % 2))),
-            &client,
-        );
+        run_stream(&as_user(&format!("user-{}", i % 2), "c"), &client);
     }
     let opened_at = client.clock.now();
     // A trial admitted once the open period is over, whose instance then died
@@ -201,10 +320,7 @@ fn a_shared_breaker_works_across_instances_whose_monotonic_clocks_restart() {
     for i in 0..5 {
         let host = instance();
         gpa_turn(&host, Reply::Refused, false);
-        run_stream(
-            &context(ask(QUESTION), Some(&format!("user-{}", i % 2))),
-            &host,
-        );
+        run_stream(&as_user(&format!("user-{}", i % 2), "c"), &host);
         assert_eq!(host.now_ms(), 0);
         clock.advance(1_000);
     }

@@ -18,12 +18,16 @@
 //! because the upstream may have acted on it (a UMS "delete user", a GPA code
 //! run). Once a head with a success status has arrived nothing is replayed.
 //!
-//! **The breaker** counts infrastructure failures only: the request could not
-//! be sent, no head in time, a 5xx/408/429 before the head, a body cut by the
-//! transport. What one request's content causes (an error event, a 4xx, a slow
-//! tool after the head, malformed or oversized data) does not count; an answer
-//! with a head shows the target is alive. Failures are counted with the
-//! request's caller (see `BreakerConfig::min_callers`).
+//! **The breaker** counts the target's failures only, after resilience4j and
+//! Envoy: the request could not be sent, no head in time, a 5xx before the
+//! head, a stream cut by the transport or stalled past the idle or total
+//! deadline after it. A 4xx (429 included) is this request's or this caller's
+//! (a bad request, an attachment they cannot read, their quota) and leaves the
+//! breaker as it is; so does what one request's content causes after the head
+//! (an error event, malformed or oversized data). Only a whole answer resets
+//! it. Failures are counted with the request's caller, the user of the
+//! forwarded token (see `BreakerConfig::min_callers` and
+//! `RequestContext::caller_id`).
 
 pub mod breaker;
 
@@ -268,16 +272,22 @@ impl Outcome {
     }
 }
 
-/// Whether a failure after the head is the infrastructure's (the transport
-/// cut the stream), not this request's content.
+/// Whether a failure after the head is the upstream's: the stream broke (the
+/// transport cut it) or stalled (the idle or total deadline passed). What
+/// this request's content can cause — an error event, malformed or oversized
+/// data — is not.
 fn is_infrastructure_after_head(fault: &UpstreamFault) -> bool {
-    matches!(fault, UpstreamFault::Truncated(_))
+    matches!(
+        fault,
+        UpstreamFault::Truncated(_) | UpstreamFault::Timeout(..)
+    )
 }
 
 fn fault_name(fault: &UpstreamFault) -> &'static str {
     match fault {
         UpstreamFault::Connect(_) => "connect_error",
         UpstreamFault::Status(..) => "http_error",
+        UpstreamFault::RateLimited { .. } => "rate_limited",
         UpstreamFault::ErrorEvent(_) => "error_event",
         UpstreamFault::Truncated(_) => "truncated",
         UpstreamFault::Malformed(_) => "malformed",
@@ -312,12 +322,12 @@ impl<'a, H: Host> Opened<'a, H> {
         let caller = self.caller;
         let key = &self.log.breaker_key;
         match outcome {
-            // An answer with a head shows the target is alive.
-            Outcome::Ok | Outcome::Failed(_, false) => {
-                breaker::record_success(caller.host.store(), key);
-            }
+            // A whole answer shows the target is healthy.
+            Outcome::Ok => breaker::record_success(caller.host.store(), key),
+            // A stream that broke or stalled after its head is the target's failure.
             Outcome::Failed(_, true) => blame(caller, &Blame { key: key.clone() }),
-            Outcome::ClientGone => {}
+            // What this request's content caused says nothing either way.
+            Outcome::Failed(_, false) | Outcome::ClientGone => {}
         }
         let now = caller.host.now_ms();
         log_call(
@@ -402,8 +412,9 @@ pub enum Attempt {
 /// What the breaker makes of a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Count {
-    /// The target is alive (it answered): the breaker resets.
-    Alive,
+    /// Nothing: the target refused this request (a 4xx, 429 included), which
+    /// says nothing about its health; the breaker stays as it is.
+    Nothing,
     /// A failure of the target, counted now.
     Failure,
     /// A failure of the target that the session counts only if it proves to
@@ -421,24 +432,25 @@ pub struct Verdict {
     pub count: Count,
 }
 
-/// Decides about a failed attempt (see the module docs): a target that
-/// refused this request (a 4xx other than 408 and 429) is alive and the call
-/// stops there; a call moves on only where the upstream provably did not
-/// start the work (not sent, 503, 429) or the work has no side effects
-/// ([`Replay::Safe`]); every other failure of the target counts, unless the
-/// spec defers a failure that does not fail over.
+/// Decides about a failed attempt (see the module docs). A 4xx is never the
+/// target's failure (429 included: a limit of this caller, or this caller's
+/// share): the breaker stays as it is, and only 429 (nothing started) and a
+/// 408 of a call without side effects move on to the next target. A 5xx, a
+/// request that could not be sent and no head in time count against the
+/// target; the call moves on only where the upstream provably did not start
+/// the work (not sent, 503) or the work has no side effects
+/// ([`Replay::Safe`]), and the spec may defer a failure that does not fail
+/// over.
 pub fn verdict(attempt: Attempt, replay: Replay, defer_blame: bool) -> Verdict {
     let safe = replay == Replay::Safe;
     let (failover, deferrable) = match attempt {
-        Attempt::Status(status) if status >= 500 || status == 408 || status == 429 => {
-            (status == 503 || status == 429 || safe, true)
-        }
-        Attempt::Status(_) => {
+        Attempt::Status(status) if (400..500).contains(&status) => {
             return Verdict {
-                failover: false,
-                count: Count::Alive,
+                failover: status == 429 || (status == 408 && safe),
+                count: Count::Nothing,
             }
         }
+        Attempt::Status(status) => (status == 503 || safe, true),
         Attempt::Unreachable { not_sent } => (not_sent || safe, false),
         Attempt::Timeout => (safe, false),
     };
@@ -524,11 +536,16 @@ pub async fn open<'a, H: Host>(
                     Some(latency),
                     latency,
                 );
-                (
-                    UpstreamFault::Status(status, redact(&excerpt, &ctx.api_key)),
-                    format!("HTTP {status}"),
-                    Attempt::Status(status),
-                )
+                let detail = redact(&excerpt, &ctx.api_key);
+                let fault = if status == 429 {
+                    UpstreamFault::RateLimited {
+                        retry_after_s: response.retry_after_s,
+                        detail,
+                    }
+                } else {
+                    UpstreamFault::Status(status, detail)
+                };
+                (fault, format!("HTTP {status}"), Attempt::Status(status))
             }
             Either::Left((Err(e), _)) => {
                 log_call(
@@ -564,14 +581,8 @@ pub async fn open<'a, H: Host>(
         let pending = Blame {
             key: log.breaker_key,
         };
-        match count {
-            // The target is alive and refused this request: no failover.
-            Count::Alive => {
-                breaker::record_success(store, &pending.key);
-                return Err(CallFailed { error, blame: None });
-            }
-            Count::Failure => blame(caller, &pending),
-            Count::Deferred => {}
+        if count == Count::Failure {
+            blame(caller, &pending);
         }
         let more = index + 1 < spec.targets.len();
         if !failover || !more {
@@ -759,26 +770,29 @@ mod tests {
     #[test]
     fn every_failed_attempt_has_its_verdict() {
         use Attempt::{Status, Timeout, Unreachable};
-        use Count::{Alive, Deferred, Failure};
+        use Count::{Deferred, Failure, Nothing};
         use Replay::{NotStarted, Safe};
         let v = |failover, count| Verdict { failover, count };
         // (attempt, replay, defer_blame) -> verdict
         let table = [
-            // Refused by a live target: no failover, the breaker resets.
-            (Status(400), Safe, false, v(false, Alive)),
-            (Status(404), NotStarted, true, v(false, Alive)),
-            (Status(413), Safe, false, v(false, Alive)),
-            (Status(422), NotStarted, false, v(false, Alive)),
-            // 503 and 429 prove nothing started: always fail over.
+            // A 4xx is this request's or this caller's: never counted, and
+            // only a 429 (nothing started) or a safe 408 fails over.
+            (Status(400), Safe, false, v(false, Nothing)),
+            (Status(403), NotStarted, true, v(false, Nothing)),
+            (Status(404), NotStarted, true, v(false, Nothing)),
+            (Status(413), Safe, false, v(false, Nothing)),
+            (Status(422), NotStarted, false, v(false, Nothing)),
+            (Status(429), NotStarted, false, v(true, Nothing)),
+            (Status(429), Safe, true, v(true, Nothing)),
+            (Status(408), NotStarted, true, v(false, Nothing)),
+            (Status(408), Safe, false, v(true, Nothing)),
+            // 503 proves nothing started: always fail over.
             (Status(503), NotStarted, false, v(true, Failure)),
-            (Status(429), NotStarted, true, v(true, Failure)),
             (Status(503), Safe, true, v(true, Failure)),
-            // Other 5xx and 408: only a call without side effects fails over.
+            // Other 5xx: only a call without side effects fails over.
             (Status(500), Safe, false, v(true, Failure)),
             (Status(502), NotStarted, false, v(false, Failure)),
             (Status(504), NotStarted, true, v(false, Deferred)),
-            (Status(408), NotStarted, true, v(false, Deferred)),
-            (Status(408), Safe, true, v(true, Failure)),
             // Not sent: fail over; sent but no head: only when safe. Counted.
             (
                 Unreachable { not_sent: true },
@@ -811,16 +825,18 @@ mod tests {
     }
 
     #[test]
-    fn only_a_transport_cut_after_the_head_is_the_infrastructure() {
-        assert!(is_infrastructure_after_head(&UpstreamFault::Truncated(
-            "x".into()
-        )));
+    fn after_the_head_only_a_broken_or_stalled_stream_is_the_upstream_s() {
+        for upstream in [
+            UpstreamFault::Truncated("x".into()),
+            UpstreamFault::Timeout(Deadline::Idle, "x".into()),
+            UpstreamFault::Timeout(Deadline::Total, "x".into()),
+        ] {
+            assert!(is_infrastructure_after_head(&upstream), "{upstream:?}");
+        }
         for content in [
             UpstreamFault::ErrorEvent("x".into()),
             UpstreamFault::Malformed("x".into()),
             UpstreamFault::Oversized("x".into()),
-            UpstreamFault::Timeout(Deadline::Idle, "x".into()),
-            UpstreamFault::Timeout(Deadline::Total, "x".into()),
         ] {
             assert!(!is_infrastructure_after_head(&content), "{content:?}");
         }

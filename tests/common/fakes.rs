@@ -109,6 +109,8 @@ pub enum Reply {
     HangAfter(u16, Vec<Result<Vec<u8>, TransportError>>),
     /// The reply, with its head `ms` late.
     Late(u64, Box<Reply>),
+    /// The reply, with `Retry-After: <s>`.
+    RetryAfter(u64, Box<Reply>),
 }
 
 impl Reply {
@@ -391,10 +393,15 @@ impl Host for FakeClient {
         let Some(mut reply) = reply else {
             panic!("no scripted reply for {:?} {}", request.method, request.url)
         };
+        let mut retry_after_s = None;
         loop {
             match reply {
                 Reply::Late(ms, inner) => {
                     self.sleep(ms).await;
+                    reply = *inner;
+                }
+                Reply::RetryAfter(s, inner) => {
+                    retry_after_s = Some(s);
                     reply = *inner;
                 }
                 Reply::Http(status, chunks) => {
@@ -402,6 +409,7 @@ impl Host for FakeClient {
                         status,
                         chunks.into_iter().map(|c| (None, c)).collect(),
                         false,
+                        retry_after_s,
                     ))
                 }
                 Reply::HangAfter(status, chunks) => {
@@ -409,6 +417,7 @@ impl Host for FakeClient {
                         status,
                         chunks.into_iter().map(|c| (None, c)).collect(),
                         true,
+                        retry_after_s,
                     ))
                 }
                 Reply::Timed(status, chunks) => {
@@ -420,7 +429,7 @@ impl Host for FakeClient {
                             (Some(at), Ok(c))
                         })
                         .collect();
-                    return Ok(self.response(status, chunks, false));
+                    return Ok(self.response(status, chunks, false, retry_after_s));
                 }
                 Reply::Refused => return Err(TransportError::not_sent("ConnectionRefused")),
                 Reply::Reset => return Err(TransportError::other("ConnectionTerminated")),
@@ -436,9 +445,11 @@ impl FakeClient {
         status: u16,
         chunks: VecDeque<(Option<u64>, Chunk)>,
         hang_after: bool,
+        retry_after_s: Option<u64>,
     ) -> OutboundResponse<FakeBody> {
         OutboundResponse {
             status,
+            retry_after_s,
             body: FakeBody {
                 clock: self.clock.clone(),
                 chunks,

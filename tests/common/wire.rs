@@ -106,3 +106,28 @@ pub fn failed_tail(failed_stages: &[usize], error: Value) -> Vec<Value> {
     d.push(json!("[DONE]"));
     d
 }
+
+/// `Authorization: Bearer <jwt>` of a token whose payload is `{"sub": sub}`
+/// (unsigned, as the coordinator reads it: DIAL Core verified it).
+pub fn bearer(sub: &str) -> String {
+    fn b64url(bytes: &[u8]) -> String {
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+            for i in 0..=chunk.len() {
+                out.push(char::from(A[((n >> (18 - 6 * i)) & 63) as usize]));
+            }
+        }
+        out
+    }
+    let payload = serde_json::json!({ "sub": sub }).to_string();
+    format!(
+        "Bearer {}.{}.x",
+        b64url(br#"{"alg":"none"}"#),
+        b64url(payload.as_bytes())
+    )
+}
