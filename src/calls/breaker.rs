@@ -2,10 +2,11 @@
 //! time passed in (wall-clock milliseconds: breaker states may be shared by
 //! instances whose monotonic clocks start anywhere).
 //!
-//! Closed → Open after `failure_threshold` consecutive infrastructure failures
-//! whose first one is at most `window_ms` old *and* that came from at least
-//! `min_callers` distinct callers (so one conversation cannot open a breaker
-//! for everybody) → HalfOpen once `open_ms` has passed, letting one trial call
+//! Closed → Open after `failure_threshold` consecutive failures of the target
+//! (what counts is `calls::verdict`'s and `Opened::finish`'s business) whose
+//! first one is at most `window_ms` old *and* that came from at least
+//! `min_callers` distinct callers (so one user cannot open a breaker for
+//! everybody) → HalfOpen once `open_ms` has passed, letting one trial call
 //! through → Closed on success, Open again on failure. A half-open trial that
 //! never reports back (its instance died) expires after `open_ms`, and the next
 //! call becomes the trial. A time that lies in the future (a clock that jumped,

@@ -92,7 +92,8 @@ pub struct BreakerConfig {
     pub window_ms: u64,
     /// How long the breaker stays open before a trial call.
     pub open_ms: u64,
-    /// Distinct callers (conversations or users) the failures must come from (1 to 4).
+    /// Distinct callers (users of the forwarded token; without one, requests)
+    /// the failures must come from (1 to 4).
     pub min_callers: u8,
 }
 
