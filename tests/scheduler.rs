@@ -200,8 +200,9 @@ fn a_dependent_starts_after_its_dependency_with_its_result() {
     assert_eq!(
         asked(&first_call(&ctx, tasks.remove(0))),
         format!(
-            "{REQUEST}\n\nFind news about Ada\n\nResults of the tasks this one depends on:\n\n\
-             ### Task 1 (GPA): Find Ada\nAda is a mathematician.\n"
+            "{REQUEST}\n\nFind news about Ada\n\n{}\n\n```text\n\
+             ### Task 1 (GPA): Find Ada\nAda is a mathematician.\n```\n",
+            mas_coordinator::flow::plan::RESULTS_HEADING
         )
     );
 }

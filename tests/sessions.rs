@@ -658,7 +658,10 @@ fn coordination_in_plan_mode_writes_the_repaired_plan_then_a_replan_that_stops()
     let (spec, said, decision) = coordinate(&ctx, 2, &done, &repeat.to_string());
     assert_eq!(
         body(&spec)["messages"].as_array().unwrap().last().unwrap()["content"],
-        format!("{ADA}\n\n## COMPLETED SUBTASKS:\n### Task 1 (UMS): Find Ada\nAda is a user.\n")
+        format!(
+            "{ADA}\n\n## COMPLETED SUBTASKS:\n{}\n\n```text\n### Task 1 (UMS): Find Ada\nAda is a user.\n```\n",
+            mas_coordinator::flow::plan::COMPLETED_HEADING
+        )
     );
     assert_eq!(
         said,

@@ -432,7 +432,7 @@ impl Floor {
             .unwrap_or_default();
         let llm = ctx.config.deployment_name.clone();
         let (body, coordination_marker) = match ctx.config.coordination_mode {
-            CoordinationMode::Plan => (plan::request_body(&ctx, None), "subtasks"),
+            CoordinationMode::Plan => (plan::request_body(&ctx, &[]), "subtasks"),
             CoordinationMode::Route => (routing::request_body(&ctx), "agent_name"),
         };
         let coordination = Req::post_json(

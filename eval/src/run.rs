@@ -81,7 +81,7 @@ pub fn runnable(cases: &[Case], mode: CoordinationMode) -> (Vec<usize>, Vec<usiz
 pub fn coordination_body(case: &Case) -> Vec<u8> {
     match case.ctx.config.coordination_mode {
         CoordinationMode::Route => routing::request_body(&case.ctx),
-        CoordinationMode::Plan => plan::request_body(&case.ctx, None),
+        CoordinationMode::Plan => plan::request_body(&case.ctx, &[]),
     }
 }
 

@@ -82,10 +82,7 @@ impl<'a> CoordinationSession<'a> {
     ) -> CoordinationSession<'a> {
         let body = match ctx.config.coordination_mode {
             CoordinationMode::Route => routing::request_body(ctx),
-            CoordinationMode::Plan => {
-                let sections = (round > 1).then(|| plan::sections(done));
-                plan::request_body(ctx, sections.as_deref())
-            }
+            CoordinationMode::Plan => plan::request_body(ctx, if round > 1 { done } else { &[] }),
         };
         CoordinationSession {
             ctx,
