@@ -94,8 +94,21 @@ pub fn endpoint_targets(endpoints: &[String]) -> Vec<Target> {
         .collect()
 }
 
+/// Headers as `Debug` shows them: the values of credential headers
+/// (`api-key`, `authorization`) replaced, so no `{:?}` prints a key.
+pub fn redacted_headers(headers: &[(String, String)]) -> Vec<(&str, &str)> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let secret =
+                name.eq_ignore_ascii_case("api-key") || name.eq_ignore_ascii_case("authorization");
+            (name.as_str(), if secret { "***" } else { value.as_str() })
+        })
+        .collect()
+}
+
 /// An outbound request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct OutboundRequest {
     /// Method.
     pub method: Method,
@@ -105,6 +118,17 @@ pub struct OutboundRequest {
     pub headers: Vec<(String, String)>,
     /// Body bytes (empty for GET).
     pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for OutboundRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboundRequest")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field("headers", &redacted_headers(&self.headers))
+            .field("body_bytes", &self.body.len())
+            .finish()
+    }
 }
 
 impl OutboundRequest {

@@ -37,8 +37,9 @@ impl From<ClientGone> for FlowError {
     }
 }
 
-/// A validated request, ready to be coordinated.
-#[derive(Debug, Clone)]
+/// A validated request, ready to be coordinated. Its `Debug` never shows the
+/// key.
+#[derive(Clone)]
 pub struct RequestContext {
     /// Configuration for this request.
     pub config: Config,
@@ -61,6 +62,22 @@ pub struct RequestContext {
     pub unix_s: u64,
     /// The history's trusted states, read the first time an agent needs them.
     pub recall: OnceLock<Recall>,
+}
+
+impl std::fmt::Debug for RequestContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestContext")
+            .field("config", &self.config)
+            .field("api_key", &"***")
+            .field("conversation_id", &self.conversation_id)
+            .field("subject", &self.subject)
+            .field("coordinator", &self.coordinator)
+            .field("messages", &self.request.messages.len())
+            .field("trace", &self.trace)
+            .field("start_ms", &self.start_ms)
+            .field("unix_s", &self.unix_s)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RequestContext {
@@ -132,6 +149,24 @@ mod tests {
             unix_s: 0,
             recall: OnceLock::new(),
         }
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_key_or_a_secret() {
+        let mut ctx = request(Some("conv-1"), Some("alice"), "1111111111111111");
+        ctx.api_key = "sk-very-secret-key".to_owned();
+        ctx.config.state_secret = Some("state-secret-0123456789".to_owned());
+        ctx.config.health_token = Some("health-token-0123456789".to_owned());
+        let shown = format!("{ctx:?}");
+        for secret in [
+            "sk-very-secret-key",
+            "state-secret-0123456789",
+            "health-token-0123456789",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("api_key: \"***\""), "{shown}");
+        assert!(shown.contains("state_secret: Some(\"***\")"), "{shown}");
     }
 
     #[test]

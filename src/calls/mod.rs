@@ -38,7 +38,7 @@ use std::task::{Context, Poll};
 use futures::future::{select, Either};
 use futures::{Stream, StreamExt};
 
-use crate::client::{Host, Method, OutboundRequest, Target, TransportError};
+use crate::client::{redacted_headers, Host, Method, OutboundRequest, Target, TransportError};
 use crate::config::LogLevel;
 use crate::context::RequestContext;
 use crate::error::{redact, CoordError, Deadline, Service, UpstreamFault};
@@ -77,7 +77,7 @@ pub enum Replay {
 }
 
 /// A request to be sent to any of a spec's targets.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RequestTemplate {
     /// Method.
     pub method: Method,
@@ -91,6 +91,19 @@ pub struct RequestTemplate {
     pub body: Vec<u8>,
     /// Whether the body gets `"model": <target id>` as its last field.
     pub with_model: bool,
+}
+
+impl std::fmt::Debug for RequestTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestTemplate")
+            .field("method", &self.method)
+            .field("url_before", &self.url_before)
+            .field("url_after", &self.url_after)
+            .field("headers", &redacted_headers(&self.headers))
+            .field("body_bytes", &self.body.len())
+            .field("with_model", &self.with_model)
+            .finish()
+    }
 }
 
 impl RequestTemplate {
@@ -848,6 +861,27 @@ mod tests {
             label: id.to_owned(),
             identity: id.to_owned(),
         }
+    }
+
+    #[test]
+    fn call_specs_and_requests_never_show_the_key_in_debug() {
+        let t = RequestTemplate {
+            method: Method::Post,
+            url_before: "http://core/openai/deployments/".into(),
+            url_after: "/chat/completions".into(),
+            headers: vec![
+                ("api-key".into(), "sk-very-secret-key".into()),
+                ("Authorization".into(), "Bearer secret-token".into()),
+                ("x-trace-id".into(), "t1".into()),
+            ],
+            body: b"{}".to_vec(),
+            with_model: true,
+        };
+        let shown = format!("{t:?} {:?}", t.build(&target("gpt-4o")));
+        assert!(!shown.contains("sk-very-secret-key"), "{shown}");
+        assert!(!shown.contains("secret-token"), "{shown}");
+        assert!(shown.contains("(\"api-key\", \"***\")"), "{shown}");
+        assert!(shown.contains("(\"x-trace-id\", \"t1\")"), "{shown}");
     }
 
     #[test]

@@ -128,8 +128,9 @@ pub enum LogLevel {
     Debug,
 }
 
-/// The typed configuration of one request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The typed configuration of one request. Its `Debug` says whether the
+/// secrets are set, never what they are.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Config {
     /// DIAL Core base URL, without a trailing slash.
     pub dial_endpoint: String,
@@ -165,6 +166,31 @@ pub struct Config {
     pub health_token: Option<String>,
     /// `info` or `debug`.
     pub log_level: LogLevel,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |secret: &Option<String>| secret.as_ref().map(|_| "***");
+        f.debug_struct("Config")
+            .field("dial_endpoint", &self.dial_endpoint)
+            .field("deployment_name", &self.deployment_name)
+            .field("llm_backups", &self.llm_backups)
+            .field("registry", &self.registry)
+            .field("coordination_mode", &self.coordination_mode)
+            .field("max_plan_rounds", &self.max_plan_rounds)
+            .field("max_subtasks", &self.max_subtasks)
+            .field("max_parallel", &self.max_parallel)
+            .field("api_version", &self.api_version)
+            .field("max_request_bytes", &self.max_request_bytes)
+            .field("max_messages", &self.max_messages)
+            .field("timeouts", &self.timeouts)
+            .field("breaker", &self.breaker)
+            .field("state_secret", &set(&self.state_secret))
+            .field("state_max_age_s", &self.state_max_age_s)
+            .field("health_token", &set(&self.health_token))
+            .field("log_level", &self.log_level)
+            .finish()
+    }
 }
 
 /// Reads the agents of the registry: `(get, dial_endpoint, problems)`, where
