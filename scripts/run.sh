@@ -377,7 +377,14 @@ for var in DIAL_ENDPOINT DEPLOYMENT_NAME UMS_AGENT_ENDPOINT GPA_DEPLOYMENT_NAME 
     UPSTREAM_TOTAL_TIMEOUT_MS BREAKER_FAILURE_THRESHOLD BREAKER_WINDOW_MS BREAKER_OPEN_MS \
     BREAKER_MIN_CALLERS STATE_SECRET STATE_MAX_AGE_S HEALTH_TOKEN AGENTS \
     COORDINATION_MODE MAX_PLAN_ROUNDS MAX_SUBTASKS MAX_PARALLEL LOG_LEVEL; do
-    if [ -n "${!var:-}" ]; then env_args+=(--env "$var=${!var}"); fi
+    [ -n "${!var:-}" ] || continue
+    case "$var" in
+        # Secrets are inherited from this script's environment (`--env NAME`),
+        # never written on wasmtime's command line, where `ps` shows them to
+        # every local user.
+        STATE_SECRET | HEALTH_TOKEN) export "${var?}"; env_args+=(--env "$var") ;;
+        *) env_args+=(--env "$var=${!var}") ;;
+    esac
 done
 # Every agent of the registry: AGENT_<NAME>_<FIELD>.
 while IFS='=' read -r var _; do

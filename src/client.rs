@@ -34,6 +34,15 @@ pub struct MemoryStore {
     values: std::cell::RefCell<std::collections::HashMap<String, Vec<u8>>>,
 }
 
+impl MemoryStore {
+    /// The keys it holds, sorted (tests and tools).
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.values.borrow().keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+}
+
 impl SharedStore for MemoryStore {
     fn get(&self, key: &str) -> Option<Vec<u8>> {
         self.values.borrow().get(key).cloned()

@@ -167,6 +167,19 @@ fn health_answers_get_and_head_alike_but_head_has_no_body() {
 }
 
 #[test]
+fn liveness_says_only_that_the_component_serves_even_when_misconfigured() {
+    let client = FakeClient::new();
+    let bad = || Config::from_lookup(|k| (k == "MAX_PARALLEL").then(|| "99".to_owned()));
+    let a = serve(&client, "GET", "/health/live", &[], Vec::new(), bad());
+    assert_eq!((a.status, a.json()), (200, json!({"status": "alive"})));
+    let a = serve(&client, "HEAD", "/health/live", &[], Vec::new(), bad());
+    assert_eq!((a.status, a.head_only), (200, true));
+    let a = serve(&client, "POST", "/health/live", &[], Vec::new(), bad());
+    assert_eq!((a.status, a.allow.as_deref()), (405, Some("GET, HEAD")));
+    assert!(client.requests().is_empty() && client.logs().is_empty());
+}
+
+#[test]
 fn a_misconfigured_coordinator_says_so_on_health_and_refuses_chats_with_a_line() {
     let client = FakeClient::new();
     let bad = || Config::from_lookup(|k| (k == "MAX_PARALLEL").then(|| "99".to_owned()));

@@ -729,9 +729,16 @@ fn spin_app_probes_the_shallow_health_endpoint() {
             .unwrap_or_else(|| panic!("spec.checks.{which} needs httpGet (the only probe type)"));
         // The CRD has no port: the operator probes port 80, where it has the
         // shim's HTTP trigger listen (SPIN_HTTP_LISTEN_ADDR=0.0.0.0:80).
+        // Readiness tells the truth about the configuration; liveness only
+        // that the component serves (a restart cannot fix a configuration).
+        let path = if which == "readiness" {
+            "/health"
+        } else {
+            "/health/live"
+        };
         assert_eq!(
-            get.path, "/health",
-            "spec.checks.{which}.httpGet.path should be the coordinator's GET /health \
+            get.path, path,
+            "spec.checks.{which}.httpGet.path should be the coordinator's GET {path} \
              (not ?deep=1, which calls every upstream)"
         );
         for (field, v) in [

@@ -1012,6 +1012,31 @@ fn the_deep_health_check_is_cached_in_the_store() {
 }
 
 #[test]
+fn deep_health_for_made_up_deployment_names_never_grows_the_store() {
+    let client = FakeClient::new();
+    let config = config();
+    for i in 0..20 {
+        client.push("core.test/health", Reply::json(200, json!({})));
+        client.push("ums.test/health", Reply::json(200, json!({})));
+        let report = client.run(mas_coordinator::app::health::deep(
+            &client,
+            &config,
+            &format!("/health?deep=1&deployment=made-up-{i}"),
+        ));
+        assert_eq!(report["deployment"], format!("made-up-{i}"));
+        assert!(
+            report.get("cached_ms_ago").is_none(),
+            "another deployment's report is not reused"
+        );
+    }
+    assert_eq!(
+        client.store.keys(),
+        [mas_coordinator::app::health::DEEP_CACHE_KEY],
+        "one cache key, whatever was asked"
+    );
+}
+
+#[test]
 fn only_a_2xx_health_answer_counts_as_up() {
     let client = FakeClient::new()
         .on(

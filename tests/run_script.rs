@@ -365,13 +365,35 @@ async fn a_taken_port_is_named_before_anything_is_built_or_started() {
 
 #[tokio::test]
 async fn ready_serves_a_chat_and_ctrl_c_stops_everything_with_status_0() {
-    let mut run = Run::start(fresh_ports(), &[]);
+    const SECRET: &str = "run-script-state-secret-0123456789";
+    const TOKEN: &str = "run-script-health-token-0123456789";
+    let mut run = Run::start(
+        fresh_ports(),
+        &[("STATE_SECRET", SECRET), ("HEALTH_TOKEN", TOKEN)],
+    );
     run.wait_ready().await;
     let url = run.coordinator_url();
 
     let health = get(&format!("{url}/health")).await;
     assert_eq!(health.status, 200);
     assert_eq!(health.json()["breaker_store"], "instance-memory");
+    // The secrets reached the component, and not through wasmtime's command
+    // line, which every local user can read.
+    assert_eq!(health.json()["state_signing"], "on");
+    let deep = get(&format!("{url}/health?deep=1")).await;
+    assert_eq!(deep.status, 401, "the token is required");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", run.pid_of("wasmtime"))).unwrap();
+    let args: Vec<String> = String::from_utf8_lossy(&cmdline)
+        .split('\0')
+        .map(str::to_owned)
+        .collect();
+    for (var, value) in [("STATE_SECRET", SECRET), ("HEALTH_TOKEN", TOKEN)] {
+        assert!(
+            args.windows(2).any(|w| w[0] == "--env" && w[1] == var),
+            "{var} is inherited: {args:?}"
+        );
+        assert!(args.iter().all(|a| !a.contains(value)), "{args:?}");
+    }
     let chat = post_json(
         &format!("{url}{CHAT_PATH}"),
         &[("Api-Key", "local-test-key")],

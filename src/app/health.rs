@@ -23,6 +23,8 @@ use crate::error::CoordError;
 const PROBE_TIMEOUT_MS: u64 = 5_000;
 /// How long a deep report is reused.
 pub const DEEP_CACHE_MS: u64 = 5_000;
+/// The one store key of the deep report's cache.
+pub const DEEP_CACHE_KEY: &str = "health:deep";
 /// The coordinator deployment whose breakers are reported when the query names none.
 pub const DEFAULT_DEPLOYMENT: &str = "mas-coordinator";
 
@@ -151,12 +153,15 @@ pub async fn deep<H: Host>(host: &H, config: &Config, path_and_query: &str) -> V
     let deployment = query_value(path_and_query, "deployment")
         .filter(|d| is_coordinator_name(d))
         .unwrap_or(DEFAULT_DEPLOYMENT);
-    let cache_key = format!("health:deep:{deployment}");
+    // One key, whatever deployment is asked for: a report for another
+    // deployment replaces it, so the names a caller makes up never add keys.
+    let cache_key = DEEP_CACHE_KEY;
     let now = host.unix_ms();
     if let Some(cached) = host
         .store()
-        .get(&cache_key)
+        .get(cache_key)
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .filter(|c| c["deployment"] == deployment)
     {
         let at = cached["at_ms"].as_u64().unwrap_or(0);
         if at <= now && now - at < DEEP_CACHE_MS {
@@ -203,8 +208,10 @@ pub async fn deep<H: Host>(host: &H, config: &Config, path_and_query: &str) -> V
         "checks": checks,
         "breakers": breakers,
     });
-    if let Ok(bytes) = serde_json::to_vec(&json!({"at_ms": now, "report": report})) {
-        host.store().set(&cache_key, &bytes);
+    if let Ok(bytes) =
+        serde_json::to_vec(&json!({"deployment": deployment, "at_ms": now, "report": report}))
+    {
+        host.store().set(cache_key, &bytes);
     }
     report
 }

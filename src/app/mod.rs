@@ -87,8 +87,10 @@ pub enum Endpoint {
     ChatCompletions,
     /// `POST .../rate`: DIAL's rating hook; accepted and ignored, as aidial-sdk does.
     Rate,
-    /// `GET /health`.
+    /// `GET /health`: the configuration is usable (readiness).
     Health,
+    /// `GET /health/live`: the component serves (liveness); reads nothing.
+    Live,
 }
 
 /// Maps method and path (query ignored; one trailing `/` ignored) to an
@@ -105,6 +107,8 @@ pub fn route_endpoint(method: &str, path_and_query: &str) -> Result<Endpoint, Co
         (Endpoint::Rate, "POST")
     } else if path == "/health" {
         (Endpoint::Health, "GET, HEAD")
+    } else if path == "/health/live" {
+        (Endpoint::Live, "GET, HEAD")
     } else {
         return Err(CoordError::NotFound(truncate(path, 200)));
     };
@@ -224,6 +228,17 @@ pub async fn app<H, B, R>(
             };
             let body = serde_json::to_vec(&report).unwrap_or_default();
             send(respond, &trace, status, body, head_only).await;
+        }
+        Ok(Endpoint::Live) => {
+            let head_only = request.method.eq_ignore_ascii_case("HEAD");
+            send(
+                respond,
+                &trace,
+                200,
+                br#"{"status":"alive"}"#.to_vec(),
+                head_only,
+            )
+            .await;
         }
         Ok(Endpoint::Rate) => send(respond, &trace, 200, Vec::new(), false).await,
         Ok(Endpoint::ChatCompletions) => chat(host, request, config, respond, trace).await,
