@@ -142,6 +142,8 @@ pub enum CoordError {
     Config(Vec<ConfigProblem>),
     /// The coordinator itself failed: a state its own flow should never reach.
     Internal(String),
+    /// The request ran past `REQUEST_DEADLINE_MS` (milliseconds) and was stopped.
+    DeadlineExceeded(u64),
     /// An upstream call failed.
     Upstream {
         /// Which upstream.
@@ -180,7 +182,10 @@ impl CoordError {
             CoordError::NotFound(_) => 404,
             CoordError::MethodNotAllowed { .. } => 405,
             CoordError::Unauthorized(_) => 401,
-            CoordError::Config(_) | CoordError::Internal(_) | CoordError::Upstream { .. } => 500,
+            CoordError::Config(_)
+            | CoordError::Internal(_)
+            | CoordError::DeadlineExceeded(_)
+            | CoordError::Upstream { .. } => 500,
         }
     }
 
@@ -193,7 +198,7 @@ impl CoordError {
             | CoordError::Unauthorized(_) => "invalid_request_error",
             CoordError::NotFound(_) => "not_found_error",
             CoordError::Config(_) | CoordError::Internal(_) => "internal_server_error",
-            CoordError::Upstream { .. } => "runtime_error",
+            CoordError::Upstream { .. } | CoordError::DeadlineExceeded(_) => "runtime_error",
         }
     }
 
@@ -213,6 +218,9 @@ impl CoordError {
             }
             CoordError::Unauthorized(what) => what.clone(),
             CoordError::Internal(what) => format!("Internal error: {what}"),
+            CoordError::DeadlineExceeded(ms) => format!(
+                "The request ran past its deadline of {ms} ms (REQUEST_DEADLINE_MS): every call under way was stopped"
+            ),
             CoordError::Config(problems) => {
                 let each: Vec<String> = problems
                     .iter()
@@ -276,6 +284,10 @@ impl CoordError {
                 "The coordinator does not serve this address.".to_owned()
             }
             CoordError::Unauthorized(_) => "This endpoint needs a valid token.".to_owned(),
+            CoordError::DeadlineExceeded(ms) => format!(
+                "The request took too long and was stopped after {} s. Please try again, or ask for less at once.",
+                ms.div_ceil(1000)
+            ),
             CoordError::Internal(_) => {
                 "The coordinator failed internally. Please try again; if it keeps happening, tell the administrator."
                     .to_owned()
@@ -425,6 +437,18 @@ mod tests {
                 "message":"Internal error: the task did not run",
                 "type":"internal_server_error","code":"500",
                 "display_message":"The coordinator failed internally. Please try again; if it keeps happening, tell the administrator."}})
+        );
+    }
+
+    #[test]
+    fn a_request_past_its_deadline_says_so() {
+        let e = CoordError::DeadlineExceeded(1500);
+        assert_eq!(
+            serde_json::to_value(e.body()).unwrap(),
+            serde_json::json!({"error": {
+                "message": "The request ran past its deadline of 1500 ms (REQUEST_DEADLINE_MS): every call under way was stopped",
+                "type": "runtime_error", "code": "500",
+                "display_message": "The request took too long and was stopped after 2 s. Please try again, or ask for less at once."}})
         );
     }
 

@@ -428,6 +428,49 @@ async fn gpa_that_goes_silent_hits_the_idle_timeout() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dribbling_agent_is_stopped_at_the_request_deadline() {
+    let s = Stack::start(&[("REQUEST_DEADLINE_MS", "1500")]).await;
+    // Every event of GPA's inside the idle timeout, the whole request not
+    // inside its deadline.
+    s.world.set_fault(
+        "deployment:general-purpose-agent",
+        Fault {
+            chunk_delay_ms: 1_000,
+            ..Fault::default()
+        },
+    );
+    let r = chat_stream(&s.host, KEY, &[user(CAPITAL)], None).await;
+    let d = deltas(&r.events());
+    let opening = opening("GPA");
+    assert_eq!(d[..opening.len()], opening[..], "{d:?}");
+    let tail = failed_tail(
+        &[1],
+        runtime_error(
+            "The request ran past its deadline of 1500 ms (REQUEST_DEADLINE_MS): every call under way was stopped",
+            "The request took too long and was stopped after 2 s. Please try again, or ask for less at once.",
+        ),
+    );
+    assert_eq!(d[d.len() - tail.len()..], tail[..], "{d:?}");
+    let took = r.finished_at() - r.sent_at;
+    assert!(
+        took >= Duration::from_millis(1_500) && took < Duration::from_millis(2_500),
+        "{took:?}"
+    );
+    // /health says which deadline is in force; no synthesis ran.
+    let health = get(&format!("{}/health", s.host.url())).await;
+    assert_eq!(health.json()["request_deadline_ms"], 1500);
+    assert_eq!(
+        s.world
+            .requests()
+            .iter()
+            .filter(|r| r.path == LLM_PATH)
+            .count(),
+        1,
+        "only the coordination call"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // UMS
 

@@ -1092,3 +1092,88 @@ fn agents_read_the_history_through_the_requests_one_recall() {
     assert_eq!(agent_history(&blind, &gpa, None).len(), 1);
     assert_eq!(find_conversation(&blind, &ums), None);
 }
+
+/// A request has a deadline of its own: an agent that dribbles its answer
+/// (each event inside the idle timeout, the call inside its total) is
+/// stopped when the request's time is up; its stage closes as failed, the
+/// answer ends with the deadline's error, and its upstream is not blamed.
+#[test]
+fn a_request_is_stopped_at_its_deadline_however_its_calls_behave() {
+    let ctx = context_with(
+        config_with(&[("REQUEST_DEADLINE_MS", "2500")]),
+        ask(WEATHER),
+        None,
+    );
+    let pieces: Vec<Value> = (0..20)
+        .map(|i| chunk(json!({"content": format!("{i} ")})))
+        .collect();
+    let client = FakeClient::new()
+        .on(
+            "/deployments/gpt-4o/chat/completions",
+            routing_reply("GPA", None),
+        )
+        .on(
+            "/deployments/general-purpose-agent/chat/completions",
+            Reply::sse_timed(1_000, &pieces),
+        );
+    let (events, _) = run_stream(&ctx, &client);
+    assert_eq!(client.clock.now(), 2_500, "stopped at the deadline");
+    let d = deltas(&events);
+    let tail = &d[d.len() - 4..];
+    assert_eq!(
+        tail,
+        [
+            stage_close(1, "failed"),
+            json!("STOP"),
+            json!({"error": {
+                "message": "The request ran past its deadline of 2500 ms (REQUEST_DEADLINE_MS): every call under way was stopped",
+                "type": "runtime_error",
+                "code": "500",
+                "display_message": "The request took too long and was stopped after 3 s. Please try again, or ask for less at once."
+            }}),
+            json!("[DONE]"),
+        ]
+    );
+    // What GPA sent before the deadline reached the user, once.
+    let streamed: Vec<&str> = d
+        .iter()
+        .filter_map(|d| d["custom_content"]["stages"][0]["content"].as_str())
+        .filter(|c| c.ends_with(' ') && c.trim().parse::<u32>().is_ok())
+        .collect();
+    assert_eq!(streamed, ["0 ", "1 "]);
+    let breaker = mas_coordinator::calls::breaker::load(
+        &*client.store,
+        "breaker:mas-coordinator:GPA:http://core.test/openai/deployments/general-purpose-agent",
+    );
+    assert_eq!(
+        breaker,
+        mas_coordinator::calls::breaker::BreakerState::default()
+    );
+    let line = client
+        .logs()
+        .into_iter()
+        .find(|l| l["event"] == "upstream_call")
+        .unwrap();
+    assert_eq!(line["outcome"], "deadline");
+    // Without streaming, the same deadline is the HTTP error.
+    let ctx = context_with(
+        config_with(&[("REQUEST_DEADLINE_MS", "2500")]),
+        json!({"messages": [{"role": "user", "content": WEATHER}]}),
+        None,
+    );
+    let client = FakeClient::new()
+        .on(
+            "/deployments/gpt-4o/chat/completions",
+            routing_reply("GPA", None),
+        )
+        .on(
+            "/deployments/general-purpose-agent/chat/completions",
+            Reply::sse_timed(1_000, &pieces),
+        );
+    let e = client.run(collect(&ctx, &client, "x", 1)).unwrap_err();
+    assert_eq!(e.status(), 500);
+    assert_eq!(
+        e,
+        mas_coordinator::error::CoordError::DeadlineExceeded(2500)
+    );
+}

@@ -28,13 +28,14 @@ pub const DEEP_CACHE_KEY: &str = "health:deep";
 /// The coordinator deployment whose breakers are reported when the query names none.
 pub const DEFAULT_DEPLOYMENT: &str = "mas-coordinator";
 
-/// The shallow report: the coordinator answers, where its breakers live, and
-/// whether states are signed.
+/// The shallow report: the coordinator answers, where its breakers live,
+/// whether states are signed, and the request deadline in force.
 pub fn shallow<H: Host>(host: &H, config: &Config) -> Value {
     json!({
         "status": "ok",
         "breaker_store": host.store().kind(),
         "state_signing": if config.state_secret.is_some() { "on" } else { "off" },
+        "request_deadline_ms": config.request_deadline_ms,
     })
 }
 

@@ -39,6 +39,7 @@ pub const VARIABLES: &[&str] = &[
     "UPSTREAM_FIRST_BYTE_TIMEOUT_MS",
     "UPSTREAM_IDLE_TIMEOUT_MS",
     "UPSTREAM_TOTAL_TIMEOUT_MS",
+    "REQUEST_DEADLINE_MS",
     "BREAKER_FAILURE_THRESHOLD",
     "BREAKER_WINDOW_MS",
     "BREAKER_MIN_CALLERS",
@@ -58,6 +59,8 @@ pub const DEFAULT_DIAL_ENDPOINT: &str = "http://localhost:8080";
 pub const DEFAULT_DEPLOYMENT_NAME: &str = "gpt-4o";
 /// Default request body limit: 4 MiB.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+/// Default deadline of a whole request: 5 minutes.
+pub const DEFAULT_REQUEST_DEADLINE_MS: u64 = 300_000;
 /// Default limit on the number of messages in a request.
 pub const DEFAULT_MAX_MESSAGES: usize = 2_000;
 
@@ -156,6 +159,8 @@ pub struct Config {
     pub max_messages: usize,
     /// Upstream call timeouts.
     pub timeouts: Timeouts,
+    /// Longest whole request, in milliseconds (`REQUEST_DEADLINE_MS`).
+    pub request_deadline_ms: u64,
     /// Circuit-breaker settings (per upstream target).
     pub breaker: BreakerConfig,
     /// Secret for signing the state we emit; `None` disables signing.
@@ -184,6 +189,7 @@ impl std::fmt::Debug for Config {
             .field("max_request_bytes", &self.max_request_bytes)
             .field("max_messages", &self.max_messages)
             .field("timeouts", &self.timeouts)
+            .field("request_deadline_ms", &self.request_deadline_ms)
             .field("breaker", &self.breaker)
             .field("state_secret", &set(&self.state_secret))
             .field("state_max_age_s", &self.state_max_age_s)
@@ -302,6 +308,7 @@ impl Config {
                 idle_ms: number("UPSTREAM_IDLE_TIMEOUT_MS", d.idle_ms, 1),
                 total_ms: number("UPSTREAM_TOTAL_TIMEOUT_MS", d.total_ms, 1),
             },
+            request_deadline_ms: number("REQUEST_DEADLINE_MS", DEFAULT_REQUEST_DEADLINE_MS, 1),
             breaker: BreakerConfig {
                 failure_threshold: u32::try_from(number(
                     "BREAKER_FAILURE_THRESHOLD",

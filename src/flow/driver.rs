@@ -368,6 +368,8 @@ fn poll_calls<'a, H: Host>(
 pub struct Driver<'a, 'o, H: Host, T> {
     caller: Caller<'a, H>,
     out: &'o mut Emitter<T>,
+    /// When the request's deadline passes (the host's monotonic ms).
+    deadline_ms: u64,
 }
 
 /// How a response ended.
@@ -397,7 +399,13 @@ enum Handled {
 impl<'a, 'o, H: Host, T: Transport> Driver<'a, 'o, H, T> {
     /// A driver writing into `out`.
     pub fn new(caller: Caller<'a, H>, out: &'o mut Emitter<T>) -> Driver<'a, 'o, H, T> {
-        Driver { caller, out }
+        let ctx = caller.ctx;
+        let deadline_ms = ctx.start_ms.saturating_add(ctx.config.request_deadline_ms);
+        Driver {
+            caller,
+            out,
+            deadline_ms,
+        }
     }
 
     /// Opens the response: the role chunk (sent with whatever the first
@@ -433,8 +441,10 @@ impl<'a, 'o, H: Host, T: Transport> Driver<'a, 'o, H, T> {
     }
 
     /// Runs the scheduler's tasks until none is left. Fails only when the
-    /// client went away (every call under way is then dropped).
-    pub async fn run(&mut self, scheduler: &mut dyn Scheduler<'a>) -> Result<(), ClientGone> {
+    /// client went away or the request's deadline passed (every call under
+    /// way is then dropped; at the deadline every running session also ends
+    /// as failed, its stages closed).
+    pub async fn run(&mut self, scheduler: &mut dyn Scheduler<'a>) -> Result<(), FlowError> {
         let mut slots: Vec<Slot<'a, H>> = Vec::new();
         let mut cursor = 0;
         loop {
@@ -480,7 +490,7 @@ impl<'a, 'o, H: Host, T: Transport> Driver<'a, 'o, H, T> {
             // What was said so far reaches the client before a new call goes
             // out (the first byte never waits on the coordination call).
             if any_started && self.flush_or_cancel(&mut slots).await.is_err() {
-                return Err(ClientGone);
+                return Err(FlowError::ClientGone);
             }
             // Upstream data that is already there is handled without a write
             // per chunk, until enough is buffered.
@@ -494,9 +504,12 @@ impl<'a, 'o, H: Host, T: Transport> Driver<'a, 'o, H, T> {
                 Some(ready) => ready,
                 None => {
                     if self.flush_or_cancel(&mut slots).await.is_err() {
-                        return Err(ClientGone);
+                        return Err(FlowError::ClientGone);
                     }
-                    futures::future::poll_fn(|cx| poll_calls(&mut slots, &mut cursor, cx)).await
+                    match self.wait(&mut slots, &mut cursor).await {
+                        Some(ready) => ready,
+                        None => return Err(self.stop_at_deadline(slots, scheduler)),
+                    }
                 }
             };
             if let Handled::Failed(error) = self.handle(&mut slots[index], event) {
@@ -507,6 +520,43 @@ impl<'a, 'o, H: Host, T: Transport> Driver<'a, 'o, H, T> {
                 self.end(slot, Err(error), scheduler);
             }
         }
+    }
+
+    /// Waits for the next thing to happen on any session's call, until the
+    /// request's deadline (`None` once it has passed).
+    async fn wait(
+        &self,
+        slots: &mut [Slot<'a, H>],
+        cursor: &mut usize,
+    ) -> Option<(usize, IoEvent<'a, H>)> {
+        let host = self.caller.host;
+        let left = self.deadline_ms.saturating_sub(host.now_ms());
+        if left == 0 {
+            return None;
+        }
+        let events = futures::future::poll_fn(|cx| poll_calls(slots, cursor, cx));
+        match futures::future::select(std::pin::pin!(events), host.sleep(left)).await {
+            futures::future::Either::Left((ready, _)) => Some(ready),
+            futures::future::Either::Right(_) => None,
+        }
+    }
+
+    /// The request's deadline passed: every call under way is dropped (not a
+    /// failure of its upstream: the time was the request's), every running
+    /// session ends as failed with its stages closed, and the flow fails.
+    fn stop_at_deadline(
+        &mut self,
+        mut slots: Vec<Slot<'a, H>>,
+        scheduler: &mut dyn Scheduler<'a>,
+    ) -> FlowError {
+        let error = CoordError::DeadlineExceeded(self.caller.ctx.config.request_deadline_ms);
+        for mut slot in slots.drain(..) {
+            if let Io::Reading(opened, _) = std::mem::replace(&mut slot.io, Io::Idle) {
+                opened.finish(Outcome::Failed("deadline", false));
+            }
+            self.end(slot, Err(error.clone()), scheduler);
+        }
+        FlowError::Failed(error)
     }
 
     /// Flushes the response; when the client is gone, ends every call under
