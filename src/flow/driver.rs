@@ -447,6 +447,8 @@ impl<'a, 'o, H: Host, T: Transport> Driver<'a, 'o, H, T> {
     pub async fn run(&mut self, scheduler: &mut dyn Scheduler<'a>) -> Result<(), FlowError> {
         let mut slots: Vec<Slot<'a, H>> = Vec::new();
         let mut cursor = 0;
+        // Armed at the first wait of the run (most runs of one call wait at once).
+        let mut deadline: Option<H::Sleep> = None;
         loop {
             for ready in scheduler.ready(slots.len()) {
                 match ready {
@@ -506,7 +508,11 @@ impl<'a, 'o, H: Host, T: Transport> Driver<'a, 'o, H, T> {
                     if self.flush_or_cancel(&mut slots).await.is_err() {
                         return Err(FlowError::ClientGone);
                     }
-                    match self.wait(&mut slots, &mut cursor).await {
+                    let deadline = deadline.get_or_insert_with(|| {
+                        let host = self.caller.host;
+                        host.sleep(self.deadline_ms.saturating_sub(host.now_ms()))
+                    });
+                    match Self::wait(&mut slots, &mut cursor, deadline).await {
                         Some(ready) => ready,
                         None => return Err(self.stop_at_deadline(slots, scheduler)),
                     }
@@ -523,19 +529,15 @@ impl<'a, 'o, H: Host, T: Transport> Driver<'a, 'o, H, T> {
     }
 
     /// Waits for the next thing to happen on any session's call, until the
-    /// request's deadline (`None` once it has passed).
+    /// request's deadline (`None` once it has passed). One `deadline` timer
+    /// serves every wait of a run: it is armed once, not once per wait.
     async fn wait(
-        &self,
         slots: &mut [Slot<'a, H>],
         cursor: &mut usize,
+        deadline: &mut H::Sleep,
     ) -> Option<(usize, IoEvent<'a, H>)> {
-        let host = self.caller.host;
-        let left = self.deadline_ms.saturating_sub(host.now_ms());
-        if left == 0 {
-            return None;
-        }
         let events = futures::future::poll_fn(|cx| poll_calls(slots, cursor, cx));
-        match futures::future::select(std::pin::pin!(events), host.sleep(left)).await {
+        match futures::future::select(std::pin::pin!(events), deadline).await {
             futures::future::Either::Left((ready, _)) => Some(ready),
             futures::future::Either::Right(_) => None,
         }
