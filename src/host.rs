@@ -553,12 +553,13 @@ const EARLY_BODY_MAX: usize = 64 * 1024;
 
 fn wasi_response(response: IncomingResponse) -> OutboundResponse<WasiBody> {
     let status = response.status();
-    let retry_after_s = response
-        .headers()
-        .get("retry-after")
-        .first()
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(retry_after_seconds);
+    // Only a 429's `Retry-After` is read: reading headers costs host calls,
+    // and no other answer needs them.
+    let retry_after_s = (status == 429)
+        .then(|| response.headers().get("retry-after"))
+        .and_then(|values| values.into_iter().next())
+        .and_then(|v| String::from_utf8(v).ok())
+        .and_then(|v| retry_after_seconds(&v));
     let stream = Box::pin(response.take_body_stream());
     OutboundResponse {
         status,

@@ -1314,8 +1314,8 @@ async fn an_llm_limit_of_one_user_never_opens_the_breaker_and_another_user_is_se
         assert_eq!(
             deltas(&r.events()),
             coordination_failed(
-                "LLM (gpt-4o) answered HTTP 429: a limit was reached (injected fault)",
-                "The coordinator's language model reached a usage limit. Please try again later."
+                "LLM (gpt-4o) answered HTTP 429: a limit was reached (injected fault); retry after 7 s",
+                "The coordinator's language model reached a usage limit. Please try again in 7 s."
             )
         );
     }

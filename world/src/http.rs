@@ -313,11 +313,19 @@ pub(crate) async fn pre_fault(
                 .filter(|s| StatusCode::from_u16(*s).is_ok())
                 .unwrap_or(500);
             Ok(Some(match service {
-                Service::Core => full(
-                    status,
-                    "application/json",
-                    dial_error_body(status, "runtime_error", "injected fault"),
-                ),
+                Service::Core => {
+                    let mut resp = full(
+                        status,
+                        "application/json",
+                        dial_error_body(status, "runtime_error", "injected fault"),
+                    );
+                    if status == 429 {
+                        // As DIAL Core says when a limit is reached.
+                        resp.headers_mut()
+                            .insert("retry-after", HeaderValue::from_static("7"));
+                    }
+                    resp
+                }
                 Service::Ums | Service::UmsBackup => {
                     full(status, "text/plain; charset=utf-8", "Internal Server Error")
                 }

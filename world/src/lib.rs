@@ -247,7 +247,8 @@
 //! * `None` — normal answer (only the delays apply);
 //! * `Down` — the connection is closed without any response;
 //! * `Status` — `status` (default 500) before any body: Core answers
-//!   `{"error":{"message":"injected fault","type":"runtime_error","code":"<status>"}}`, UMS
+//!   `{"error":{"message":"injected fault","type":"runtime_error","code":"<status>"}}` (a 429
+//!   with `Retry-After: 7`), UMS
 //!   `text/plain` `Internal Server Error`; the handler does not run;
 //! * `ErrorMidStream` — streams: the first two events (the role chunk / the UMS
 //!   `conversation_id` event, and the next one; pauses are not events and are skipped),
