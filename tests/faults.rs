@@ -1071,16 +1071,7 @@ async fn path_characters_in_the_conversation_id_never_reach_a_ums_path() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breaker_opens_after_five_gpa_failures_and_skips_gpa() {
     // Breaker states live in the instance: keep one instance for every request.
-    let s = Stack::start_with_args(
-        &[
-            "--max-instance-reuse-count",
-            "1000",
-            "--idle-instance-timeout",
-            "60s",
-        ],
-        &[],
-    )
-    .await;
+    let s = reused_instance_stack().await;
     s.world.set_fault(
         "deployment:general-purpose-agent",
         Fault {
@@ -1264,6 +1255,21 @@ async fn ums_fails_over_to_the_backup_endpoint_and_remembers_where_the_conversat
 // ---------------------------------------------------------------------------
 // Hardening: one user cannot trip the breaker, bounded reads, merge-proof signatures
 
+/// A stack whose one instance serves every request: breaker states live in
+/// the instance.
+async fn reused_instance_stack() -> Stack {
+    Stack::start_with_args(
+        &[
+            "--max-instance-reuse-count",
+            "1000",
+            "--idle-instance-timeout",
+            "60s",
+        ],
+        &[],
+    )
+    .await
+}
+
 /// A streamed chat of the user `sub` (of the forwarded token) in `conversation`.
 async fn chat_as(host: &WasiHost, sub: &str, conversation: &str) -> TimedResponse {
     let token = bearer(sub);
@@ -1290,16 +1296,7 @@ fn coordination_failed(message: &str, display: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_llm_limit_of_one_user_never_opens_the_breaker_and_another_user_is_served() {
-    let s = Stack::start_with_args(
-        &[
-            "--max-instance-reuse-count",
-            "1000",
-            "--idle-instance-timeout",
-            "60s",
-        ],
-        &[],
-    )
-    .await;
+    let s = reused_instance_stack().await;
     s.world.set_fault(
         "routing",
         Fault {
@@ -1333,16 +1330,7 @@ async fn an_llm_limit_of_one_user_never_opens_the_breaker_and_another_user_is_se
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn llm_503s_seen_by_several_users_open_its_breaker() {
-    let s = Stack::start_with_args(
-        &[
-            "--max-instance-reuse-count",
-            "1000",
-            "--idle-instance-timeout",
-            "60s",
-        ],
-        &[],
-    )
-    .await;
+    let s = reused_instance_stack().await;
     s.world.set_fault(
         "routing",
         Fault {
@@ -1380,16 +1368,7 @@ async fn llm_503s_seen_by_several_users_open_its_breaker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gpa_tool_crashing_on_one_conversation_never_opens_the_breaker() {
-    let s = Stack::start_with_args(
-        &[
-            "--max-instance-reuse-count",
-            "1000",
-            "--idle-instance-timeout",
-            "60s",
-        ],
-        &[],
-    )
-    .await;
+    let s = reused_instance_stack().await;
     let crash = "Search the news [gpa:crash]";
     for _ in 0..7 {
         let r = chat_stream(&s.host, KEY, &[user(crash)], Some("noisy-conversation")).await;

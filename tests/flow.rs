@@ -1107,15 +1107,19 @@ fn a_request_is_stopped_at_its_deadline_however_its_calls_behave() {
     let pieces: Vec<Value> = (0..20)
         .map(|i| chunk(json!({"content": format!("{i} ")})))
         .collect();
-    let client = FakeClient::new()
-        .on(
-            "/deployments/gpt-4o/chat/completions",
-            routing_reply("GPA", None),
-        )
-        .on(
-            "/deployments/general-purpose-agent/chat/completions",
-            Reply::sse_timed(1_000, &pieces),
-        );
+    // GPA sends an event a second, twenty of them.
+    let dribbling = || {
+        FakeClient::new()
+            .on(
+                "/deployments/gpt-4o/chat/completions",
+                routing_reply("GPA", None),
+            )
+            .on(
+                "/deployments/general-purpose-agent/chat/completions",
+                Reply::sse_timed(1_000, &pieces),
+            )
+    };
+    let client = dribbling();
     let (events, _) = run_stream(&ctx, &client);
     assert_eq!(client.clock.now(), 2_500, "stopped at the deadline");
     let d = deltas(&events);
@@ -1161,15 +1165,7 @@ fn a_request_is_stopped_at_its_deadline_however_its_calls_behave() {
         json!({"messages": [{"role": "user", "content": WEATHER}]}),
         None,
     );
-    let client = FakeClient::new()
-        .on(
-            "/deployments/gpt-4o/chat/completions",
-            routing_reply("GPA", None),
-        )
-        .on(
-            "/deployments/general-purpose-agent/chat/completions",
-            Reply::sse_timed(1_000, &pieces),
-        );
+    let client = dribbling();
     let e = client.run(collect(&ctx, &client, "x", 1)).unwrap_err();
     assert_eq!(e.status(), 500);
     assert_eq!(

@@ -266,6 +266,11 @@ async fn send<R: Responder>(respond: R, trace: &Trace, status: u16, body: Vec<u8
 /// An error before the first byte: its status and DIAL error body.
 async fn answer_error<R: Responder>(respond: R, trace: &Trace, e: &CoordError) {
     meter::count_write();
+    send_error(respond, trace, e).await;
+}
+
+/// Sends the error answer (the caller counts the write).
+async fn send_error<R: Responder>(respond: R, trace: &Trace, e: &CoordError) {
     respond
         .answer(Answer {
             status: e.status(),
@@ -296,16 +301,7 @@ async fn rejected<H: Host, R: Responder>(host: &H, respond: R, trace: &Trace, e:
     });
     add_own_time(&mut line);
     host.log(&line.to_string());
-    respond
-        .answer(Answer {
-            status: e.status(),
-            content_type: "application/json",
-            allow: e.allow(),
-            trace_id: &trace.trace_id,
-            body: e.body_json(),
-            head_only: false,
-        })
-        .await;
+    send_error(respond, trace, e).await;
 }
 
 async fn chat<H, B, R>(
