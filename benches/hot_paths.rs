@@ -252,11 +252,13 @@ const SECRET: &str = "bench-state-secret-0123456789abcdef";
 const BINDING: &str = "conversation-0001";
 const NOW_S: u64 = 1_700_000_000;
 
-/// A validated request for `messages`, with or without state signing.
+/// A validated request for `messages`, with or without state signing
+/// (without, unsigned states are read: `ALLOW_UNSIGNED_STATE=true`).
 fn context(messages: Vec<Message>, secret: Option<&str>) -> RequestContext {
     RequestContext {
         config: Config {
             state_secret: secret.map(str::to_owned),
+            allow_unsigned_state: secret.is_none(),
             ..Config::default()
         },
         api_key: "sk-bench".to_owned(),
@@ -282,7 +284,7 @@ fn trust() -> StateTrust<'static> {
             subject: "",
         },
         now_s: NOW_S,
-        max_age_s: None,
+        ..StateTrust::default()
     }
 }
 
@@ -366,7 +368,7 @@ fn history_and_state(c: &mut Criterion) {
         .state_value()
         .expect("a state");
     g.bench_function("state_verify_2KB", |b| {
-        b.iter(|| assert!(state::verify(black_box(&state_2k), SECRET, &trust())));
+        b.iter(|| assert!(state::verify(black_box(&state_2k), &trust())));
     });
     g.finish();
 }

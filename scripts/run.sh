@@ -375,14 +375,14 @@ for var in DIAL_ENDPOINT DEPLOYMENT_NAME UMS_AGENT_ENDPOINT GPA_DEPLOYMENT_NAME 
     MAX_REQUEST_BYTES MAX_MESSAGES BACKUP_DEPLOYMENT_NAMES GPA_BACKUP_DEPLOYMENTS \
     UMS_AGENT_BACKUP_ENDPOINTS UPSTREAM_FIRST_BYTE_TIMEOUT_MS UPSTREAM_IDLE_TIMEOUT_MS \
     UPSTREAM_TOTAL_TIMEOUT_MS REQUEST_DEADLINE_MS BREAKER_FAILURE_THRESHOLD BREAKER_WINDOW_MS BREAKER_OPEN_MS \
-    BREAKER_MIN_CALLERS STATE_SECRET STATE_MAX_AGE_S HEALTH_TOKEN AGENTS \
+    BREAKER_MIN_CALLERS STATE_SECRET STATE_SECRET_PREVIOUS ALLOW_UNSIGNED_STATE STATE_MAX_AGE_S HEALTH_TOKEN AGENTS \
     COORDINATION_MODE MAX_PLAN_ROUNDS MAX_SUBTASKS MAX_PARALLEL LOG_LEVEL; do
     [ -n "${!var:-}" ] || continue
     case "$var" in
         # Secrets are inherited from this script's environment (`--env NAME`),
         # never written on wasmtime's command line, where `ps` shows them to
         # every local user.
-        STATE_SECRET | HEALTH_TOKEN) export "${var?}"; env_args+=(--env "$var") ;;
+        STATE_SECRET | STATE_SECRET_PREVIOUS | HEALTH_TOKEN) export "${var?}"; env_args+=(--env "$var") ;;
         *) env_args+=(--env "$var=${!var}") ;;
     esac
 done

@@ -94,6 +94,8 @@ impl RequestContext {
     pub fn state_trust(&self) -> StateTrust<'_> {
         StateTrust {
             secret: self.config.state_secret.as_deref(),
+            previous_secret: self.config.state_secret_previous.as_deref(),
+            allow_unsigned: self.config.allow_unsigned_state,
             binding: Binding {
                 conversation: self.conversation_id.as_deref().unwrap_or(""),
                 subject: self.subject.as_deref().unwrap_or(""),

@@ -156,7 +156,7 @@ fn health_answers_get_and_head_alike_but_head_has_no_body() {
     assert_eq!((get_answer.status, get_answer.head_only), (200, false));
     assert_eq!(
         get_answer.json(),
-        json!({"status": "ok", "breaker_store": "instance-memory", "state_signing": "off", "request_deadline_ms": 300_000})
+        json!({"status": "ok", "breaker_store": "instance-memory", "state_signing": "off", "unsigned_state": "read", "request_deadline_ms": 300_000})
     );
     let head = get(&client, "HEAD", "/health");
     assert_eq!(

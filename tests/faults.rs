@@ -897,16 +897,14 @@ async fn forged_state_is_ignored_when_states_are_signed() {
             subject: "",
         },
         now_s,
-        max_age_s: None,
+        ..Default::default()
     };
     assert!(mas_coordinator::memory::state::verify(
         &signed,
-        SECRET,
         &trust(conv)
     ));
     assert!(!mas_coordinator::memory::state::verify(
         &signed,
-        SECRET,
         &trust("dial-conv-B")
     ));
     let mut unsigned = signed.clone();
@@ -963,6 +961,42 @@ async fn forged_state_is_ignored_when_states_are_signed() {
         .requests()
         .iter()
         .all(|r| !r.path.contains("someone-elses")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_secret_unsigned_state_is_ignored_by_default() {
+    // Neither STATE_SECRET nor ALLOW_UNSIGNED_STATE: the product's defaults.
+    let s = Stack::start(&[("ALLOW_UNSIGNED_STATE", "false")]).await;
+    let history = [
+        user(KARPATHY),
+        json!({"role": "assistant", "content": "No.",
+               "custom_content": {"state": {"ums_conversation_id": "someone-elses"}}}),
+        user(ADD_KARPATHY),
+    ];
+    let r = chat_stream(&s.host, KEY, &history, Some("dial-conv-A")).await;
+    let d = deltas(&r.events());
+    assert_eq!(
+        d[5],
+        stage_content(1, &created("ums-conv-0001")),
+        "the unsigned id is as if absent: a new conversation"
+    );
+    assert_eq!(d.last().unwrap(), "[DONE]");
+    assert!(s
+        .world
+        .requests()
+        .iter()
+        .all(|r| !r.path.contains("someone-elses")));
+    let health = get(&format!("{}/health", s.host.url())).await.json();
+    assert_eq!(
+        (&health["state_signing"], &health["unsigned_state"]),
+        (&json!("off"), &json!("ignored"))
+    );
+    assert!(
+        s.host.logs().contains(
+            "STATE_SECRET is not set: states are not signed and every state sent back is ignored"
+        ),
+        "the instance says so once in its log"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,7 @@ use mas_coordinator::calls::breaker::{self, BreakerState};
 use mas_coordinator::client::Host;
 use mas_coordinator::client::MemoryStore;
 use mas_coordinator::memory::endpoint_tag;
+use mas_coordinator::memory::state::{key_id, sign, Binding, StateTrust};
 use serde_json::{json, Value};
 
 const LLM: &str = "/deployments/gpt-4o/chat/completions";
@@ -892,7 +893,7 @@ fn signatures_bind_the_user_and_carry_an_issue_time() {
     let state = ums_state_turn(&first);
     let signature = state["signature"].as_str().unwrap();
     assert!(
-        signature.starts_with(&format!("{}.", t0 / 1000)),
+        signature.starts_with(&format!("{}.{}.", key_id(SECRET), t0 / 1000)),
         "{signature}"
     );
 
@@ -941,6 +942,143 @@ fn signatures_bind_the_user_and_carry_an_issue_time() {
         )),
         "too old"
     );
+}
+
+/// A turn routed to RAG (a DIAL agent of configuration) whose history holds
+/// one earlier RAG exchange with `state`; what RAG is sent.
+fn rag_follow_up(config: mas_coordinator::config::Config, state: &Value) -> Value {
+    let rag = "/deployments/rag/chat/completions";
+    let client = FakeClient::new()
+        .on(LLM, routing_reply("RAG", None))
+        .on(
+            rag,
+            Reply::sse(&[chunk(json!({"content": "ok"})), stop_chunk()]),
+        )
+        .on(LLM, llm_stream(&["ok"]));
+    let history = json!([
+        {"role": "user", "content": "Find the policy"},
+        {"role": "assistant", "content": "Found.", "custom_content": {"state": state}},
+        {"role": "user", "content": "And the next one?"},
+    ]);
+    run_stream(
+        &context_with(
+            config,
+            json!({"stream": true, "messages": history}),
+            Some("c1"),
+        ),
+        &client,
+    );
+    body_json(&client.requests()[1])
+}
+
+const RAG_VARS: [(&str, &str); 4] = [
+    ("AGENTS", "GPA,UMS,RAG"),
+    ("AGENT_RAG_KIND", "dial"),
+    ("AGENT_RAG_DEPLOYMENT", "rag"),
+    (
+        "AGENT_RAG_DESCRIPTION",
+        "Answers from the policy documents.",
+    ),
+];
+
+#[test]
+fn an_agent_reads_exactly_the_bytes_that_were_signed() {
+    let mut vars = RAG_VARS.to_vec();
+    vars.push(("STATE_SECRET", SECRET));
+    let config = config_with(&vars);
+    let trust = StateTrust {
+        secret: Some(SECRET),
+        binding: Binding {
+            conversation: "c1",
+            subject: "",
+        },
+        now_s: UNIX_EPOCH_MS / 1000,
+        ..StateTrust::default()
+    };
+    let state = sign(
+        json!({"agents": {"RAG": [{"answer": "Found.", "state": {"cursor": [{"page": 2}]}}]}}),
+        &trust,
+    );
+    let sent = rag_follow_up(config.clone(), &state);
+    assert_eq!(
+        sent["messages"][1],
+        json!({"role": "assistant", "content": "Found.", "custom_content": {"state": {"cursor": [{"page": 2}]}}})
+    );
+    // The same signature over an edited text: an `index` inside a list item
+    // and a duplicated key verify (they fold to the signed form), but the
+    // agent still gets the signed bytes, not the edit.
+    let edited = format!(
+        r#"{{"agents": {{"RAG": [{{"answer": "Found.", "state": {{"cursor": [{{"page": 9, "page": 2, "index": 5}}]}}}}]}}, "signature": {}}}"#,
+        state["signature"]
+    );
+    let edited: Value = serde_json::from_str(&edited).unwrap();
+    let sent = rag_follow_up(config, &edited);
+    let rag_state = &sent["messages"][1]["custom_content"]["state"];
+    assert_eq!(rag_state, &json!({"cursor": [{"page": 2}]}));
+}
+
+#[test]
+fn unsigned_state_is_ignored_by_default_and_read_only_when_allowed() {
+    let state = json!({"agents": {"RAG": [{"answer": "Found.", "state": {"cursor": 1}}]}});
+    let mut vars = RAG_VARS.to_vec();
+    vars.push(("ALLOW_UNSIGNED_STATE", "false"));
+    let sent = rag_follow_up(config_with(&vars), &state);
+    assert_eq!(
+        sent["messages"],
+        json!([{"role": "user", "content": "And the next one?"}]),
+        "an unsigned state is as if absent: RAG has no earlier turn"
+    );
+    let sent = rag_follow_up(config_with(&RAG_VARS), &state);
+    assert_eq!(
+        sent["messages"][1]["custom_content"]["state"],
+        json!({"cursor": 1})
+    );
+    // With a secret, unsigned state is read only when allowed too.
+    let mut vars = RAG_VARS.to_vec();
+    vars.push(("STATE_SECRET", SECRET));
+    let sent = rag_follow_up(config_with(&vars), &state);
+    assert_eq!(sent["messages"].as_array().unwrap().len(), 1);
+    vars.push(("ALLOW_UNSIGNED_STATE", "true"));
+    let sent = rag_follow_up(config_with(&vars), &state);
+    assert_eq!(
+        sent["messages"][1]["custom_content"]["state"],
+        json!({"cursor": 1})
+    );
+}
+
+#[test]
+fn after_a_rotation_the_previous_secret_still_verifies() {
+    let old = "the-old-secret-0123456789";
+    let first = context_full(
+        config_with(&[("STATE_SECRET", old)]),
+        ask(KARPATHY),
+        Some("c1"),
+        None,
+        UNIX_EPOCH_MS,
+    );
+    let state = ums_state_turn(&first);
+    let rotated = |previous: Option<&'static str>| {
+        let mut vars = vec![("STATE_SECRET", SECRET)];
+        vars.extend(previous.map(|p| ("STATE_SECRET_PREVIOUS", p)));
+        context_full(
+            config_with(&vars),
+            follow_up(&state),
+            Some("c1"),
+            None,
+            UNIX_EPOCH_MS + 1_000,
+        )
+    };
+    assert!(
+        reuses(rotated(Some(old))),
+        "verified by the previous secret"
+    );
+    assert!(!reuses(rotated(None)), "the old secret is forgotten");
+    // What the rotated coordinator signs names the new secret.
+    let next = ums_state_turn(&rotated(Some(old)));
+    assert!(next["signature"]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("{}.", key_id(SECRET))));
 }
 
 #[test]

@@ -123,6 +123,15 @@ pub(crate) async fn spin_runs(
         .into_iter()
         .map(|(n, v)| (n.to_owned(), v))
         .collect();
+    // spin.toml requires `state_secret`: a bench secret, unless the arguments
+    // give one (signing what a request emits costs one HMAC of its small state).
+    variables.insert(
+        0,
+        (
+            "STATE_SECRET".to_owned(),
+            "mas-bench-state-secret".to_owned(),
+        ),
+    );
     variables.extend(env_args(&opts.wasmtime_args));
     let manifest = workspace_root().join("spin.toml");
     let server = spin::SpinServer::start(&spin, &manifest, &variables, &state_dir, &log)

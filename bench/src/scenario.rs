@@ -881,12 +881,9 @@ mod tests {
         assert_eq!(run.sum(), ms(233));
     }
 
+    /// The benchmark's own configuration of the coordinator.
     fn config(world: &World) -> Config {
-        let env = [
-            ("DIAL_ENDPOINT", world.core_url()),
-            ("UMS_AGENT_ENDPOINT", world.ums_url()),
-        ];
-        Config::from_lookup(|k| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())).unwrap()
+        crate::server::coordinator_config(world, &[]).unwrap()
     }
 
     fn addr(url: &str) -> SocketAddr {

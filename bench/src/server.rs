@@ -26,11 +26,15 @@ pub(crate) fn addr_of(url: &str) -> anyhow::Result<SocketAddr> {
 
 /// The environment `wasmtime serve` passes to the component; the floors are
 /// built from the configuration it gives (`Config::from_lookup`), so they follow
-/// the coordinator's defaults (`COORDINATION_MODE=plan` among them).
+/// the coordinator's defaults (`COORDINATION_MODE=plan` among them), except
+/// that unsigned states are read: the UMS follow-up and the long GPA history
+/// carry states written unsigned, as the seed's conversations do, and the
+/// figures measure the work of reading them (as every earlier run did).
 pub(crate) fn coordinator_env(world: &World) -> Vec<(&'static str, String)> {
     vec![
         ("DIAL_ENDPOINT", world.core_url()),
         ("UMS_AGENT_ENDPOINT", world.ums_url()),
+        ("ALLOW_UNSIGNED_STATE", "true".to_owned()),
     ]
 }
 

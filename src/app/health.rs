@@ -29,14 +29,35 @@ pub const DEEP_CACHE_KEY: &str = "health:deep";
 pub const DEFAULT_DEPLOYMENT: &str = "mas-coordinator";
 
 /// The shallow report: the coordinator answers, where its breakers live,
-/// whether states are signed, and the request deadline in force.
+/// whether states are signed and unsigned ones read, and the request deadline
+/// in force.
 pub fn shallow<H: Host>(host: &H, config: &Config) -> Value {
     json!({
         "status": "ok",
         "breaker_store": host.store().kind(),
-        "state_signing": if config.state_secret.is_some() { "on" } else { "off" },
+        "state_signing": state_signing(config),
+        "unsigned_state": unsigned_state(config),
         "request_deadline_ms": config.request_deadline_ms,
     })
+}
+
+/// Whether the states we emit are signed: `on` or `off`.
+fn state_signing(config: &Config) -> &'static str {
+    if config.state_secret.is_some() {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+/// What becomes of a state without a signature: `read` (`ALLOW_UNSIGNED_STATE`)
+/// or `ignored`.
+fn unsigned_state(config: &Config) -> &'static str {
+    if config.allow_unsigned_state {
+        "read"
+    } else {
+        "ignored"
+    }
 }
 
 /// The report of a configuration that cannot be used (served with 500, so a
@@ -204,7 +225,8 @@ pub async fn deep<H: Host>(host: &H, config: &Config, path_and_query: &str) -> V
     let report = json!({
         "status": if all_up { "ok" } else { "degraded" },
         "breaker_store": host.store().kind(),
-        "state_signing": if config.state_secret.is_some() { "on" } else { "off" },
+        "state_signing": state_signing(config),
+        "unsigned_state": unsigned_state(config),
         "deployment": deployment,
         "checks": checks,
         "breakers": breakers,

@@ -384,14 +384,21 @@ where
     Ok(bytes)
 }
 
-/// Logs, once per instance, that states are not signed.
+/// Logs, once per instance, when states are not signed or unsigned ones are
+/// read.
 fn warn_unsigned<H: Host>(host: &H, ctx: &RequestContext) {
-    if ctx.config.state_secret.is_none() && host.first_in_instance("state_signing_off") {
+    let message = match (&ctx.config.state_secret, ctx.config.allow_unsigned_state) {
+        (Some(_), false) => return,
+        (Some(_), true) => "ALLOW_UNSIGNED_STATE is true: a state without a signature is trusted as it comes (see docs/operating.md, State and secrets)",
+        (None, true) => "STATE_SECRET is not set and ALLOW_UNSIGNED_STATE is true: client-supplied state is trusted as it comes (see docs/operating.md, State and secrets)",
+        (None, false) => "STATE_SECRET is not set: states are not signed and every state sent back is ignored, so agents do not see their earlier turns (see docs/operating.md, State and secrets)",
+    };
+    if host.first_in_instance("state_signing_off") {
         let line = serde_json::json!({
             "ts_ms": host.unix_ms(),
             "level": "warn",
             "event": "config",
-            "message": "STATE_SECRET is not set: client-supplied state is trusted as it comes (see docs/operating.md, State and secrets)",
+            "message": message,
         });
         host.log(&line.to_string());
     }

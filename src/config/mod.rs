@@ -45,13 +45,15 @@ pub const VARIABLES: &[&str] = &[
     "BREAKER_MIN_CALLERS",
     "BREAKER_OPEN_MS",
     "STATE_SECRET",
+    "STATE_SECRET_PREVIOUS",
+    "ALLOW_UNSIGNED_STATE",
     "STATE_MAX_AGE_S",
     "HEALTH_TOKEN",
     "LOG_LEVEL",
 ];
 
 /// The variables of [`VARIABLES`] that hold secrets.
-pub const SECRET_VARIABLES: &[&str] = &["STATE_SECRET", "HEALTH_TOKEN"];
+pub const SECRET_VARIABLES: &[&str] = &["STATE_SECRET", "STATE_SECRET_PREVIOUS", "HEALTH_TOKEN"];
 
 /// Default DIAL Core base URL.
 pub const DEFAULT_DIAL_ENDPOINT: &str = "http://localhost:8080";
@@ -165,6 +167,10 @@ pub struct Config {
     pub breaker: BreakerConfig,
     /// Secret for signing the state we emit; `None` disables signing.
     pub state_secret: Option<String>,
+    /// The secret before the last rotation: still verifies what it signed.
+    pub state_secret_previous: Option<String>,
+    /// Whether a state without a signature is read (`ALLOW_UNSIGNED_STATE`).
+    pub allow_unsigned_state: bool,
     /// Signed states older than this many seconds are ignored.
     pub state_max_age_s: Option<u64>,
     /// Token `GET /health?deep=1` requires (`Authorization: Bearer <token>`).
@@ -192,6 +198,8 @@ impl std::fmt::Debug for Config {
             .field("request_deadline_ms", &self.request_deadline_ms)
             .field("breaker", &self.breaker)
             .field("state_secret", &set(&self.state_secret))
+            .field("state_secret_previous", &set(&self.state_secret_previous))
+            .field("allow_unsigned_state", &self.allow_unsigned_state)
             .field("state_max_age_s", &self.state_max_age_s)
             .field("health_token", &set(&self.health_token))
             .field("log_level", &self.log_level)
@@ -327,6 +335,21 @@ impl Config {
                 .unwrap_or(b.min_callers),
             },
             state_secret: secret("STATE_SECRET"),
+            state_secret_previous: secret("STATE_SECRET_PREVIOUS"),
+            allow_unsigned_state: match get("ALLOW_UNSIGNED_STATE")
+                .map(|v| v.trim().to_ascii_lowercase())
+            {
+                None => false,
+                Some(v) if v == "true" => true,
+                Some(v) if v == "false" => false,
+                Some(_) => {
+                    problems.add(CoordError::config(
+                        "ALLOW_UNSIGNED_STATE",
+                        "must be true or false",
+                    ));
+                    false
+                }
+            },
             state_max_age_s: get("STATE_MAX_AGE_S").map(|_| number("STATE_MAX_AGE_S", 0, 60)),
             health_token: secret("HEALTH_TOKEN"),
             log_level: match get("LOG_LEVEL").map(|v| v.trim().to_ascii_lowercase()) {
@@ -339,6 +362,12 @@ impl Config {
                 }
             },
         };
+        if config.state_secret_previous.is_some() && config.state_secret.is_none() {
+            problems.add(CoordError::config(
+                "STATE_SECRET_PREVIOUS",
+                "needs STATE_SECRET: it only verifies what an earlier secret signed",
+            ));
+        }
         problems.into_result(config)
     }
 
@@ -588,6 +617,51 @@ mod tests {
             "The coordinator is misconfigured (DIAL_ENDPOINT, UMS_AGENT_ENDPOINT, \
              AGENT_RAG_KIND, AGENT_RAG_DESCRIPTION, MAX_PARALLEL, STATE_SECRET). \
              Please tell the administrator."
+        );
+    }
+
+    #[test]
+    fn state_trust_settings_are_read_and_checked() {
+        let d = Config::default();
+        assert_eq!(
+            (
+                &d.state_secret,
+                &d.state_secret_previous,
+                d.allow_unsigned_state
+            ),
+            (&None, &None, false)
+        );
+        let c = cfg(&[
+            ("STATE_SECRET", "0123456789abcdef"),
+            ("STATE_SECRET_PREVIOUS", "fedcba9876543210"),
+            ("ALLOW_UNSIGNED_STATE", " TRUE "),
+        ])
+        .unwrap();
+        assert_eq!(c.state_secret_previous.as_deref(), Some("fedcba9876543210"));
+        assert!(c.allow_unsigned_state);
+        assert!(
+            !cfg(&[("ALLOW_UNSIGNED_STATE", "false")])
+                .unwrap()
+                .allow_unsigned_state
+        );
+        let e = cfg(&[
+            ("STATE_SECRET_PREVIOUS", "fedcba9876543210"),
+            ("ALLOW_UNSIGNED_STATE", "yes"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            e.message(),
+            "Invalid configuration: ALLOW_UNSIGNED_STATE must be true or false; \
+             STATE_SECRET_PREVIOUS needs STATE_SECRET: it only verifies what an earlier secret signed"
+        );
+        let e = cfg(&[
+            ("STATE_SECRET", "0123456789abcdef"),
+            ("STATE_SECRET_PREVIOUS", "short"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            e.message(),
+            "Invalid configuration: STATE_SECRET_PREVIOUS must be at least 16 characters long"
         );
     }
 

@@ -42,7 +42,7 @@ use serde_json::{json, Map, Value};
 
 use crate::config::registry::{AgentSpec, StateSlot};
 use crate::limits::{truncate_marked, MAX_REMEMBERED_ATTACHMENTS, MAX_REMEMBERED_TEXT_BYTES};
-use crate::memory::state::{fnv1a, trusted_state, StateTrust};
+use crate::memory::state::{fnv1a, trusted_state, StateTrust, Trusted};
 use crate::wire::request::Message;
 use crate::wire::response::Attachment;
 
@@ -90,10 +90,12 @@ pub enum Memory {
 
 /// What a request remembers: the messages of its history whose state it
 /// trusts, found once per request (`RequestContext::recall`), so that every
-/// signature is verified once however many agents read the history.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// signature is verified once however many agents read the history. A signed
+/// state is kept as the canonical bytes its signature covers, and those are
+/// what agents read.
+#[derive(Debug, Clone, Default)]
 pub struct Recall {
-    trusted: Vec<usize>,
+    trusted: Vec<(usize, Trusted)>,
 }
 
 impl Recall {
@@ -103,8 +105,7 @@ impl Recall {
             trusted: messages
                 .iter()
                 .enumerate()
-                .filter(|(_, m)| trusted_state(m, trust).is_some())
-                .map(|(i, _)| i)
+                .filter_map(|(i, m)| Some((i, trusted_state(m, trust)?)))
                 .collect(),
         }
     }
@@ -117,7 +118,10 @@ impl Recall {
     ) -> impl DoubleEndedIterator<Item = (usize, &'m RawValue)> + 'm {
         self.trusted
             .iter()
-            .filter_map(|&i| Some((i, messages.get(i)?.state()?)))
+            .filter_map(|(i, trusted)| match trusted {
+                Trusted::AsSent => Some((*i, messages.get(*i)?.state()?)),
+                Trusted::Signed(bytes) => Some((*i, &**bytes)),
+            })
     }
 }
 
@@ -395,7 +399,7 @@ mod tests {
                 subject: "",
             },
             now_s: 1_700_000_000,
-            max_age_s: None,
+            ..StateTrust::default()
         };
         let with_state = |role: &str, state: Value| {
             let mut m = Message::text_message(role, "x");
@@ -421,16 +425,34 @@ mod tests {
         assert_eq!(kept, [1, 5]);
         let newest: Vec<usize> = recall.states(&messages).rev().map(|(i, _)| i).collect();
         assert_eq!(newest, [5, 1]);
-        // Without a secret every state is taken as it comes.
-        let open = StateTrust {
+        // What is read of a signed state is its canonical form, without the signature.
+        let first = recall.states(&messages).next().map(|(_, s)| s.get());
+        assert_eq!(first, Some(r#"{"ums_conversation_id":"c1"}"#));
+        // Unsigned states are read only when allowed; a bad signature never.
+        let lenient = StateTrust {
+            allow_unsigned: true,
+            ..trust
+        };
+        let read = |trust: &StateTrust<'_>| -> Vec<usize> {
+            Recall::read(&messages, trust)
+                .states(&messages)
+                .map(|(i, _)| i)
+                .collect()
+        };
+        assert_eq!(read(&lenient), [1, 4, 5]);
+        // Without a secret: nothing, unless unsigned states are allowed;
+        // then every state is taken as it comes.
+        let unsigned_off = StateTrust {
             secret: None,
             ..trust
         };
-        let all: Vec<usize> = Recall::read(&messages, &open)
-            .states(&messages)
-            .map(|(i, _)| i)
-            .collect();
-        assert_eq!(all, [1, 2, 4, 5]);
+        assert_eq!(read(&unsigned_off), Vec::<usize>::new());
+        let open = StateTrust {
+            secret: None,
+            allow_unsigned: true,
+            ..trust
+        };
+        assert_eq!(read(&open), [1, 2, 4, 5]);
     }
 
     /// What the memory reads of an agent: its name and slot.

@@ -12,12 +12,20 @@ use serde_json::{json, Value};
 use super::fakes::{FakeClient, CORE, KEY, UMS, UNIX_EPOCH_MS};
 
 /// The configuration of the fakes with `extra` variables, in `route` mode (the
-/// seed's single decision) unless `extra` sets `COORDINATION_MODE`.
+/// seed's single decision) unless `extra` sets `COORDINATION_MODE`. Unsigned
+/// states are read (`ALLOW_UNSIGNED_STATE=true`, as a deployment that serves
+/// the seed's conversations, written unsigned by the Python reference, is
+/// configured) unless `extra` says otherwise or sets `STATE_SECRET`.
 pub fn config_with(extra: &[(&str, &str)]) -> Config {
+    let signed = extra.iter().any(|(n, _)| *n == "STATE_SECRET");
     let mut vars: Vec<(&str, &str)> = vec![
         ("DIAL_ENDPOINT", CORE),
         ("UMS_AGENT_ENDPOINT", UMS),
         ("COORDINATION_MODE", "route"),
+        (
+            "ALLOW_UNSIGNED_STATE",
+            if signed { "false" } else { "true" },
+        ),
     ];
     vars.extend_from_slice(extra);
     Config::from_lookup(|k| {

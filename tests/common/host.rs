@@ -190,6 +190,15 @@ impl WasiHost {
         if !env.iter().any(|(k, _)| *k == "LOG_LEVEL") {
             command.arg("--env").arg("LOG_LEVEL=debug");
         }
+        // The seed's conversations carry states written unsigned (as the
+        // Python reference writes them): read them, as a deployment serving
+        // such conversations is configured, unless the test signs or says.
+        if !env
+            .iter()
+            .any(|(k, _)| *k == "STATE_SECRET" || *k == "ALLOW_UNSIGNED_STATE")
+        {
+            command.arg("--env").arg("ALLOW_UNSIGNED_STATE=true");
+        }
         for (k, v) in env {
             command.arg("--env").arg(format!("{k}={v}"));
         }
