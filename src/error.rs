@@ -99,11 +99,11 @@ impl UpstreamFault {
     /// What the upstream said that only the log may keep: the excerpt of an
     /// error body, what the parser made of malformed data (both redacted).
     pub fn log_detail(&self) -> Option<&str> {
-        let detail = match self {
-            UpstreamFault::Status(_, detail)
-            | UpstreamFault::RateLimited { detail, .. }
-            | UpstreamFault::Malformed { detail, .. } => detail,
-            _ => return None,
+        let (UpstreamFault::Status(_, detail)
+        | UpstreamFault::RateLimited { detail, .. }
+        | UpstreamFault::Malformed { detail, .. }) = self
+        else {
+            return None;
         };
         (!detail.is_empty()).then_some(detail.as_str())
     }

@@ -373,14 +373,14 @@ impl Session for UmsSession<'_> {
             Phase::Creating { lost } => {
                 let created: CreatedConversation = serde_json::from_slice(body).map_err(|_| {
                     say.error(UpstreamFault::malformed(
-                        "the created conversation has no id".to_owned(),
+                        "the created conversation has no id",
                     ))
                 })?;
                 let id = match created.id.as_str() {
                     Some(id) if is_valid_conversation_id(id) => id.to_owned(),
                     _ => {
                         return Err(say.error(UpstreamFault::malformed(
-                            "the created conversation id is not a valid id".to_owned(),
+                            "the created conversation id is not a valid id",
                         )))
                     }
                 };
