@@ -5,6 +5,12 @@
 //! [`CoordError::body`]); after it, the same body travels as one SSE error event
 //! (see `wire::response`). This module must not do I/O and must never put the
 //! per-request key into a message: upstream text is passed through [`redact`].
+//!
+//! What the person sees is the coordinator's own words, and an agent's error
+//! event (its `message`, meant for the user). What an upstream said to the
+//! coordinator — an error body, what the parser made of malformed data — is a
+//! fault's [`UpstreamFault::log_detail`]: it goes to the call's log line, never
+//! into a message.
 
 use std::fmt;
 
@@ -47,22 +53,29 @@ pub enum Deadline {
 pub enum UpstreamFault {
     /// The request could not be sent or no response head arrived (refused, reset, DNS, TLS).
     Connect(String),
-    /// The upstream answered with a non-success status; the text is a short, redacted excerpt.
+    /// The upstream answered with a non-success status; the text is a short,
+    /// redacted excerpt of its body, for the log only (never in a message).
     Status(u16, String),
     /// The upstream answered 429: a limit of this caller (or of its share)
     /// was reached, not a fault of the upstream; `Retry-After` when it said.
     RateLimited {
         /// Seconds until it may be tried again, when the upstream said.
         retry_after_s: Option<u64>,
-        /// A short, redacted excerpt of its answer.
+        /// A short, redacted excerpt of its answer, for the log only (never in a message).
         detail: String,
     },
-    /// The upstream sent an error event inside its stream.
+    /// The upstream sent an error event inside its stream: its message, for the user.
     ErrorEvent(String),
     /// The stream ended (EOF or broken connection) before its end marker.
     Truncated(String),
     /// The upstream sent something that is not its protocol (non-JSON, wrong shape).
-    Malformed(String),
+    Malformed {
+        /// What was wrong, in the coordinator's words.
+        what: String,
+        /// What the parser said (it may quote the upstream), redacted, for the
+        /// log only (never in a message); empty when there is nothing to add.
+        detail: String,
+    },
     /// The upstream sent more than the coordinator accepts (an event, stages, state...).
     Oversized(String),
     /// The upstream did not answer in time.
@@ -72,6 +85,28 @@ pub enum UpstreamFault {
         /// Seconds until a trial call is allowed.
         retry_in_s: u64,
     },
+}
+
+impl UpstreamFault {
+    /// Malformed data, said in the coordinator's words, with nothing for the log.
+    pub fn malformed(what: impl Into<String>) -> UpstreamFault {
+        UpstreamFault::Malformed {
+            what: what.into(),
+            detail: String::new(),
+        }
+    }
+
+    /// What the upstream said that only the log may keep: the excerpt of an
+    /// error body, what the parser made of malformed data (both redacted).
+    pub fn log_detail(&self) -> Option<&str> {
+        let (UpstreamFault::Status(_, detail)
+        | UpstreamFault::RateLimited { detail, .. }
+        | UpstreamFault::Malformed { detail, .. }) = self
+        else {
+            return None;
+        };
+        (!detail.is_empty()).then_some(detail.as_str())
+    }
 }
 
 /// One configuration variable that cannot be used.
@@ -236,18 +271,9 @@ impl CoordError {
                 let who = format!("{} ({target})", service.name);
                 match fault {
                     UpstreamFault::Connect(d) => format!("{who} could not be reached: {d}"),
-                    UpstreamFault::Status(s, d) if d.is_empty() => {
-                        format!("{who} answered HTTP {s}")
-                    }
-                    UpstreamFault::Status(s, d) => format!("{who} answered HTTP {s}: {d}"),
-                    UpstreamFault::RateLimited {
-                        retry_after_s,
-                        detail,
-                    } => {
+                    UpstreamFault::Status(s, _) => format!("{who} answered HTTP {s}"),
+                    UpstreamFault::RateLimited { retry_after_s, .. } => {
                         let mut m = format!("{who} answered HTTP 429: a limit was reached");
-                        if !detail.is_empty() {
-                            m.push_str(&format!(" ({detail})"));
-                        }
                         if let Some(s) = retry_after_s {
                             m.push_str(&format!("; retry after {s} s"));
                         }
@@ -257,7 +283,9 @@ impl CoordError {
                     UpstreamFault::Truncated(d) => {
                         format!("{who} stopped before finishing its answer: {d}")
                     }
-                    UpstreamFault::Malformed(d) => format!("{who} sent malformed data: {d}"),
+                    UpstreamFault::Malformed { what, .. } => {
+                        format!("{who} sent malformed data: {what}")
+                    }
                     UpstreamFault::Oversized(d) => format!("{who} sent too much: {d}"),
                     UpstreamFault::Timeout(_, d) => format!("{who} did not answer in time: {d}"),
                     UpstreamFault::CircuitOpen { retry_in_s } => format!(
@@ -318,7 +346,7 @@ impl CoordError {
                     UpstreamFault::Truncated(_) => {
                         format!("{who} stopped before finishing its answer")
                     }
-                    UpstreamFault::Malformed(_) => format!("{who} sent an answer that could not be read"),
+                    UpstreamFault::Malformed { .. } => format!("{who} sent an answer that could not be read"),
                     UpstreamFault::Oversized(_) => format!("{who} sent more than the coordinator accepts"),
                     UpstreamFault::Timeout(..) => format!("{who} did not answer in time"),
                     UpstreamFault::CircuitOpen { retry_in_s } => format!(
@@ -377,11 +405,12 @@ impl fmt::Display for CoordError {
 
 impl std::error::Error for CoordError {}
 
-/// Longest upstream excerpt kept in an error message.
+/// Longest upstream excerpt kept in an error message or a log line.
 const EXCERPT_CHARS: usize = 200;
 
-/// Shortens upstream text for an error message and removes every occurrence of
-/// `secret` (the per-request key), so that an upstream echoing it cannot leak it.
+/// Shortens upstream text for an error message or a log line and removes every
+/// occurrence of `secret` (the per-request key), so that an upstream echoing it
+/// cannot leak it.
 pub fn redact(text: &str, secret: &str) -> String {
     // Only the start of the text can end up in the excerpt: look no further
     // than that (plus room for a secret that straddles the cut).
@@ -459,7 +488,7 @@ mod tests {
             target: "gpt-4o".into(),
             fault: UpstreamFault::RateLimited {
                 retry_after_s,
-                detail: String::new(),
+                detail: "Token rate limit exceeded".into(),
             },
         };
         assert_eq!(
@@ -471,6 +500,58 @@ mod tests {
             "LLM (gpt-4o) answered HTTP 429: a limit was reached; retry after 20 s"
         );
         assert_eq!(limited(Some(20)).status(), 500, "never a 429 to DIAL Core");
+    }
+
+    #[test]
+    fn an_upstream_s_words_stay_out_of_every_message_and_go_to_the_log() {
+        let upstream = "MARKER-41 at handler.py:12, key ***";
+        let at = |fault| CoordError::Upstream {
+            service: gpa(),
+            target: "general-purpose-agent".into(),
+            fault,
+        };
+        let cases = [
+            (
+                at(UpstreamFault::Status(503, upstream.into())),
+                "GPA (general-purpose-agent) answered HTTP 503",
+                "The General Purpose Agent failed (HTTP 503). Please try again in a moment.",
+            ),
+            (
+                at(UpstreamFault::RateLimited {
+                    retry_after_s: Some(7),
+                    detail: upstream.into(),
+                }),
+                "GPA (general-purpose-agent) answered HTTP 429: a limit was reached; retry after 7 s",
+                "The General Purpose Agent reached a usage limit. Please try again in 7 s.",
+            ),
+            (
+                at(UpstreamFault::Malformed {
+                    what: "an event is not the expected JSON".into(),
+                    detail: upstream.into(),
+                }),
+                "GPA (general-purpose-agent) sent malformed data: an event is not the expected JSON",
+                "The General Purpose Agent sent an answer that could not be read. Please try again in a moment.",
+            ),
+        ];
+        for (e, message, display) in cases {
+            assert_eq!(e.message(), message);
+            assert_eq!(e.display_message(), display);
+            let wire = String::from_utf8(e.body_json()).unwrap();
+            assert!(!wire.contains("MARKER-41"), "{wire}");
+            assert_eq!(
+                e.fault().and_then(UpstreamFault::log_detail),
+                Some(upstream)
+            );
+        }
+        // An agent's error event is meant for the user: its message stays.
+        let event = at(UpstreamFault::ErrorEvent("the tool crashed".into()));
+        assert_eq!(
+            event.message(),
+            "GPA (general-purpose-agent) reported an error: the tool crashed"
+        );
+        assert_eq!(event.fault().and_then(UpstreamFault::log_detail), None);
+        let bare = UpstreamFault::Status(500, String::new());
+        assert_eq!(bare.log_detail(), None, "nothing said, nothing logged");
     }
 
     #[test]

@@ -295,7 +295,7 @@ async fn gpa_5xx_before_the_stream_fails_the_gpa_stage() {
     want.extend(failed_tail(
         &[1],
         runtime_error(
-            "GPA (general-purpose-agent) answered HTTP 500: injected fault",
+            "GPA (general-purpose-agent) answered HTTP 500",
             "The General Purpose Agent failed (HTTP 500). Please try again in a moment.",
         ),
     ));
@@ -316,6 +316,60 @@ async fn gpa_5xx_before_the_stream_fails_the_gpa_stage() {
         ],
         &["error"],
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_s_error_body_reaches_the_log_redacted_and_never_the_client() {
+    let s = Stack::start(&[]).await;
+    let marker = "MARKER-e2e-3f9";
+    s.world.set_fault(
+        "deployment:general-purpose-agent",
+        Fault {
+            kind: FaultKind::Status,
+            status: Some(503),
+            message: Some(format!("{marker}: worker crashed serving key {KEY}")),
+            ..Fault::default()
+        },
+    );
+    let error = runtime_error(
+        "GPA (general-purpose-agent) answered HTTP 503",
+        "The General Purpose Agent failed (HTTP 503). Please try again in a moment.",
+    );
+    let r = chat_stream(&s.host, KEY, &[user(CAPITAL)], None).await;
+    assert_eq!(occurrences(&r, marker), 0);
+    let mut want = opening("GPA");
+    want.extend(failed_tail(&[1], error.clone()));
+    assert_eq!(deltas(&r.events()), want);
+    // Without `stream`: the HTTP answer.
+    let r = post_json(
+        &s.host.chat_url(),
+        &[("Api-Key", KEY)],
+        &json!({"messages": [user(CAPITAL)]}),
+    )
+    .await;
+    assert_eq!(r.status, 500);
+    assert!(!r.text().contains(marker), "{}", r.text());
+    assert_eq!(r.json(), error);
+    // The operator's log has what GPA said, without the key.
+    assert_logs(
+        &s.host,
+        &[
+            ("LLM", "gpt-4o", LLM_PATH, "ok"),
+            ("GPA", "general-purpose-agent", GPA_PATH, "http_error"),
+            ("LLM", "gpt-4o", LLM_PATH, "ok"),
+            ("GPA", "general-purpose-agent", GPA_PATH, "http_error"),
+        ],
+        &["error", "error"],
+    );
+    let details: Vec<Value> = s
+        .host
+        .json_logs()
+        .into_iter()
+        .filter(|l| l["event"] == "upstream_call" && l["agent"] == "GPA")
+        .map(|l| l["detail"].clone())
+        .collect();
+    let said = json!(format!("{marker}: worker crashed serving key ***"));
+    assert_eq!(details, [said.clone(), said]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -601,7 +655,7 @@ async fn ums_500_on_a_known_conversation_is_an_error_not_a_new_conversation() {
     want.extend(failed_tail(
         &[1],
         runtime_error(
-            "UMS (primary endpoint) answered HTTP 500: Internal Server Error",
+            "UMS (primary endpoint) answered HTTP 500",
             "The User Management agent failed (HTTP 500). Please try again in a moment.",
         ),
     ));
@@ -1115,7 +1169,7 @@ async fn breaker_opens_after_five_gpa_failures_and_skips_gpa() {
         },
     );
     let failed = runtime_error(
-        "GPA (general-purpose-agent) answered HTTP 500: injected fault",
+        "GPA (general-purpose-agent) answered HTTP 500",
         "The General Purpose Agent failed (HTTP 500). Please try again in a moment.",
     );
     // Five failures from several conversations: a real outage, seen by everybody.
@@ -1345,7 +1399,7 @@ async fn an_llm_limit_of_one_user_never_opens_the_breaker_and_another_user_is_se
         assert_eq!(
             deltas(&r.events()),
             coordination_failed(
-                "LLM (gpt-4o) answered HTTP 429: a limit was reached (injected fault); retry after 7 s",
+                "LLM (gpt-4o) answered HTTP 429: a limit was reached; retry after 7 s",
                 "The coordinator's language model reached a usage limit. Please try again in 7 s."
             )
         );
@@ -1378,7 +1432,7 @@ async fn llm_503s_seen_by_several_users_open_its_breaker() {
         assert_eq!(
             deltas(&r.events()),
             coordination_failed(
-                "LLM (gpt-4o) answered HTTP 503: injected fault",
+                "LLM (gpt-4o) answered HTTP 503",
                 "The coordinator's language model failed (HTTP 503). Please try again in a moment."
             )
         );

@@ -623,7 +623,21 @@ fn ums_500_on_a_known_conversation_is_an_error_not_a_new_conversation() {
     let (events, _) = run_stream(&ctx, &client);
     assert_eq!(
         error_of(&events)["message"],
-        "UMS (primary endpoint) answered HTTP 500: Internal Server Error"
+        "UMS (primary endpoint) answered HTTP 500"
+    );
+    // What UMS said is the operator's: in the failed call's log line.
+    let failed: Vec<(Value, Value)> = client
+        .logs()
+        .into_iter()
+        .filter(|l| l["event"] == "upstream_call")
+        .map(|l| (l["path"].clone(), l["detail"].clone()))
+        .collect();
+    assert_eq!(
+        failed,
+        [(
+            json!("/conversations/conv-1/chat"),
+            json!("Internal Server Error")
+        )]
     );
     assert!(
         events.iter().all(|e| !e.contains("\"state\"")),
@@ -762,7 +776,7 @@ fn a_client_error_from_gpa_is_not_failed_over() {
     let (events, _) = run_stream(&ctx, &client);
     assert_eq!(
         error_of(&events)["message"],
-        "GPA (general-purpose-agent) answered HTTP 404: Deployment not found"
+        "GPA (general-purpose-agent) answered HTTP 404"
     );
     assert_eq!(client.requests().len(), 2, "no call to the backup");
 }

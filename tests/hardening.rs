@@ -205,7 +205,7 @@ fn one_user_alone_cannot_open_the_breaker_a_real_outage_can() {
         let (events, _) = run_stream(&ctx, &client);
         assert_eq!(
             error_of(&events)["message"],
-            "GPA (general-purpose-agent) answered HTTP 500: bad history"
+            "GPA (general-purpose-agent) answered HTTP 500"
         );
         client.clock.advance(1_000);
     }
@@ -260,7 +260,7 @@ fn an_llm_limit_reaches_the_user_as_a_limit_with_its_retry_after() {
     assert_eq!(
         error_of(&events),
         json!({
-            "message": "LLM (gpt-4o) answered HTTP 429: a limit was reached (Token rate limit exceeded); retry after 30 s",
+            "message": "LLM (gpt-4o) answered HTTP 429: a limit was reached; retry after 30 s",
             "type": "runtime_error",
             "code": "500",
             "display_message": "The coordinator's language model reached a usage limit. Please try again in 30 s."
@@ -393,11 +393,11 @@ fn ambiguous_agent_failures_are_reported_not_replayed_on_the_backup() {
     for (failure, message) in [
         (
             Reply::json(500, json!({"error": {"message": "boom"}})),
-            "GPA (general-purpose-agent) answered HTTP 500: boom",
+            "GPA (general-purpose-agent) answered HTTP 500",
         ),
         (
             Reply::json(502, json!({"error": {"message": "bad gateway"}})),
-            "GPA (general-purpose-agent) answered HTTP 502: bad gateway",
+            "GPA (general-purpose-agent) answered HTTP 502",
         ),
         (
             Reply::Hang,
@@ -656,15 +656,87 @@ fn keep_alives_and_null_choices_are_tolerated() {
 }
 
 #[test]
-fn malformed_event_messages_are_redacted_and_short() {
+fn what_the_parser_says_of_a_malformed_event_goes_to_the_log_redacted_and_short() {
     let client = FakeClient::new();
     let quoted = format!("{KEY} {}", "z".repeat(5_000));
     gpa_turn(&client, Reply::sse(&[json!({"choices": quoted})]), false);
     let (events, _) = run_stream(&context(ask(QUESTION), None), &client);
-    let message = error_of(&events)["message"].as_str().unwrap().to_owned();
-    assert!(message.starts_with("GPA (general-purpose-agent) sent malformed data: an event is not the expected JSON (invalid type: string \"***"), "{message}");
-    assert!(!message.contains(KEY));
-    assert!(message.len() < 400, "{} bytes", message.len());
+    assert_eq!(
+        error_of(&events)["message"],
+        "GPA (general-purpose-agent) sent malformed data: an event is not the expected JSON"
+    );
+    assert!(events.iter().all(|e| !e.contains("zzz")), "{events:?}");
+    let call = upstream_call_line(&client, "GPA");
+    assert_eq!(call["outcome"], "malformed");
+    let detail = call["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("invalid type: string \"*** zzz"),
+        "{detail}"
+    );
+    assert!(detail.chars().count() <= 201, "{detail}");
+    assert!(!client.logs.borrow().join("\n").contains(KEY));
+}
+
+/// The one `upstream_call` line of `agent`.
+fn upstream_call_line(client: &FakeClient, agent: &str) -> Value {
+    let lines: Vec<Value> = client
+        .logs()
+        .into_iter()
+        .filter(|l| l["event"] == "upstream_call" && l["agent"] == agent)
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    lines[0].clone()
+}
+
+#[test]
+fn an_error_body_goes_to_the_call_s_log_line_redacted_never_to_the_client() {
+    let said = format!("MARKER-8c1 Traceback: db.py line 7, request key {KEY}");
+    let cases = [
+        (500, Reply::json(500, json!({"error": {"message": said}}))),
+        (500, Reply::Http(500, vec![Ok(said.clone().into_bytes())])),
+        (429, Reply::json(429, json!({"error": {"message": said}}))),
+    ];
+    for (status, reply) in cases {
+        // Streamed: the error event.
+        let client = FakeClient::new();
+        gpa_turn(&client, reply.clone(), false);
+        let (events, _) = run_stream(&context(ask(QUESTION), None), &client);
+        let error = error_of(&events);
+        let all = events.concat();
+        assert!(!all.contains("MARKER-8c1"), "{all}");
+        let display = if status == 429 {
+            "The General Purpose Agent reached a usage limit. Please try again later."
+        } else {
+            "The General Purpose Agent failed (HTTP 500). Please try again in a moment."
+        };
+        assert_eq!(error["display_message"], display);
+        let call = upstream_call_line(&client, "GPA");
+        assert_eq!(
+            (&call["level"], &call["status"], &call["outcome"]),
+            (&json!("warn"), &json!(status), &json!("http_error"))
+        );
+        assert_eq!(
+            call["detail"],
+            "MARKER-8c1 Traceback: db.py line 7, request key ***"
+        );
+        let logs = client.logs.borrow().join("\n");
+        assert!(!logs.contains(KEY), "{logs}");
+        // Collected: the HTTP error body.
+        let client = FakeClient::new();
+        gpa_turn(&client, reply, false);
+        let ctx = context(
+            json!({"messages": [{"role": "user", "content": QUESTION}]}),
+            None,
+        );
+        let e = client.run(collect(&ctx, &client, "x", 1)).unwrap_err();
+        let body = String::from_utf8(e.body_json()).unwrap();
+        assert!(!body.contains("MARKER-8c1"), "{body}");
+        assert_eq!(e.status(), 500);
+        assert_eq!(
+            upstream_call_line(&client, "GPA")["detail"],
+            "MARKER-8c1 Traceback: db.py line 7, request key ***"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -278,9 +278,7 @@ fn ums_created_id_that_is_not_an_id_is_the_creating_endpoints_malformed_answer()
         Err(CoordError::Upstream {
             service: ums.service(),
             target: "backup endpoint 1".to_owned(),
-            fault: UpstreamFault::Malformed(
-                "the created conversation id is not a valid id".to_owned()
-            ),
+            fault: UpstreamFault::malformed("the created conversation id is not a valid id"),
         })
     );
     assert_eq!(h.said(), []);
@@ -467,10 +465,10 @@ fn dial_agent_error_event_ends_it_with_its_redacted_message() {
         Err(CoordError::Upstream {
             service: gpa.service(),
             target: "general-purpose-agent".to_owned(),
-            fault: UpstreamFault::Malformed(
-                "an event is not the expected JSON (key must be a string at line 1 column 2)"
-                    .to_owned()
-            ),
+            fault: UpstreamFault::Malformed {
+                what: "an event is not the expected JSON".to_owned(),
+                detail: "key must be a string at line 1 column 2".to_owned(),
+            },
         })
     );
 }
@@ -708,7 +706,7 @@ fn coordination_that_fails_decides_nothing() {
         Err(CoordError::Upstream {
             service: Service::llm(),
             target: "gpt-4o".to_owned(),
-            fault: UpstreamFault::Malformed("the answer is not a chat completion".to_owned()),
+            fault: UpstreamFault::malformed("the answer is not a chat completion"),
         })
     );
     let failed = failure(

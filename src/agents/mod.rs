@@ -103,17 +103,18 @@ pub trait Session {
     }
 }
 
-/// One event's JSON, or the current call's "malformed" error (its serde
-/// message redacted: it may quote upstream text).
+/// One event's JSON, or the current call's "malformed" error. Serde's message
+/// may quote upstream text, so it is the fault's detail for the log (redacted),
+/// not part of the message.
 pub fn parse_event<T: serde::de::DeserializeOwned>(
     data: &str,
     say: &dyn Say,
 ) -> Result<T, CoordError> {
     serde_json::from_str(data).map_err(|e| {
-        say.error(UpstreamFault::Malformed(format!(
-            "an event is not the expected JSON ({})",
-            say.redact(&e.to_string())
-        )))
+        say.error(UpstreamFault::Malformed {
+            what: "an event is not the expected JSON".to_owned(),
+            detail: say.redact(&e.to_string()),
+        })
     })
 }
 

@@ -372,15 +372,15 @@ impl Session for UmsSession<'_> {
         match std::mem::replace(&mut self.phase, Phase::Done) {
             Phase::Creating { lost } => {
                 let created: CreatedConversation = serde_json::from_slice(body).map_err(|_| {
-                    say.error(UpstreamFault::Malformed(
-                        "the created conversation has no id".to_owned(),
+                    say.error(UpstreamFault::malformed(
+                        "the created conversation has no id",
                     ))
                 })?;
                 let id = match created.id.as_str() {
                     Some(id) if is_valid_conversation_id(id) => id.to_owned(),
                     _ => {
-                        return Err(say.error(UpstreamFault::Malformed(
-                            "the created conversation id is not a valid id".to_owned(),
+                        return Err(say.error(UpstreamFault::malformed(
+                            "the created conversation id is not a valid id",
                         )))
                     }
                 };

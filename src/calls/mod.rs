@@ -303,7 +303,7 @@ fn fault_name(fault: &UpstreamFault) -> &'static str {
         UpstreamFault::RateLimited { .. } => "rate_limited",
         UpstreamFault::ErrorEvent(_) => "error_event",
         UpstreamFault::Truncated(_) => "truncated",
-        UpstreamFault::Malformed(_) => "malformed",
+        UpstreamFault::Malformed { .. } => "malformed",
         UpstreamFault::Oversized(_) => "oversized",
         UpstreamFault::Timeout(..) => "timeout",
         UpstreamFault::CircuitOpen { .. } => "circuit_open",
@@ -332,6 +332,17 @@ impl<'a, H: Host> Opened<'a, H> {
 
     /// Ends the call: one log line, and its outcome fed to the breaker.
     pub fn finish(self, outcome: Outcome) {
+        self.end(outcome, None);
+    }
+
+    /// Ends the call that failed with `error`: [`Opened::finish`] with its
+    /// outcome, and the fault's detail in the log line.
+    pub fn fail(self, error: &CoordError) {
+        let detail = error.fault().and_then(UpstreamFault::log_detail);
+        self.end(Outcome::of(error), detail);
+    }
+
+    fn end(self, outcome: Outcome, detail: Option<&str>) {
         let caller = self.caller;
         let key = &self.log.breaker_key;
         match outcome {
@@ -352,6 +363,7 @@ impl<'a, H: Host> Opened<'a, H> {
             outcome.name(),
             Some(self.log.head_ms.saturating_sub(self.log.start_ms)),
             now.saturating_sub(self.log.start_ms),
+            detail,
         );
     }
 }
@@ -374,6 +386,7 @@ fn log_call<H: Host>(
     outcome: &str,
     ttfb_ms: Option<u64>,
     latency_ms: u64,
+    detail: Option<&str>,
 ) {
     // A successful call is in the request's line already (`agents`, its
     // latency); its own line is for LOG_LEVEL=debug.
@@ -396,6 +409,9 @@ fn log_call<H: Host>(
         "outcome": outcome,
         "ttfb_ms": ttfb_ms,
         "latency_ms": latency_ms,
+        // What the upstream said (an error body's excerpt, a parser's
+        // complaint), redacted: for the operator, never for the user.
+        "detail": detail,
     });
     caller.host.log(&line.to_string());
 }
@@ -507,7 +523,17 @@ pub async fn open<'a, H: Host>(
         };
         if let Admission::Reject { retry_at } = admission {
             earliest_retry = Some(earliest_retry.map_or(retry_at, |e| e.min(retry_at)));
-            log_call(caller, &spec, target, &log, None, "circuit_open", None, 0);
+            log_call(
+                caller,
+                &spec,
+                target,
+                &log,
+                None,
+                "circuit_open",
+                None,
+                0,
+                None,
+            );
             passed_over.push((target.label.clone(), "circuit open".to_owned()));
             continue;
         }
@@ -539,16 +565,6 @@ pub async fn open<'a, H: Host>(
                     .saturating_add(ERROR_EXCERPT_WAIT_MS)
                     .min(start_ms.saturating_add(timeouts.total_ms));
                 let excerpt = read_excerpt(host, &mut response.body, wait_until).await;
-                log_call(
-                    caller,
-                    &spec,
-                    target,
-                    &log,
-                    Some(status),
-                    "http_error",
-                    Some(latency),
-                    latency,
-                );
                 let detail = redact(&excerpt, &ctx.api_key);
                 let fault = if status == 429 {
                     UpstreamFault::RateLimited {
@@ -558,6 +574,17 @@ pub async fn open<'a, H: Host>(
                 } else {
                     UpstreamFault::Status(status, detail)
                 };
+                log_call(
+                    caller,
+                    &spec,
+                    target,
+                    &log,
+                    Some(status),
+                    "http_error",
+                    Some(latency),
+                    latency,
+                    fault.log_detail(),
+                );
                 (fault, format!("HTTP {status}"), Attempt::Status(status))
             }
             Either::Left((Err(e), _)) => {
@@ -570,6 +597,7 @@ pub async fn open<'a, H: Host>(
                     "connect_error",
                     None,
                     latency,
+                    None,
                 );
                 (
                     UpstreamFault::Connect(redact(&e.message, &ctx.api_key)),
@@ -580,7 +608,9 @@ pub async fn open<'a, H: Host>(
                 )
             }
             Either::Right(_) => {
-                log_call(caller, &spec, target, &log, None, "timeout", None, latency);
+                log_call(
+                    caller, &spec, target, &log, None, "timeout", None, latency, None,
+                );
                 let what = format!("no response within {} ms", timeouts.first_byte_ms);
                 (
                     UpstreamFault::Timeout(Deadline::FirstByte, what.clone()),
@@ -848,7 +878,7 @@ mod tests {
         }
         for content in [
             UpstreamFault::ErrorEvent("x".into()),
-            UpstreamFault::Malformed("x".into()),
+            UpstreamFault::malformed("x"),
             UpstreamFault::Oversized("x".into()),
         ] {
             assert!(!is_infrastructure_after_head(&content), "{content:?}");

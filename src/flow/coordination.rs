@@ -182,8 +182,8 @@ impl Session for CoordinationSession<'_> {
 
     fn on_body(&mut self, body: &[u8], say: &mut dyn Say) -> Result<(), CoordError> {
         let completion: Completion = serde_json::from_slice(body).map_err(|_| {
-            say.error(UpstreamFault::Malformed(
-                "the answer is not a chat completion".to_owned(),
+            say.error(UpstreamFault::malformed(
+                "the answer is not a chat completion",
             ))
         })?;
         let (text, usage) = completion.into_text_and_usage();

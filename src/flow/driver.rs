@@ -521,7 +521,7 @@ impl<'a, 'o, H: Host, T: Transport> Driver<'a, 'o, H, T> {
             if let Handled::Failed(error) = self.handle(&mut slots[index], event) {
                 let mut slot = slots.swap_remove(index);
                 if let Io::Reading(opened, _) = std::mem::replace(&mut slot.io, Io::Idle) {
-                    opened.finish(Outcome::of(&error));
+                    opened.fail(&error);
                 }
                 self.end(slot, Err(error), scheduler);
             }
@@ -734,7 +734,7 @@ impl<'a, 'o, H: Host, T: Transport> Driver<'a, 'o, H, T> {
                             UpstreamFault::Oversized(e.to_string())
                         }
                         crate::wire::sse::SseError::InvalidUtf8 => {
-                            UpstreamFault::Malformed(e.to_string())
+                            UpstreamFault::malformed(e.to_string())
                         }
                     }));
                 }

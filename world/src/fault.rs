@@ -16,6 +16,10 @@ pub struct Fault {
     /// Delay between body frames (SSE events), in milliseconds; for
     /// [`FaultKind::DribbleError`] between bytes (1000 when 0).
     pub chunk_delay_ms: u64,
+    /// For [`FaultKind::Status`]: the error's message (Core) or the text body (UMS)
+    /// instead of the default, e.g. a marker an upstream's error body must not leak.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// The kind of an injected fault.

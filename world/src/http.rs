@@ -317,7 +317,11 @@ pub(crate) async fn pre_fault(
                     let mut resp = full(
                         status,
                         "application/json",
-                        dial_error_body(status, "runtime_error", "injected fault"),
+                        dial_error_body(
+                            status,
+                            "runtime_error",
+                            fault.message.as_deref().unwrap_or("injected fault"),
+                        ),
                     );
                     if status == 429 {
                         // As DIAL Core says when a limit is reached.
@@ -326,9 +330,14 @@ pub(crate) async fn pre_fault(
                     }
                     resp
                 }
-                Service::Ums | Service::UmsBackup => {
-                    full(status, "text/plain; charset=utf-8", "Internal Server Error")
-                }
+                Service::Ums | Service::UmsBackup => full(
+                    status,
+                    "text/plain; charset=utf-8",
+                    fault
+                        .message
+                        .clone()
+                        .unwrap_or_else(|| "Internal Server Error".to_owned()),
+                ),
             }))
         }
         FaultKind::DribbleError => Ok(Some(dribble(fault))),

@@ -249,7 +249,8 @@
 //! * `Status` — `status` (default 500) before any body: Core answers
 //!   `{"error":{"message":"injected fault","type":"runtime_error","code":"<status>"}}` (a 429
 //!   with `Retry-After: 7`), UMS
-//!   `text/plain` `Internal Server Error`; the handler does not run;
+//!   `text/plain` `Internal Server Error`; [`Fault::message`], when set, replaces
+//!   `injected fault` and `Internal Server Error`; the handler does not run;
 //! * `ErrorMidStream` — streams: the first two events (the role chunk / the UMS
 //!   `conversation_id` event, and the next one; pauses are not events and are skipped),
 //!   then

@@ -785,6 +785,21 @@ async fn fault_down_and_status() {
     let resp = post_json(&w.ums_url(), "/conversations", &json!({"title": "t"})).await;
     assert_eq!(resp.status, 500);
     assert_eq!(resp.body, "Internal Server Error");
+    // A message of the test's choosing, in either body.
+    let said = |kind| Fault {
+        kind,
+        message: Some("MARKER key sk-1".to_owned()),
+        ..Fault::default()
+    };
+    w.set_fault("deployment:general-purpose-agent", said(FaultKind::Status));
+    let resp = post_json(&w.core_url(), GPA, &stream_body).await;
+    assert_eq!(
+        resp.body,
+        r#"{"error":{"message":"MARKER key sk-1","type":"runtime_error","code":"500"}}"#
+    );
+    w.set_fault("ums", said(FaultKind::Status));
+    let resp = post_json(&w.ums_url(), "/conversations", &json!({"title": "t"})).await;
+    assert_eq!((resp.status, resp.body.as_str()), (500, "MARKER key sk-1"));
     w.clear_faults();
     let resp = post_json(&w.ums_url(), "/conversations", &json!({"title": "t"})).await;
     assert_eq!(
@@ -1044,7 +1059,8 @@ async fn control_api_sets_faults() {
             kind: FaultKind::ErrorMidStream,
             status: None,
             first_byte_delay_ms: 0,
-            chunk_delay_ms: 5
+            chunk_delay_ms: 5,
+            message: None,
         }
     );
 }
