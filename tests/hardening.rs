@@ -1067,3 +1067,125 @@ fn only_a_2xx_health_answer_counts_as_up() {
         ]
     );
 }
+
+// ---------------------------------------------------------------------------
+// History replay and byte budgets (issue 24, items 4 and 5)
+
+/// A 2 MiB user message, the assistant's 1.9 MiB answer carrying `state`,
+/// then a short question: 3.9 MiB, under the default 4 MiB request limit.
+fn big_turn_request(state: Value) -> Value {
+    json!({"stream": true, "messages": [
+        {"role": "user", "content": "u".repeat(2 * 1024 * 1024)},
+        {"role": "assistant", "content": "a".repeat(1_900 * 1024), "custom_content": {"state": state}},
+        {"role": "user", "content": QUESTION},
+    ]})
+}
+
+/// A GPA turn whose state holds sixteen records with nothing in them.
+fn sixteen_empty_gpa_records() -> Value {
+    json!({"is_gpa": true, "agents": {"GPA": vec![json!({}); 16]}})
+}
+
+/// The body sent to GPA for `body`, and the request's own size.
+fn gpa_body_for(config: mas_coordinator::config::Config, body: Value) -> (Vec<u8>, usize) {
+    let request_bytes = body.to_string().len();
+    let client = FakeClient::new();
+    gpa_turn(&client, gpa_ok(), true);
+    let ctx = context_with(config, body, Some("conv-1"));
+    let (events, _) = run_stream(&ctx, &client);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let sent = client
+        .requests()
+        .into_iter()
+        .find(|r| r.url.ends_with(GPA))
+        .unwrap();
+    (sent.body, request_bytes)
+}
+
+/// `state` signed for conversation `conv-1` at the fakes' clock.
+fn signed(state: Value) -> Value {
+    mas_coordinator::memory::state::sign(
+        state,
+        &mas_coordinator::memory::state::StateTrust {
+            secret: Some(SECRET),
+            binding: mas_coordinator::memory::state::Binding {
+                conversation: "conv-1",
+                subject: "",
+            },
+            now_s: UNIX_EPOCH_MS / 1000,
+            max_age_s: None,
+        },
+    )
+}
+
+/// Sixteen records that each would replay the 2 MiB user message and the
+/// 1.9 MiB assistant content (62 MiB before this was bounded) replay them
+/// once: GPA gets exactly the turn's two messages and the question, fewer
+/// bytes than the request, signed or not.
+#[test]
+fn replayed_history_never_multiplies_the_request() {
+    for (config, state) in [
+        (config(), sixteen_empty_gpa_records()),
+        (signed_config(&[]), signed(sixteen_empty_gpa_records())),
+    ] {
+        let (sent, request_bytes) = gpa_body_for(config, big_turn_request(state));
+        assert!(
+            sent.len() <= 2 * request_bytes,
+            "{} bytes sent for a request of {request_bytes}",
+            sent.len()
+        );
+        let body: Value = serde_json::from_slice(&sent).unwrap();
+        let messages = body["messages"].as_array().unwrap();
+        assert_eq!(messages.len(), 3);
+        assert_eq!(
+            messages[0],
+            json!({"role": "user", "content": "u".repeat(2 * 1024 * 1024)})
+        );
+        assert_eq!(
+            messages[1],
+            json!({"role": "assistant", "content": "a".repeat(1_900 * 1024)})
+        );
+        assert_eq!(messages[2], json!({"role": "user", "content": QUESTION}));
+    }
+}
+
+/// Within one earlier turn the user's attachments go with its first user
+/// message only, records that were asked the user's message share it, and
+/// the assistant's content stands in for a missing answer once; a record
+/// with its own answer, attachments or state is still replayed.
+#[test]
+fn an_earlier_turn_replays_its_own_messages_once_whatever_its_records_say() {
+    let csv = json!([{"type": "text/csv", "url": "files/big.csv"}]);
+    let tool = json!({"tool_call_history": []});
+    let body = json!({"stream": true, "messages": [
+        {"role": "user", "content": "first", "custom_content": {"attachments": csv}},
+        {"role": "assistant", "content": "synthesised", "custom_content": {"state": {
+            "is_gpa": true,
+            "agents": {"GPA": [
+                {"asked": "first\n\nTask one", "answer": "one"},
+                {},
+                {"asked": "first\n\nTask two", "answer": "two"},
+                {},
+                {"state": tool},
+                {},
+            ]},
+        }}},
+        {"role": "user", "content": QUESTION},
+    ]});
+    let (sent, request_bytes) = gpa_body_for(config(), body);
+    assert!(sent.len() <= 2 * request_bytes);
+    let seen: Value = serde_json::from_slice(&sent).unwrap();
+    assert_eq!(
+        seen["messages"],
+        json!([
+            {"role": "user", "content": "first\n\nTask one", "custom_content": {"attachments": csv}},
+            {"role": "assistant", "content": "one"},
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "synthesised"},
+            {"role": "user", "content": "first\n\nTask two"},
+            {"role": "assistant", "content": "two"},
+            {"role": "assistant", "content": "", "custom_content": {"state": tool}},
+            {"role": "user", "content": QUESTION},
+        ])
+    );
+}
