@@ -1189,3 +1189,205 @@ fn an_earlier_turn_replays_its_own_messages_once_whatever_its_records_say() {
         ])
     );
 }
+
+/// The opening of a routed GPA turn, up to GPA's stage.
+fn gpa_opening() -> Vec<Value> {
+    vec![
+        json!({"role": "assistant"}),
+        common::wire::stage_open(0, "Coordination Request", None),
+        common::wire::stage_content(0, &decision_block("GPA", Value::Null)),
+        common::wire::stage_close(0, "completed"),
+        common::wire::stage_open(1, "Call GPA Agent", None),
+    ]
+}
+
+/// An inline attachment past `MAX_INLINE_ATTACHMENT_BYTES` is neither emitted
+/// nor remembered; GPA's stage says so, and its next attachment is shown.
+#[test]
+fn an_inline_attachment_past_its_budget_is_left_out_and_the_stage_says_so() {
+    let client = FakeClient::new();
+    let big = json!({"index": 0, "type": "image/png", "title": "big.png", "data": "A".repeat(1024 * 1024 + 1)});
+    let small = json!({"type": "image/png", "title": "small.png", "url": "files/small.png"});
+    gpa_turn(
+        &client,
+        Reply::sse(&[
+            chunk(json!({"content": "Two pictures."})),
+            chunk(json!({"custom_content": {"attachments": [big]}})),
+            chunk(json!({"custom_content": {"attachments": [small]}})),
+            stop_chunk(),
+        ]),
+        true,
+    );
+    let (events, _) = run_stream(&context(ask(QUESTION), None), &client);
+    let mut expected = gpa_opening();
+    expected.extend([
+        common::wire::stage_content(1, "Two pictures."),
+        common::wire::stage_content(
+            1,
+            "_Attachment \"big.png\" was left out: it has 1048577 bytes inline, and an inline attachment may have at most 1048576._\n\n",
+        ),
+        json!({"custom_content": {"attachments": [{"index": 0, "type": "image/png", "title": "small.png", "url": "files/small.png"}]}}),
+        common::wire::stage_close(1, "completed"),
+        common::wire::state(json!({"is_gpa": true, "gpa_messages": null,
+            "agents": {"GPA": [{"answer": "Two pictures.", "attachments": [small]}]}})),
+        common::wire::content("ok"),
+        json!("STOP"),
+        json!("[DONE]"),
+    ]);
+    assert_eq!(deltas(&events), expected);
+}
+
+/// Past `MAX_ATTACHMENT_BYTES_PER_AGENT` (4 MiB) an agent's further
+/// attachments, in its stages or the choice, are left out, each said in the
+/// agent's stage; what was emitted stays, and the answer goes on.
+#[test]
+fn attachments_past_the_agents_byte_budget_are_left_out_each_said() {
+    let client = FakeClient::new();
+    let picture = |i: usize| json!({"type": "image/png", "title": format!("p{i}"), "data": "A".repeat(1024 * 1024)});
+    let mut events = vec![chunk(json!({"content": "Five pictures."}))];
+    events.extend((1..=4).map(|i| chunk(json!({"custom_content": {"attachments": [picture(i)]}}))));
+    events.push(chunk(json!({"custom_content": {"stages": [
+        {"index": 0, "name": "draw", "attachments": [picture(5)], "status": "completed"}]}})));
+    events.push(stop_chunk());
+    gpa_turn(&client, Reply::sse(&events), true);
+    let (out, _) = run_stream(&context(ask(QUESTION), None), &client);
+    let d = deltas(&out);
+    let shown: Vec<&str> = d
+        .iter()
+        .filter_map(|e| e["custom_content"]["attachments"][0]["title"].as_str())
+        .collect();
+    assert_eq!(shown, ["p1", "p2", "p3"]);
+    let budget = "the agent's attachments may have at most 4194304 bytes together";
+    assert!(d.contains(&common::wire::stage_content(
+        1,
+        &format!("_Attachment \"p4\" was left out: {budget}._\n\n")
+    )));
+    // Also one meant for the agent's own stage is said in its stage (stage 1).
+    assert!(d.contains(&common::wire::stage_content(
+        1,
+        &format!("_Attachment \"p5\" was left out: {budget}._\n\n")
+    )));
+    assert_eq!(
+        state_of(&out)["agents"]["GPA"],
+        json!([{"answer": "Five pictures."}]),
+        "inline pictures are too large to remember"
+    );
+    assert_eq!(out.last().unwrap(), "[DONE]");
+}
+
+/// GPA's state with a tool result of `bytes` bytes.
+fn tool_history(bytes: usize) -> Value {
+    json!({"tool_call_history": [
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "call_1", "type": "function",
+            "function": {"name": "web_search", "arguments": "{}"}}]},
+        {"role": "tool", "content": "x".repeat(bytes), "tool_call_id": "call_1"},
+    ]})
+}
+
+/// Five GPA subtasks each leave about 900 KB of tool history: together more
+/// than the 4 MiB request limit, which locked the conversation out (every
+/// later turn a 413). The state keeps under 1 MiB — the four largest states
+/// dropped, every answer kept — and the next turn goes through, GPA getting
+/// the state that was kept.
+#[test]
+fn five_large_agent_states_never_lock_the_conversation_out() {
+    let plan_config = || config_with(&[("COORDINATION_MODE", "plan")]);
+    let sizes: Vec<usize> = (0..5).map(|i| 900_000 - i * 1_000).collect();
+    let subtasks: Vec<Value> = (1..=5)
+        .map(|i| json!({"task_id": i, "agent_name": "GPA", "task_description": format!("Part {i}"), "depends_on": []}))
+        .collect();
+    let client = FakeClient::new().on(
+        LLM,
+        completion(&json!({"subtasks": subtasks, "replan": false}).to_string()),
+    );
+    for (i, bytes) in sizes.iter().enumerate() {
+        client.push(
+            GPA,
+            Reply::sse(&[
+                chunk(json!({"content": format!("Part {} done.", i + 1)})),
+                chunk(json!({"custom_content": {"state": tool_history(*bytes)}})),
+                stop_chunk(),
+            ]),
+        );
+    }
+    client.push(LLM, llm_stream(&["All done."]));
+    let (events, _) = run_stream(&context_with(plan_config(), ask(QUESTION), None), &client);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let total: usize = sizes
+        .iter()
+        .map(|b| tool_history(*b).to_string().len())
+        .sum();
+    assert!(
+        total > 4 * 1024 * 1024,
+        "the states alone pass the request limit"
+    );
+
+    let state = state_of(&events);
+    assert!(state.to_string().len() <= 1024 * 1024);
+    assert_eq!(state["gpa_messages"], Value::Null);
+    let records = state["agents"]["GPA"].as_array().unwrap();
+    let kept: Vec<(&str, bool)> = records
+        .iter()
+        .map(|r| (r["answer"].as_str().unwrap(), r.get("state").is_some()))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            ("Part 1 done.", false),
+            ("Part 2 done.", false),
+            ("Part 3 done.", false),
+            ("Part 4 done.", false),
+            ("Part 5 done.", true),
+        ]
+    );
+    assert_eq!(records[4]["state"], tool_history(896_000));
+
+    // The next turn: what DIAL Chat sends back (content and state only).
+    let answer: String = deltas(&events)
+        .iter()
+        .filter_map(|d| d["content"].as_str())
+        .collect();
+    let next = json!({"stream": true, "messages": [
+        {"role": "user", "content": QUESTION},
+        {"role": "assistant", "content": answer, "custom_content": {"state": state}},
+        {"role": "user", "content": "And the next step?"},
+    ]});
+    let ctx = mas_coordinator::app::prepare(
+        plan_config(),
+        |h| (h == "api-key").then(|| KEY.to_owned()),
+        next.to_string().as_bytes(),
+        mas_coordinator::app::Incoming {
+            path: "/openai/deployments/mas-coordinator/chat/completions",
+            trace: mas_coordinator::trace::Trace::from_headers(
+                None,
+                None,
+                "a".repeat(32),
+                "1".repeat(16),
+            ),
+            start_ms: 0,
+            unix_ms: UNIX_EPOCH_MS,
+        },
+    )
+    .expect("the next turn is accepted, not 413");
+    let client = FakeClient::new()
+        .on(
+            LLM,
+            completion(&json!({"subtasks": [{"task_id": 1, "agent_name": "GPA", "task_description": "Next", "depends_on": []}], "replan": false}).to_string()),
+        )
+        .on(GPA, gpa_ok())
+        .on(LLM, llm_stream(&["ok"]));
+    let (events, _) = run_stream(&ctx, &client);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let gpa = client
+        .requests()
+        .into_iter()
+        .find(|r| r.url.ends_with(GPA))
+        .unwrap();
+    let with_state: Vec<Value> = body_json(&gpa)["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m.pointer("/custom_content/state").cloned())
+        .collect();
+    assert_eq!(with_state, [tool_history(896_000)]);
+}

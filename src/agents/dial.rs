@@ -560,8 +560,10 @@ impl Session for DialSession<'_> {
             }
             for attachment in custom.attachments.into_iter().flatten() {
                 if let Some(a) = attachment.normalized() {
-                    say.attachment(a.clone());
-                    self.attachments.push(a);
+                    // What the user was not shown is not remembered either.
+                    if say.attachment(a.clone()) {
+                        self.attachments.push(a);
+                    }
                 }
             }
             if let Some(state) = custom.state {
