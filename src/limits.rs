@@ -21,6 +21,13 @@ pub const MAX_ATTACHMENTS_PER_AGENT: usize = 256;
 pub const MAX_AGENT_OUTPUT_BYTES: usize = 16 * 1024 * 1024;
 /// Largest state one agent may hand back for a turn (serialized JSON).
 pub const MAX_AGENT_STATE_BYTES: usize = 1024 * 1024;
+/// Largest inline attachment (its `data`) an agent call may add. A larger one
+/// is not emitted (nor remembered), and the agent's stage says so.
+pub const MAX_INLINE_ATTACHMENT_BYTES: usize = 1024 * 1024;
+/// Bytes of attachments (their fields together) one agent call may add, to
+/// the choice and to its stages. An attachment that would pass it is not
+/// emitted (nor remembered), and the agent's stage says so.
+pub const MAX_ATTACHMENT_BYTES_PER_AGENT: usize = 4 * 1024 * 1024;
 
 /// The part of one agent's answer handed to the synthesis call; longer answers
 /// are cut at a character boundary and marked.
@@ -30,6 +37,25 @@ pub const MAX_CONTEXT_BYTES_PER_RESULT: usize = 64 * 1024;
 pub const MAX_REMEMBERED_TEXT_BYTES: usize = 8 * 1024;
 /// Attachments an agent's earlier turn keeps in our state.
 pub const MAX_REMEMBERED_ATTACHMENTS: usize = 32;
+/// Bytes of attachments (their JSON together) an agent's earlier turn keeps
+/// in our state: each attachment that still fits, in order (a DIAL file's
+/// reference is a few hundred bytes; large inline ones are left out).
+pub const MAX_REMEMBERED_ATTACHMENT_BYTES: usize = 16 * 1024;
+/// Largest state (signed, serialized JSON) one response carries. Every later
+/// request of the conversation carries it back, so it is a quarter of the
+/// request limit: 1 MiB of the default `MAX_REQUEST_BYTES` of 4 MiB (see
+/// [`state_budget`]). One turn can then never make the next request too
+/// large, and a client that re-encodes the state (spaces after separators,
+/// non-ASCII text escaped: up to three times the bytes) still fits. A state
+/// past it is trimmed (`memory::compose`): agents' own states first, largest
+/// first, then attachments, then the latest exchanges; answers stay longest.
+pub const MAX_STATE_BYTES: usize = 1024 * 1024;
+
+/// The state budget of a response under a request limit of
+/// `max_request_bytes`: [`MAX_STATE_BYTES`], or a quarter of a lower limit.
+pub fn state_budget(max_request_bytes: usize) -> usize {
+    MAX_STATE_BYTES.min(max_request_bytes / 4)
+}
 
 /// Buffered response bytes after which the driver writes to the client even
 /// when more upstream data is ready at once.
@@ -56,6 +82,14 @@ pub fn truncate_marked(text: &str, max: usize, what: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_state_budget_is_a_quarter_of_the_request_limit_at_most_one_mib() {
+        assert_eq!(state_budget(4 * 1024 * 1024), 1024 * 1024);
+        assert_eq!(state_budget(64 * 1024 * 1024), MAX_STATE_BYTES);
+        assert_eq!(state_budget(1024 * 1024), 256 * 1024);
+        assert_eq!(state_budget(1024), 256);
+    }
 
     #[test]
     fn truncation_keeps_char_boundaries_and_says_so() {

@@ -1631,3 +1631,73 @@ async fn a_signed_gpa_state_from_a_non_streaming_answer_verifies_on_the_next_tur
         "the signed state verified and GPA got its tool history back"
     );
 }
+
+// ---------------------------------------------------------------------------
+// History replay (issue 24, item 4)
+
+/// A 2 MiB user message and a 1.9 MiB answer whose state lists sixteen GPA
+/// records with nothing in them (unsigned, or signed for `conv` with
+/// `secret`): each record used to replay both, 62 MiB per GPA call. GPA now
+/// gets the turn's two messages once and the question, less than the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_of_empty_records_never_multiplies_what_gpa_is_sent() {
+    let conv = "dial-conv-replay";
+    for secret in [None, Some(SECRET)] {
+        let env: Vec<(&str, &str)> = secret.map(|s| ("STATE_SECRET", s)).into_iter().collect();
+        let s = Stack::start(&env).await;
+        let mut state = json!({"is_gpa": true, "agents": {"GPA": vec![json!({}); 16]}});
+        if let Some(secret) = secret {
+            let now_s = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let trust = mas_coordinator::memory::state::StateTrust {
+                secret: Some(secret),
+                binding: mas_coordinator::memory::state::Binding {
+                    conversation: conv,
+                    subject: "",
+                },
+                now_s,
+                ..Default::default()
+            };
+            state = mas_coordinator::memory::state::sign(state, &trust);
+        }
+        let history = [
+            user(&"u".repeat(2 * 1024 * 1024)),
+            json!({"role": "assistant", "content": "a".repeat(1_900 * 1024),
+                   "custom_content": {"state": state}}),
+            user(CAPITAL),
+        ];
+        let request_bytes =
+            json!({"model": "mas-coordinator", "stream": true, "messages": history})
+                .to_string()
+                .len();
+        let r = chat_stream(&s.host, KEY, &history, Some(conv)).await;
+        let d = deltas(&r.events());
+        assert_eq!(
+            d[5],
+            stage_content(
+                1,
+                &format!("GPA[general-purpose-agent] got 3 messages (user,assistant,user), 0 with tool_call_history; request: {CAPITAL}")
+            ),
+            "secret {secret:?}"
+        );
+        assert_eq!(d.last().unwrap(), "[DONE]");
+        let sent: Vec<Recorded> = s
+            .world
+            .requests()
+            .into_iter()
+            .filter(|r| r.path == GPA_PATH)
+            .collect();
+        assert_eq!(sent.len(), 1);
+        assert!(
+            sent[0].body.len() <= 2 * request_bytes,
+            "{} bytes sent for a request of {request_bytes}",
+            sent[0].body.len()
+        );
+        assert_eq!(
+            sent[0].json()["messages"],
+            json!([history[0], {"role": "assistant", "content": "a".repeat(1_900 * 1024)}, user(CAPITAL)])
+        );
+    }
+}

@@ -1277,3 +1277,327 @@ fn only_a_2xx_health_answer_counts_as_up() {
         ]
     );
 }
+
+// ---------------------------------------------------------------------------
+// History replay and byte budgets (issue 24, items 4 and 5)
+
+/// A 2 MiB user message, the assistant's 1.9 MiB answer carrying `state`,
+/// then a short question: 3.9 MiB, under the default 4 MiB request limit.
+fn big_turn_request(state: Value) -> Value {
+    json!({"stream": true, "messages": [
+        {"role": "user", "content": "u".repeat(2 * 1024 * 1024)},
+        {"role": "assistant", "content": "a".repeat(1_900 * 1024), "custom_content": {"state": state}},
+        {"role": "user", "content": QUESTION},
+    ]})
+}
+
+/// A GPA turn whose state holds sixteen records with nothing in them.
+fn sixteen_empty_gpa_records() -> Value {
+    json!({"is_gpa": true, "agents": {"GPA": vec![json!({}); 16]}})
+}
+
+/// The body sent to GPA for `body`, and the request's own size.
+fn gpa_body_for(config: mas_coordinator::config::Config, body: Value) -> (Vec<u8>, usize) {
+    let request_bytes = body.to_string().len();
+    let client = FakeClient::new();
+    gpa_turn(&client, gpa_ok(), true);
+    let ctx = context_with(config, body, Some("conv-1"));
+    let (events, _) = run_stream(&ctx, &client);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let sent = client
+        .requests()
+        .into_iter()
+        .find(|r| r.url.ends_with(GPA))
+        .unwrap();
+    (sent.body, request_bytes)
+}
+
+/// `state` signed for conversation `conv-1` at the fakes' clock.
+fn signed(state: Value) -> Value {
+    mas_coordinator::memory::state::sign(
+        state,
+        &mas_coordinator::memory::state::StateTrust {
+            secret: Some(SECRET),
+            binding: mas_coordinator::memory::state::Binding {
+                conversation: "conv-1",
+                subject: "",
+            },
+            now_s: UNIX_EPOCH_MS / 1000,
+            ..Default::default()
+        },
+    )
+}
+
+/// Sixteen records that each would replay the 2 MiB user message and the
+/// 1.9 MiB assistant content (62 MiB before this was bounded) replay them
+/// once: GPA gets exactly the turn's two messages and the question, fewer
+/// bytes than the request, signed or not.
+#[test]
+fn replayed_history_never_multiplies_the_request() {
+    for (config, state) in [
+        (config(), sixteen_empty_gpa_records()),
+        (signed_config(&[]), signed(sixteen_empty_gpa_records())),
+    ] {
+        let (sent, request_bytes) = gpa_body_for(config, big_turn_request(state));
+        assert!(
+            sent.len() <= 2 * request_bytes,
+            "{} bytes sent for a request of {request_bytes}",
+            sent.len()
+        );
+        let body: Value = serde_json::from_slice(&sent).unwrap();
+        let messages = body["messages"].as_array().unwrap();
+        assert_eq!(messages.len(), 3);
+        assert_eq!(
+            messages[0],
+            json!({"role": "user", "content": "u".repeat(2 * 1024 * 1024)})
+        );
+        assert_eq!(
+            messages[1],
+            json!({"role": "assistant", "content": "a".repeat(1_900 * 1024)})
+        );
+        assert_eq!(messages[2], json!({"role": "user", "content": QUESTION}));
+    }
+}
+
+/// Within one earlier turn the user's attachments go with its first user
+/// message only, records that were asked the user's message share it, and
+/// the assistant's content stands in for a missing answer once; a record
+/// with its own answer, attachments or state is still replayed.
+#[test]
+fn an_earlier_turn_replays_its_own_messages_once_whatever_its_records_say() {
+    let csv = json!([{"type": "text/csv", "url": "files/big.csv"}]);
+    let tool = json!({"tool_call_history": []});
+    let body = json!({"stream": true, "messages": [
+        {"role": "user", "content": "first", "custom_content": {"attachments": csv}},
+        {"role": "assistant", "content": "synthesised", "custom_content": {"state": {
+            "is_gpa": true,
+            "agents": {"GPA": [
+                {"asked": "first\n\nTask one", "answer": "one"},
+                {},
+                {"asked": "first\n\nTask two", "answer": "two"},
+                {},
+                {"state": tool},
+                {},
+            ]},
+        }}},
+        {"role": "user", "content": QUESTION},
+    ]});
+    let (sent, request_bytes) = gpa_body_for(config(), body);
+    assert!(sent.len() <= 2 * request_bytes);
+    let seen: Value = serde_json::from_slice(&sent).unwrap();
+    assert_eq!(
+        seen["messages"],
+        json!([
+            {"role": "user", "content": "first\n\nTask one", "custom_content": {"attachments": csv}},
+            {"role": "assistant", "content": "one"},
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "synthesised"},
+            {"role": "user", "content": "first\n\nTask two"},
+            {"role": "assistant", "content": "two"},
+            {"role": "assistant", "content": "", "custom_content": {"state": tool}},
+            {"role": "user", "content": QUESTION},
+        ])
+    );
+}
+
+/// The opening of a routed GPA turn, up to GPA's stage.
+fn gpa_opening() -> Vec<Value> {
+    vec![
+        json!({"role": "assistant"}),
+        common::wire::stage_open(0, "Coordination Request", None),
+        common::wire::stage_content(0, &decision_block("GPA", Value::Null)),
+        common::wire::stage_close(0, "completed"),
+        common::wire::stage_open(1, "Call GPA Agent", None),
+    ]
+}
+
+/// An inline attachment past `MAX_INLINE_ATTACHMENT_BYTES` is neither emitted
+/// nor remembered; GPA's stage says so, and its next attachment is shown.
+#[test]
+fn an_inline_attachment_past_its_budget_is_left_out_and_the_stage_says_so() {
+    let client = FakeClient::new();
+    let big = json!({"index": 0, "type": "image/png", "title": "big.png", "data": "A".repeat(1024 * 1024 + 1)});
+    let small = json!({"type": "image/png", "title": "small.png", "url": "files/small.png"});
+    gpa_turn(
+        &client,
+        Reply::sse(&[
+            chunk(json!({"content": "Two pictures."})),
+            chunk(json!({"custom_content": {"attachments": [big]}})),
+            chunk(json!({"custom_content": {"attachments": [small]}})),
+            stop_chunk(),
+        ]),
+        true,
+    );
+    let (events, _) = run_stream(&context(ask(QUESTION), None), &client);
+    let mut expected = gpa_opening();
+    expected.extend([
+        common::wire::stage_content(1, "Two pictures."),
+        common::wire::stage_content(
+            1,
+            "_Attachment \"big.png\" was left out: it has 1048577 bytes inline, and an inline attachment may have at most 1048576._\n\n",
+        ),
+        json!({"custom_content": {"attachments": [{"index": 0, "type": "image/png", "title": "small.png", "url": "files/small.png"}]}}),
+        common::wire::stage_close(1, "completed"),
+        common::wire::state(json!({"is_gpa": true, "gpa_messages": null,
+            "agents": {"GPA": [{"answer": "Two pictures.", "attachments": [small]}]}})),
+        common::wire::content("ok"),
+        json!("STOP"),
+        json!("[DONE]"),
+    ]);
+    assert_eq!(deltas(&events), expected);
+}
+
+/// Past `MAX_ATTACHMENT_BYTES_PER_AGENT` (4 MiB) an agent's further
+/// attachments, in its stages or the choice, are left out, each said in the
+/// agent's stage; what was emitted stays, and the answer goes on.
+#[test]
+fn attachments_past_the_agents_byte_budget_are_left_out_each_said() {
+    let client = FakeClient::new();
+    let picture = |i: usize| json!({"type": "image/png", "title": format!("p{i}"), "data": "A".repeat(1024 * 1024)});
+    let mut events = vec![chunk(json!({"content": "Five pictures."}))];
+    events.extend((1..=4).map(|i| chunk(json!({"custom_content": {"attachments": [picture(i)]}}))));
+    events.push(chunk(json!({"custom_content": {"stages": [
+        {"index": 0, "name": "draw", "attachments": [picture(5)], "status": "completed"}]}})));
+    events.push(stop_chunk());
+    gpa_turn(&client, Reply::sse(&events), true);
+    let (out, _) = run_stream(&context(ask(QUESTION), None), &client);
+    let d = deltas(&out);
+    let shown: Vec<&str> = d
+        .iter()
+        .filter_map(|e| e["custom_content"]["attachments"][0]["title"].as_str())
+        .collect();
+    assert_eq!(shown, ["p1", "p2", "p3"]);
+    let budget = "the agent's attachments may have at most 4194304 bytes together";
+    assert!(d.contains(&common::wire::stage_content(
+        1,
+        &format!("_Attachment \"p4\" was left out: {budget}._\n\n")
+    )));
+    // Also one meant for the agent's own stage is said in its stage (stage 1).
+    assert!(d.contains(&common::wire::stage_content(
+        1,
+        &format!("_Attachment \"p5\" was left out: {budget}._\n\n")
+    )));
+    assert_eq!(
+        state_of(&out)["agents"]["GPA"],
+        json!([{"answer": "Five pictures."}]),
+        "inline pictures are too large to remember"
+    );
+    assert_eq!(out.last().unwrap(), "[DONE]");
+}
+
+/// GPA's state with a tool result of `bytes` bytes.
+fn tool_history(bytes: usize) -> Value {
+    json!({"tool_call_history": [
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "call_1", "type": "function",
+            "function": {"name": "web_search", "arguments": "{}"}}]},
+        {"role": "tool", "content": "x".repeat(bytes), "tool_call_id": "call_1"},
+    ]})
+}
+
+/// Five GPA subtasks each leave about 900 KB of tool history: together more
+/// than the 4 MiB request limit, which locked the conversation out (every
+/// later turn a 413). The state keeps under 1 MiB — the four largest states
+/// dropped, every answer kept — and the next turn goes through, GPA getting
+/// the state that was kept.
+#[test]
+fn five_large_agent_states_never_lock_the_conversation_out() {
+    let plan_config = || config_with(&[("COORDINATION_MODE", "plan")]);
+    let sizes: Vec<usize> = (0..5).map(|i| 900_000 - i * 1_000).collect();
+    let subtasks: Vec<Value> = (1..=5)
+        .map(|i| json!({"task_id": i, "agent_name": "GPA", "task_description": format!("Part {i}"), "depends_on": []}))
+        .collect();
+    let client = FakeClient::new().on(
+        LLM,
+        completion(&json!({"subtasks": subtasks, "replan": false}).to_string()),
+    );
+    for (i, bytes) in sizes.iter().enumerate() {
+        client.push(
+            GPA,
+            Reply::sse(&[
+                chunk(json!({"content": format!("Part {} done.", i + 1)})),
+                chunk(json!({"custom_content": {"state": tool_history(*bytes)}})),
+                stop_chunk(),
+            ]),
+        );
+    }
+    client.push(LLM, llm_stream(&["All done."]));
+    let (events, _) = run_stream(&context_with(plan_config(), ask(QUESTION), None), &client);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let total: usize = sizes
+        .iter()
+        .map(|b| tool_history(*b).to_string().len())
+        .sum();
+    assert!(
+        total > 4 * 1024 * 1024,
+        "the states alone pass the request limit"
+    );
+
+    let state = state_of(&events);
+    assert!(state.to_string().len() <= 1024 * 1024);
+    assert_eq!(state["gpa_messages"], Value::Null);
+    let records = state["agents"]["GPA"].as_array().unwrap();
+    let kept: Vec<(&str, bool)> = records
+        .iter()
+        .map(|r| (r["answer"].as_str().unwrap(), r.get("state").is_some()))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            ("Part 1 done.", false),
+            ("Part 2 done.", false),
+            ("Part 3 done.", false),
+            ("Part 4 done.", false),
+            ("Part 5 done.", true),
+        ]
+    );
+    assert_eq!(records[4]["state"], tool_history(896_000));
+
+    // The next turn: what DIAL Chat sends back (content and state only).
+    let answer: String = deltas(&events)
+        .iter()
+        .filter_map(|d| d["content"].as_str())
+        .collect();
+    let next = json!({"stream": true, "messages": [
+        {"role": "user", "content": QUESTION},
+        {"role": "assistant", "content": answer, "custom_content": {"state": state}},
+        {"role": "user", "content": "And the next step?"},
+    ]});
+    let ctx = mas_coordinator::app::prepare(
+        plan_config(),
+        |h| (h == "api-key").then(|| KEY.to_owned()),
+        next.to_string().as_bytes(),
+        mas_coordinator::app::Incoming {
+            path: "/openai/deployments/mas-coordinator/chat/completions",
+            trace: mas_coordinator::trace::Trace::from_headers(
+                None,
+                None,
+                "a".repeat(32),
+                "1".repeat(16),
+            ),
+            start_ms: 0,
+            unix_ms: UNIX_EPOCH_MS,
+        },
+    )
+    .expect("the next turn is accepted, not 413");
+    let client = FakeClient::new()
+        .on(
+            LLM,
+            completion(&json!({"subtasks": [{"task_id": 1, "agent_name": "GPA", "task_description": "Next", "depends_on": []}], "replan": false}).to_string()),
+        )
+        .on(GPA, gpa_ok())
+        .on(LLM, llm_stream(&["ok"]));
+    let (events, _) = run_stream(&ctx, &client);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let gpa = client
+        .requests()
+        .into_iter()
+        .find(|r| r.url.ends_with(GPA))
+        .unwrap();
+    let with_state: Vec<Value> = body_json(&gpa)["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m.pointer("/custom_content/state").cloned())
+        .collect();
+    assert_eq!(with_state, [tool_history(896_000)]);
+}

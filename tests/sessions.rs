@@ -284,6 +284,40 @@ fn ums_created_id_that_is_not_an_id_is_the_creating_endpoints_malformed_answer()
     assert_eq!(h.said(), []);
 }
 
+/// A choice attachment the driver left out (past a byte budget) is not
+/// remembered: the agent's next turn sees only what the user was shown.
+#[test]
+fn dial_agent_remembers_only_the_attachments_that_were_shown() {
+    let ctx = context_with(config_with(&[]), ask("Two charts?"), None);
+    let gpa = agent(&ctx, "GPA");
+    let mut h = Harness::new(&ctx, Box::new(DialSession::new(&ctx, gpa, None)));
+    h.say.left_out.push("huge".to_owned());
+    h.call();
+    h.open(&gpa_target(&ctx));
+    h.event_json(&chunk(
+        json!({"content": "Two.", "custom_content": {"attachments": [
+            {"type": "image/png", "title": "huge", "data": "AAAA"},
+            {"type": "image/png", "title": "chart", "url": "files/chart.png"},
+        ]}}),
+    ))
+    .unwrap();
+    h.done().unwrap();
+    assert_eq!(h.finish(), Ok("Two.".to_owned()));
+    let remembered = h.said().into_iter().find_map(|s| match s {
+        Said::Remember(Memory::Exchange(e)) => Some(e.attachments),
+        _ => None,
+    });
+    assert_eq!(
+        remembered,
+        Some(vec![Attachment {
+            kind: Some("image/png".to_owned()),
+            title: Some("chart".to_owned()),
+            url: Some("files/chart.png".to_owned()),
+            ..Attachment::default()
+        }])
+    );
+}
+
 fn gpa_target(ctx: &RequestContext) -> Target {
     agent(ctx, "GPA").targets[0].clone()
 }

@@ -153,6 +153,9 @@ fn state_check(agent: &AgentSpec) -> fn(&RawValue) -> bool {
 pub enum AgentMessage<'a> {
     /// A message of the request as it is (an earlier user message).
     Request(&'a Message),
+    /// A message of the request without its `custom_content` (an earlier
+    /// user message whose attachments were replayed already).
+    RequestText(&'a Message),
     /// A message built for the agent.
     Built(Message),
     /// An earlier answer of the agent and its own state, from our state in
@@ -170,6 +173,10 @@ impl AgentMessage<'_> {
     pub fn to_message(&self) -> Message {
         match self {
             AgentMessage::Request(m) => (*m).clone(),
+            AgentMessage::RequestText(m) => Message {
+                custom_content: None,
+                ..(*m).clone()
+            },
             AgentMessage::Built(m) => m.clone(),
             AgentMessage::Answer { message, state } => {
                 let mut m = message.clone();
@@ -202,6 +209,7 @@ impl serde::Serialize for AgentMessage<'_> {
         }
         match self {
             AgentMessage::Request(m) => m.serialize(s),
+            AgentMessage::RequestText(m) => m.without_custom_content().serialize(s),
             AgentMessage::Built(m) => m.serialize(s),
             AgentMessage::Answer { message, state } => {
                 let mut map = s.serialize_map(None)?;
@@ -223,11 +231,38 @@ impl serde::Serialize for AgentMessage<'_> {
     }
 }
 
+/// What of an earlier turn's own messages has been replayed already: the
+/// user's message and its attachments, the assistant's content. Each is
+/// replayed at most once per turn, however many exchanges the turn's state
+/// lists, so what an agent is sent never multiplies what the request holds.
+#[derive(Debug, Default)]
+struct TurnReplay {
+    user: bool,
+    attachments: bool,
+    content: bool,
+}
+
 /// The user message of an earlier exchange: the turn's user message (with its
-/// attachments), its text replaced by what the agent was asked when that differed.
-fn asked_message<'a>(user: Option<&'a Message>, asked: Option<&str>) -> Option<AgentMessage<'a>> {
+/// attachments), its text replaced by what the agent was asked when that
+/// differed. The user's attachments go with the first of them only, and an
+/// exchange that was asked the user's message itself shares the one that was
+/// already replayed (`None`).
+fn asked_message<'a>(
+    user: Option<&'a Message>,
+    asked: Option<&str>,
+    turn: &mut TurnReplay,
+) -> Option<AgentMessage<'a>> {
+    let with_attachments = !std::mem::replace(&mut turn.attachments, true);
     match (user, asked) {
-        (Some(u), None) => Some(AgentMessage::Request(u)),
+        (Some(_), None) if turn.user => None,
+        (Some(u), None) => {
+            turn.user = true;
+            Some(if with_attachments {
+                AgentMessage::Request(u)
+            } else {
+                AgentMessage::RequestText(u)
+            })
+        }
         (Some(u), Some(text)) => Some(AgentMessage::Built(Message {
             role: "user".to_owned(),
             content: serde_json::value::to_raw_value(text).ok(),
@@ -235,6 +270,7 @@ fn asked_message<'a>(user: Option<&'a Message>, asked: Option<&str>) -> Option<A
                 .custom_content
                 .as_ref()
                 .and_then(|c| c.attachments.clone())
+                .filter(|_| with_attachments)
                 .map(|attachments| CustomContent {
                     attachments: Some(attachments),
                     ..CustomContent::default()
@@ -246,8 +282,24 @@ fn asked_message<'a>(user: Option<&'a Message>, asked: Option<&str>) -> Option<A
     }
 }
 
-/// The assistant message of an earlier exchange: what the agent produced.
-fn answer_message<'a>(turn: &Message, exchange: &ExchangeView<'a>) -> AgentMessage<'a> {
+/// Whether an exchange has nothing of its own to replay: no answer (the
+/// turn's content stands in for it) when that content was replayed already,
+/// and no attachments or state.
+fn adds_nothing(exchange: &ExchangeView<'_>, turn: &TurnReplay) -> bool {
+    exchange.answer.is_none()
+        && turn.content
+        && exchange.attachments.is_empty()
+        && exchange.state.is_none()
+}
+
+/// The assistant message of an earlier exchange: what the agent produced. An
+/// exchange without its own answer (a state of the Python reference) stands
+/// on the turn's content, replayed once per turn; after that it is empty.
+fn answer_message<'a>(
+    message: &Message,
+    exchange: &ExchangeView<'a>,
+    turn: &mut TurnReplay,
+) -> AgentMessage<'a> {
     let mut custom = CustomContent::default();
     if !exchange.attachments.is_empty() {
         custom.attachments = serde_json::value::to_raw_value(&exchange.attachments).ok();
@@ -260,13 +312,17 @@ fn answer_message<'a>(turn: &Message, exchange: &ExchangeView<'a>) -> AgentMessa
             custom_content,
             extra: Vec::new(),
         },
-        // A state of the Python reference: the turn's own message (its
-        // custom content, which holds that state, is not copied).
-        None => Message {
-            role: turn.role.clone(),
-            content: turn.content.clone(),
+        // The turn's own message (its custom content, which holds the
+        // state, is not copied).
+        None if !std::mem::replace(&mut turn.content, true) => Message {
+            role: message.role.clone(),
+            content: message.content.clone(),
             custom_content,
-            extra: turn.extra.clone(),
+            extra: message.extra.clone(),
+        },
+        None => Message {
+            custom_content,
+            ..Message::text_message(&message.role, "")
         },
     };
     match exchange.state {
@@ -285,7 +341,11 @@ pub fn agent_history(ctx: &RequestContext, agent: &AgentSpec, task: Option<&str>
         .collect()
 }
 
-/// [`agent_history`], borrowing from the request what it holds.
+/// [`agent_history`], borrowing from the request what it holds. Each earlier
+/// turn's user message, its attachments and the assistant's content are
+/// replayed at most once, whatever the turn's state lists (see
+/// [`TurnReplay`]): the body is never larger than the request's messages
+/// and the agent's own states, plus each message's few bytes of framing.
 pub fn agent_messages<'a>(
     ctx: &'a RequestContext,
     agent: &AgentSpec,
@@ -313,9 +373,13 @@ pub fn agent_messages<'a>(
             .checked_sub(1)
             .map(|p| &earlier[p])
             .filter(|m| m.role == "user");
+        let mut turn = TurnReplay::default();
         for exchange in memory::exchanges(state, agent, check) {
-            out.extend(asked_message(user, exchange.asked.as_deref()));
-            out.push(answer_message(message, &exchange));
+            if adds_nothing(&exchange, &turn) {
+                continue;
+            }
+            out.extend(asked_message(user, exchange.asked.as_deref(), &mut turn));
+            out.push(answer_message(message, &exchange, &mut turn));
         }
     }
     let mut last = current.clone();
@@ -496,8 +560,10 @@ impl Session for DialSession<'_> {
             }
             for attachment in custom.attachments.into_iter().flatten() {
                 if let Some(a) = attachment.normalized() {
-                    say.attachment(a.clone());
-                    self.attachments.push(a);
+                    // What the user was not shown is not remembered either.
+                    if say.attachment(a.clone()) {
+                        self.attachments.push(a);
+                    }
                 }
             }
             if let Some(state) = custom.state {

@@ -50,8 +50,9 @@ pub trait Say {
     fn stage_attachment(&mut self, stage: LocalStage, attachment: Attachment);
     /// Closes a stage.
     fn close_stage(&mut self, stage: LocalStage, status: StageStatus);
-    /// Adds an attachment to the choice.
-    fn attachment(&mut self, attachment: Attachment);
+    /// Adds an attachment to the choice; false when it was left out (past a
+    /// byte budget of `limits.rs`: the driver says so in the session's root).
+    fn attachment(&mut self, attachment: Attachment) -> bool;
     /// Leaves something for later turns (see `memory/`).
     fn remember(&mut self, memory: Memory);
     /// Reports what a call to `model` used.

@@ -153,8 +153,19 @@ impl RequestTemplate {
 
     /// The request for `target`.
     pub fn build(&self, target: &Target) -> OutboundRequest {
-        let body = if self.with_model && self.body.last() == Some(&b'}') {
-            let mut body = self.body.clone();
+        self.build_with(target, self.body.clone())
+    }
+
+    /// The URL for `target`.
+    pub fn url(&self, target: &Target) -> String {
+        format!("{}{}{}", self.url_before, target.id, self.url_after)
+    }
+
+    /// The request for `target` with `body` (this template's body, taken or
+    /// copied by the caller: the last attempt takes it, so a large body is
+    /// never held twice).
+    fn build_with(&self, target: &Target, mut body: Vec<u8>) -> OutboundRequest {
+        if self.with_model && body.last() == Some(&b'}') {
             body.pop();
             if body.len() > 1 {
                 body.push(b',');
@@ -162,13 +173,10 @@ impl RequestTemplate {
             body.extend_from_slice(br#""model":"#);
             let _ = serde_json::to_writer(&mut body, &target.id);
             body.push(b'}');
-            body
-        } else {
-            self.body.clone()
-        };
+        }
         OutboundRequest {
             method: self.method,
-            url: format!("{}{}{}", self.url_before, target.id, self.url_after),
+            url: self.url(target),
             headers: self.headers.clone(),
             body,
         }
@@ -495,7 +503,7 @@ pub fn verdict(attempt: Attempt, replay: Replay, defer_blame: bool) -> Verdict {
 /// Returns the committed call, or why none accepted it.
 pub async fn open<'a, H: Host>(
     caller: Caller<'a, H>,
-    spec: CallSpec,
+    mut spec: CallSpec,
 ) -> Result<Opened<'a, H>, CallFailed> {
     let ctx = caller.ctx;
     let host = caller.host;
@@ -504,19 +512,21 @@ pub async fn open<'a, H: Host>(
     let mut passed_over: Vec<(String, String)> = Vec::new();
     let mut last: Option<CoordError> = None;
     let mut earliest_retry: Option<u64> = None;
+    // The body leaves the spec: an attempt before the last gets a copy, the
+    // last takes it, and the call under way never holds it again.
+    let mut body = std::mem::take(&mut spec.request.body);
 
     for (index, target) in spec.targets.iter().enumerate() {
         let key = breaker_key(&ctx.coordinator, &spec.service.name, &target.identity);
         let admission = breaker::admit_at(store, &key, &ctx.config.breaker, host.unix_ms());
-        let mut request = spec.request.build(target);
         let start_ms = host.now_ms();
         let log = CallLog {
             span: span_id(host.random_u64()),
-            method: match request.method {
+            method: match spec.request.method {
                 Method::Get => "GET",
                 Method::Post => "POST",
             },
-            path: url_path(&request.url),
+            path: url_path(&spec.request.url(target)),
             start_ms,
             head_ms: start_ms,
             breaker_key: key,
@@ -537,6 +547,12 @@ pub async fn open<'a, H: Host>(
             passed_over.push((target.label.clone(), "circuit open".to_owned()));
             continue;
         }
+        let this_body = if index + 1 < spec.targets.len() {
+            body.clone()
+        } else {
+            std::mem::take(&mut body)
+        };
+        let mut request = spec.request.build_with(target, this_body);
         for (name, value) in ctx.trace.call_headers(&log.span) {
             request.headers.push((name.to_owned(), value));
         }

@@ -30,8 +30,8 @@ use crate::context::{ClientGone, FlowError};
 use crate::error::{redact, CoordError, Service, UpstreamFault};
 use crate::flow::emitter::{Emitter, StageId, Transport};
 use crate::limits::{
-    FLUSH_BYTES, MAX_AGENT_OUTPUT_BYTES, MAX_ANSWER_BYTES, MAX_ATTACHMENTS_PER_AGENT,
-    MAX_STAGES_PER_AGENT,
+    state_budget, FLUSH_BYTES, MAX_AGENT_OUTPUT_BYTES, MAX_ANSWER_BYTES, MAX_ATTACHMENTS_PER_AGENT,
+    MAX_ATTACHMENT_BYTES_PER_AGENT, MAX_INLINE_ATTACHMENT_BYTES, MAX_STAGES_PER_AGENT,
 };
 use crate::memory::state::sign;
 use crate::memory::{self, Memory};
@@ -184,6 +184,7 @@ struct SlotState {
     stages: Vec<StageId>,
     stage_count: usize,
     attachment_count: usize,
+    attachment_bytes: usize,
     output_bytes: usize,
     memory: Vec<Memory>,
     blames: Vec<Blame>,
@@ -233,14 +234,54 @@ impl<T: Transport> SlotSay<'_, T> {
         true
     }
 
-    fn attachment_allowed(&mut self) -> bool {
+    /// Whether `attachment` may be emitted: past the count the session ends
+    /// with an error; past a byte budget the attachment is left out and the
+    /// session's root says so.
+    fn attachment_allowed(&mut self, attachment: &Attachment) -> bool {
         self.state.attachment_count += 1;
         if self.state.attachment_count > MAX_ATTACHMENTS_PER_AGENT {
             self.over(format!("more than {MAX_ATTACHMENTS_PER_AGENT} attachments"));
             return false;
         }
-        true
+        let inline = attachment.data.as_deref().map_or(0, str::len);
+        let bytes = attachment.byte_len();
+        let reason = if inline > MAX_INLINE_ATTACHMENT_BYTES {
+            format!(
+                "it has {inline} bytes inline, and an inline attachment may have at most {MAX_INLINE_ATTACHMENT_BYTES}"
+            )
+        } else if self.state.attachment_bytes.saturating_add(bytes) > MAX_ATTACHMENT_BYTES_PER_AGENT
+        {
+            format!(
+                "the agent's attachments may have at most {MAX_ATTACHMENT_BYTES_PER_AGENT} bytes together"
+            )
+        } else {
+            self.state.attachment_bytes += bytes;
+            return true;
+        };
+        let note = format!(
+            "_Attachment \"{}\" was left out: {reason}._\n\n",
+            attachment_name(attachment)
+        );
+        self.text(&note);
+        false
     }
+}
+
+/// How a note names an attachment: its title, else its type, cut at 100 bytes.
+fn attachment_name(attachment: &Attachment) -> String {
+    const MAX: usize = 100;
+    let name = [&attachment.title, &attachment.kind]
+        .into_iter()
+        .find_map(|f| f.as_deref().filter(|t| !t.is_empty()))
+        .unwrap_or("attachment");
+    if name.len() <= MAX {
+        return name.to_owned();
+    }
+    let mut cut = MAX;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &name[..cut])
 }
 
 impl<T: Transport> Say for SlotSay<'_, T> {
@@ -292,7 +333,7 @@ impl<T: Transport> Say for SlotSay<'_, T> {
 
     fn stage_attachment(&mut self, stage: LocalStage, attachment: Attachment) {
         if let Some(id) = self.stage(stage) {
-            if self.attachment_allowed() {
+            if self.attachment_allowed(&attachment) {
                 self.out.stage_attachment(id, attachment);
             }
         }
@@ -304,10 +345,12 @@ impl<T: Transport> Say for SlotSay<'_, T> {
         }
     }
 
-    fn attachment(&mut self, attachment: Attachment) {
-        if self.attachment_allowed() {
+    fn attachment(&mut self, attachment: Attachment) -> bool {
+        let allowed = self.attachment_allowed(&attachment);
+        if allowed {
             self.out.attachment(attachment);
         }
+        allowed
     }
 
     fn remember(&mut self, memory: Memory) {
@@ -414,10 +457,12 @@ impl<'a, 'o, H: Host, T: Transport> Driver<'a, 'o, H, T> {
         self.out.role();
     }
 
-    /// Writes the one state of the response: what the agents left, in order, signed.
+    /// Writes the one state of the response: what the agents left, in order,
+    /// within the state budget (`limits::state_budget`), signed.
     pub fn write_state(&mut self, memories: &[(&AgentSpec, Memory)]) {
-        if let Some(state) = memory::compose(memories.iter().map(|(a, m)| (*a, m))) {
-            let ctx = self.caller.ctx;
+        let ctx = self.caller.ctx;
+        let budget = state_budget(ctx.config.max_request_bytes);
+        if let Some(state) = memory::compose(memories.iter().map(|(a, m)| (*a, m)), budget) {
             self.out.set_state(sign(state, &ctx.state_trust()));
         }
     }
@@ -591,6 +636,7 @@ impl<'a, 'o, H: Host, T: Transport> Driver<'a, 'o, H, T> {
                 stages: Vec::new(),
                 stage_count: 0,
                 attachment_count: 0,
+                attachment_bytes: 0,
                 output_bytes: 0,
                 memory: Vec::new(),
                 blames: Vec::new(),

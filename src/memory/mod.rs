@@ -41,7 +41,10 @@ use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use crate::config::registry::{AgentSpec, StateSlot};
-use crate::limits::{truncate_marked, MAX_REMEMBERED_ATTACHMENTS, MAX_REMEMBERED_TEXT_BYTES};
+use crate::limits::{
+    truncate_marked, MAX_REMEMBERED_ATTACHMENTS, MAX_REMEMBERED_ATTACHMENT_BYTES,
+    MAX_REMEMBERED_TEXT_BYTES,
+};
 use crate::memory::state::{fnv1a, trusted_state, StateTrust, Trusted};
 use crate::wire::request::Message;
 use crate::wire::response::Attachment;
@@ -145,7 +148,46 @@ pub fn is_valid_conversation_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-fn exchange_record(e: &Exchange, with_state: bool) -> Value {
+/// Room the signature (`memory::state`) takes in a signed state:
+/// `,"signature":"<8 hex key id>.<unix seconds>.<64 hex digits>"` is about 100 bytes.
+const SIGNATURE_ROOM: usize = 128;
+
+/// The bytes of `value` as compact JSON, counted without writing them.
+fn json_len(value: &impl serde::Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// The attachments an exchange keeps: each that still fits in
+/// `MAX_REMEMBERED_ATTACHMENT_BYTES` (its JSON), in order, at most
+/// `MAX_REMEMBERED_ATTACHMENTS`.
+fn remembered_attachments(all: &[Attachment]) -> Vec<&Attachment> {
+    let mut room = MAX_REMEMBERED_ATTACHMENT_BYTES;
+    all.iter()
+        .filter(|a| {
+            let bytes = json_len(a);
+            let fits = bytes <= room;
+            if fits {
+                room -= bytes;
+            }
+            fits
+        })
+        .take(MAX_REMEMBERED_ATTACHMENTS)
+        .collect()
+}
+
+fn exchange_record(e: &Exchange, with_state: bool, with_attachments: bool) -> Value {
     let mut record = Map::new();
     if let Some(asked) = &e.asked {
         record.insert(
@@ -161,12 +203,8 @@ fn exchange_record(e: &Exchange, with_state: bool) -> Value {
             "answer",
         )),
     );
-    if !e.attachments.is_empty() {
-        let kept: Vec<&Attachment> = e
-            .attachments
-            .iter()
-            .take(MAX_REMEMBERED_ATTACHMENTS)
-            .collect();
+    let kept = remembered_attachments(&e.attachments);
+    if with_attachments && !kept.is_empty() {
         record.insert("attachments".into(), json!(kept));
     }
     if with_state {
@@ -177,22 +215,173 @@ fn exchange_record(e: &Exchange, with_state: bool) -> Value {
     Value::Object(record)
 }
 
+/// One memory being composed, and what of it is kept.
+struct Part<'a> {
+    agent: &'a AgentSpec,
+    memory: &'a Memory,
+    kept: bool,
+    state: bool,
+    attachments: bool,
+}
+
+/// What trimming takes from a part.
+#[derive(Clone, Copy)]
+enum Trim {
+    State,
+    Attachments,
+    Exchange,
+}
+
 /// The state of our assistant message for what the agents of this turn left
 /// behind, in the order given; `None` when nothing is to be remembered.
+///
+/// Each agent keeps at most as many exchanges of one turn as a later turn
+/// reads (16). The state, once signed, fits in `max_bytes`
+/// (`limits::state_budget`); a state that would not is trimmed, in this
+/// order, until it fits: the agents' own states, largest first (GPA's first
+/// becomes `gpa_messages: null`); then the exchanges' attachments, largest
+/// first; then whole exchanges, the latest first. What the agents were asked
+/// and answered stays longest, and a UMS-kind conversation is always kept.
 pub fn compose<'a>(
     memories: impl IntoIterator<Item = (&'a AgentSpec, &'a Memory)>,
+    max_bytes: usize,
 ) -> Option<Value> {
+    let mut exchanges_of: Vec<(&str, usize)> = Vec::new();
+    let mut parts: Vec<Part<'a>> = memories
+        .into_iter()
+        .map(|(agent, memory)| {
+            let mut kept = true;
+            if matches!(memory, Memory::Exchange(_)) {
+                let i = match exchanges_of.iter().position(|(n, _)| *n == agent.name) {
+                    Some(i) => i,
+                    None => {
+                        exchanges_of.push((&agent.name, 0));
+                        exchanges_of.len() - 1
+                    }
+                };
+                exchanges_of[i].1 += 1;
+                kept = exchanges_of[i].1 <= MAX_EXCHANGES_PER_TURN;
+            }
+            Part {
+                agent,
+                memory,
+                kept,
+                state: true,
+                attachments: true,
+            }
+        })
+        .collect();
+    let budget = max_bytes.saturating_sub(SIGNATURE_ROOM);
+    let mut state = build(&parts)?;
+    let mut size = json_len(&state);
+    let mut trims = trims(&parts).into_iter();
+    while size > budget {
+        // What a state or attachments take is known to the byte; after an
+        // exchange is dropped the state is measured again.
+        let mut trimmed = false;
+        while size > budget {
+            let Some((i, trim, saving)) = trims.next() else {
+                break;
+            };
+            trimmed = true;
+            let part = &mut parts[i];
+            match trim {
+                Trim::State => part.state = false,
+                Trim::Attachments => part.attachments = false,
+                Trim::Exchange => {
+                    part.kept = false;
+                    break;
+                }
+            }
+            size = size.saturating_sub(saving);
+        }
+        if !trimmed {
+            break;
+        }
+        state = build(&parts)?;
+        size = json_len(&state);
+    }
+    Some(state)
+}
+
+/// Everything trimming may take, in the order it is taken (see [`compose`]),
+/// with the bytes it saves (for an exchange, at least).
+fn trims(parts: &[Part<'_>]) -> Vec<(usize, Trim, usize)> {
+    let exchanges = || {
+        parts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| match p.memory {
+                Memory::Exchange(e) if p.kept => Some((i, e)),
+                _ => None,
+            })
+    };
+    let gpa_first = parts.iter().position(|p| {
+        p.kept && p.agent.slot == StateSlot::Gpa && matches!(p.memory, Memory::Exchange(_))
+    });
+    let largest_first = |mut list: Vec<(usize, Trim, usize)>| {
+        list.sort_by_key(|&(i, _, saving)| (std::cmp::Reverse(saving), std::cmp::Reverse(i)));
+        list
+    };
+    // GPA's first state leaves `null` behind; any other leaves with its
+    // `,"state":`; attachments with their `,"attachments":`.
+    let mut out = largest_first(
+        exchanges()
+            .filter_map(|(i, e)| {
+                let bytes = json_len(e.state.as_ref()?);
+                let saving = if Some(i) == gpa_first {
+                    bytes.saturating_sub("null".len())
+                } else {
+                    bytes + r#","state":"#.len()
+                };
+                Some((i, Trim::State, saving))
+            })
+            .collect(),
+    );
+    out.extend(largest_first(
+        exchanges()
+            .map(|(i, e)| (i, remembered_attachments(&e.attachments)))
+            .filter(|(_, kept)| !kept.is_empty())
+            .map(|(i, kept)| {
+                (
+                    i,
+                    Trim::Attachments,
+                    json_len(&kept) + r#","attachments":"#.len(),
+                )
+            })
+            .collect(),
+    ));
+    // By then the exchanges have neither states nor attachments.
+    let mut latest_first: Vec<(usize, Trim, usize)> = exchanges()
+        .map(|(i, e)| {
+            (
+                i,
+                Trim::Exchange,
+                json_len(&exchange_record(e, false, false)),
+            )
+        })
+        .collect();
+    latest_first.reverse();
+    out.extend(latest_first);
+    out
+}
+
+/// The state of the parts that are kept (see [`compose`]).
+fn build(parts: &[Part<'_>]) -> Option<Value> {
     let mut state = Map::new();
     let mut agents = Map::new();
-    for (agent, memory) in memories {
+    for part in parts.iter().filter(|p| p.kept) {
+        let (agent, memory) = (part.agent, part.memory);
         match (agent.slot, memory) {
             (StateSlot::Gpa, Memory::Exchange(e)) => {
                 let first = !state.contains_key(IS_GPA);
                 if first {
                     state.insert(IS_GPA.into(), Value::Bool(true));
-                    state.insert(GPA_MESSAGES.into(), e.state.clone().unwrap_or(Value::Null));
+                    let own = e.state.clone().filter(|_| part.state);
+                    state.insert(GPA_MESSAGES.into(), own.unwrap_or(Value::Null));
                 }
-                push_exchange(&mut agents, &agent.name, exchange_record(e, !first));
+                let record = exchange_record(e, !first && part.state, part.attachments);
+                push_exchange(&mut agents, &agent.name, record);
             }
             (StateSlot::Ums, Memory::Conversation { id, endpoint }) => {
                 if !state.contains_key(UMS_CONVERSATION_ID) {
@@ -201,7 +390,8 @@ pub fn compose<'a>(
                 }
             }
             (StateSlot::Agents, Memory::Exchange(e)) => {
-                push_exchange(&mut agents, &agent.name, exchange_record(e, true));
+                let record = exchange_record(e, part.state, part.attachments);
+                push_exchange(&mut agents, &agent.name, record);
             }
             (StateSlot::Agents, Memory::Conversation { id, endpoint }) => {
                 agents
@@ -496,7 +686,7 @@ mod tests {
             attachments: vec![png("files/a.png")],
             state: Some(json!({"tool_call_history": []})),
         });
-        let state = compose([(&gpa, &m)]).unwrap();
+        let state = compose([(&gpa, &m)], usize::MAX).unwrap();
         assert_eq!(
             state,
             json!({
@@ -582,13 +772,16 @@ mod tests {
             id: "crm-1".into(),
             endpoint: endpoint_tag("http://crm"),
         };
-        let state = compose([
-            (&gpa, &g1),
-            (&ums, &u),
-            (&rag, &r1),
-            (&gpa, &g2),
-            (&crm, &c),
-        ])
+        let state = compose(
+            [
+                (&gpa, &g1),
+                (&ums, &u),
+                (&rag, &r1),
+                (&gpa, &g2),
+                (&crm, &c),
+            ],
+            usize::MAX,
+        )
         .unwrap();
         assert_eq!(state["gpa_messages"], json!({"tool_call_history": [1]}));
         assert_eq!(state["ums_conversation_id"], "conv-9");
@@ -617,7 +810,7 @@ mod tests {
             conversation(&r, &crm),
             Some(("crm-1".into(), Some(endpoint_tag("http://crm"))))
         );
-        assert!(compose(std::iter::empty()).is_none());
+        assert!(compose(std::iter::empty(), usize::MAX).is_none());
     }
 
     #[test]
@@ -629,7 +822,7 @@ mod tests {
             attachments: (0..40).map(|i| png(&format!("files/{i}.png"))).collect(),
             state: None,
         });
-        let state = compose([(&rag, &m)]).unwrap();
+        let state = compose([(&rag, &m)], usize::MAX).unwrap();
         let answer = state["agents"]["RAG"][0]["answer"].as_str().unwrap();
         assert!(answer.ends_with(" bytes shown]"), "{answer}");
         assert_eq!(
@@ -639,5 +832,104 @@ mod tests {
                 .len(),
             MAX_REMEMBERED_ATTACHMENTS
         );
+    }
+
+    fn exchange(answer: &str, attachments: Vec<Attachment>, state: Option<Value>) -> Memory {
+        Memory::Exchange(Exchange {
+            asked: None,
+            answer: answer.into(),
+            attachments,
+            state,
+        })
+    }
+
+    /// The budget `compose` needs for `state` to fit exactly once signed.
+    fn budget_for(state: &Value) -> usize {
+        serde_json::to_string(state).unwrap().len() + SIGNATURE_ROOM
+    }
+
+    #[test]
+    fn a_state_past_its_budget_drops_agent_states_largest_first_and_keeps_the_answers() {
+        let gpa = agent("GPA", StateSlot::Gpa);
+        let rag = agent("RAG", StateSlot::Agents);
+        let pad = |n: usize| Some(json!({"tool_call_history": [], "pad": "x".repeat(n)}));
+        let g1 = exchange("g1", vec![], pad(300));
+        let r1 = exchange("r1", vec![], pad(400));
+        let g2 = exchange("g2", vec![], pad(500));
+        let memories = [(&gpa, &g1), (&rag, &r1), (&gpa, &g2)];
+        let full = compose(memories, usize::MAX).unwrap();
+        assert_eq!(compose(memories, budget_for(&full)).unwrap(), full);
+        // One byte over: the largest state (GPA's second) goes, nothing else.
+        let state = compose(memories, budget_for(&full) - 1).unwrap();
+        assert_eq!(
+            state,
+            json!({"is_gpa": true, "gpa_messages": pad(300), "agents": {
+                "GPA": [{"answer": "g1"}, {"answer": "g2"}],
+                "RAG": [{"answer": "r1", "state": pad(400)}],
+            }})
+        );
+        // Every state gone, GPA's first as `null`: the answers fit exactly.
+        let bare = json!({"is_gpa": true, "gpa_messages": null, "agents": {
+            "GPA": [{"answer": "g1"}, {"answer": "g2"}],
+            "RAG": [{"answer": "r1"}],
+        }});
+        assert_eq!(compose(memories, budget_for(&bare)).unwrap(), bare);
+    }
+
+    #[test]
+    fn then_attachments_go_largest_first_then_the_latest_exchanges() {
+        let rag = agent("RAG", StateSlot::Agents);
+        let ums = agent("UMS", StateSlot::Ums);
+        let r1 = exchange("r1", vec![png("files/a-much-longer-name.png")], None);
+        let r2 = exchange("r2", vec![png("files/b.png")], None);
+        let u = Memory::Conversation {
+            id: "conv-1".into(),
+            endpoint: endpoint_tag("http://ums"),
+        };
+        let memories = [(&rag, &r1), (&ums, &u), (&rag, &r2)];
+        let full = compose(memories, usize::MAX).unwrap();
+        let state = compose(memories, budget_for(&full) - 1).unwrap();
+        assert_eq!(
+            state["agents"]["RAG"],
+            json!([{"answer": "r1"}, {"answer": "r2", "attachments": [{"type": "image/png", "url": "files/b.png"}]}])
+        );
+        let first_only = json!({
+            "ums_conversation_id": "conv-1", "ums_endpoint": endpoint_tag("http://ums"),
+            "agents": {"RAG": [{"answer": "r1"}]},
+        });
+        assert_eq!(
+            compose(memories, budget_for(&first_only)).unwrap(),
+            first_only
+        );
+        // A conversation is never dropped.
+        let only_ums =
+            json!({"ums_conversation_id": "conv-1", "ums_endpoint": endpoint_tag("http://ums")});
+        assert_eq!(compose(memories, 0).unwrap(), only_ums);
+    }
+
+    #[test]
+    fn an_exchange_keeps_the_attachments_that_fit_and_an_agent_sixteen_exchanges() {
+        let rag = agent("RAG", StateSlot::Agents);
+        let inline = Attachment {
+            kind: Some("text/plain".into()),
+            data: Some("d".repeat(MAX_REMEMBERED_ATTACHMENT_BYTES)),
+            ..Attachment::default()
+        };
+        let m = exchange(
+            "r",
+            vec![png("files/1.png"), inline, png("files/2.png")],
+            None,
+        );
+        assert_eq!(
+            compose([(&rag, &m)], usize::MAX).unwrap()["agents"]["RAG"][0]["attachments"],
+            json!([{"type": "image/png", "url": "files/1.png"}, {"type": "image/png", "url": "files/2.png"}])
+        );
+        let many: Vec<Memory> = (0..20)
+            .map(|i| exchange(&format!("r{i}"), vec![], None))
+            .collect();
+        let state = compose(many.iter().map(|m| (&rag, m)), usize::MAX).unwrap();
+        let kept = state["agents"]["RAG"].as_array().unwrap();
+        assert_eq!(kept.len(), MAX_EXCHANGES_PER_TURN);
+        assert_eq!(kept[15], json!({"answer": "r15"}));
     }
 }

@@ -57,6 +57,22 @@ impl Attachment {
         }
         Some(self)
     }
+
+    /// The bytes of its fields together (what the byte budgets of
+    /// `limits.rs` count).
+    pub fn byte_len(&self) -> usize {
+        [
+            &self.kind,
+            &self.title,
+            &self.data,
+            &self.url,
+            &self.reference_type,
+            &self.reference_url,
+        ]
+        .into_iter()
+        .map(|f| f.as_deref().map_or(0, str::len))
+        .sum()
+    }
 }
 
 /// A closed stage's outcome.

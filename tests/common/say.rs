@@ -64,6 +64,9 @@ pub struct Recorder {
     /// The service and target label of the current call.
     pub site: (Service, String),
     secret: String,
+    /// Titles of choice attachments answered as left out (as the driver
+    /// answers past a byte budget); they are still recorded as said.
+    pub left_out: Vec<String>,
 }
 
 impl Recorder {
@@ -74,6 +77,7 @@ impl Recorder {
             open: Vec::new(),
             site: (Service::llm(), String::new()),
             secret: secret.to_owned(),
+            left_out: Vec::new(),
         }
     }
 
@@ -134,8 +138,13 @@ impl Say for Recorder {
         });
     }
 
-    fn attachment(&mut self, attachment: Attachment) {
+    fn attachment(&mut self, attachment: Attachment) -> bool {
+        let shown = !attachment
+            .title
+            .as_ref()
+            .is_some_and(|t| self.left_out.contains(t));
         self.said.push(Said::Attachment(attachment));
+        shown
     }
 
     fn remember(&mut self, memory: Memory) {
