@@ -773,7 +773,7 @@ async fn bad_input_gets_dial_errors() {
     assert_eq!(r.status, 200);
     assert_eq!(
         r.json(),
-        json!({"status": "ok", "breaker_store": "instance-memory", "state_signing": "off", "request_deadline_ms": 300_000})
+        json!({"status": "ok", "breaker_store": "instance-memory", "state_signing": "off", "unsigned_state": "read", "request_deadline_ms": 300_000})
     );
     // Answers whose length is known carry it (no chunked framing: the head and
     // the body can leave together), errors included.
