@@ -45,7 +45,7 @@ use crate::limits::{
     truncate_marked, MAX_REMEMBERED_ATTACHMENTS, MAX_REMEMBERED_ATTACHMENT_BYTES,
     MAX_REMEMBERED_TEXT_BYTES,
 };
-use crate::memory::state::{fnv1a, trusted_state, StateTrust, Trusted};
+use crate::memory::state::{fnv1a, StateTrust, Trusted, Verifier};
 use crate::wire::request::Message;
 use crate::wire::response::Attachment;
 
@@ -104,11 +104,12 @@ pub struct Recall {
 impl Recall {
     /// Reads which of `messages` carry a state `trust` accepts.
     pub fn read(messages: &[Message], trust: &StateTrust<'_>) -> Recall {
+        let verifier = Verifier::new(trust);
         Recall {
             trusted: messages
                 .iter()
                 .enumerate()
-                .filter_map(|(i, m)| Some((i, trusted_state(m, trust)?)))
+                .filter_map(|(i, m)| Some((i, verifier.trusted(m)?)))
                 .collect(),
         }
     }

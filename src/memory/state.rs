@@ -3,7 +3,7 @@
 //!
 //! State travels through the client (DIAL Chat stores it on our assistant
 //! messages and sends it back), and DIAL's API lets a user edit it, so it is
-//! untrusted input: agents read it only through [`trusted_state`].
+//! untrusted input: agents read it only through [`Verifier::trusted`].
 //!
 //! With `STATE_SECRET` set, every state we emit carries
 //! `"signature": "<key id>.<issued unix seconds>.<hex HMAC-SHA256>"`. The key
@@ -161,52 +161,99 @@ pub fn sign(mut state: Value, trust: &StateTrust<'_>) -> Value {
     state
 }
 
-/// The canonical bytes of `state` when it carries a valid, current signature
-/// for the trust's binding by one of its secrets (constant-time compare).
-fn verified(state: &Value, trust: &StateTrust<'_>) -> Option<Vec<u8>> {
-    let signature = state.get(SIGNATURE)?.as_str()?;
-    let parts: Vec<&str> = signature.splitn(4, '.').collect();
-    let secrets = [trust.secret, trust.previous_secret];
-    let (candidates, issued, tag): (Vec<&str>, &str, &str) = match parts[..] {
-        [kid, issued, tag] => (
-            secrets
+/// What verifies the states of one request: its trust, and each secret with
+/// its key id, derived once (not once per state of a long history).
+pub struct Verifier<'a> {
+    trust: StateTrust<'a>,
+    keys: Vec<(&'a str, String)>,
+}
+
+impl std::fmt::Debug for Verifier<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The trust redacts its secrets; of the keys only their ids show.
+        let ids: Vec<&str> = self.keys.iter().map(|(_, id)| id.as_str()).collect();
+        f.debug_struct("Verifier")
+            .field("trust", &self.trust)
+            .field("key_ids", &ids)
+            .finish()
+    }
+}
+
+impl<'a> Verifier<'a> {
+    /// The verifier of `trust`.
+    pub fn new(trust: &StateTrust<'a>) -> Verifier<'a> {
+        Verifier {
+            trust: *trust,
+            keys: [trust.secret, trust.previous_secret]
                 .into_iter()
                 .flatten()
-                .filter(|s| key_id(s) == kid)
-                .take(1)
+                .map(|secret| (secret, key_id(secret)))
                 .collect(),
-            issued,
-            tag,
-        ),
-        // Signed before key ids: either secret may have signed it.
-        [issued, tag] => (secrets.into_iter().flatten().collect(), issued, tag),
-        _ => return None,
-    };
-    let (Ok(issued_s), Some(tag)) = (issued.parse::<u64>(), unhex(tag)) else {
-        return None;
-    };
-    if issued_s > trust.now_s.saturating_add(MAX_CLOCK_SKEW_S) {
-        return None;
+        }
     }
-    if trust
-        .max_age_s
-        .is_some_and(|max| trust.now_s.saturating_sub(issued_s) > max)
-    {
-        return None;
+
+    /// The canonical bytes of `state` when it carries a valid, current
+    /// signature for the trust's binding by one of its secrets (constant-time
+    /// compare).
+    fn verified(&self, state: &Value) -> Option<Vec<u8>> {
+        let trust = &self.trust;
+        let signature = state.get(SIGNATURE)?.as_str()?;
+        let parts: Vec<&str> = signature.splitn(4, '.').collect();
+        let (kid, issued, tag) = match parts[..] {
+            [kid, issued, tag] => (Some(kid), issued, tag),
+            // Signed before key ids: either secret may have signed it.
+            [issued, tag] => (None, issued, tag),
+            _ => return None,
+        };
+        let (Ok(issued_s), Some(tag)) = (issued.parse::<u64>(), unhex(tag)) else {
+            return None;
+        };
+        if issued_s > trust.now_s.saturating_add(MAX_CLOCK_SKEW_S) {
+            return None;
+        }
+        if trust
+            .max_age_s
+            .is_some_and(|max| trust.now_s.saturating_sub(issued_s) > max)
+        {
+            return None;
+        }
+        let canonical = canonical_bytes(state)?;
+        // The key id picks the secret; a state naming no known key is not
+        // tried with any.
+        self.keys
+            .iter()
+            .filter(|(_, id)| kid.is_none_or(|kid| kid == id))
+            .any(|(secret, _)| {
+                mac(secret, trust.binding, issued_s, &canonical)
+                    .is_some_and(|m| m.verify_slice(&tag).is_ok())
+            })
+            .then_some(canonical)
     }
-    let canonical = canonical_bytes(state)?;
-    candidates
-        .into_iter()
-        .any(|secret| {
-            mac(secret, trust.binding, issued_s, &canonical)
-                .is_some_and(|m| m.verify_slice(&tag).is_ok())
-        })
-        .then_some(canonical)
+
+    /// Whether the state of `message` may be trusted, and which bytes to read:
+    /// a signed state when its signature verifies (its canonical bytes); an
+    /// unsigned one (no `signature` key) only when unsigned states are
+    /// allowed; without any secret and with unsigned states allowed, every
+    /// state as it comes.
+    pub fn trusted(&self, message: &Message) -> Option<Trusted> {
+        let trust = &self.trust;
+        let state = message.state()?;
+        if trust.secret.is_none() {
+            return trust.allow_unsigned.then_some(Trusted::AsSent);
+        }
+        let value: Value = serde_json::from_str(state.get()).ok()?;
+        if value.get(SIGNATURE).is_none() {
+            return trust.allow_unsigned.then_some(Trusted::AsSent);
+        }
+        let bytes = self.verified(&value)?;
+        let text = String::from_utf8(bytes).ok()?;
+        RawValue::from_string(text).ok().map(Trusted::Signed)
+    }
 }
 
 /// Whether `state` carries a valid, current signature for the trust's binding.
 pub fn verify(state: &Value, trust: &StateTrust<'_>) -> bool {
-    verified(state, trust).is_some()
+    Verifier::new(trust).verified(state).is_some()
 }
 
 /// A state this request may read.
@@ -217,24 +264,6 @@ pub enum Trusted {
     AsSent,
     /// Signed and verified: exactly the canonical bytes the signature covers.
     Signed(Box<RawValue>),
-}
-
-/// Whether the state of `message` may be trusted, and which bytes to read: a
-/// signed state when its signature verifies (its canonical bytes); an unsigned
-/// one (no `signature` key) only when unsigned states are allowed; without any
-/// secret and with unsigned states allowed, every state as it comes.
-pub fn trusted_state(message: &Message, trust: &StateTrust<'_>) -> Option<Trusted> {
-    let state = message.state()?;
-    if trust.secret.is_none() {
-        return trust.allow_unsigned.then_some(Trusted::AsSent);
-    }
-    let value: Value = serde_json::from_str(state.get()).ok()?;
-    if value.get(SIGNATURE).is_none() {
-        return trust.allow_unsigned.then_some(Trusted::AsSent);
-    }
-    let bytes = verified(&value, trust)?;
-    let text = String::from_utf8(bytes).ok()?;
-    RawValue::from_string(text).ok().map(Trusted::Signed)
 }
 
 /// FNV-1a, 64 bits: a stable, cheap hash (not a secret).
@@ -314,7 +343,7 @@ mod tests {
 
     /// The bytes an agent would read of `message`'s state.
     fn read(message: &Message, trust: &StateTrust<'_>) -> Option<String> {
-        match trusted_state(message, trust)? {
+        match Verifier::new(trust).trusted(message)? {
             Trusted::AsSent => message.state().map(|s| s.get().to_owned()),
             Trusted::Signed(bytes) => Some(bytes.get().to_owned()),
         }
