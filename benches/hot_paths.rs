@@ -273,6 +273,7 @@ fn context(messages: Vec<Message>, secret: Option<&str>) -> RequestContext {
         start_ms: 0,
         unix_s: NOW_S,
         recall: Default::default(),
+        resume: Default::default(),
     }
 }
 

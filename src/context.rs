@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 
 use crate::config::Config;
 use crate::error::CoordError;
+use crate::memory::pending::Resume;
 use crate::memory::state::{fnv1a, Binding, StateTrust};
 use crate::memory::Recall;
 use crate::trace::Trace;
@@ -62,6 +63,9 @@ pub struct RequestContext {
     pub unix_s: u64,
     /// The history's trusted states, read the first time an agent needs them.
     pub recall: OnceLock<Recall>,
+    /// How this turn goes on from what the last one left pending
+    /// (`memory/pending.rs`).
+    pub resume: Resume,
 }
 
 impl std::fmt::Debug for RequestContext {
@@ -76,6 +80,7 @@ impl std::fmt::Debug for RequestContext {
             .field("trace", &self.trace)
             .field("start_ms", &self.start_ms)
             .field("unix_s", &self.unix_s)
+            .field("resume", &self.resume)
             .finish_non_exhaustive()
     }
 }
@@ -150,6 +155,7 @@ mod tests {
             start_ms: 0,
             unix_s: 0,
             recall: OnceLock::new(),
+            resume: Resume::New,
         }
     }
 

@@ -101,6 +101,7 @@ fn plan(subtasks: &[(u32, &str, &str, &[u32])]) -> Plan {
             })
             .collect(),
         replan: false,
+        ask_user: None,
     }
 }
 
@@ -347,6 +348,7 @@ fn subtasks_that_can_never_run_are_skipped_rather_than_lost() {
         description: "x".to_owned(),
         display_name: "the X agent".to_owned(),
         slot: StateSlot::Agents,
+        confirm: false,
     }]);
     let mut run = PlanRun::new(&ctx, &plan(&[(1, "X", "x it", &[])]), HashMap::new());
     assert_eq!(

@@ -598,6 +598,7 @@ fn coordination_in_route_mode_writes_the_decision_and_leaves_a_plan_of_one() {
         Some(Decision::Run(Plan {
             subtasks: vec![subtask(1, "UMS", "Search by full name.", &[])],
             replan: false,
+            ask_user: None,
         }))
     );
 
@@ -616,6 +617,7 @@ fn coordination_in_route_mode_writes_the_decision_and_leaves_a_plan_of_one() {
         Some(Decision::Run(Plan {
             subtasks: vec![subtask(1, "GPA", ADA, &[])],
             replan: false,
+            ask_user: None,
         }))
     );
 }
@@ -673,6 +675,7 @@ fn coordination_in_plan_mode_writes_the_repaired_plan_then_a_replan_that_stops()
                 subtask(2, "GPA", "Find news about Ada", &[1]),
             ],
             replan: true,
+            ask_user: None,
         }))
     );
 

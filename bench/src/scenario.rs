@@ -66,6 +66,7 @@ fn context(messages: &[Message], config: &Config) -> RequestContext {
         start_ms: 0,
         unix_s: 0,
         recall: Default::default(),
+        resume: Default::default(),
     }
 }
 

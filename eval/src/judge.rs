@@ -430,6 +430,7 @@ mod tests {
         let d = Decision::Route(RoutingDecision {
             agent_name: "UMS".into(),
             additional_instructions: None,
+            ask_user: None,
         });
         assert!(!order_respected(&d, &two.expected_order));
     }

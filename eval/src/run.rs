@@ -41,7 +41,7 @@ pub struct RunOptions {
 #[derive(Debug, Clone)]
 pub enum Outcome {
     /// The endpoint answered with a chat completion.
-    Answered(Answer),
+    Answered(Box<Answer>),
     /// It did not (timeout, non-2xx status, not a chat completion): counted as
     /// a wrong answer, listed apart.
     Error(String),
@@ -168,7 +168,7 @@ pub async fn run(
                 let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
                 let key = case.ctx.api_key.as_str();
                 let outcome = match read_answer(sent, &request.url, key) {
-                    Ok((text, usage)) => Ok(Outcome::Answered(Answer {
+                    Ok((text, usage)) => Ok(Outcome::Answered(Box::new(Answer {
                         judged: judge(
                             &text,
                             case,
@@ -178,7 +178,7 @@ pub async fn run(
                         text,
                         latency_ms,
                         usage,
-                    })),
+                    }))),
                     Err(Failure::Fatal(m)) => Err(m),
                     Err(Failure::Case(m)) => Ok(Outcome::Error(m)),
                 };

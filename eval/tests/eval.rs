@@ -190,7 +190,7 @@ fn assert_shipped_plan_figures(report: &Value) {
     assert_eq!(order["order_respected"], false);
     assert_eq!(
         report["tokens"],
-        json!({"prompt": 31543, "completion": 702, "total": 32245, "answers_with_usage": 92, "mean_total_per_answer": 350.5})
+        json!({"prompt": 37891, "completion": 702, "total": 38593, "answers_with_usage": 92, "mean_total_per_answer": 419.5})
     );
     let results = report["results"].as_array().unwrap();
     assert_eq!(results.len(), 92);
@@ -198,7 +198,7 @@ fn assert_shipped_plan_figures(report: &Value) {
         .iter()
         .map(|r| r["tokens"]["total_tokens"].as_u64().unwrap())
         .sum();
-    assert_eq!(total, 32245);
+    assert_eq!(total, 38593);
     assert!(report["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
     assert!(
         report["latency_ms"]["p50"].as_f64().unwrap()
@@ -298,7 +298,7 @@ async fn the_shipped_cases_against_the_local_world() {
         assert!(doc.contains(
             "- `two-dep-also-there`: expected UMS + GPA (in the order UMS → GPA), chose UMS + GPA, order not respected"
         ), "{doc}");
-        assert!(doc.contains("| tokens | 31543 prompt + 702 completion = 32245 total; 350.5 per answer (92 of 92 answers reported usage) |"), "{doc}");
+        assert!(doc.contains("| tokens | 37891 prompt + 702 completion = 38593 total; 419.5 per answer (92 of 92 answers reported usage) |"), "{doc}");
     }
     assert!(md.contains("## Every answer\n"));
     assert!(
@@ -369,9 +369,9 @@ async fn route_mode_skips_the_cases_that_need_several_agents() {
         report["misrouted"][0]["decision"],
         json!({"route": {"agent_name": "GPA", "additional_instructions": null}})
     );
-    assert_eq!(report["tokens"]["prompt"], 16624);
+    assert_eq!(report["tokens"]["prompt"], 21868);
     assert_eq!(report["tokens"]["completion"], 76);
-    assert_eq!(report["tokens"]["total"], 16700);
+    assert_eq!(report["tokens"]["total"], 21944);
     let recorded = world.requests();
     assert_eq!(recorded.len(), 76);
     assert!(recorded
@@ -419,7 +419,7 @@ async fn the_rag_cases_with_the_rag_registry() {
             "rag-two-dep"
         ]
     );
-    assert_eq!(report["tokens"]["total"], 4014);
+    assert_eq!(report["tokens"]["total"], 4773);
     let schema = &world.requests()[0].json()["response_format"]["json_schema"]["schema"];
     assert_eq!(
         schema["$defs"]["Subtask"]["properties"]["agent_name"]["enum"],

@@ -197,8 +197,8 @@ impl AgentVars<'_> {
 
 /// Reads the registry through `get` (a variable's value; empty counts as
 /// unset): `AGENTS`, then each agent's `AGENT_<NAME>_KIND`, its kind's
-/// variables, `AGENT_<NAME>_DESCRIPTION` and `AGENT_<NAME>_DISPLAY_NAME`.
-/// Problems go to `problems`, in that order.
+/// variables, `AGENT_<NAME>_DESCRIPTION`, `AGENT_<NAME>_DISPLAY_NAME` and
+/// `AGENT_<NAME>_CONFIRM`. Problems go to `problems`, in that order.
 pub fn read_registry(
     get: &dyn Fn(&str) -> Option<String>,
     dial_endpoint: &str,
@@ -324,6 +324,16 @@ fn read_agent(
         (None, Some(b)) => b.display_name.to_owned(),
         (None, None) => format!("the {name} agent"),
     };
+    let confirm_var = var("CONFIRM");
+    let confirm = match get(&confirm_var).map(|v| v.trim().to_ascii_lowercase()) {
+        None => false,
+        Some(v) if v == "true" => true,
+        Some(v) if v == "false" => false,
+        Some(_) => {
+            problems.add(CoordError::config(&confirm_var, "must be true or false"));
+            false
+        }
+    };
     AgentSpec {
         name: name.to_owned(),
         kind: kind.map_or("", |k| k.name),
@@ -331,6 +341,7 @@ fn read_agent(
         description,
         display_name,
         slot: builtin.map_or(StateSlot::Agents, |b| b.slot),
+        confirm,
     }
 }
 
@@ -558,6 +569,25 @@ mod tests {
             e.message().contains(
                 "AGENT_RAG_KIND must be dial (a DIAL deployment) or ums (the UMS conversation API)"
             ),
+            "{}",
+            e.message()
+        );
+    }
+
+    #[test]
+    fn an_agent_is_marked_as_acting_by_its_confirm_variable() {
+        let r = registry(&[
+            ("AGENT_UMS_CONFIRM", "TRUE"),
+            ("AGENT_GPA_CONFIRM", "false"),
+        ])
+        .unwrap();
+        assert!(r.get("UMS").unwrap().confirm);
+        assert!(!r.get("GPA").unwrap().confirm);
+        assert!(!registry(&[]).unwrap().get("UMS").unwrap().confirm);
+        let e = registry(&[("AGENT_UMS_CONFIRM", "yes")]).unwrap_err();
+        assert!(
+            e.message()
+                .contains("AGENT_UMS_CONFIRM must be true or false"),
             "{}",
             e.message()
         );

@@ -25,6 +25,7 @@ use crate::error::CoordError;
 use crate::flow::coordinate;
 use crate::flow::driver::{Driver, Ending};
 use crate::flow::emitter::{ClientGone, Emitter, Transport};
+use crate::memory::pending::{self, Resume};
 use crate::memory::state::token_subject;
 use crate::meter;
 use crate::trace::{span_id, trace_id, Trace};
@@ -178,7 +179,7 @@ pub fn prepare(
         .map(|v| v.trim().to_owned())
         .filter(|v| !v.is_empty());
     let subject = header("authorization").and_then(|a| token_subject(&a));
-    Ok(RequestContext {
+    let mut ctx = RequestContext {
         config,
         api_key,
         conversation_id,
@@ -189,7 +190,14 @@ pub fn prepare(
         start_ms: incoming.start_ms,
         unix_s: incoming.unix_ms / 1000,
         recall: std::sync::OnceLock::new(),
-    })
+        resume: Resume::New,
+    };
+    // What the last turn left pending (a question, a plan waiting for
+    // approval) decides how this one goes on.
+    let mut messages = std::mem::take(&mut ctx.request.messages);
+    ctx.resume = pending::resume(&mut messages, &ctx.state_trust());
+    ctx.request.messages = messages;
+    Ok(ctx)
 }
 
 /// Serves one request: `config` reads the configuration (only the endpoints

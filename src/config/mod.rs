@@ -30,6 +30,7 @@ pub const VARIABLES: &[&str] = &[
     "GPA_DEPLOYMENT_NAME",
     "GPA_BACKUP_DEPLOYMENTS",
     "COORDINATION_MODE",
+    "PLAN_APPROVAL",
     "MAX_PLAN_ROUNDS",
     "MAX_SUBTASKS",
     "MAX_PARALLEL",
@@ -123,6 +124,19 @@ pub enum CoordinationMode {
     Route,
 }
 
+/// When a plan waits for the user's approval before it runs
+/// (`PLAN_APPROVAL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanApproval {
+    /// Plans run at once (the default).
+    Never,
+    /// Plans of more than one subtask, and plans with a subtask for an agent
+    /// marked `AGENT_<NAME>_CONFIRM=true`, wait.
+    MultiAgent,
+    /// Every plan waits.
+    Always,
+}
+
 /// Which log lines the coordinator writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogLevel {
@@ -147,6 +161,8 @@ pub struct Config {
     pub registry: Registry,
     /// `plan` or `route`.
     pub coordination_mode: CoordinationMode,
+    /// Which plans wait for the user's approval.
+    pub plan_approval: PlanApproval,
     /// Most coordination rounds of a plan (the first one and re-plans).
     pub max_plan_rounds: usize,
     /// Most subtasks of one plan.
@@ -188,6 +204,7 @@ impl std::fmt::Debug for Config {
             .field("llm_backups", &self.llm_backups)
             .field("registry", &self.registry)
             .field("coordination_mode", &self.coordination_mode)
+            .field("plan_approval", &self.plan_approval)
             .field("max_plan_rounds", &self.max_plan_rounds)
             .field("max_subtasks", &self.max_subtasks)
             .field("max_parallel", &self.max_parallel)
@@ -294,8 +311,22 @@ impl Config {
                     CoordinationMode::Plan
                 }
             };
+        let plan_approval = match get("PLAN_APPROVAL").map(|v| v.trim().to_ascii_lowercase()) {
+            None => PlanApproval::Never,
+            Some(v) if v == "never" => PlanApproval::Never,
+            Some(v) if v == "multi-agent" => PlanApproval::MultiAgent,
+            Some(v) if v == "always" => PlanApproval::Always,
+            Some(_) => {
+                problems.add(CoordError::config(
+                    "PLAN_APPROVAL",
+                    "must be never, multi-agent or always",
+                ));
+                PlanApproval::Never
+            }
+        };
         let config = Config {
             coordination_mode,
+            plan_approval,
             max_plan_rounds: to_usize(range("MAX_PLAN_ROUNDS", 3, 1, 10)),
             max_subtasks: to_usize(range("MAX_SUBTASKS", 8, 1, 32)),
             max_parallel: to_usize(range("MAX_PARALLEL", 4, 1, 16)),
@@ -366,6 +397,12 @@ impl Config {
             problems.add(CoordError::config(
                 "STATE_SECRET_PREVIOUS",
                 "needs STATE_SECRET: it only verifies what an earlier secret signed",
+            ));
+        }
+        if config.plan_approval != PlanApproval::Never && config.state_secret.is_none() {
+            problems.add(CoordError::config(
+                "PLAN_APPROVAL",
+                "needs STATE_SECRET: a plan waiting for approval is kept in the signed state",
             ));
         }
         problems.into_result(config)
@@ -558,6 +595,34 @@ mod tests {
     }
 
     #[test]
+    fn plan_approval_is_read_and_needs_a_state_secret() {
+        let secret = ("STATE_SECRET", "0123456789abcdef");
+        for (value, expected) in [
+            ("never", PlanApproval::Never),
+            ("Multi-Agent", PlanApproval::MultiAgent),
+            (" always ", PlanApproval::Always),
+        ] {
+            let c = cfg(&[("PLAN_APPROVAL", value), secret]).unwrap();
+            assert_eq!(c.plan_approval, expected, "{value}");
+        }
+        let e = cfg(&[("PLAN_APPROVAL", "sometimes"), secret]).unwrap_err();
+        assert!(
+            e.message()
+                .contains("PLAN_APPROVAL must be never, multi-agent or always"),
+            "{}",
+            e.message()
+        );
+        let e = cfg(&[("PLAN_APPROVAL", "always")]).unwrap_err();
+        assert!(
+            e.message().contains("PLAN_APPROVAL needs STATE_SECRET"),
+            "{}",
+            e.message()
+        );
+        // Without approval no secret is needed.
+        assert!(cfg(&[("PLAN_APPROVAL", "never")]).is_ok());
+    }
+
+    #[test]
     fn variables_lists_exactly_what_is_read() {
         let read = std::cell::RefCell::new(Vec::<String>::new());
         Config::from_lookup(|name| {
@@ -689,6 +754,7 @@ mod tests {
         let r = cfg(&[("COORDINATION_MODE", "Route"), ("MAX_PARALLEL", "2")]).unwrap();
         assert_eq!(r.coordination_mode, CoordinationMode::Route);
         assert_eq!(r.max_parallel, 2);
+        assert_eq!(d.plan_approval, PlanApproval::Never);
         assert_eq!(c.breaker.min_callers, 3);
         assert_eq!(
             c.registry.get("GPA").unwrap().target_ids(),

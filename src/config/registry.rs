@@ -44,6 +44,10 @@ pub struct AgentSpec {
     pub display_name: String,
     /// Where its memory lives in our state.
     pub slot: StateSlot,
+    /// Whether it acts (writes, sends, deletes), so that with
+    /// `PLAN_APPROVAL=multi-agent` a plan that uses it waits for the user's
+    /// approval (`AGENT_<NAME>_CONFIRM`).
+    pub confirm: bool,
 }
 
 impl AgentSpec {

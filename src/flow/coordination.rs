@@ -18,6 +18,7 @@ use crate::client::Target;
 use crate::config::CoordinationMode;
 use crate::context::RequestContext;
 use crate::error::{CoordError, Service, UpstreamFault};
+use crate::flow::ask::AskUser;
 use crate::flow::plan::{self, Finished, Plan, Subtask};
 use crate::flow::routing;
 use crate::wire::upstream::Completion;
@@ -41,6 +42,8 @@ pub enum Decision {
     Run(Plan),
     /// Plan no further: the subtasks already done are all there is.
     Stop,
+    /// Run nothing: ask the user this first (first round only).
+    Ask(AskUser),
 }
 
 /// Where the flow finds a session's decision once the driver has run it.
@@ -68,6 +71,8 @@ pub struct CoordinationSession<'a> {
     decided: Decided,
     /// The agent and description of every subtask done in earlier rounds.
     done: Vec<(String, String)>,
+    /// A sentence the stage starts with.
+    note: Option<&'static str>,
 }
 
 impl<'a> CoordinationSession<'a> {
@@ -92,7 +97,14 @@ impl<'a> CoordinationSession<'a> {
             outcome: None,
             decided,
             done: plan::work_of(done),
+            note: None,
         }
+    }
+
+    /// The same, its stage starting with `note`.
+    pub fn with_note(mut self, note: Option<&'static str>) -> Self {
+        self.note = note;
+        self
     }
 
     /// Reads the answer: the decision, and the text of the round's stage.
@@ -104,6 +116,9 @@ impl<'a> CoordinationSession<'a> {
                 let routed = routing::parse_decision(Some(answer), registry);
                 let text = routing::stage_text(&routed, registry);
                 let decision = routed.decision;
+                if let Some(ask) = decision.ask_user {
+                    return (Decision::Ask(ask), text);
+                }
                 let plan = Plan {
                     subtasks: vec![Subtask {
                         task_id: 1,
@@ -116,14 +131,18 @@ impl<'a> CoordinationSession<'a> {
                         depends_on: Vec::new(),
                     }],
                     replan: false,
+                    ask_user: None,
                 };
                 (Decision::Run(plan), text)
             }
             CoordinationMode::Plan if self.round == 1 => {
                 let request = self.ctx.request_text();
-                let planned = plan::parse_plan(answer, registry, config.max_subtasks, &request);
+                let mut planned = plan::parse_plan(answer, registry, config.max_subtasks, &request);
                 let text = plan::stage_text(&planned.notes, &planned.plan);
-                (Decision::Run(planned.plan), text)
+                match planned.plan.ask_user.take() {
+                    Some(ask) => (Decision::Ask(ask), text),
+                    None => (Decision::Run(planned.plan), text),
+                }
             }
             CoordinationMode::Plan => {
                 let stop = match plan::parse_replan(answer, registry, config.max_subtasks) {
@@ -152,6 +171,9 @@ impl<'a> CoordinationSession<'a> {
 impl Session for CoordinationSession<'_> {
     fn step(&mut self, say: &mut dyn Say) -> Step {
         if let Some(spec) = self.call.take() {
+            if let Some(note) = self.note.take() {
+                say.text(note);
+            }
             return Step::Call(spec, Read::Whole);
         }
         match self.outcome.take() {

@@ -21,6 +21,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures::{FutureExt, StreamExt};
+use serde_json::Value;
 
 use crate::agents::{LocalStage, Read, Say, Session, Step};
 use crate::calls::{self, Blame, CallFailed, Caller, Opened, Outcome};
@@ -33,6 +34,7 @@ use crate::limits::{
     state_budget, FLUSH_BYTES, MAX_AGENT_OUTPUT_BYTES, MAX_ANSWER_BYTES, MAX_ATTACHMENTS_PER_AGENT,
     MAX_ATTACHMENT_BYTES_PER_AGENT, MAX_INLINE_ATTACHMENT_BYTES, MAX_STAGES_PER_AGENT,
 };
+use crate::memory::pending::{self, Pending};
 use crate::memory::state::sign;
 use crate::memory::{self, Memory};
 use crate::wire::response::{Attachment, StageStatus};
@@ -465,6 +467,44 @@ impl<'a, 'o, H: Host, T: Transport> Driver<'a, 'o, H, T> {
         if let Some(state) = memory::compose(memories.iter().map(|(a, m)| (*a, m)), budget) {
             self.out.set_state(sign(state, &ctx.state_trust()));
         }
+    }
+
+    /// Ends a turn that asks the user: `question` is the answer, `form` its
+    /// buttons, and the state keeps only what is `pending` (signed). Fails,
+    /// writing nothing, when what is pending does not fit the state budget.
+    pub fn ask(
+        &mut self,
+        question: &str,
+        form: Option<Value>,
+        pending: &Pending,
+    ) -> Result<(), CoordError> {
+        let ctx = self.caller.ctx;
+        let budget = state_budget(ctx.config.max_request_bytes);
+        let state = sign(pending::attach(None, pending), &ctx.state_trust());
+        let size = serde_json::to_vec(&state).map_or(usize::MAX, |b| b.len());
+        if size > budget {
+            return Err(CoordError::Internal(format!(
+                "what waits for the user's answer takes {size} bytes, and the state may have at most {budget}"
+            )));
+        }
+        self.out.content(question);
+        if let Some(form) = form {
+            self.out.set_form_schema(form);
+        }
+        self.out.set_state(state);
+        Ok(())
+    }
+
+    /// Writes answer text that no session produced (a cancellation).
+    pub fn answer(&mut self, text: &str) {
+        self.out.content(text);
+    }
+
+    /// A stage written and closed at once, completed.
+    pub fn done_stage(&mut self, name: &str, text: &str) {
+        let stage = self.out.open_stage(name, None);
+        self.out.stage_content(stage, text);
+        self.out.close_stage(stage, StageStatus::Completed);
     }
 
     /// Ends the response after the flow ended with `result`: on success open

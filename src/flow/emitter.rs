@@ -51,6 +51,7 @@ pub struct Emitter<T> {
     stages: Vec<StageSlot>,
     attachments: usize,
     state_sent: bool,
+    form_sent: bool,
     finished: bool,
     usage: UsageReport,
 }
@@ -76,6 +77,7 @@ impl<T: Transport> Emitter<T> {
             stages: Vec::new(),
             attachments: 0,
             state_sent: false,
+            form_sent: false,
             finished: false,
             usage: UsageReport::default(),
         }
@@ -196,6 +198,17 @@ impl<T: Transport> Emitter<T> {
         }
         self.state_sent = true;
         self.emit(Delta::State(state));
+        true
+    }
+
+    /// Sets the choice's form (`custom_content.form_schema`: DIAL Chat shows
+    /// its buttons under the answer). Only the first call has an effect.
+    pub fn set_form_schema(&mut self, schema: Value) -> bool {
+        if self.form_sent {
+            return false;
+        }
+        self.form_sent = true;
+        self.emit(Delta::FormSchema(schema));
         true
     }
 

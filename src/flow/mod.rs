@@ -8,6 +8,7 @@
 //! every agent left for later turns, `memory/`) is written once, when the
 //! agents are done, on success and on failure alike.
 
+pub mod ask;
 pub mod coordination;
 pub mod driver;
 pub mod emitter;
@@ -28,6 +29,7 @@ use crate::flow::driver::{Driver, Root, Single};
 use crate::flow::emitter::Transport;
 use crate::flow::scheduler::PlanRun;
 use crate::flow::synthesis::{SynthesisSession, SYNTHESIS_PROMPT};
+use crate::memory::pending::{request_digest, Pending, Resume};
 use crate::memory::Memory;
 use crate::meter::{self, Phase};
 use plan::{Finished, Outcome, Plan, PLAN_SYNTHESIS_PROMPT};
@@ -52,21 +54,71 @@ pub async fn coordinate<'a, H: Host, T: Transport>(
         CoordinationMode::Plan => config.max_plan_rounds,
     };
     driver.begin();
+    // How this turn goes on from what the last one left pending.
+    let (mut approved, note) = match &ctx.resume {
+        Resume::New => (None, None),
+        Resume::Cancel => {
+            driver.answer(ask::CANCELLED);
+            return Ok(());
+        }
+        Resume::Run(plan) => match plan::approved(plan, &config.registry, config.max_subtasks) {
+            Some(plan) => (Some(plan), None),
+            None => (None, Some(NOT_RUNNABLE)),
+        },
+        Resume::Untrusted => (None, Some(UNTRUSTED)),
+    };
+    let was_approved = approved.is_some();
     let mut finished: Vec<Finished> = Vec::new();
     let mut memories: Vec<(u32, &AgentSpec, Memory)> = Vec::new();
     let mut first_error: Option<CoordError> = None;
     let mut conversations = HashMap::new();
     for round in 1..=rounds {
         meter::set_phase(Phase::Coordination);
-        let decided = Decided::default();
-        let session = CoordinationSession::new(ctx, round, &finished, decided.clone());
-        let mut coordination = Single::new(Root::NewStage(stage_name(round)), Box::new(session));
-        driver.run(&mut coordination).await?;
-        coordination.result()?;
-        let decision = decided.borrow_mut().take();
-        let Some(Decision::Run(mut plan)) = decision else {
-            break;
+        let decision = match approved.take() {
+            Some(plan) => {
+                driver.done_stage(&stage_name(round), &approved_text(&plan));
+                Some(Decision::Run(plan))
+            }
+            None => {
+                let decided = Decided::default();
+                let session = CoordinationSession::new(ctx, round, &finished, decided.clone())
+                    .with_note(note.filter(|_| round == 1));
+                let mut coordination =
+                    Single::new(Root::NewStage(stage_name(round)), Box::new(session));
+                driver.run(&mut coordination).await?;
+                coordination.result()?;
+                let decision = decided.borrow_mut().take();
+                decision
+            }
         };
+        let mut plan = match decision {
+            Some(Decision::Run(plan)) => plan,
+            Some(Decision::Ask(question)) => {
+                let pending = Pending::Question {
+                    question: question.question.clone(),
+                    options: question.options.clone(),
+                };
+                driver.ask(&question.question, question.form(), &pending)?;
+                return Ok(());
+            }
+            Some(Decision::Stop) | None => break,
+        };
+        if round == 1
+            && !was_approved
+            && ask::needs_approval(&plan, config.plan_approval, &config.registry)
+        {
+            let request = ctx.request.messages.last().map(request_digest);
+            let pending = Pending::Plan {
+                plan: serde_json::to_value(&plan).unwrap_or_default(),
+                request: request.unwrap_or_default(),
+            };
+            driver.ask(
+                &ask::approval_question(&plan),
+                Some(ask::approval_form()),
+                &pending,
+            )?;
+            return Ok(());
+        }
         renumber(
             &mut plan,
             u32::try_from(finished.len())
@@ -121,6 +173,27 @@ pub async fn coordinate<'a, H: Host, T: Transport>(
     driver.run(&mut synthesis).await?;
     synthesis.result()?;
     Ok(())
+}
+
+/// Stage 0's first sentence when the user approved a plan that can no longer
+/// run as it was (an agent it names is gone from the registry).
+const NOT_RUNNABLE: &str = "_The approved plan cannot run as it was proposed (the agents have \
+changed), so the request is planned again._\n\n";
+
+/// Stage 0's first sentence when the user answered a plan waiting for
+/// approval that cannot be trusted.
+const UNTRUSTED: &str = "_A plan was waiting for approval, but the state it came in cannot be \
+trusted (it is not signed by this coordinator, was changed, belongs to another conversation, is \
+too old, or its request was edited since), so it was not run; the message is planned as a new \
+request._\n\n";
+
+/// Stage 0's text for a plan the user approved.
+fn approved_text(plan: &Plan) -> String {
+    let mut text = String::from(
+        "_The plan approved in the previous turn runs as proposed, without a new coordination call._\n\n",
+    );
+    text.push_str(&plan::stage_text(&[], plan));
+    text
 }
 
 /// Numbers a round's subtasks from `first` on, in plan order (their

@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 
 use crate::config::registry::Registry;
 use crate::context::RequestContext;
+use crate::flow::ask::{AskUser, ASK_RULE};
 use crate::flow::routing::{agent_list, fallback_note, fill_agents, strip_fence};
 use crate::wire::request::{ChatBody, LlmMessages};
 
@@ -36,6 +37,9 @@ pub struct Plan {
     /// True only when the results of these subtasks are needed to decide what else to do.
     #[serde(default)]
     pub replan: bool,
+    /// Null, unless the user must answer a question before anything can be planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ask_user: Option<AskUser>,
 }
 
 /// One subtask of a plan.
@@ -99,7 +103,8 @@ When no agent fits clearly, choose {fallback}.
 - Use the earlier turns to understand short follow-ups (\"yes, do it\", \"and the second one?\").
 - replan: true only when what to do next depends on these results; the last user message \
 then lists the COMPLETED SUBTASKS, and you plan only what is still missing (an empty list \
-when nothing is).",
+when nothing is).
+{ASK_RULE}",
         agents = agent_list(registry),
         fallback = registry.fallback().name,
     )
@@ -154,24 +159,51 @@ pub fn parse_plan(
     request: &str,
 ) -> Planned {
     match read_plan(answer, registry, max_subtasks) {
-        Ok((plan, notes)) if !plan.subtasks.is_empty() => Planned {
+        // A question for the user instead of a plan.
+        Ok((plan, notes)) if plan.subtasks.is_empty() && plan.ask_user.is_some() => Planned {
             plan,
             notes,
             fallback: false,
         },
+        Ok((mut plan, mut notes)) if !plan.subtasks.is_empty() => {
+            if plan.ask_user.take().is_some() {
+                notes.push(
+                    "_The plan also asked the user a question; the plan runs, and the question is not asked._\n\n"
+                        .to_owned(),
+                );
+            }
+            Planned {
+                plan,
+                notes,
+                fallback: false,
+            }
+        }
         Ok(_) => fallback("the plan had no subtask", registry, request),
         Err(reason) => fallback(reason, registry, request),
     }
 }
 
 /// Reads a re-planning answer: the further subtasks (possibly none), or why
-/// the answer could not be used (re-planning then stops).
+/// the answer could not be used (re-planning then stops). Only the first
+/// round may ask the user: a later round's question is dropped.
 pub fn parse_replan(
     answer: &str,
     registry: &Registry,
     max_subtasks: usize,
 ) -> Result<(Plan, Vec<String>), &'static str> {
-    read_plan(answer, registry, max_subtasks)
+    read_plan(answer, registry, max_subtasks).map(|(mut plan, notes)| {
+        plan.ask_user = None;
+        (plan, notes)
+    })
+}
+
+/// Checks a plan kept in the state while it waited for the user's approval,
+/// as the LLM's plans are checked: its agents are all still registered, its
+/// task ids unique, its dependencies within the plan and acyclic, at most
+/// `max_subtasks`. `None` when it cannot run as it is.
+pub fn approved(plan: &Value, registry: &Registry, max_subtasks: usize) -> Option<Plan> {
+    let (plan, notes) = read_plan(&plan.to_string(), registry, max_subtasks).ok()?;
+    (notes.is_empty() && !plan.subtasks.is_empty() && plan.ask_user.is_none()).then_some(plan)
 }
 
 fn fallback(reason: &str, registry: &Registry, request: &str) -> Planned {
@@ -185,6 +217,7 @@ fn fallback(reason: &str, registry: &Registry, request: &str) -> Planned {
                 depends_on: Vec::new(),
             }],
             replan: false,
+            ask_user: None,
         },
         notes: vec![fallback_note(reason, agent, "Coordination")],
         fallback: true,
@@ -202,6 +235,7 @@ fn read_plan(
     }
     let mut plan: Plan =
         serde_json::from_str(strip_fence(text)).map_err(|_| "the plan was not a valid plan")?;
+    plan.ask_user = plan.ask_user.as_ref().and_then(AskUser::cleaned);
     let mut notes = Vec::new();
     let mut seen = BTreeSet::new();
     for s in &plan.subtasks {
@@ -586,6 +620,7 @@ mod tests {
                 depends_on: vec![],
             }],
             replan: true,
+            ask_user: None,
         };
         assert!(only_repeats(&again, &work_of(&done)));
         let mut new = again.clone();

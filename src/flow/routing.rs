@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use crate::config::registry::{AgentSpec, Registry};
 use crate::context::RequestContext;
+use crate::flow::ask::{AskUser, ASK_RULE};
 use crate::wire::request::{ChatBody, LlmMessages};
 
 /// The routing decision the LLM returns as structured output.
@@ -27,6 +28,9 @@ pub struct RoutingDecision {
     /// needs clarification for it. Never a repetition of the user's message.
     #[serde(default)]
     pub additional_instructions: Option<String>,
+    /// Null, unless the user must answer a question before any agent can serve the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ask_user: Option<AskUser>,
 }
 
 /// Fills the registry into a schema generated from a coordination type: every
@@ -88,7 +92,8 @@ asked about, go to the agent that manages users.
 - Use the earlier turns to understand short follow-ups (\"yes, do it\", \"and the second one?\").
 - additional_instructions: leave it null unless the agent needs a clarification that the \
 user's message lacks (for example which user an ambiguous pronoun refers to). Never repeat \
-the user's message there.",
+the user's message there.
+{ASK_RULE}",
         agents = agent_list(registry),
         fallback = registry.fallback().name,
     )
@@ -130,6 +135,14 @@ pub fn parse_decision(answer: Option<&str>, registry: &Registry) -> Routed {
     };
     match serde_json::from_str::<RoutingDecision>(strip_fence(text.trim())) {
         Ok(mut decision) => {
+            decision.ask_user = decision.ask_user.as_ref().and_then(AskUser::cleaned);
+            if decision.ask_user.is_some() {
+                // A question: whatever agent it names, none is called.
+                return Routed {
+                    decision,
+                    fallback_reason: None,
+                };
+            }
             if registry.get(&decision.agent_name).is_none() {
                 return fallback("the routing answer named an unknown agent", registry);
             }
@@ -154,6 +167,7 @@ fn fallback(reason: &str, registry: &Registry) -> Routed {
         decision: RoutingDecision {
             agent_name: registry.fallback().name.clone(),
             additional_instructions: None,
+            ask_user: None,
         },
         fallback_reason: Some(reason.to_owned()),
     }

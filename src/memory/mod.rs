@@ -34,6 +34,7 @@
 //! Reading is lenient and defensive: an entry that does not have the expected
 //! shape is ignored, as if absent.
 
+pub mod pending;
 pub mod state;
 
 use serde::Deserialize;
@@ -658,6 +659,7 @@ mod tests {
             targets: Vec::new(),
             description: String::new(),
             display_name: String::new(),
+            confirm: false,
             slot,
         }
     }

@@ -3,6 +3,7 @@
 //! clock, no randomness (ids and timestamps come in as arguments).
 
 pub mod error;
+pub mod form;
 pub mod request;
 pub mod response;
 pub mod sse;

@@ -149,6 +149,8 @@ pub enum Delta {
     },
     /// The choice's state (sent once).
     State(Value),
+    /// The choice's form (DIAL's buttons, `wire/form.rs`), sent once.
+    FormSchema(Value),
 }
 
 #[derive(Serialize)]
@@ -236,6 +238,11 @@ impl Delta {
             Delta::State(state) => {
                 raw(out, r#"{"custom_content":{"state":"#);
                 ser(out, state);
+                raw(out, "}}");
+            }
+            Delta::FormSchema(schema) => {
+                raw(out, r#"{"custom_content":{"form_schema":"#);
+                ser(out, schema);
                 raw(out, "}}");
             }
         }
@@ -339,6 +346,7 @@ pub struct MessageAccumulator {
     stages: Vec<MergedStage>,
     attachments: Vec<Attachment>,
     state: Option<Value>,
+    form_schema: Option<Value>,
 }
 
 impl MessageAccumulator {
@@ -383,6 +391,7 @@ impl MessageAccumulator {
                 self.attachments[index] = attachment;
             }
             Delta::State(v) => self.state = Some(v),
+            Delta::FormSchema(v) => self.form_schema = Some(v),
         }
     }
 
@@ -408,6 +417,9 @@ impl MessageAccumulator {
         }
         if let Some(state) = self.state {
             custom.insert("state".into(), state);
+        }
+        if let Some(schema) = self.form_schema {
+            custom.insert("form_schema".into(), schema);
         }
         if !custom.is_empty() {
             message.insert("custom_content".into(), Value::Object(custom));
