@@ -142,15 +142,16 @@ fn llm(
 /// schema), else a routing decision.
 fn structured_answer(request: &Value, body: &[u8], messages: &[Value]) -> String {
     let names = crate::schema::agent_names(body);
-    let is_plan = request
+    let properties = request
         .pointer("/response_format/json_schema/schema/properties")
-        .and_then(Value::as_object)
-        .is_some_and(|properties| properties.contains_key("subtasks"));
+        .and_then(Value::as_object);
+    let is_plan = properties.is_some_and(|p| p.contains_key("subtasks"));
+    let can_ask = properties.is_some_and(|p| p.contains_key("ask_user"));
     if is_plan {
         let last = messages.last().map(message_text).unwrap_or_default();
-        plan(&last, &names)
+        plan(&last, &names, can_ask)
     } else {
-        routing_decision(&last_user_text(messages), &names)
+        routing_decision(&last_user_text(messages), &names, can_ask)
     }
 }
 

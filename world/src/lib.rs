@@ -68,6 +68,7 @@
 //!
 //!   | last user text contains | content |
 //!   |---|---|
+//!   | `help me with <who>` (any case; *Asking* below) | `{"agent_name":"GPA","additional_instructions":null,"ask_user":<question>}` |
 //!   | a mention of `<name>` | `{"agent_name":"<name>","additional_instructions":null}` |
 //!   | `[route:garbage]` | `this is not json` |
 //!   | `[route:unknown]` | `{"agent_name":"XYZ","additional_instructions":null}` |
@@ -87,6 +88,7 @@
 //!
 //!   | rule | plan |
 //!   |---|---|
+//!   | first round, `help me with <who>` (*Asking* below) | `[]`, replan `false`, `"ask_user":<question>` |
 //!   | `[plan:garbage]` | content `this is not json` |
 //!   | `[plan:replan-forever]` | `[{k+1, "GPA", "round <k+1>", []}]`, replan `true` |
 //!   | `[plan:replan-repeat]` | `[{1, "GPA", t, []}]`, replan `true` |
@@ -107,6 +109,13 @@
 //!   `[{1,"UMS","Do we have user John?",[]},{2,"GPA","what's the weather in Paris?",[]}]`
 //!   and `Add Andrej Karpathy as a user and then find news about him` →
 //!   `[{1,"UMS","Add Andrej Karpathy as a user",[]},{2,"GPA","find news about him",[1]}]`.
+//! * **Asking** — only when `S.properties` has an `ask_user` member and the text
+//!   mentions no agent: the text contains `help me with ` (ASCII case ignored) followed
+//!   by `<who>` = the rest, trimmed, without trailing `?`, `.` or `!` (not empty). Then
+//!   `<question>` = `{"question":"Do you mean <who> in the user records, or should I
+//!   search the web about <who>?","options":["The user record of <who>","A web search
+//!   about <who>"]}`. The answers are planned and routed by the rules above: the first
+//!   option mentions `user`, so it goes to UMS; the second goes to GPA.
 //! * Non-streaming without a `json_schema` response format: content
 //!   `Hello from the local LLM.`
 //! * **Synthesis** — streaming. In the text of the *last* message (whatever its role),

@@ -15,8 +15,49 @@ pub(crate) fn mentioned<'a>(text: &str, names: &'a [String]) -> Option<&'a str> 
         .map(String::as_str)
 }
 
+/// The phrase that makes the LLM ask which reading the user means.
+const ASK_PHRASE: &str = "help me with ";
+
+/// The question for a request that says "help me with <who>", when the schema offers
+/// `ask_user` and the request mentions no agent: `{"question":..,"options":[..]}`.
+pub(crate) fn question(text: &str, names: &[String], can_ask: bool) -> Option<String> {
+    if !can_ask || mentioned(text, names).is_some() {
+        return None;
+    }
+    let at = text.to_lowercase().find(ASK_PHRASE)?;
+    // ASCII phrase: `at + len` is a char boundary of the original text too.
+    let who = text[at + ASK_PHRASE.len()..]
+        .trim()
+        .trim_end_matches(['?', '.', '!'])
+        .trim();
+    if who.is_empty() {
+        return None;
+    }
+    let options = [
+        s(&format!("The user record of {who}")),
+        s(&format!("A web search about {who}")),
+    ];
+    Some(obj(&[
+        (
+            "question",
+            s(&format!(
+                "Do you mean {who} in the user records, or should I search the web about {who}?"
+            )),
+        ),
+        ("options", arr(&options)),
+    ]))
+}
+
 /// The routing rules: an `@<name>` mention of an offered agent, then the fixed rules.
-pub(crate) fn routing_decision(last_user_text: &str, names: &[String]) -> String {
+/// With `can_ask` (the schema offers `ask_user`) a "help me with <who>" request asks first.
+pub(crate) fn routing_decision(last_user_text: &str, names: &[String], can_ask: bool) -> String {
+    if let Some(ask) = question(last_user_text, names, can_ask) {
+        return obj(&[
+            ("agent_name", s("GPA")),
+            ("additional_instructions", "null".to_owned()),
+            ("ask_user", ask),
+        ]);
+    }
     let t = last_user_text.to_lowercase();
     let decision = |agent: &str, instructions: Option<&str>| {
         obj(&[
@@ -84,8 +125,19 @@ fn plan_json(tasks: &[Task<'_>], replan: bool) -> String {
 /// The marker of a re-plan round in the last message.
 const COMPLETED: &str = "## COMPLETED SUBTASKS:";
 
-/// The planning rules (see the crate docs) on the text of the last message.
-pub(crate) fn plan(last_message_text: &str, names: &[String]) -> String {
+/// The planning rules (see the crate docs) on the text of the last message. With
+/// `can_ask` (the schema offers `ask_user`) a first-round "help me with <who>" request
+/// asks first.
+pub(crate) fn plan(last_message_text: &str, names: &[String], can_ask: bool) -> String {
+    if !last_message_text.contains(COMPLETED) {
+        if let Some(ask) = question(last_message_text, names, can_ask) {
+            return obj(&[
+                ("subtasks", arr(&[])),
+                ("replan", "false".to_owned()),
+                ("ask_user", ask),
+            ]);
+        }
+    }
     let replan_round = last_message_text.contains(COMPLETED);
     let (t, k) = if replan_round {
         let cut = last_message_text
@@ -216,6 +268,38 @@ pub(crate) fn synthesis_reply(last_message_text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The rules of a schema without `ask_user` (the tests below predate it).
+    fn routing_decision(text: &str, names: &[String]) -> String {
+        super::routing_decision(text, names, false)
+    }
+
+    fn plan(text: &str, names: &[String]) -> String {
+        super::plan(text, names, false)
+    }
+
+    #[test]
+    fn help_me_with_asks_when_the_schema_offers_it() {
+        let offered = names(&["GPA", "UMS"]);
+        let ask = r#"{"question":"Do you mean Alex in the user records, or should I search the web about Alex?","options":["The user record of Alex","A web search about Alex"]}"#;
+        assert_eq!(
+            super::plan("Can you help me with Alex?", &offered, true),
+            format!(r#"{{"subtasks":[],"replan":false,"ask_user":{ask}}}"#)
+        );
+        assert_eq!(
+            super::routing_decision("Can you HELP ME WITH Alex?", &offered, true),
+            format!(r#"{{"agent_name":"GPA","additional_instructions":null,"ask_user":{ask}}}"#)
+        );
+        // Not offered, a mention, nothing after the phrase, a re-plan round: no question.
+        assert!(!super::plan("help me with Alex", &offered, false).contains("ask_user"));
+        assert!(!super::plan("@ums help me with Alex", &offered, true).contains("ask_user"));
+        assert!(!super::plan("help me with ?", &offered, true).contains("ask_user"));
+        let replan = "help me with Alex\n\n## COMPLETED SUBTASKS:\n### Task 1";
+        assert!(!super::plan(replan, &offered, true).contains("ask_user"));
+        // The answers are planned as usual.
+        assert!(super::plan("The user record of Alex", &offered, true).contains(r#""UMS""#));
+        assert!(super::plan("A web search about Alex", &offered, true).contains(r#""GPA""#));
+    }
 
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|n| (*n).to_owned()).collect()
