@@ -1305,3 +1305,172 @@ async fn a_two_agent_turn_runs_both_at_once_then_each_agent_keeps_its_own_memory
     assert_eq!(messages[2], user("Search the weather in Kyiv again"));
     assert!(!gpa.body.contains("UMS["), "GPA saw UMS's answer");
 }
+
+// ---------------------------------------------------------------------------
+// Asking the user
+
+const ASK_SECRET: (&str, &str) = ("STATE_SECRET", "e2e-asking-secret-0123456789");
+const ALEX: &str = "Can you help me with Alex?";
+
+/// The assistant message DIAL Chat keeps of a streamed answer: its content,
+/// state and form (Chat sends the form back too).
+fn chat_history(events: &[String]) -> Value {
+    let mut message = as_history(events);
+    let form = deltas(events)
+        .into_iter()
+        .find_map(|d| d.pointer("/custom_content/form_schema").cloned());
+    if let Some(form) = form {
+        message["custom_content"]["form_schema"] = form;
+    }
+    message
+}
+
+/// The coordination calls (structured output) the world received.
+fn coordination_calls(world: &World) -> Vec<Value> {
+    world
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == LLM_PATH && r.json()["response_format"]["type"] == "json_schema")
+        .map(|r| r.json())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ambiguous_request_asks_with_buttons_and_the_answer_by_button_resumes_it() {
+    let s = setup(&[PLAN_ENV, ASK_SECRET]).await;
+    let conv = Some("chat-alex");
+    let mut history = vec![user(ALEX)];
+    let r = chat_stream(&s.host, KEY, &history, conv).await;
+    let question = "Do you mean Alex in the user records, or should I search the web about Alex?";
+    let d = deltas(&r.events());
+    let option = |i: u64, text: &str| {
+        json!({"const": i, "title": text, "dial:widgetOptions":
+            {"confirmationMessage": null, "populateText": text, "submit": true}})
+    };
+    let form = json!({"type": "object", "dial:chatMessageInputDisabled": false, "properties": {"answer": {
+        "type": "integer", "dial:widget": "buttons",
+        "oneOf": [option(0, "The user record of Alex"), option(1, "A web search about Alex")]}}});
+    assert_eq!(d.len(), 9, "{d:?}");
+    assert_eq!(d[1], stage_open(0, "Coordination Request", None));
+    let stage0 = d[2]["custom_content"]["stages"][0]["content"]
+        .as_str()
+        .unwrap();
+    assert!(stage0.contains("\"ask_user\": {"), "{stage0}");
+    assert_eq!(d[3], stage_close(0, "completed"));
+    assert_eq!(d[4], content(question));
+    assert_eq!(d[5], json!({"custom_content": {"form_schema": form}}));
+    let state0 = &d[6]["custom_content"]["state"];
+    assert_eq!(
+        state0["pending"],
+        json!({"kind": "question", "question": question,
+               "options": ["The user record of Alex", "A web search about Alex"]})
+    );
+    assert!(state0["signature"].is_string());
+    assert_eq!(d[7..], [json!("STOP"), json!("[DONE]")]);
+    assert_eq!(s.world.requests().len(), 1, "no agent was called");
+
+    // The user clicks the first button.
+    history.push(chat_history(&r.events()));
+    history.push(json!({"role": "user", "content": "The user record of Alex",
+                        "custom_content": {"form_value": {"answer": 0}}}));
+    let r = chat_stream(&s.host, KEY, &history, conv).await;
+    let answer = as_history(&r.events());
+    assert!(answer["custom_content"]["state"].get("pending").is_none());
+    assert_eq!(
+        answer["custom_content"]["state"]["ums_conversation_id"],
+        "ums-conv-0001"
+    );
+    let calls = coordination_calls(&s.world);
+    assert_eq!(calls.len(), 2);
+    let seen = calls[1]["messages"].as_array().unwrap();
+    assert_eq!(
+        seen[1..],
+        [
+            json!({"role": "user", "content": ALEX}),
+            json!({"role": "assistant", "content": question}),
+            json!({"role": "user", "content": "The user record of Alex"}),
+        ]
+    );
+    let ums: Vec<Recorded> = requests_to(&s.world, "ums");
+    assert_eq!(ums.len(), 2, "UMS was called for the answer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_approval_runs_exactly_the_approved_plan_without_a_second_coordination_call() {
+    let s = setup(&[PLAN_ENV, ASK_SECRET, ("PLAN_APPROVAL", "always")]).await;
+    let conv = Some("chat-approval");
+    let mut history = vec![user(ADD_KARPATHY)];
+    let r = chat_stream(&s.host, KEY, &history, conv).await;
+    let d = deltas(&r.events());
+    assert_eq!(
+        d[2],
+        stage_content(0, &one_subtask_plan("UMS", ADD_KARPATHY))
+    );
+    assert_eq!(
+        d[4],
+        content(&format!(
+            "I would run this plan:\n\n1. **UMS**: {ADD_KARPATHY}\n\nRun this plan?"
+        ))
+    );
+    assert_eq!(
+        d[5]["custom_content"]["form_schema"]["properties"]["plan_approval"]["oneOf"][0]["const"],
+        "run"
+    );
+    assert_eq!(s.world.requests().len(), 1, "nothing ran");
+    history.push(chat_history(&r.events()));
+
+    // Cancel: nothing runs.
+    let mut cancelled = history.clone();
+    cancelled.push(json!({"role": "user", "content": "Cancel",
+                          "custom_content": {"form_value": {"plan_approval": "cancel"}}}));
+    let c = chat_stream(&s.host, KEY, &cancelled, conv).await;
+    assert_eq!(
+        deltas(&c.events()),
+        vec![
+            json!({"role": "assistant"}),
+            content("Cancelled: the plan was not run."),
+            json!("STOP"),
+            json!("[DONE]"),
+        ]
+    );
+    assert_eq!(s.world.requests().len(), 1, "nothing ran");
+
+    // Run: the plan runs from the state, with no coordination call.
+    history.push(json!({"role": "user", "content": "Run",
+                        "custom_content": {"form_value": {"plan_approval": "run"}}}));
+    let r = chat_stream(&s.host, KEY, &history, conv).await;
+    let d = deltas(&r.events());
+    assert_eq!(
+        d[2],
+        stage_content(
+            0,
+            &format!(
+                "_The plan approved in the previous turn runs as proposed, without a new coordination call._\n\n{}",
+                one_subtask_plan("UMS", ADD_KARPATHY)
+            )
+        )
+    );
+    assert_eq!(d[4], stage_open(1, "Call UMS Agent", None));
+    assert_eq!(coordination_calls(&s.world).len(), 1);
+    let ums = requests_to(&s.world, "ums");
+    assert_eq!(ums.len(), 2);
+    assert_eq!(
+        ums[1].json()["message"]["content"],
+        json!(ADD_KARPATHY),
+        "asked exactly what it would have been asked without approval"
+    );
+    // The answer is the synthesis for the request the plan was made for.
+    let reqs = s.world.requests();
+    let synthesis = reqs.last().unwrap().json();
+    let last = synthesis["messages"].as_array().unwrap().last().unwrap();
+    assert!(last["content"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("## USER_REQUEST:\n{ADD_KARPATHY}")));
+    let answer = as_history(&r.events());
+    assert!(answer["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("Based on the agent's answer: UMS[ums-conv-0001#1]"));
+    assert!(answer["custom_content"]["state"].get("pending").is_none());
+}
