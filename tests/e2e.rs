@@ -1085,7 +1085,7 @@ async fn a_bad_configuration_is_a_500_naming_every_variable_and_health_says_so()
         ("MAX_PARALLEL", "99"),
     ])
     .await;
-    let kind = "must be dial (a DIAL deployment) or ums (the UMS conversation API)";
+    let kind = "must be dial (a DIAL deployment), ums (the UMS conversation API) or a2a (an Agent2Agent protocol server)";
     let description = "is required for agent RAG: the coordination prompt says what it is for";
     let parallel = "must be a whole number from 1 to 16";
     let error = json!({"message": format!("Invalid configuration: AGENT_RAG_KIND {kind}; \

@@ -349,6 +349,7 @@ fn subtasks_that_can_never_run_are_skipped_rather_than_lost() {
         display_name: "the X agent".to_owned(),
         slot: StateSlot::Agents,
         confirm: false,
+        headers: Vec::new(),
     }]);
     let mut run = PlanRun::new(&ctx, &plan(&[(1, "X", "x it", &[])]), HashMap::new());
     assert_eq!(

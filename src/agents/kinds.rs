@@ -17,14 +17,14 @@
 
 use super::Session;
 use crate::client::Target;
-use crate::config::registry::{is_valid_name, AgentSpec, Registry, StateSlot};
+use crate::config::registry::{is_valid_name, AgentSpec, Registry, Secret, StateSlot};
 use crate::config::Config;
 use crate::context::RequestContext;
 use crate::error::{CoordError, Problems};
 use crate::memory::Conversation;
 
 /// Every kind, in the order error messages list them.
-pub static KINDS: &[Kind] = &[super::dial::KIND, super::ums::KIND];
+pub static KINDS: &[Kind] = &[super::dial::KIND, super::ums::KIND, super::a2a::KIND];
 
 /// One agent kind: its row of [`KINDS`].
 #[derive(Debug)]
@@ -126,6 +126,7 @@ pub struct AgentVars<'v> {
     builtin: Option<&'static Builtin>,
     get: &'v dyn Fn(&str) -> Option<String>,
     problems: &'v Problems,
+    headers: std::cell::RefCell<Vec<(String, Secret)>>,
 }
 
 impl std::fmt::Debug for AgentVars<'_> {
@@ -139,8 +140,25 @@ impl std::fmt::Debug for AgentVars<'_> {
 
 impl AgentVars<'_> {
     /// `AGENT_<NAME>_<field>`.
-    fn var(&self, field: &str) -> String {
+    pub fn var(&self, field: &str) -> String {
         format!("AGENT_{}_{field}", self.name)
+    }
+
+    /// The value of `AGENT_<NAME>_<field>`, if set.
+    pub fn value(&self, field: &str) -> Option<String> {
+        (self.get)(&self.var(field))
+    }
+
+    /// Reports a problem with `var`.
+    pub fn problem(&self, var: &str, reason: impl Into<String>) {
+        self.problems.add(CoordError::config(var, reason));
+    }
+
+    /// A header every call to the agent carries (its own credential).
+    pub fn add_header(&self, name: &str, value: String) {
+        self.headers
+            .borrow_mut()
+            .push((name.to_ascii_lowercase(), Secret(value)));
     }
 
     /// The first set variable of `vars`, and its name.
@@ -241,13 +259,18 @@ pub fn read_registry(
     Registry::new(agents)
 }
 
-/// The kind names, as "dial or ums".
+/// The kind names, as "dial, ums or a2a".
 fn kind_names() -> String {
-    KINDS
-        .iter()
-        .map(|k| k.name)
-        .collect::<Vec<_>>()
-        .join(" or ")
+    one_of(KINDS.iter().map(|k| k.name.to_owned()).collect())
+}
+
+/// "a, b or c".
+fn one_of(mut items: Vec<String>) -> String {
+    match items.pop() {
+        None => String::new(),
+        Some(last) if items.is_empty() => last,
+        Some(last) => format!("{} or {last}", items.join(", ")),
+    }
 }
 
 fn read_agent(
@@ -272,7 +295,7 @@ fn read_agent(
                     .collect();
                 problems.add(CoordError::config(
                     &kind_var,
-                    format!("must be {}", choices.join(" or ")),
+                    format!("must be {}", one_of(choices)),
                 ));
             }
             kind
@@ -293,16 +316,20 @@ fn read_agent(
     let builtin = kind
         .and_then(|k| k.builtin.as_ref())
         .filter(|b| b.name == name);
-    let targets = match kind {
-        Some(kind) => (kind.read)(&AgentVars {
-            name,
-            dial_endpoint,
-            kind,
-            builtin,
-            get,
-            problems,
-        }),
-        None => Vec::new(),
+    let (targets, headers) = match kind {
+        Some(kind) => {
+            let vars = AgentVars {
+                name,
+                dial_endpoint,
+                kind,
+                builtin,
+                get,
+                problems,
+                headers: std::cell::RefCell::default(),
+            };
+            ((kind.read)(&vars), vars.headers.into_inner())
+        }
+        None => (Vec::new(), Vec::new()),
     };
     let description_var = var("DESCRIPTION");
     let description = match (get(&description_var), builtin) {
@@ -342,6 +369,7 @@ fn read_agent(
         display_name,
         slot: builtin.map_or(StateSlot::Agents, |b| b.slot),
         confirm,
+        headers,
     }
 }
 
@@ -567,7 +595,7 @@ mod tests {
         let e = registry(&[("AGENTS", "RAG"), ("AGENT_RAG_KIND", "grpc")]).unwrap_err();
         assert!(
             e.message().contains(
-                "AGENT_RAG_KIND must be dial (a DIAL deployment) or ums (the UMS conversation API)"
+                "AGENT_RAG_KIND must be dial (a DIAL deployment), ums (the UMS conversation API) or a2a (an Agent2Agent protocol server)"
             ),
             "{}",
             e.message()

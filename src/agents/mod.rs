@@ -15,6 +15,7 @@
 //!   [`coordination::CoordinationSession`](crate::flow::coordination::CoordinationSession)
 //!   use the same interface for the coordination and the final answer.
 
+pub mod a2a;
 pub mod dial;
 pub mod kinds;
 pub mod ums;
@@ -70,6 +71,9 @@ pub trait Say {
 pub enum Read {
     /// As server-sent events, each fed to [`Session::on_event`], until `[DONE]`.
     Events,
+    /// As server-sent events with no end marker: the end of the body ends the
+    /// stream (then [`Session::on_done`] decides whether it was complete).
+    EventsToEnd,
     /// Whole (bounded), fed to [`Session::on_body`].
     Whole,
 }
@@ -98,7 +102,8 @@ pub trait Session {
     fn on_body(&mut self, _body: &[u8], _say: &mut dyn Say) -> Result<(), CoordError> {
         Ok(())
     }
-    /// A streamed call ended with `[DONE]`.
+    /// A streamed call ended with `[DONE]` (with [`Read::EventsToEnd`]: its
+    /// body ended).
     fn on_done(&mut self, _say: &mut dyn Say) -> Result<(), CoordError> {
         Ok(())
     }

@@ -672,7 +672,7 @@ mod tests {
             e.message(),
             "Invalid configuration: DIAL_ENDPOINT must start with http:// or https://; \
              UMS_AGENT_ENDPOINT must start with http:// or https://; \
-             AGENT_RAG_KIND is required for agent RAG listed in AGENTS (dial or ums); \
+             AGENT_RAG_KIND is required for agent RAG listed in AGENTS (dial, ums or a2a); \
              AGENT_RAG_DESCRIPTION is required for agent RAG: the coordination prompt says what it is for; \
              MAX_PARALLEL must be a whole number from 1 to 16; \
              STATE_SECRET must be at least 16 characters long"

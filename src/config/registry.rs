@@ -48,6 +48,19 @@ pub struct AgentSpec {
     /// `PLAN_APPROVAL=multi-agent` a plan that uses it waits for the user's
     /// approval (`AGENT_<NAME>_CONFIRM`).
     pub confirm: bool,
+    /// Headers sent with every call to it, set by its kind from its
+    /// configuration (an agent's own credential); never shown by `Debug`.
+    pub headers: Vec<(String, Secret)>,
+}
+
+/// A configured value that is never shown: its `Debug` is `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
 }
 
 impl AgentSpec {

@@ -168,7 +168,8 @@ enum Io<'a, H: Host> {
 }
 
 enum Reader {
-    Events(SseDecoder),
+    /// Events; `to_end`: the body's end is the stream's end (no `[DONE]`).
+    Events(SseDecoder, bool),
     Whole(Vec<u8>),
 }
 
@@ -751,7 +752,8 @@ impl<'a, 'o, H: Host, T: Transport> Driver<'a, 'o, H, T> {
                 slot.session.on_open(&target, &mut say);
                 let reader = match read {
                     Some(Read::Whole) => Reader::Whole(Vec::new()),
-                    _ => Reader::Events(SseDecoder::default()),
+                    Some(Read::EventsToEnd) => Reader::Events(SseDecoder::default(), true),
+                    _ => Reader::Events(SseDecoder::default(), false),
                 };
                 slot.io = Io::Reading(opened, reader);
                 self.checked(slot)
@@ -809,10 +811,21 @@ impl<'a, 'o, H: Host, T: Transport> Driver<'a, 'o, H, T> {
                 }
                 self.checked(slot)
             }
-            (None, Reader::Events(_)) => Handled::Failed(opened.error(UpstreamFault::Truncated(
-                "the stream ended without [DONE]".to_owned(),
-            ))),
-            (Some(Ok(bytes)), Reader::Events(decoder)) => {
+            (None, Reader::Events(_, true)) => {
+                if let Io::Reading(opened, _) = std::mem::replace(&mut slot.io, Io::Idle) {
+                    opened.finish(Outcome::Ok);
+                }
+                let mut say = Self::say(self.out, &mut slot.state, secret);
+                if let Err(e) = slot.session.on_done(&mut say) {
+                    return Handled::Failed(e);
+                }
+                self.checked(slot)
+            }
+            (None, Reader::Events(_, false)) => Handled::Failed(opened.error(
+                UpstreamFault::Truncated("the stream ended without [DONE]".to_owned()),
+            )),
+            (Some(Ok(bytes)), Reader::Events(decoder, to_end)) => {
+                let to_end = *to_end;
                 let mut events = Vec::new();
                 if let Err(e) = decoder.push(&bytes, &mut events) {
                     return Handled::Failed(opened.error(match e {
@@ -825,7 +838,7 @@ impl<'a, 'o, H: Host, T: Transport> Driver<'a, 'o, H, T> {
                     }));
                 }
                 for data in &events {
-                    if data == "[DONE]" {
+                    if data == "[DONE]" && !to_end {
                         if let Io::Reading(opened, _) = std::mem::replace(&mut slot.io, Io::Idle) {
                             opened.finish(Outcome::Ok);
                         }

@@ -660,6 +660,7 @@ mod tests {
             description: String::new(),
             display_name: String::new(),
             confirm: false,
+            headers: Vec::new(),
             slot,
         }
     }
