@@ -696,10 +696,14 @@ impl<'a> A2aSession<'a> {
                 })
             }
             Some(state @ ("failed" | "rejected" | "canceled")) => {
-                let why = if self.status_text.trim().is_empty() {
-                    format!("its task was {state}")
-                } else {
-                    format!("its task was {state}: {}", self.status_text.trim())
+                let what = match state {
+                    "failed" => "its task failed",
+                    "rejected" => "it rejected the task",
+                    _ => "its task was canceled",
+                };
+                let why = match self.status_text.trim() {
+                    "" => what.to_owned(),
+                    message => format!("{what}: {message}"),
                 };
                 Err(say.error(UpstreamFault::ErrorEvent(say.redact(&why))))
             }

@@ -1,0 +1,391 @@
+//! The `a2a` agent kind natively, against scripted fakes that answer as the
+//! official A2A SDK 1.3 does (the shapes of its 1.0 and 0.3 JSON-RPC answers):
+//! exact chunks of a streamed task, the same output at every split of the
+//! stream, the blocking method, the context kept across turns, files and data,
+//! failures, and what never reaches the agent.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+mod common;
+
+use common::fakes::*;
+use common::flow::*;
+use common::wire::{content, stage_close, stage_content, stage_open, state};
+use mas_coordinator::memory::endpoint_tag;
+use serde_json::{json, Value};
+
+const LLM: &str = "/deployments/gpt-4o/chat/completions";
+const BASE: &str = "http://weather.test";
+const CARD: &str = "/.well-known/agent-card.json";
+const RPC: &str = "/a2a/jsonrpc";
+const PARIS: &str = "Weather in Paris?";
+const TASK: &str = "task-1";
+const CONTEXT: &str = "ctx-7f3a";
+
+fn weather_env(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    let mut vars = vec![
+        ("AGENTS", "GPA,UMS,WEATHER"),
+        ("AGENT_WEATHER_KIND", "a2a"),
+        ("AGENT_WEATHER_ENDPOINT", BASE),
+        (
+            "AGENT_WEATHER_DESCRIPTION",
+            "Answers weather questions for any city.",
+        ),
+    ];
+    vars.extend_from_slice(extra);
+    vars
+}
+
+/// A card as the SDK serves it (1.0 and 0.3 interfaces), its JSON-RPC endpoint at `rpc`.
+fn card(rpc: &str, streaming: bool) -> Value {
+    let url = format!("{BASE}{rpc}");
+    json!({"name": "Weather Agent", "description": "Answers weather questions for any city.",
+        "supportedInterfaces": [
+            {"url": url, "protocolBinding": "JSONRPC", "protocolVersion": "1.0"},
+            {"url": url, "protocolBinding": "JSONRPC", "protocolVersion": "0.3"}],
+        "version": "1.0.0", "capabilities": {"streaming": streaming},
+        "skills": [{"id": "weather", "name": "Weather", "description": "Tells the weather in a city.", "tags": ["weather"]}],
+        "preferredTransport": "JSONRPC", "protocolVersion": "0.3", "url": url})
+}
+
+fn rpc(result: Value) -> Value {
+    json!({"result": result, "id": 1, "jsonrpc": "2.0"})
+}
+
+fn status(state: &str, text: Option<&str>) -> Value {
+    let mut status = json!({"state": state});
+    if let Some(text) = text {
+        status["message"] = json!({"messageId": "m", "contextId": CONTEXT, "taskId": TASK,
+            "role": "ROLE_AGENT", "parts": [{"text": text}]});
+    }
+    rpc(json!({"statusUpdate": {"taskId": TASK, "contextId": CONTEXT, "status": status}}))
+}
+
+fn artifact(parts: Value, append: bool) -> Value {
+    let mut update = json!({"taskId": TASK, "contextId": CONTEXT,
+        "artifact": {"artifactId": "answer-1", "name": "answer", "parts": parts}});
+    if append {
+        update["append"] = json!(true);
+        update["lastChunk"] = json!(true);
+    }
+    rpc(json!({"artifactUpdate": update}))
+}
+
+fn submitted() -> Value {
+    rpc(
+        json!({"task": {"id": TASK, "contextId": CONTEXT, "status": {"state": "TASK_STATE_SUBMITTED"}}}),
+    )
+}
+
+/// The SDK's stream of a task answered "A2A[1]: Weather in Paris?" in two chunks.
+fn paris_events() -> Vec<Value> {
+    vec![
+        submitted(),
+        status("TASK_STATE_WORKING", Some("Looking into it.")),
+        artifact(json!([{"text": "A2A[1]: Weat"}]), false),
+        artifact(json!([{"text": "her in Paris?"}]), true),
+        status("TASK_STATE_COMPLETED", None),
+    ]
+}
+
+/// An SSE body as the SDK frames it (CRLF line ends), without `[DONE]`.
+fn sse_body(events: &[Value]) -> Vec<u8> {
+    events
+        .iter()
+        .map(|e| format!("data: {e}\r\n\r\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+fn routed_to_weather(client: FakeClient) -> FakeClient {
+    client.on(LLM, routing_reply("WEATHER", None))
+}
+
+fn paris_expected() -> Vec<Value> {
+    vec![
+        json!({"role": "assistant"}),
+        stage_open(0, "Coordination Request", None),
+        stage_content(0, &common::wire::decision_block("WEATHER")),
+        stage_close(0, "completed"),
+        stage_open(1, "Call WEATHER Agent", None),
+        stage_content(1, "Looking into it."),
+        stage_content(1, "\n\n"),
+        stage_content(1, "A2A[1]: Weat"),
+        stage_content(1, "her in Paris?"),
+        stage_close(1, "completed"),
+        state(
+            json!({"agents": {"WEATHER": {"conversation_id": CONTEXT, "endpoint": endpoint_tag(BASE)}}}),
+        ),
+        content("Paris: sunny."),
+        json!("STOP"),
+        json!("[DONE]"),
+    ]
+}
+
+#[test]
+fn a_streamed_task_is_mirrored_and_its_artifact_is_the_answer() {
+    let ctx = context_with(config_with(&weather_env(&[])), ask(PARIS), Some("chat-1"));
+    let client = routed_to_weather(FakeClient::new())
+        .on(CARD, Reply::json(200, card(RPC, true)))
+        .on(RPC, Reply::Http(200, vec![Ok(sse_body(&paris_events()))]))
+        .on(LLM, llm_stream(&["Paris: sunny."]));
+    let (events, _) = run_stream(&ctx, &client);
+    assert_eq!(deltas(&events), paris_expected());
+    let requests = client.requests();
+    assert_eq!(requests.len(), 4);
+    assert_eq!(requests[1].url, format!("{BASE}{CARD}"));
+    assert_eq!(requests[2].url, format!("{BASE}{RPC}"));
+    assert_eq!(requests[2].header_value("a2a-version"), Some("1.0"));
+    assert_eq!(
+        requests[2].header_value("accept"),
+        Some("text/event-stream")
+    );
+    let body = body_json(&requests[2]);
+    assert_eq!(body["method"], "SendStreamingMessage");
+    assert_eq!(body["params"]["message"]["role"], "ROLE_USER");
+    assert_eq!(body["params"]["message"]["parts"], json!([{"text": PARIS}]));
+    assert!(body["params"]["message"].get("contextId").is_none());
+    // Never DIAL's key, nor any credential it was not configured with.
+    for r in &requests[1..3] {
+        assert_eq!(r.header_value("api-key"), None);
+        assert_eq!(r.header_value("authorization"), None);
+        assert!(!String::from_utf8_lossy(&r.body).contains(KEY));
+    }
+    // The synthesis reads the artifact's text.
+    let synthesis = body_json(&requests[3]);
+    let last = synthesis["messages"].as_array().unwrap().last().unwrap();
+    assert!(last["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("## CONTEXT:\nA2A[1]: Weather in Paris?\n---"));
+}
+
+#[test]
+fn the_same_answer_at_every_split_of_the_stream() {
+    let body = sse_body(&paris_events());
+    for cut in 1..body.len() {
+        let ctx = context_with(config_with(&weather_env(&[])), ask(PARIS), Some("chat-1"));
+        let client = routed_to_weather(FakeClient::new())
+            .on(CARD, Reply::json(200, card(RPC, true)))
+            .on(
+                RPC,
+                Reply::Http(
+                    200,
+                    vec![Ok(body[..cut].to_vec()), Ok(body[cut..].to_vec())],
+                ),
+            )
+            .on(LLM, llm_stream(&["Paris: sunny."]));
+        let (events, _) = run_stream(&ctx, &client);
+        assert_eq!(deltas(&events), paris_expected(), "split at {cut}");
+    }
+}
+
+#[test]
+fn the_context_is_continued_on_the_next_turn() {
+    let first_state = json!({"agents": {"WEATHER": {"conversation_id": CONTEXT, "endpoint": endpoint_tag(BASE)}}});
+    let ctx = context_with(
+        config_with(&weather_env(&[])),
+        json!({"stream": true, "messages": [
+            {"role": "user", "content": PARIS},
+            {"role": "assistant", "content": "Paris: sunny.", "custom_content": {"state": first_state}},
+            {"role": "user", "content": "And in Rome?"},
+        ]}),
+        Some("chat-1"),
+    );
+    let client = routed_to_weather(FakeClient::new())
+        .on(CARD, Reply::json(200, card(RPC, true)))
+        .on(RPC, Reply::Http(200, vec![Ok(sse_body(&paris_events()))]))
+        .on(LLM, llm_stream(&["Rome: sunny."]));
+    run_stream(&ctx, &client);
+    let body = body_json(&client.requests()[2]);
+    assert_eq!(body["params"]["message"]["contextId"], CONTEXT);
+    // Only the current message: the agent keeps its own history.
+    assert_eq!(
+        body["params"]["message"]["parts"],
+        json!([{"text": "And in Rome?"}])
+    );
+}
+
+#[test]
+fn a_card_without_streaming_gets_the_blocking_method() {
+    let ctx = context_with(config_with(&weather_env(&[])), ask(PARIS), None);
+    let task = rpc(json!({"task": {"id": TASK, "contextId": CONTEXT,
+        "status": {"state": "TASK_STATE_COMPLETED"},
+        "artifacts": [{"artifactId": "a", "name": "answer", "parts": [{"text": "A2A[1]: Weather in Paris?"}]}]}}));
+    let client = routed_to_weather(FakeClient::new())
+        .on(CARD, Reply::json(200, card(RPC, false)))
+        .on(RPC, Reply::json(200, task))
+        .on(LLM, llm_stream(&["Paris: sunny."]));
+    let (events, _) = run_stream(&ctx, &client);
+    let d = deltas(&events);
+    assert_eq!(d[5], stage_content(1, "A2A[1]: Weather in Paris?"));
+    assert_eq!(d[6], stage_close(1, "completed"));
+    let body = body_json(&client.requests()[2]);
+    assert_eq!(body["method"], "SendMessage");
+    assert_eq!(
+        client.requests()[2].header_value("accept"),
+        Some("application/json")
+    );
+}
+
+#[test]
+fn a_0_3_card_is_spoken_to_in_0_3() {
+    let ctx = context_with(config_with(&weather_env(&[])), ask(PARIS), None);
+    let url = format!("{BASE}{RPC}");
+    let old_card = json!({"name": "Weather", "description": "d", "url": url,
+        "protocolVersion": "0.3.0", "preferredTransport": "JSONRPC", "capabilities": {"streaming": true}});
+    let events = [
+        json!({"jsonrpc": "2.0", "id": 1, "result": {"kind": "task", "id": TASK, "contextId": CONTEXT, "status": {"state": "submitted"}}}),
+        json!({"jsonrpc": "2.0", "id": 1, "result": {"kind": "status-update", "taskId": TASK, "contextId": CONTEXT, "final": false,
+            "status": {"state": "working", "message": {"kind": "message", "role": "agent", "messageId": "m", "parts": [{"kind": "text", "text": "Looking into it."}]}}}}),
+        json!({"jsonrpc": "2.0", "id": 1, "result": {"kind": "artifact-update", "taskId": TASK, "contextId": CONTEXT,
+            "artifact": {"artifactId": "a", "parts": [{"kind": "text", "text": "A2A[1]: Weather in Paris?"}]}}}),
+        json!({"jsonrpc": "2.0", "id": 1, "result": {"kind": "status-update", "taskId": TASK, "contextId": CONTEXT, "final": true,
+            "status": {"state": "completed"}}}),
+    ];
+    let client = routed_to_weather(FakeClient::new())
+        .on(CARD, Reply::json(200, old_card))
+        .on(RPC, Reply::Http(200, vec![Ok(sse_body(&events))]))
+        .on(LLM, llm_stream(&["Paris: sunny."]));
+    let (events, _) = run_stream(&ctx, &client);
+    let d = deltas(&events);
+    assert_eq!(d[5], stage_content(1, "Looking into it."));
+    assert_eq!(d[7], stage_content(1, "A2A[1]: Weather in Paris?"));
+    assert_eq!(d[8], stage_close(1, "completed"));
+    let request = &client.requests()[2];
+    assert_eq!(request.header_value("a2a-version"), None);
+    let body = body_json(request);
+    assert_eq!(body["method"], "message/stream");
+    assert_eq!(
+        body["params"]["message"],
+        json!({"kind": "message", "messageId": "1111111111111111-weather", "role": "user",
+               "parts": [{"kind": "text", "text": PARIS}]})
+    );
+}
+
+#[test]
+fn files_become_attachments_and_data_is_shown_as_json() {
+    let ctx = context_with(config_with(&weather_env(&[])), ask(PARIS), None);
+    let events = vec![
+        submitted(),
+        artifact(json!([{"text": "Report attached."}]), false),
+        rpc(
+            json!({"artifactUpdate": {"taskId": TASK, "contextId": CONTEXT, "artifact": {"artifactId": "f", "parts": [
+            {"raw": "aGVsbG8=", "filename": "hello.txt", "mediaType": "text/plain"},
+            {"url": "https://example.com/report.pdf", "filename": "report.pdf", "mediaType": "application/pdf"},
+            {"raw": "/wA=", "filename": "blob.bin", "mediaType": "application/octet-stream"},
+            {"data": {"temperature": 5, "unit": "C"}}]}}}),
+        ),
+        status("TASK_STATE_COMPLETED", None),
+    ];
+    let client = routed_to_weather(FakeClient::new())
+        .on(CARD, Reply::json(200, card(RPC, true)))
+        .on(RPC, Reply::Http(200, vec![Ok(sse_body(&events))]))
+        .on(LLM, llm_stream(&["Done."]));
+    let (events, _) = run_stream(&ctx, &client);
+    let d = deltas(&events);
+    assert_eq!(
+        d[5..10],
+        [
+            stage_content(1, "Report attached."),
+            json!({"custom_content": {"attachments": [{"index": 0, "type": "text/plain", "title": "hello.txt", "data": "hello"}]}}),
+            json!({"custom_content": {"attachments": [{"index": 1, "type": "application/pdf", "title": "report.pdf", "url": "https://example.com/report.pdf"}]}}),
+            stage_content(1, "_File \"blob.bin\" (2 bytes) was left out: it is not text, and only text can be attached inline._\n\n"),
+            stage_content(1, "\n```json\n{\n  \"temperature\": 5,\n  \"unit\": \"C\"\n}\n```\n"),
+        ]
+    );
+    assert_eq!(d[10], stage_close(1, "completed"));
+}
+
+#[test]
+fn a_failed_task_fails_its_subtask_with_the_agent_s_message() {
+    let ctx = context_with(config_with(&weather_env(&[])), ask(PARIS), None);
+    let events = vec![
+        submitted(),
+        status("TASK_STATE_WORKING", None),
+        status("TASK_STATE_FAILED", Some("The agent failed on purpose.")),
+    ];
+    let client = routed_to_weather(FakeClient::new())
+        .on(CARD, Reply::json(200, card(RPC, true)))
+        .on(RPC, Reply::Http(200, vec![Ok(sse_body(&events))]));
+    let (events, _) = run_stream(&ctx, &client);
+    let d = deltas(&events);
+    assert_eq!(d[5], stage_content(1, "The agent failed on purpose."));
+    assert_eq!(d[7], stage_close(1, "failed"));
+    let error = d.iter().find(|e| e.get("error").is_some()).unwrap();
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("its task failed: The agent failed on purpose."),
+        "{message}"
+    );
+    assert_eq!(d.last(), Some(&json!("[DONE]")));
+}
+
+#[test]
+fn a_stream_that_ends_before_its_task_finished_is_truncated() {
+    let ctx = context_with(config_with(&weather_env(&[])), ask(PARIS), None);
+    let events = vec![submitted(), status("TASK_STATE_WORKING", Some("Working."))];
+    let client = routed_to_weather(FakeClient::new())
+        .on(CARD, Reply::json(200, card(RPC, true)))
+        .on(RPC, Reply::Http(200, vec![Ok(sse_body(&events))]));
+    let (events, _) = run_stream(&ctx, &client);
+    let d = deltas(&events);
+    let error = d.iter().find(|e| e.get("error").is_some()).unwrap();
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ended before its task finished"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_card_that_points_elsewhere_is_refused() {
+    let ctx = context_with(config_with(&weather_env(&[])), ask(PARIS), None);
+    let mut evil = card(RPC, true);
+    evil["supportedInterfaces"][0]["url"] = json!("http://evil.test/a2a/jsonrpc");
+    evil["supportedInterfaces"][1]["url"] = json!("http://evil.test/a2a/jsonrpc");
+    let client = routed_to_weather(FakeClient::new()).on(CARD, Reply::json(200, evil));
+    let (events, _) = run_stream(&ctx, &client);
+    let d = deltas(&events);
+    let error = d.iter().find(|e| e.get("error").is_some()).unwrap();
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("its agent card puts its JSON-RPC endpoint on another origin"),
+        "{error}"
+    );
+    // Nothing was sent to the other origin.
+    assert!(client
+        .requests()
+        .iter()
+        .all(|r| !r.url.contains("evil.test")));
+}
+
+#[test]
+fn the_agent_s_own_credential_goes_with_every_call_and_only_to_it() {
+    let ctx = context_with(
+        config_with(&weather_env(&[
+            ("AGENT_WEATHER_AUTH_HEADER", "X-Weather-Key"),
+            ("AGENT_WEATHER_AUTH_VALUE", "wk-secret-123"),
+        ])),
+        ask(PARIS),
+        None,
+    );
+    let client = routed_to_weather(FakeClient::new())
+        .on(CARD, Reply::json(200, card(RPC, true)))
+        .on(RPC, Reply::Http(200, vec![Ok(sse_body(&paris_events()))]))
+        .on(LLM, llm_stream(&["Paris: sunny."]));
+    run_stream(&ctx, &client);
+    let requests = client.requests();
+    for r in &requests[1..3] {
+        assert_eq!(r.header_value("x-weather-key"), Some("wk-secret-123"));
+    }
+    for r in [&requests[0], &requests[3]] {
+        assert_eq!(r.header_value("x-weather-key"), None);
+    }
+    // The configuration never shows it.
+    assert!(!format!("{:?}", ctx.config).contains("wk-secret-123"));
+}
