@@ -389,3 +389,97 @@ fn the_agent_s_own_credential_goes_with_every_call_and_only_to_it() {
     // The configuration never shows it.
     assert!(!format!("{:?}", ctx.config).contains("wk-secret-123"));
 }
+
+#[test]
+fn an_agent_that_asks_ends_the_turn_with_its_question_and_the_answer_goes_to_its_task() {
+    const SECRET: &str = "a2a-asking-secret-0123456789";
+    let env = weather_env(&[("STATE_SECRET", SECRET)]);
+    let ctx = context_with(
+        config_with(&env),
+        ask("[a2a:ask] weather please"),
+        Some("chat-9"),
+    );
+    let events = vec![
+        submitted(),
+        status("TASK_STATE_INPUT_REQUIRED", Some("Which city?")),
+    ];
+    // No synthesis: the stream ends with the question.
+    let client = routed_to_weather(FakeClient::new())
+        .on(CARD, Reply::json(200, card(RPC, true)))
+        .on(RPC, Reply::Http(200, vec![Ok(sse_body(&events))]));
+    let (events, _) = run_stream(&ctx, &client);
+    let d = deltas(&events);
+    let pending = json!({"kind": "agent", "agent": "WEATHER", "task": TASK, "context": CONTEXT,
+        "endpoint": endpoint_tag(BASE), "question": "Which city?"});
+    let expected_state = mas_coordinator::memory::state::sign(
+        json!({"agents": {"WEATHER": {"conversation_id": CONTEXT, "endpoint": endpoint_tag(BASE)}},
+               "pending": pending}),
+        &ctx.state_trust(),
+    );
+    assert_eq!(
+        d[4..],
+        [
+            stage_open(1, "Call WEATHER Agent", None),
+            stage_content(1, "Which city?"),
+            stage_content(1, "\n\n"),
+            stage_close(1, "completed"),
+            content("Which city?"),
+            state(expected_state.clone()),
+            json!("STOP"),
+            json!("[DONE]"),
+        ]
+    );
+    assert_eq!(
+        client.requests().len(),
+        3,
+        "routing, card, message: no synthesis"
+    );
+
+    // The user answers: no coordination call, the answer goes to the same task.
+    let next = context_with(
+        config_with(&env),
+        json!({"stream": true, "messages": [
+            {"role": "user", "content": "[a2a:ask] weather please"},
+            {"role": "assistant", "content": "Which city?", "custom_content": {"state": expected_state}},
+            {"role": "user", "content": "Kyiv"},
+        ]}),
+        Some("chat-9"),
+    );
+    let done = vec![
+        rpc(
+            json!({"task": {"id": TASK, "contextId": CONTEXT, "status": {"state": "TASK_STATE_WORKING"}}}),
+        ),
+        artifact(json!([{"text": "Forecast for Kyiv: sunny"}]), false),
+        status("TASK_STATE_COMPLETED", None),
+    ];
+    let client = FakeClient::new()
+        .on(CARD, Reply::json(200, card(RPC, true)))
+        .on(RPC, Reply::Http(200, vec![Ok(sse_body(&done))]))
+        .on(LLM, llm_stream(&["Kyiv: sunny."]));
+    let (events, _) = run_stream(&next, &client);
+    let d = deltas(&events);
+    let plan = "```json\n{\n  \"subtasks\": [\n    {\n      \"task_id\": 1,\n      \"agent_name\": \"WEATHER\",\n      \"task_description\": \"Kyiv\",\n      \"depends_on\": []\n    }\n  ],\n  \"replan\": false\n}\n```\n";
+    assert_eq!(
+        d[2],
+        stage_content(
+            0,
+            &format!("_The WEATHER agent asked a question in the previous turn: this message is the answer, so it goes to WEATHER without a coordination call._\n\n{plan}")
+        )
+    );
+    let requests = client.requests();
+    assert_eq!(requests.len(), 3, "card, message, synthesis");
+    let body = body_json(&requests[1]);
+    assert_eq!(body["params"]["message"]["taskId"], TASK);
+    assert_eq!(body["params"]["message"]["contextId"], CONTEXT);
+    assert_eq!(
+        body["params"]["message"]["parts"],
+        json!([{"text": "Kyiv"}])
+    );
+    // The new state has nothing pending.
+    let last_state = d
+        .iter()
+        .find_map(|e| e.pointer("/custom_content/state"))
+        .unwrap();
+    assert!(last_state.get("pending").is_none());
+    assert_eq!(d.last(), Some(&json!("[DONE]")));
+}

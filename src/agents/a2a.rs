@@ -37,6 +37,7 @@ use crate::config::parse_endpoint;
 use crate::config::registry::AgentSpec;
 use crate::error::{CoordError, UpstreamFault};
 use crate::limits::MAX_CONTEXT_BYTES_PER_RESULT;
+use crate::memory::pending::{AgentQuestion, Resume};
 use crate::memory::{endpoint_tag, is_valid_conversation_id, Conversation, Memory};
 use crate::wire::request::Message;
 use crate::wire::response::Attachment;
@@ -99,7 +100,13 @@ fn session(a: Assignment<'_>) -> Box<dyn Session + '_> {
         message.push_str("\n\n");
         message.push_str(task);
     }
-    Box::new(A2aSession::new(
+    // The user's message answers this agent's question: it goes to the task
+    // that waits for it.
+    let waiting = match &a.ctx.resume {
+        Resume::Agent(q) if q.agent == a.agent.name => Some(q.clone()),
+        _ => None,
+    };
+    let mut session = A2aSession::new(
         a.agent,
         message,
         format!(
@@ -108,7 +115,12 @@ fn session(a: Assignment<'_>) -> Box<dyn Session + '_> {
             a.agent.name.to_ascii_lowercase()
         ),
         a.conversation,
-    ))
+    );
+    if let Some(q) = waiting {
+        session.known = Some((q.context, Some(q.endpoint)));
+        session.task = Some(q.task);
+    }
+    Box::new(session)
 }
 
 /// Every endpoint's card.
@@ -220,11 +232,13 @@ pub fn interface(card: &Value, base: &str) -> Result<Interface, String> {
     })
 }
 
-/// The JSON-RPC request that sends `text` (continuing `context` when known).
+/// The JSON-RPC request that sends `text` (continuing `context` when known,
+/// and answering the waiting `task` when there is one).
 pub fn send_body(
     text: &str,
     message_id: &str,
     context: Option<&str>,
+    task: Option<&str>,
     version: Version,
     streaming: bool,
 ) -> Value {
@@ -250,6 +264,9 @@ pub fn send_body(
     };
     if let Some(context) = context {
         message["contextId"] = json!(context);
+    }
+    if let Some(task) = task {
+        message["taskId"] = json!(task);
     }
     json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": {"message": message}})
 }
@@ -403,6 +420,10 @@ pub struct A2aSession<'a> {
     state: Option<String>,
     context_remembered: bool,
     failed: Option<CoordError>,
+    /// The task: the one waiting for the user's answer, then the one the agent works on.
+    task: Option<String>,
+    /// The context the agent works in.
+    context_id: Option<String>,
 }
 
 impl<'a> A2aSession<'a> {
@@ -427,6 +448,8 @@ impl<'a> A2aSession<'a> {
             state: None,
             context_remembered: false,
             failed: None,
+            task: None,
+            context_id: None,
         }
     }
 
@@ -461,10 +484,12 @@ impl<'a> A2aSession<'a> {
             let here = tag.as_deref().is_none_or(|t| t == endpoint_tag(&base.id));
             here.then_some(id.as_str())
         });
+        let task = context.and(self.task.as_deref());
         let body = send_body(
             &self.text,
             &self.message_id,
             context,
+            task,
             interface.version,
             interface.streaming,
         );
@@ -503,6 +528,16 @@ impl<'a> A2aSession<'a> {
 
     /// Keeps the context the agent works in (once, when it is a valid id).
     fn context(&mut self, of: &Value, say: &mut dyn Say) {
+        // A task names itself `id`; its updates name it `taskId`.
+        let task = of
+            .get("taskId")
+            .or_else(|| of.get("id").filter(|_| of.get("status").is_some()));
+        if let Some(task) = task.and_then(Value::as_str) {
+            self.task = Some(task.to_owned());
+        }
+        if let Some(context) = of.get("contextId").and_then(Value::as_str) {
+            self.context_id = Some(context.to_owned());
+        }
         if self.context_remembered {
             return;
         }
@@ -680,7 +715,7 @@ impl<'a> A2aSession<'a> {
     }
 
     /// How the subtask ended, once the call is over.
-    fn outcome(&mut self, say: &dyn Say) -> Result<String, CoordError> {
+    fn outcome(&mut self, say: &mut dyn Say) -> Result<String, CoordError> {
         let texts: Vec<String> = std::mem::take(&mut self.artifacts)
             .into_iter()
             .map(|(_, t)| t.finish())
@@ -707,7 +742,27 @@ impl<'a> A2aSession<'a> {
                 };
                 Err(say.error(UpstreamFault::ErrorEvent(say.redact(&why))))
             }
-            Some("input-required" | "auth-required") => Ok(self.status_text.trim().to_owned()),
+            Some(state @ ("input-required" | "auth-required")) => {
+                let question = match self.status_text.trim() {
+                    "" if state == "auth-required" => "The agent needs you to sign in first.",
+                    "" => "The agent needs more information to go on.",
+                    text => text,
+                }
+                .to_owned();
+                let ids = (self.task.clone(), self.context_id.clone(), &self.base);
+                if let (Some(task), Some(context), Some(base)) = ids {
+                    if is_valid_conversation_id(&context) && is_valid_conversation_id(&task) {
+                        say.remember(Memory::Asked(AgentQuestion {
+                            agent: self.agent.name.clone(),
+                            task,
+                            context,
+                            endpoint: endpoint_tag(&base.id),
+                            question: question.clone(),
+                        }));
+                    }
+                }
+                Ok(question)
+            }
             _ => Err(say.error(UpstreamFault::Truncated(
                 "the agent's answer ended before its task finished".to_owned(),
             ))),

@@ -471,17 +471,22 @@ impl<'a, 'o, H: Host, T: Transport> Driver<'a, 'o, H, T> {
     }
 
     /// Ends a turn that asks the user: `question` is the answer, `form` its
-    /// buttons, and the state keeps only what is `pending` (signed). Fails,
+    /// buttons, and the state keeps what is `pending` beside what the agents
+    /// of the turn left (`memories`, trimmed to the room left), signed. Fails,
     /// writing nothing, when what is pending does not fit the state budget.
     pub fn ask(
         &mut self,
         question: &str,
         form: Option<Value>,
         pending: &Pending,
+        memories: &[(&AgentSpec, Memory)],
     ) -> Result<(), CoordError> {
         let ctx = self.caller.ctx;
         let budget = state_budget(ctx.config.max_request_bytes);
-        let state = sign(pending::attach(None, pending), &ctx.state_trust());
+        let pending_bytes = serde_json::to_vec(pending).map_or(usize::MAX, |b| b.len());
+        let room = budget.saturating_sub(pending_bytes.saturating_add(32));
+        let kept = memory::compose(memories.iter().map(|(a, m)| (*a, m)), room);
+        let state = sign(pending::attach(kept, pending), &ctx.state_trust());
         let size = serde_json::to_vec(&state).map_or(usize::MAX, |b| b.len());
         if size > budget {
             return Err(CoordError::Internal(format!(

@@ -54,29 +54,56 @@ pub async fn coordinate<'a, H: Host, T: Transport>(
         CoordinationMode::Plan => config.max_plan_rounds,
     };
     driver.begin();
-    // How this turn goes on from what the last one left pending.
-    let (mut approved, note) = match &ctx.resume {
+    // How this turn goes on from what the last one left pending: a plan to
+    // run without a coordination call (with stage 0's text), or a note.
+    let (mut resumed, note) = match &ctx.resume {
         Resume::New => (None, None),
         Resume::Cancel => {
             driver.answer(ask::CANCELLED);
             return Ok(());
         }
         Resume::Run(plan) => match plan::approved(plan, &config.registry, config.max_subtasks) {
-            Some(plan) => (Some(plan), None),
+            Some(plan) => {
+                let text = approved_text(&plan);
+                (Some((plan, text)), None)
+            }
             None => (None, Some(NOT_RUNNABLE)),
         },
         Resume::Untrusted => (None, Some(UNTRUSTED)),
+        Resume::Agent(question) => match config.registry.get(&question.agent) {
+            Some(agent) => {
+                let plan = Plan {
+                    subtasks: vec![plan::Subtask {
+                        task_id: 1,
+                        agent_name: agent.name.clone(),
+                        task_description: ctx.request_text(),
+                        depends_on: Vec::new(),
+                    }],
+                    replan: false,
+                    ask_user: None,
+                };
+                let text = format!(
+                    "_{} asked a question in the previous turn: this message is the answer, so it \
+goes to {} without a coordination call._\n\n{}",
+                    capitalized(&agent.display_name),
+                    agent.name,
+                    plan::stage_text(&[], &plan)
+                );
+                (Some((plan, text)), None)
+            }
+            None => (None, None),
+        },
     };
-    let was_approved = approved.is_some();
+    let skip_approval = resumed.is_some();
     let mut finished: Vec<Finished> = Vec::new();
     let mut memories: Vec<(u32, &AgentSpec, Memory)> = Vec::new();
     let mut first_error: Option<CoordError> = None;
     let mut conversations = HashMap::new();
     for round in 1..=rounds {
         meter::set_phase(Phase::Coordination);
-        let decision = match approved.take() {
-            Some(plan) => {
-                driver.done_stage(&stage_name(round), &approved_text(&plan));
+        let decision = match resumed.take() {
+            Some((plan, text)) => {
+                driver.done_stage(&stage_name(round), &text);
                 Some(Decision::Run(plan))
             }
             None => {
@@ -98,13 +125,13 @@ pub async fn coordinate<'a, H: Host, T: Transport>(
                     question: question.question.clone(),
                     options: question.options.clone(),
                 };
-                driver.ask(&question.question, question.form(), &pending)?;
+                driver.ask(&question.question, question.form(), &pending, &[])?;
                 return Ok(());
             }
             Some(Decision::Stop) | None => break,
         };
         if round == 1
-            && !was_approved
+            && !skip_approval
             && ask::needs_approval(&plan, config.plan_approval, &config.registry)
         {
             let request = ctx.request.messages.last().map(request_digest);
@@ -116,6 +143,7 @@ pub async fn coordinate<'a, H: Host, T: Transport>(
                 &ask::approval_question(&plan),
                 Some(ask::approval_form()),
                 &pending,
+                &[],
             )?;
             return Ok(());
         }
@@ -140,6 +168,15 @@ pub async fn coordinate<'a, H: Host, T: Transport>(
             first_error = run.first_error.take();
         }
         result?;
+        // An agent asked the user: the turn ends with its question, no synthesis.
+        if let Some(question) = run.asked.take() {
+            memories.sort_by_key(|(id, _, _)| *id);
+            let memories: Vec<(&AgentSpec, Memory)> =
+                memories.into_iter().map(|(_, a, m)| (a, m)).collect();
+            let text = question.question.clone();
+            driver.ask(&text, None, &Pending::Agent(question), &memories)?;
+            return Ok(());
+        }
         if !plan.replan {
             break;
         }
@@ -186,6 +223,14 @@ const UNTRUSTED: &str = "_A plan was waiting for approval, but the state it came
 trusted (it is not signed by this coordinator, was changed, belongs to another conversation, is \
 too old, or its request was edited since), so it was not run; the message is planned as a new \
 request._\n\n";
+
+/// `text` with its first letter in upper case.
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars.next().map_or_else(String::new, |first| {
+        first.to_uppercase().chain(chars).collect()
+    })
+}
 
 /// Stage 0's text for a plan the user approved.
 fn approved_text(plan: &Plan) -> String {

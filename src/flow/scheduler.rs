@@ -19,6 +19,7 @@ use crate::context::RequestContext;
 use crate::error::CoordError;
 use crate::flow::driver::{Ended, Ready, Root, Scheduler, Task};
 use crate::flow::plan::{task_text, Finished, Outcome, Plan, Subtask};
+use crate::memory::pending::AgentQuestion;
 use crate::memory::Conversation;
 use crate::memory::Memory;
 
@@ -54,6 +55,8 @@ pub struct PlanRun<'a> {
     pub memories: Vec<(u32, &'a AgentSpec, Memory)>,
     /// The first failure (reported when every subtask failed).
     pub first_error: Option<CoordError>,
+    /// The first question an agent asked the user (the turn ends with it).
+    pub asked: Option<AgentQuestion>,
 }
 
 impl<'a> PlanRun<'a> {
@@ -86,6 +89,7 @@ impl<'a> PlanRun<'a> {
             finished: Vec::new(),
             memories: Vec::new(),
             first_error: None,
+            asked: None,
         }
     }
 
@@ -260,6 +264,10 @@ impl<'a> Scheduler<'a> for PlanRun<'a> {
         }
         let agent = slot.agent;
         for memory in ended.memory {
+            if let Memory::Asked(question) = memory {
+                self.asked.get_or_insert(question);
+                continue;
+            }
             if let Memory::Conversation { id, endpoint } = &memory {
                 self.conversations
                     .insert(agent.name.clone(), (id.clone(), Some(endpoint.clone())));

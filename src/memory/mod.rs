@@ -83,6 +83,9 @@ pub struct Exchange {
 pub enum Memory {
     /// A DIAL agent's exchange.
     Exchange(Exchange),
+    /// A question the agent asked the user: the turn ends with it, and it is
+    /// kept as what is pending (`pending.rs`), not as memory.
+    Asked(pending::AgentQuestion),
     /// A UMS-kind agent's conversation, and the tag of the endpoint holding it.
     Conversation {
         /// The conversation id.
@@ -400,9 +403,11 @@ fn build(parts: &[Part<'_>]) -> Option<Value> {
                     .entry(agent.name.clone())
                     .or_insert_with(|| json!({"conversation_id": id, "endpoint": endpoint}));
             }
-            // A slot always matches its agent's kind (agents/kinds.rs).
+            // A slot always matches its agent's kind (agents/kinds.rs); a
+            // question is kept as what is pending.
             (StateSlot::Gpa, Memory::Conversation { .. })
-            | (StateSlot::Ums, Memory::Exchange(_)) => {}
+            | (StateSlot::Ums, Memory::Exchange(_))
+            | (_, Memory::Asked(_)) => {}
         }
     }
     if !agents.is_empty() {

@@ -6,6 +6,7 @@
 //!
 //! ```json
 //! {"pending": {"kind": "question", "question": "Which Alex?", "options": ["…", "…"]}}
+//! {"pending": {"kind": "agent", "agent": "WEATHER", "task": "…", "context": "…", "endpoint": "…", "question": "Which city?"}}
 //! {"pending": {"kind": "plan", "plan": {"subtasks": [...], "replan": false}, "request": "<digest>"}}
 //! ```
 //!
@@ -48,6 +49,8 @@ pub enum Pending {
         #[serde(default)]
         options: Vec<String>,
     },
+    /// An agent's question (its task waits for the user's answer).
+    Agent(AgentQuestion),
     /// A plan waiting for approval.
     Plan {
         /// The plan, as the coordination call decided it.
@@ -55,6 +58,22 @@ pub enum Pending {
         /// [`request_digest`] of the user message it was made for.
         request: String,
     },
+}
+
+/// An agent that asked the user a question and waits for the answer on one
+/// of its tasks (A2A `input-required` / `auth-required`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentQuestion {
+    /// The agent's name.
+    pub agent: String,
+    /// The task waiting for the answer.
+    pub task: String,
+    /// The context (conversation) the task belongs to.
+    pub context: String,
+    /// The tag of the endpoint holding it (`memory::endpoint_tag`).
+    pub endpoint: String,
+    /// What it asked.
+    pub question: String,
 }
 
 /// How this turn goes on from the last one.
@@ -69,6 +88,9 @@ pub enum Resume {
     Run(Value),
     /// The user cancelled the plan.
     Cancel,
+    /// The user answers an agent's question: the message goes to that agent's
+    /// waiting task, without a coordination call.
+    Agent(AgentQuestion),
     /// The user answered a plan waiting for approval, but that plan cannot
     /// be trusted (its state is unsigned or does not verify, is stale, or its
     /// request was edited since): it is treated as absent.
@@ -163,6 +185,7 @@ pub fn resume(messages: &mut Vec<Message>, trust: &StateTrust<'_>) -> Resume {
             answer_with_option(&mut messages[reply], &options);
             Resume::New
         }
+        Some(Pending::Agent(question)) => Resume::Agent(question),
         Some(Pending::Plan { plan, request }) => match reply_of(&messages[reply]) {
             Reply::Other => Resume::New,
             Reply::Cancel => Resume::Cancel,
