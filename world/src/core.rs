@@ -28,6 +28,10 @@ pub(crate) async fn handle(
         let reply = Reply::json_status(200, r#"{"status":"ok"}"#.to_owned());
         return Ok(finish(reply, &no_fault));
     }
+    // The A2A weather agent lives on this port too.
+    if let Some(reply) = crate::a2a::handle(shared, method, headers, path, body) {
+        return Ok(finish(reply, &no_fault));
+    }
     let name = match deployment_of(path) {
         Some(name) if method == Method::POST => name,
         _ => {

@@ -298,6 +298,7 @@
 
 // This file puts the modules together; none of them uses it, and they use each other
 // without a cycle (world/tests/architecture.rs).
+mod a2a;
 mod agents;
 mod chunks;
 mod conversations;

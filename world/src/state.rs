@@ -2,6 +2,7 @@
 //! recorded requests, the faults, the per-world counters and the two UMS instances'
 //! conversation stores.
 
+use crate::a2a::A2aState;
 use crate::conversations::UmsState;
 use crate::fault::Fault;
 use crate::http::Service;
@@ -51,6 +52,7 @@ pub(crate) struct Shared {
     next_rag_source: AtomicU64,
     ums: Mutex<UmsState>,
     ums_backup: Mutex<UmsState>,
+    pub(crate) a2a: Mutex<A2aState>,
     pub(crate) shutdown: watch::Sender<bool>,
 }
 
@@ -72,6 +74,7 @@ impl Shared {
             next_rag_source: AtomicU64::new(0),
             ums: Mutex::new(UmsState::new("ums-conv-")),
             ums_backup: Mutex::new(UmsState::new("ums-b-conv-")),
+            a2a: Mutex::default(),
             shutdown: watch::Sender::new(false),
         }
     }
