@@ -25,6 +25,16 @@ What the agent does is chosen by keywords in the user message's text:
     [a2a:reject]      rejected with "Not my job."
     [a2a:slow=N]      sleeps N milliseconds before each event
 
+Options:
+    --no-streaming            the card says capabilities.streaming=false; the SDK
+                              then refuses SendStreamingMessage and message/stream
+    --protocol 1.0|0.3|both   the interfaces on the card (default both)
+    --rpc-path /a2a/jsonrpc   the JSON-RPC endpoint's path (default /)
+    --auth-header NAME=VALUE  an apiKey security scheme on the card; JSON-RPC
+                              calls without exactly that header get HTTP 401
+    --record FILE             one JSON line per HTTP request received
+    --skill-examples          three skills with examples instead of one
+
 A test fixture, not product code.
 """
 
@@ -361,7 +371,8 @@ def parse_args(argv):
     p.add_argument('--no-streaming', action='store_true',
                    help='the card says capabilities.streaming=false (streaming calls are refused)')
     p.add_argument('--protocol', choices=['1.0', '0.3', 'both'], default='both',
-                   help='the interfaces the card advertises; with 1.0 the 0.3 methods are not served')
+                   help='the interfaces the card advertises (default both); with 1.0 the 0.3 methods '
+                        'are not served, with 0.3 the SDK still serves the 1.0 methods')
     p.add_argument('--rpc-path', default='/', help='path of the JSON-RPC endpoint (default /)')
     p.add_argument('--auth-header', metavar='NAME=VALUE',
                    help='require this header on JSON-RPC calls (HTTP 401 otherwise)')
