@@ -3,7 +3,8 @@
 # the wasm32-wasip2 Rust target, wasmtime-cli 48.0.8 (the WASI HTTP host used
 # by the run command, the end-to-end tests and the benchmarks; with only the
 # features serving needs, see below), and a Python venv (.venv) with
-# wasm-tools and the conformance-test clients. Safe to run repeatedly.
+# wasm-tools, the conformance-test clients and the A2A SDK of the A2A test
+# agent (tests/a2a/server.py). Safe to run repeatedly.
 #   scripts/setup.sh            everything
 #   scripts/setup.sh --runtime  only the Rust target and wasmtime (`make run`, `make bench`)
 set -euo pipefail
@@ -64,10 +65,13 @@ if [ ! -x .venv/bin/python ]; then
     say "creating the Python venv .venv"
     python3 -m venv .venv
 fi
+# One pip call for both lists, so that they resolve together.
 stamp=.venv/.requirements-installed
-if [ ! -f "$stamp" ] || [ tests/conformance/requirements.txt -nt "$stamp" ]; then
-    say "installing wasm-tools and the conformance clients into .venv"
-    .venv/bin/pip install --quiet --disable-pip-version-check -r tests/conformance/requirements.txt
+if [ ! -f "$stamp" ] || [ tests/conformance/requirements.txt -nt "$stamp" ] \
+    || [ tests/a2a/requirements.txt -nt "$stamp" ]; then
+    say "installing wasm-tools, the conformance clients and the A2A SDK into .venv"
+    .venv/bin/pip install --quiet --disable-pip-version-check \
+        -r tests/conformance/requirements.txt -r tests/a2a/requirements.txt
     touch "$stamp"
 fi
 
