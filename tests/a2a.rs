@@ -483,3 +483,46 @@ fn an_agent_that_asks_ends_the_turn_with_its_question_and_the_answer_goes_to_its
     assert!(last_state.get("pending").is_none());
     assert_eq!(d.last(), Some(&json!("[DONE]")));
 }
+
+#[test]
+fn a_stored_task_s_artifact_of_several_text_parts_is_one_answer() {
+    let ctx = context_with(config_with(&weather_env(&[])), ask(PARIS), None);
+    // What the SDK's blocking SendMessage returns: the appended chunks are parts.
+    let task = rpc(json!({"task": {"id": TASK, "contextId": CONTEXT,
+        "status": {"state": "TASK_STATE_COMPLETED"},
+        "artifacts": [{"artifactId": "a", "name": "answer",
+                       "parts": [{"text": "A2A[1]: Weat"}, {"text": "her in Paris?"}]}]}}));
+    let client = routed_to_weather(FakeClient::new())
+        .on(CARD, Reply::json(200, card(RPC, false)))
+        .on(RPC, Reply::json(200, task))
+        .on(LLM, llm_stream(&["Paris: sunny."]));
+    run_stream(&ctx, &client);
+    let synthesis = body_json(&client.requests()[3]);
+    let last = synthesis["messages"].as_array().unwrap().last().unwrap();
+    assert!(last["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("## CONTEXT:\nA2A[1]: Weather in Paris?\n---"));
+}
+
+#[test]
+fn an_error_answered_as_json_to_a_streaming_call_is_the_agent_s_error() {
+    let ctx = context_with(config_with(&weather_env(&[])), ask(PARIS), None);
+    // The SDK answers a stream that fails before its first event as one JSON document.
+    let error =
+        json!({"error": {"code": -32001, "message": "Task not found"}, "id": 1, "jsonrpc": "2.0"});
+    let client = routed_to_weather(FakeClient::new())
+        .on(CARD, Reply::json(200, card(RPC, true)))
+        .on(RPC, Reply::json(200, error));
+    let (events, _) = run_stream(&ctx, &client);
+    let d = deltas(&events);
+    assert_eq!(d[5], stage_close(1, "failed"));
+    let error = d.iter().find(|e| e.get("error").is_some()).unwrap();
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Task not found"),
+        "{error}"
+    );
+}

@@ -633,7 +633,9 @@ impl<'a> A2aSession<'a> {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_owned();
-        let append = update.get("append").and_then(Value::as_bool) == Some(true);
+        // An update with `append` continues the artifact of its id; the text
+        // parts of one update (a stored task joins its chunks so) are one text.
+        let mut append = update.get("append").and_then(Value::as_bool) == Some(true);
         for part in parts(artifact) {
             match part {
                 Part::Text(text) => {
@@ -646,6 +648,7 @@ impl<'a> A2aSession<'a> {
                             self.artifacts.len() - 1
                         }
                     };
+                    append = true;
                     self.artifacts[index].1.push(&text);
                     say.text(&text);
                 }

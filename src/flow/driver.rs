@@ -168,10 +168,23 @@ enum Io<'a, H: Host> {
 }
 
 enum Reader {
-    /// Events; `to_end`: the body's end is the stream's end (no `[DONE]`).
-    Events(SseDecoder, bool),
+    /// Events. With `Some`, the body's end is the stream's end (no `[DONE]`),
+    /// and the bytes so far are kept until the first event (bounded): a body
+    /// without any event (an error answered as one JSON document) is handed
+    /// to the session whole.
+    Events(SseDecoder, Option<ToEnd>),
     Whole(Vec<u8>),
 }
+
+/// A stream that ends with its body: what came before its first event.
+#[derive(Default)]
+struct ToEnd {
+    eventless: Vec<u8>,
+    seen_event: bool,
+}
+
+/// How much of a stream without events yet is kept (see [`Reader::Events`]).
+const MAX_EVENTLESS_BYTES: usize = 64 * 1024;
 
 /// What happened on a session's call.
 enum IoEvent<'a, H: Host> {
@@ -757,8 +770,10 @@ impl<'a, 'o, H: Host, T: Transport> Driver<'a, 'o, H, T> {
                 slot.session.on_open(&target, &mut say);
                 let reader = match read {
                     Some(Read::Whole) => Reader::Whole(Vec::new()),
-                    Some(Read::EventsToEnd) => Reader::Events(SseDecoder::default(), true),
-                    _ => Reader::Events(SseDecoder::default(), false),
+                    Some(Read::EventsToEnd) => {
+                        Reader::Events(SseDecoder::default(), Some(ToEnd::default()))
+                    }
+                    _ => Reader::Events(SseDecoder::default(), None),
                 };
                 slot.io = Io::Reading(opened, reader);
                 self.checked(slot)
@@ -816,21 +831,27 @@ impl<'a, 'o, H: Host, T: Transport> Driver<'a, 'o, H, T> {
                 }
                 self.checked(slot)
             }
-            (None, Reader::Events(_, true)) => {
+            (None, Reader::Events(_, Some(to_end))) => {
+                let eventless = std::mem::take(&mut to_end.eventless);
                 if let Io::Reading(opened, _) = std::mem::replace(&mut slot.io, Io::Idle) {
                     opened.finish(Outcome::Ok);
                 }
                 let mut say = Self::say(self.out, &mut slot.state, secret);
+                if !eventless.is_empty() {
+                    if let Err(e) = slot.session.on_body(&eventless, &mut say) {
+                        return Handled::Failed(e);
+                    }
+                }
                 if let Err(e) = slot.session.on_done(&mut say) {
                     return Handled::Failed(e);
                 }
                 self.checked(slot)
             }
-            (None, Reader::Events(_, false)) => Handled::Failed(opened.error(
+            (None, Reader::Events(_, None)) => Handled::Failed(opened.error(
                 UpstreamFault::Truncated("the stream ended without [DONE]".to_owned()),
             )),
-            (Some(Ok(bytes)), Reader::Events(decoder, to_end)) => {
-                let to_end = *to_end;
+            (Some(Ok(bytes)), Reader::Events(decoder, until_end)) => {
+                let to_end = until_end.is_some();
                 let mut events = Vec::new();
                 if let Err(e) = decoder.push(&bytes, &mut events) {
                     return Handled::Failed(opened.error(match e {
@@ -841,6 +862,14 @@ impl<'a, 'o, H: Host, T: Transport> Driver<'a, 'o, H, T> {
                             UpstreamFault::malformed(e.to_string())
                         }
                     }));
+                }
+                if let Some(state) = until_end {
+                    state.seen_event |= !events.is_empty();
+                    if state.seen_event {
+                        state.eventless = Vec::new();
+                    } else if state.eventless.len() + bytes.len() <= MAX_EVENTLESS_BYTES {
+                        state.eventless.extend_from_slice(&bytes);
+                    }
                 }
                 for data in &events {
                     if data == "[DONE]" && !to_end {
