@@ -119,8 +119,7 @@ fn synthesis_context(world: &World) -> String {
         .requests()
         .into_iter()
         .filter(|r| r.path == "/openai/deployments/gpt-4o/chat/completions")
-        .filter(|r| r.json()["stream"] == true)
-        .last()
+        .rfind(|r| r.json()["stream"] == true)
         .unwrap()
         .json();
     let last = llm["messages"].as_array().unwrap().last().unwrap().clone();
