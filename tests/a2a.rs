@@ -133,7 +133,9 @@ fn a_streamed_task_is_mirrored_and_its_artifact_is_the_answer() {
     assert_eq!(deltas(&events), paris_expected());
     let requests = client.requests();
     assert_eq!(requests.len(), 4);
-    assert_eq!(requests[1].url, format!("{BASE}{CARD}"));
+    // The card is read before the coordination call.
+    assert_eq!(requests[0].url, format!("{BASE}{CARD}"));
+    assert!(requests[1].url.ends_with(LLM));
     assert_eq!(requests[2].url, format!("{BASE}{RPC}"));
     assert_eq!(requests[2].header_value("a2a-version"), Some("1.0"));
     assert_eq!(
@@ -146,7 +148,7 @@ fn a_streamed_task_is_mirrored_and_its_artifact_is_the_answer() {
     assert_eq!(body["params"]["message"]["parts"], json!([{"text": PARIS}]));
     assert!(body["params"]["message"].get("contextId").is_none());
     // Never DIAL's key, nor any credential it was not configured with.
-    for r in &requests[1..3] {
+    for r in [&requests[0], &requests[2]] {
         assert_eq!(r.header_value("api-key"), None);
         assert_eq!(r.header_value("authorization"), None);
         assert!(!String::from_utf8_lossy(&r.body).contains(KEY));
@@ -341,27 +343,36 @@ fn a_stream_that_ends_before_its_task_finished_is_truncated() {
 }
 
 #[test]
-fn a_card_that_points_elsewhere_is_refused() {
+fn an_agent_whose_card_cannot_be_used_is_unavailable_for_the_request_only() {
     let ctx = context_with(config_with(&weather_env(&[])), ask(PARIS), None);
     let mut evil = card(RPC, true);
     evil["supportedInterfaces"][0]["url"] = json!("http://evil.test/a2a/jsonrpc");
     evil["supportedInterfaces"][1]["url"] = json!("http://evil.test/a2a/jsonrpc");
-    let client = routed_to_weather(FakeClient::new()).on(CARD, Reply::json(200, evil));
+    let client = FakeClient::new()
+        .on(CARD, Reply::json(200, evil))
+        // The LLM still names WEATHER: it is not registered for this request.
+        .on(LLM, routing_reply("WEATHER", None))
+        .on(
+            "/deployments/general-purpose-agent/chat/completions",
+            Reply::sse(&[chunk(json!({"content": "Paris: sunny."})), stop_chunk()]),
+        )
+        .on(LLM, llm_stream(&["Paris: sunny."]));
     let (events, _) = run_stream(&ctx, &client);
     let d = deltas(&events);
-    let error = d.iter().find(|e| e.get("error").is_some()).unwrap();
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("its agent card puts its JSON-RPC endpoint on another origin"),
-        "{error}"
+    assert_eq!(
+        d[2],
+        stage_content(0, "_Agent WEATHER is unavailable for this request: WEATHER (primary endpoint) sent malformed data: its agent card puts its JSON-RPC endpoint on another origin than its endpoint._\n\n")
     );
-    // Nothing was sent to the other origin.
-    assert!(client
-        .requests()
-        .iter()
-        .all(|r| !r.url.contains("evil.test")));
+    assert_eq!(d[5], stage_open(1, "Call GPA Agent", None));
+    assert_eq!(d.last(), Some(&json!("[DONE]")));
+    assert!(!d.iter().any(|e| e.get("error").is_some()));
+    let requests = client.requests();
+    // Nothing was sent to the other origin, and the LLM was not offered WEATHER.
+    assert!(requests.iter().all(|r| !r.url.contains("evil.test")));
+    let routing = body_json(&requests[1]);
+    let names =
+        &routing["response_format"]["json_schema"]["schema"]["properties"]["agent_name"]["enum"];
+    assert_eq!(names, &json!(["GPA", "UMS"]));
 }
 
 #[test]
@@ -380,10 +391,10 @@ fn the_agent_s_own_credential_goes_with_every_call_and_only_to_it() {
         .on(LLM, llm_stream(&["Paris: sunny."]));
     run_stream(&ctx, &client);
     let requests = client.requests();
-    for r in &requests[1..3] {
+    for r in [&requests[0], &requests[2]] {
         assert_eq!(r.header_value("x-weather-key"), Some("wk-secret-123"));
     }
-    for r in [&requests[0], &requests[3]] {
+    for r in [&requests[1], &requests[3]] {
         assert_eq!(r.header_value("x-weather-key"), None);
     }
     // The configuration never shows it.
@@ -525,4 +536,87 @@ fn an_error_answered_as_json_to_a_streaming_call_is_the_agent_s_error() {
             .contains("Task not found"),
         "{error}"
     );
+}
+
+#[test]
+fn cards_are_kept_in_the_store_read_again_when_old_and_dropped_after_a_failed_call() {
+    use mas_coordinator::client::MemoryStore;
+    use std::rc::Rc;
+    let clock = Rc::new(Clock::default());
+    let store = Rc::new(MemoryStore::default());
+    let env = weather_env(&[("CARD_TTL_S", "60")]);
+    let turn = |unix_ms: u64, rpc: Reply, with_card: bool| {
+        let client = FakeClient::sharing(clock.clone(), store.clone());
+        if with_card {
+            client.push(CARD, Reply::json(200, card(RPC, true)));
+        }
+        client.push(LLM, routing_reply("WEATHER", None));
+        client.push(RPC, rpc);
+        client.push(LLM, llm_stream(&["ok"]));
+        let ctx = context_at(config_with(&env), ask(PARIS), None, unix_ms);
+        run_stream(&ctx, &client);
+        client
+            .requests()
+            .iter()
+            .filter(|r| r.url.ends_with(CARD))
+            .count()
+    };
+    let ok = || Reply::Http(200, vec![Ok(sse_body(&paris_events()))]);
+    let t0 = UNIX_EPOCH_MS;
+    assert_eq!(turn(t0, ok(), true), 1, "the first request reads the card");
+    assert_eq!(turn(t0 + 30_000, ok(), false), 0, "kept for 60 s");
+    assert_eq!(turn(t0 + 61_000, ok(), true), 1, "read again when older");
+    // The agent's call fails: its card is dropped, and read again next time.
+    assert_eq!(turn(t0 + 62_000, Reply::Refused, false), 0);
+    assert_eq!(turn(t0 + 63_000, ok(), true), 1);
+}
+
+#[test]
+fn without_a_description_the_prompt_describes_the_agent_from_its_card() {
+    let env: Vec<(&str, &str)> = weather_env(&[])
+        .into_iter()
+        .filter(|(k, _)| *k != "AGENT_WEATHER_DESCRIPTION")
+        .collect();
+    let ctx = context_with(config_with(&env), ask(PARIS), None);
+    let mut with_examples = card(RPC, true);
+    with_examples["skills"][0]["examples"] = json!(["Weather in Kyiv?", "Will it rain\nin Rome?"]);
+    let client = routed_to_weather(FakeClient::new())
+        .on(CARD, Reply::json(200, with_examples))
+        .on(RPC, Reply::Http(200, vec![Ok(sse_body(&paris_events()))]))
+        .on(LLM, llm_stream(&["Paris: sunny."]));
+    let (events, _) = run_stream(&ctx, &client);
+    assert_eq!(deltas(&events), paris_expected());
+    let routing = body_json(&client.requests()[1]);
+    let prompt = routing["messages"][0]["content"].as_str().unwrap();
+    assert!(
+        prompt.contains("- WEATHER: Answers weather questions for any city. Skills: Weather: Tells the weather in a city. (e.g. \"Weather in Kyiv?\", \"Will it rain in Rome?\").\n"),
+        "{prompt}"
+    );
+    // The same description in the schema's agent list.
+    let schema = routing["response_format"]["json_schema"]["schema"].to_string();
+    assert!(schema.contains("WEATHER: Answers weather questions for any city."));
+}
+
+#[test]
+fn an_unreachable_card_leaves_the_other_agents_working() {
+    let ctx = context_with(config_with(&weather_env(&[])), ask("hello"), None);
+    let client = FakeClient::new()
+        .on(CARD, Reply::Refused)
+        .on(LLM, routing_reply("GPA", None))
+        .on(
+            "/deployments/general-purpose-agent/chat/completions",
+            Reply::sse(&[chunk(json!({"content": "Hi."})), stop_chunk()]),
+        )
+        .on(LLM, llm_stream(&["Hi."]));
+    let (events, _) = run_stream(&ctx, &client);
+    let d = deltas(&events);
+    let stage0 = d[2]["custom_content"]["stages"][0]["content"]
+        .as_str()
+        .unwrap();
+    assert!(
+        stage0.starts_with("_Agent WEATHER is unavailable for this request: WEATHER (primary endpoint) could not be reached"),
+        "{stage0}"
+    );
+    assert_eq!(d.last(), Some(&json!("[DONE]")));
+    assert!(!d.iter().any(|e| e.get("error").is_some()));
 }

@@ -29,7 +29,7 @@
 
 use serde_json::{json, Value};
 
-use super::kinds::{AgentVars, Assignment, Kind, Probe};
+use super::kinds::{AgentVars, Assignment, Discover, Kind, Probe};
 use super::{parse_event, AnswerText, Read, Say, Session, Step};
 use crate::calls::{CallFailed, CallSpec, Replay, RequestTemplate};
 use crate::client::{endpoint_targets, Method, Target};
@@ -52,6 +52,11 @@ pub const KIND: Kind = Kind {
     probes,
     // A context is one conversation: its subtasks of a turn run in order.
     serial: true,
+    discover: Some(Discover {
+        what: "agent card",
+        path: CARD_PATH,
+        read: describe,
+    }),
 };
 
 /// Where an A2A server publishes its card, under its base URL.
@@ -120,7 +125,90 @@ fn session(a: Assignment<'_>) -> Box<dyn Session + '_> {
         session.known = Some((q.context, Some(q.endpoint)));
         session.task = Some(q.task);
     }
+    // The card read before the coordination call: no second read.
+    if let Some(found) = a.discovered {
+        if let Ok(interface) = interface(&found.doc, &found.target.id) {
+            session.base = Some(found.target);
+            session.interface = Some(interface);
+        }
+    }
     Box::new(session)
+}
+
+/// Most skills, and examples of a skill, a card's description tells the prompt.
+const MAX_SKILLS: usize = 8;
+const MAX_EXAMPLES: usize = 3;
+/// Longest piece of a card (a description, a skill's name or description, an
+/// example) and longest whole description, in characters.
+const MAX_CARD_TEXT: usize = 300;
+const MAX_DESCRIPTION: usize = 2_000;
+
+/// One line of at most `max` characters.
+fn line(text: &str, max: usize) -> String {
+    let one: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one.chars().count() <= max {
+        return one;
+    }
+    let cut: String = one.chars().take(max).collect();
+    format!("{cut}…")
+}
+
+/// The description of an agent from its card (for the coordination prompt):
+/// its description, then each skill's name, description and examples, on one
+/// line and bounded; or why the card cannot be used.
+pub fn describe(card: &Value, base: &str) -> Result<String, String> {
+    interface(card, base)?;
+    let text = |v: &Value, key: &str| {
+        v.get(key)
+            .and_then(Value::as_str)
+            .map(|t| line(t, MAX_CARD_TEXT))
+            .filter(|t| !t.is_empty())
+    };
+    let mut out = text(card, "description")
+        .or_else(|| text(card, "name"))
+        .unwrap_or_default();
+    let skills: Vec<String> = card
+        .get("skills")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .take(MAX_SKILLS)
+                .filter_map(|skill| {
+                    let mut s = text(skill, "name")?;
+                    if let Some(d) = text(skill, "description") {
+                        s.push_str(": ");
+                        s.push_str(&d);
+                    }
+                    let examples: Vec<String> = skill
+                        .get("examples")
+                        .and_then(Value::as_array)
+                        .map(|e| {
+                            e.iter()
+                                .filter_map(Value::as_str)
+                                .take(MAX_EXAMPLES)
+                                .map(|x| format!("\"{}\"", line(x, MAX_CARD_TEXT)))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    if !examples.is_empty() {
+                        s.push_str(&format!(" (e.g. {})", examples.join(", ")));
+                    }
+                    Some(s)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !skills.is_empty() {
+        if !out.is_empty() && !out.ends_with('.') {
+            out.push('.');
+        }
+        out.push_str(&format!(" Skills: {}.", skills.join("; ")));
+    }
+    let out = line(&out, MAX_DESCRIPTION);
+    if out.is_empty() {
+        return Err("describes nothing (no description, name or skill)".to_owned());
+    }
+    Ok(out)
 }
 
 /// Every endpoint's card.
@@ -780,11 +868,11 @@ impl Session for A2aSession<'_> {
             return Step::Finish(Err(e));
         }
         match self.phase {
-            Phase::Start => {
+            Phase::Start if self.interface.is_none() => {
                 self.phase = Phase::Card;
                 Step::Call(self.card_call(), Read::Whole)
             }
-            Phase::Card => match (&self.base, &self.interface) {
+            Phase::Start | Phase::Card => match (&self.base, &self.interface) {
                 (Some(base), Some(interface)) => {
                     let spec = self.send_call(base, interface);
                     let read = if interface.streaming {

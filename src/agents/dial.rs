@@ -48,6 +48,7 @@ pub const KIND: Kind = Kind {
     // DIAL Core, which serves every deployment, is always probed.
     probes: |_| Vec::<Probe>::new(),
     serial: false,
+    discover: None,
 };
 
 /// GPA's description in the coordination prompt.

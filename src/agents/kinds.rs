@@ -15,6 +15,8 @@
 //! agents, so [`Config::from_lookup`] is defined here: `config/mod.rs` reads every
 //! other variable and asks [`read_registry`] for the agents.
 
+use serde_json::Value;
+
 use super::Session;
 use crate::client::Target;
 use crate::config::registry::{is_valid_name, AgentSpec, Registry, Secret, StateSlot};
@@ -45,6 +47,33 @@ pub struct Kind {
     /// Whether its subtasks of one turn share one conversation, so that they
     /// run one at a time (in plan order when several are ready).
     pub serial: bool,
+    /// What its agents publish about themselves, read before the coordination
+    /// call (`flow/discovery.rs`); `None` when there is nothing to read.
+    pub discover: Option<Discover>,
+}
+
+/// A document each agent of a kind publishes about itself (an A2A agent card),
+/// read before the coordination call: it can describe the agent to the
+/// coordination prompt, and an agent whose document cannot be read is
+/// unavailable for that request.
+#[derive(Debug)]
+pub struct Discover {
+    /// What the document is called in messages ("agent card").
+    pub what: &'static str,
+    /// Its path under each of the agent's endpoints.
+    pub path: &'static str,
+    /// Reads what the endpoint `base` published: the agent's description for
+    /// the coordination prompt, or why the document cannot be used.
+    pub read: fn(doc: &Value, base: &str) -> Result<String, String>,
+}
+
+/// What discovery read for an agent: the target that answered, and its document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Discovered {
+    /// The endpoint that published it.
+    pub target: Target,
+    /// The document.
+    pub doc: Value,
 }
 
 /// A built-in agent: listed in `AGENTS` by its name alone, with the defaults
@@ -78,6 +107,8 @@ pub struct Assignment<'a> {
     pub task: Option<String>,
     /// Its conversation: from this turn's earlier subtasks or the history.
     pub conversation: Option<Conversation>,
+    /// What discovery read about the agent, for a kind that discovers.
+    pub discovered: Option<Discovered>,
 }
 
 /// One deep-health probe: `GET url`, reported as `target`.
@@ -104,6 +135,11 @@ pub fn session(assignment: Assignment<'_>) -> Result<Box<dyn Session + '_>, Stri
             assignment.agent.name, assignment.agent.kind
         )),
     }
+}
+
+/// What `agent`'s kind reads about it before the coordination call.
+pub fn discover_of(agent: &AgentSpec) -> Option<&'static Discover> {
+    kind_of(agent).and_then(|k| k.discover.as_ref())
 }
 
 /// Whether `agent`'s subtasks run one at a time (see [`Kind::serial`]).
@@ -335,6 +371,8 @@ fn read_agent(
     let description = match (get(&description_var), builtin) {
         (Some(d), _) => problems.take(parse_text(&description_var, &d, 2_000), String::new()),
         (None, Some(b)) => b.description.to_owned(),
+        // Described by what it publishes, per request.
+        (None, None) if kind.is_some_and(|k| k.discover.is_some()) => String::new(),
         (None, None) => {
             problems.add(CoordError::config(
                 &description_var,

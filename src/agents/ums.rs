@@ -46,6 +46,7 @@ pub const KIND: Kind = Kind {
     probes,
     // A conversation is one thread.
     serial: true,
+    discover: None,
 };
 
 /// UMS's description in the coordination prompt.

@@ -34,6 +34,7 @@ pub const VARIABLES: &[&str] = &[
     "MAX_PLAN_ROUNDS",
     "MAX_SUBTASKS",
     "MAX_PARALLEL",
+    "CARD_TTL_S",
     "DIAL_API_VERSION",
     "MAX_REQUEST_BYTES",
     "MAX_MESSAGES",
@@ -169,6 +170,9 @@ pub struct Config {
     pub max_subtasks: usize,
     /// Most subtasks running at once.
     pub max_parallel: usize,
+    /// How long an agent's card (what it publishes about itself) is kept in
+    /// the store, in seconds; 0: read for every request.
+    pub card_ttl_s: u64,
     /// `api-version` query sent on calls into DIAL Core, if set.
     pub api_version: Option<String>,
     /// Largest accepted request body, in bytes.
@@ -208,6 +212,7 @@ impl std::fmt::Debug for Config {
             .field("max_plan_rounds", &self.max_plan_rounds)
             .field("max_subtasks", &self.max_subtasks)
             .field("max_parallel", &self.max_parallel)
+            .field("card_ttl_s", &self.card_ttl_s)
             .field("api_version", &self.api_version)
             .field("max_request_bytes", &self.max_request_bytes)
             .field("max_messages", &self.max_messages)
@@ -330,6 +335,7 @@ impl Config {
             max_plan_rounds: to_usize(range("MAX_PLAN_ROUNDS", 3, 1, 10)),
             max_subtasks: to_usize(range("MAX_SUBTASKS", 8, 1, 32)),
             max_parallel: to_usize(range("MAX_PARALLEL", 4, 1, 16)),
+            card_ttl_s: range("CARD_TTL_S", 300, 0, 86_400),
             dial_endpoint,
             deployment_name,
             llm_backups,

@@ -9,12 +9,14 @@
 //! instructions as the task), run by the same scheduler as every plan. A
 //! re-planning round can also decide to stop, and says why in its stage.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use crate::agents::{Read, Say, Session, Step};
 use crate::calls::{CallFailed, CallSpec, Replay, RequestTemplate};
 use crate::client::Target;
+use crate::config::registry::Registry;
 use crate::config::CoordinationMode;
 use crate::context::RequestContext;
 use crate::error::{CoordError, Service, UpstreamFault};
@@ -71,8 +73,10 @@ pub struct CoordinationSession<'a> {
     decided: Decided,
     /// The agent and description of every subtask done in earlier rounds.
     done: Vec<(String, String)>,
-    /// A sentence the stage starts with.
-    note: Option<&'static str>,
+    /// Sentences the stage starts with.
+    notes: String,
+    /// The agents this request can use.
+    registry: Cow<'a, Registry>,
 }
 
 impl<'a> CoordinationSession<'a> {
@@ -85,9 +89,30 @@ impl<'a> CoordinationSession<'a> {
         done: &[Finished],
         decided: Decided,
     ) -> CoordinationSession<'a> {
+        CoordinationSession::over(
+            ctx,
+            Cow::Borrowed(&ctx.config.registry),
+            round,
+            done,
+            decided,
+        )
+    }
+
+    /// The same over `registry`: the agents this request can use (the
+    /// configured ones, less those whose discovery failed, with the
+    /// descriptions discovery read; `flow/discovery.rs`).
+    pub fn over(
+        ctx: &'a RequestContext,
+        registry: Cow<'a, Registry>,
+        round: usize,
+        done: &[Finished],
+        decided: Decided,
+    ) -> CoordinationSession<'a> {
         let body = match ctx.config.coordination_mode {
-            CoordinationMode::Route => routing::request_body(ctx),
-            CoordinationMode::Plan => plan::request_body(ctx, if round > 1 { done } else { &[] }),
+            CoordinationMode::Route => routing::request_body_for(ctx, &registry),
+            CoordinationMode::Plan => {
+                plan::request_body_for(ctx, &registry, if round > 1 { done } else { &[] })
+            }
         };
         CoordinationSession {
             ctx,
@@ -97,20 +122,21 @@ impl<'a> CoordinationSession<'a> {
             outcome: None,
             decided,
             done: plan::work_of(done),
-            note: None,
+            notes: String::new(),
+            registry,
         }
     }
 
-    /// The same, its stage starting with `note`.
-    pub fn with_note(mut self, note: Option<&'static str>) -> Self {
-        self.note = note;
+    /// The same, its stage starting with `notes`.
+    pub fn with_notes(mut self, notes: String) -> Self {
+        self.notes = notes;
         self
     }
 
     /// Reads the answer: the decision, and the text of the round's stage.
     fn decide(&self, answer: &str) -> (Decision, String) {
         let config = &self.ctx.config;
-        let registry = &config.registry;
+        let registry = &self.registry;
         match config.coordination_mode {
             CoordinationMode::Route => {
                 let routed = routing::parse_decision(Some(answer), registry);
@@ -171,8 +197,8 @@ impl<'a> CoordinationSession<'a> {
 impl Session for CoordinationSession<'_> {
     fn step(&mut self, say: &mut dyn Say) -> Step {
         if let Some(spec) = self.call.take() {
-            if let Some(note) = self.note.take() {
-                say.text(note);
+            if !self.notes.is_empty() {
+                say.text(&std::mem::take(&mut self.notes));
             }
             return Step::Call(spec, Read::Whole);
         }

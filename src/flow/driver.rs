@@ -514,6 +514,16 @@ impl<'a, 'o, H: Host, T: Transport> Driver<'a, 'o, H, T> {
         Ok(())
     }
 
+    /// The value the host's store keeps under `key` (none when empty).
+    pub fn stored(&self, key: &str) -> Option<Vec<u8>> {
+        self.caller.host.store().get(key).filter(|v| !v.is_empty())
+    }
+
+    /// Keeps `value` under `key` in the host's store (empty: forgotten).
+    pub fn store(&self, key: &str, value: &[u8]) {
+        self.caller.host.store().set(key, value);
+    }
+
     /// Writes answer text that no session produced (a cancellation).
     pub fn answer(&mut self, text: &str) {
         self.out.content(text);

@@ -10,6 +10,7 @@
 
 pub mod ask;
 pub mod coordination;
+pub mod discovery;
 pub mod driver;
 pub mod emitter;
 pub mod plan;
@@ -17,10 +18,11 @@ pub mod routing;
 pub mod scheduler;
 pub mod synthesis;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use crate::client::Host;
-use crate::config::registry::AgentSpec;
+use crate::config::registry::{AgentSpec, Registry};
 use crate::config::CoordinationMode;
 use crate::context::{FlowError, RequestContext};
 use crate::error::CoordError;
@@ -95,6 +97,21 @@ goes to {} without a coordination call._\n\n{}",
         },
     };
     let skip_approval = resumed.is_some();
+    // What discovering agents publish, read before the coordination call
+    // (not needed when no coordination call is made).
+    meter::set_phase(Phase::Coordination);
+    let discovery = match resumed {
+        None => discovery::discover(ctx, driver).await?,
+        Some(_) => None,
+    };
+    let registry: Cow<'a, Registry> = match &discovery {
+        Some(d) => Cow::Owned(d.registry.clone()),
+        None => Cow::Borrowed(&config.registry),
+    };
+    let mut notes = note.unwrap_or_default().to_owned();
+    if let Some(d) = &discovery {
+        notes.push_str(&d.notes);
+    }
     let mut finished: Vec<Finished> = Vec::new();
     let mut memories: Vec<(u32, &AgentSpec, Memory)> = Vec::new();
     let mut first_error: Option<CoordError> = None;
@@ -108,8 +125,14 @@ goes to {} without a coordination call._\n\n{}",
             }
             None => {
                 let decided = Decided::default();
-                let session = CoordinationSession::new(ctx, round, &finished, decided.clone())
-                    .with_note(note.filter(|_| round == 1));
+                let session = CoordinationSession::over(
+                    ctx,
+                    registry.clone(),
+                    round,
+                    &finished,
+                    decided.clone(),
+                )
+                .with_notes(std::mem::take(&mut notes));
                 let mut coordination =
                     Single::new(Root::NewStage(stage_name(round)), Box::new(session));
                 driver.run(&mut coordination).await?;
@@ -160,8 +183,14 @@ goes to {} without a coordination call._\n\n{}",
         }
         meter::set_phase(Phase::Agents);
         let mut run = PlanRun::new(ctx, &plan, std::mem::take(&mut conversations));
+        if let Some(d) = &discovery {
+            run.discovered = d.found.clone();
+        }
         let result = driver.run(&mut run).await;
         conversations = std::mem::take(&mut run.conversations);
+        if let Some(d) = &discovery {
+            discovery::forget_failed(d, &run.finished, driver);
+        }
         finished.append(&mut run.finished);
         memories.append(&mut run.memories);
         if first_error.is_none() {

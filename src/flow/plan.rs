@@ -117,7 +117,11 @@ pub const COMPLETED: &str = "## COMPLETED SUBTASKS:";
 /// also lists the subtasks already done, with their results as data
 /// ([`results_block`]).
 pub fn request_body(ctx: &RequestContext, done: &[Finished]) -> Vec<u8> {
-    let registry = &ctx.config.registry;
+    request_body_for(ctx, &ctx.config.registry, done)
+}
+
+/// [`request_body`] over `registry` (this request's agents: see `flow/discovery.rs`).
+pub fn request_body_for(ctx: &RequestContext, registry: &Registry, done: &[Finished]) -> Vec<u8> {
     let last_text = (!done.is_empty()).then(|| {
         let request = ctx.request_text();
         let results = results_block(COMPLETED_HEADING, done);

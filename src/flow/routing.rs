@@ -102,7 +102,11 @@ the user's message there.
 /// The body of the routing call: system prompt, the history without
 /// `custom_content`, and the structured-output format.
 pub fn request_body(ctx: &RequestContext) -> Vec<u8> {
-    let registry = &ctx.config.registry;
+    request_body_for(ctx, &ctx.config.registry)
+}
+
+/// [`request_body`] over `registry` (this request's agents: see `flow/discovery.rs`).
+pub fn request_body_for(ctx: &RequestContext, registry: &Registry) -> Vec<u8> {
     ChatBody {
         messages: LlmMessages {
             system: &routing_prompt(registry),

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use crate::agents::kinds::{self, Assignment};
+use crate::agents::kinds::{self, Assignment, Discovered};
 use crate::agents::ums::find_conversation;
 use crate::config::registry::AgentSpec;
 use crate::context::RequestContext;
@@ -57,6 +57,8 @@ pub struct PlanRun<'a> {
     pub first_error: Option<CoordError>,
     /// The first question an agent asked the user (the turn ends with it).
     pub asked: Option<AgentQuestion>,
+    /// What discovery read about the agents (`flow/discovery.rs`), by name.
+    pub discovered: HashMap<String, Discovered>,
 }
 
 impl<'a> PlanRun<'a> {
@@ -90,6 +92,7 @@ impl<'a> PlanRun<'a> {
             memories: Vec::new(),
             first_error: None,
             asked: None,
+            discovered: HashMap::new(),
         }
     }
 
@@ -224,6 +227,7 @@ impl<'a> Scheduler<'a> for PlanRun<'a> {
                     agent,
                     task: text,
                     conversation,
+                    discovered: self.discovered.get(&agent.name).cloned(),
                 };
                 match kinds::session(assignment) {
                     Ok(session) => out.push(Ready::Start(Task {

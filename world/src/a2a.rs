@@ -13,14 +13,6 @@ pub(crate) const BASE: &str = "/a2a/weather";
 const CARD: &str = "/a2a/weather/.well-known/agent-card.json";
 const RPC: &str = "/a2a/weather/rpc";
 
-/// What the agent keeps: the messages of each context, the tasks waiting for a city.
-#[derive(Debug, Default)]
-pub(crate) struct A2aState {
-    next: u64,
-    turns: std::collections::BTreeMap<String, u64>,
-    waiting: std::collections::BTreeMap<String, String>,
-}
-
 fn jsonrpc_error(code: i64, message: &str) -> Reply {
     let error = obj(&[("code", code.to_string()), ("message", s(message))]);
     Reply::json_status(

@@ -59,3 +59,12 @@ impl Conversation {
 pub(crate) fn title_json(title: Option<&str>) -> String {
     title.map_or_else(|| "null".to_owned(), s)
 }
+
+/// What the A2A weather agent keeps (`a2a.rs`): a counter for ids, the number of
+/// messages of each context, and the tasks waiting for a city (task → context).
+#[derive(Debug, Default)]
+pub(crate) struct A2aState {
+    pub(crate) next: u64,
+    pub(crate) turns: std::collections::BTreeMap<String, u64>,
+    pub(crate) waiting: std::collections::BTreeMap<String, String>,
+}

@@ -2,8 +2,7 @@
 //! recorded requests, the faults, the per-world counters and the two UMS instances'
 //! conversation stores.
 
-use crate::a2a::A2aState;
-use crate::conversations::UmsState;
+use crate::conversations::{A2aState, UmsState};
 use crate::fault::Fault;
 use crate::http::Service;
 use serde::{Deserialize, Serialize};
