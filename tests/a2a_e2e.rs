@@ -83,16 +83,13 @@ impl Drop for Agent {
     }
 }
 
-/// The coordinator with the WEATHER agent at `agent`, and `extra` variables.
+/// The coordinator with the WEATHER agent at `agent` (described by its card:
+/// no description variable), and `extra` variables.
 async fn stack(agent: &Agent, extra: &[(&str, &str)]) -> Stack {
     let mut env = vec![
         ("AGENTS", "GPA,UMS,WEATHER"),
         ("AGENT_WEATHER_KIND", "a2a"),
         ("AGENT_WEATHER_ENDPOINT", agent.url.as_str()),
-        (
-            "AGENT_WEATHER_DESCRIPTION",
-            "Answers weather questions for any city.",
-        ),
         SECRET,
     ];
     env.extend_from_slice(extra);
@@ -127,8 +124,8 @@ fn synthesis_context(world: &World) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_streaming_agent_is_mirrored_and_keeps_its_context_across_turns() {
-    let agent = Agent::start(&["--rpc-path", "/a2a/jsonrpc"]);
+async fn a_streaming_agent_routed_by_its_card_is_mirrored_and_keeps_its_context() {
+    let agent = Agent::start(&["--rpc-path", "/a2a/jsonrpc", "--skill-examples"]);
     let s = stack(&agent, &[]).await;
     let conv = Some("chat-a2a-1");
     let mut history = vec![user("@WEATHER Weather in Paris?")];
@@ -142,6 +139,27 @@ async fn a_streaming_agent_is_mirrored_and_keeps_its_context_across_turns() {
     assert_eq!(stage_status(&d, 1), Some(json!("completed")));
     assert!(synthesis_context(&s.world)
         .starts_with("## CONTEXT:\nA2A[1]: @WEATHER Weather in Paris?\n---"));
+    // The coordination call was told what the agent is from its card.
+    let routing = s
+        .world
+        .requests()
+        .into_iter()
+        .find(|r| r.json()["response_format"]["type"] == "json_schema")
+        .unwrap()
+        .json();
+    let prompt = routing["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let line = prompt
+        .lines()
+        .find(|l| l.starts_with("- WEATHER: "))
+        .unwrap_or_else(|| panic!("{prompt}"));
+    assert!(
+        line.starts_with("- WEATHER: Answers weather questions for any city. Skills: "),
+        "{line}"
+    );
+    assert!(line.contains("(e.g. \""), "{line}");
     let state = as_history(&r.events())["custom_content"]["state"].clone();
     let context = state["agents"]["WEATHER"]["conversation_id"]
         .as_str()
@@ -305,4 +323,46 @@ async fn the_blocking_method_protocol_0_3_and_the_agent_s_own_credential() {
             assert!(core.iter().all(|r| r.header("x-api-key").is_none()));
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_health_reads_the_card_and_a_dead_agent_is_left_out_of_requests() {
+    let agent = Agent::start(&[]);
+    let s = stack(&agent, &[("CARD_TTL_S", "0")]).await;
+    let deep = common::host::get(&format!("{}/health?deep=1", s.host.url()))
+        .await
+        .json();
+    let card = deep["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["service"] == "WEATHER")
+        .cloned()
+        .unwrap();
+    assert_eq!(card["target"], json!(agent.url));
+    assert_eq!(card["up"], true);
+    assert!(agent
+        .received()
+        .iter()
+        .any(|r| r["path"] == "/.well-known/agent-card.json"));
+    // The agent goes away: requests go on without it, and stage 0 says so.
+    let url = agent.url.clone();
+    drop(agent);
+    let r = chat_stream(&s.host, KEY, &[user("hello")], None).await;
+    let d = deltas(&r.events());
+    let stage0 = stage_text(&d, 0);
+    assert!(
+        stage0.starts_with("_Agent WEATHER is unavailable for this request: WEATHER (primary endpoint) could not be reached"),
+        "{stage0}"
+    );
+    assert_eq!(d[d.len() - 2..], [json!("STOP"), json!("[DONE]")]);
+    let deep = common::host::get(&format!("{}/health?deep=1", s.host.url()))
+        .await
+        .json();
+    assert_eq!(deep["status"], "degraded");
+    assert!(deep["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["service"] == "WEATHER" && c["up"] == false && c["target"] == json!(url)));
 }
