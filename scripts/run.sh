@@ -364,6 +364,11 @@ coordinator_ready() {
 if [ "$world" = 1 ]; then
     say "starting the local DIAL world on 127.0.0.1:$WORLD_CORE_PORT (DIAL Core), 127.0.0.1:$WORLD_UMS_PORT (UMS) and 127.0.0.1:$WORLD_UMS_BACKUP_PORT (backup UMS)"
     export DIAL_ENDPOINT="http://127.0.0.1:$WORLD_CORE_PORT" UMS_AGENT_ENDPOINT="http://127.0.0.1:$WORLD_UMS_PORT"
+    # The world's A2A weather agent joins GPA and UMS, unless AGENTS says otherwise.
+    if [ -z "${AGENTS:-}" ]; then
+        export AGENTS=GPA,UMS,WEATHER AGENT_WEATHER_KIND=a2a \
+            AGENT_WEATHER_ENDPOINT="http://127.0.0.1:$WORLD_CORE_PORT/a2a/weather"
+    fi
     start "the local DIAL world" mas-world "$world_log" "$WORLD_BIN" \
         --core-addr "127.0.0.1:$WORLD_CORE_PORT" --ums-addr "127.0.0.1:$WORLD_UMS_PORT" \
         --ums-backup-addr "127.0.0.1:$WORLD_UMS_BACKUP_PORT"

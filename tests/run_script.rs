@@ -408,6 +408,19 @@ async fn ready_serves_a_chat_and_ctrl_c_stops_everything_with_status_0() {
         "UMS answered: {text}"
     );
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    // The world's A2A agent is in the registry, described by its card.
+    let weather = post_json(
+        &format!("{url}{CHAT_PATH}"),
+        &[("Api-Key", "local-test-key")],
+        &json!({"stream": true, "messages": [{"role": "user", "content": "@WEATHER What is the weather in Kyiv?"}]}),
+    )
+    .await;
+    let text = weather.text();
+    assert!(
+        text.contains("Call WEATHER Agent")
+            && text.contains("WEATHER[world-ctx-1#1]: Forecast for Kyiv: +5°C, light rain."),
+        "the A2A agent answered: {text}"
+    );
 
     // The request's log line, out of wasmtime's prefixed output.
     let log = run.log_dir.join("coordinator.log");
@@ -423,9 +436,10 @@ async fn ready_serves_a_chat_and_ctrl_c_stops_everything_with_status_0() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 1, "one request: {lines:?}");
+    assert_eq!(lines.len(), 2, "two requests: {lines:?}");
     assert_eq!(lines[0]["status"], 200);
     assert_eq!(lines[0]["agent"], "UMS");
+    assert_eq!(lines[1]["agent"], "WEATHER");
     // wasmtime's own line goes to stderr, not into the JSON lines.
     let stderr = String::from_utf8(logs.stderr).unwrap();
     assert_eq!(
