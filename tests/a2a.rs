@@ -260,7 +260,7 @@ fn a_0_3_card_is_spoken_to_in_0_3() {
     assert_eq!(body["method"], "message/stream");
     assert_eq!(
         body["params"]["message"],
-        json!({"kind": "message", "messageId": "1111111111111111-weather", "role": "user",
+        json!({"kind": "message", "messageId": "1111111111111111-weather-eaafa6d2", "role": "user",
                "parts": [{"kind": "text", "text": PARIS}]})
     );
 }

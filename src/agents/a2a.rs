@@ -38,6 +38,7 @@ use crate::config::registry::AgentSpec;
 use crate::error::{CoordError, UpstreamFault};
 use crate::limits::MAX_CONTEXT_BYTES_PER_RESULT;
 use crate::memory::pending::{AgentQuestion, Resume};
+use crate::memory::state::fnv1a;
 use crate::memory::{endpoint_tag, is_valid_conversation_id, Conversation, Memory};
 use crate::wire::request::Message;
 use crate::wire::response::Attachment;
@@ -58,6 +59,9 @@ pub const KIND: Kind = Kind {
         read: describe,
     }),
 };
+
+/// Largest card accepted (as discovery accepts).
+const MAX_CARD_BYTES: usize = 64 * 1024;
 
 /// Where an A2A server publishes its card, under its base URL.
 pub const CARD_PATH: &str = "/.well-known/agent-card.json";
@@ -111,16 +115,14 @@ fn session(a: Assignment<'_>) -> Box<dyn Session + '_> {
         Resume::Agent(q) if q.agent == a.agent.name => Some(q.clone()),
         _ => None,
     };
-    let mut session = A2aSession::new(
-        a.agent,
-        message,
-        format!(
-            "{}-{}",
-            a.ctx.trace.span_id,
-            a.agent.name.to_ascii_lowercase()
-        ),
-        a.conversation,
+    // Unique per request, agent and message (several subtasks of one agent).
+    let message_id = format!(
+        "{}-{}-{:08x}",
+        a.ctx.trace.span_id,
+        a.agent.name.to_ascii_lowercase(),
+        fnv1a(message.as_bytes()) & 0xffff_ffff
     );
+    let mut session = A2aSession::new(a.agent, message, message_id, a.conversation);
     if let Some(q) = waiting {
         session.known = Some((q.context, Some(q.endpoint)));
         session.task = Some(q.task);
@@ -913,6 +915,11 @@ impl Session for A2aSession<'_> {
         let text = String::from_utf8_lossy(body);
         let value: Value = parse_event(&text, say)?;
         if self.phase == Phase::Card {
+            if body.len() > MAX_CARD_BYTES {
+                return Err(say.error(UpstreamFault::Oversized(format!(
+                    "its agent card is larger than {MAX_CARD_BYTES} bytes"
+                ))));
+            }
             let base = self.base.as_ref().map_or("", |b| b.id.as_str());
             let interface = interface(&value, base).map_err(|why| {
                 say.error(UpstreamFault::malformed(format!("its agent card {why}")))

@@ -231,6 +231,31 @@
 //!   `data: [DONE]`. `stream:false` → `{"content":"..","conversation_id":"<id>"}`.
 //! * Unknown paths → 404 `{"detail":"Not Found"}`; wrong methods → 405.
 //!
+//! ## A2A weather agent (on the Core port)
+//!
+//! An Agent2Agent protocol 1.0 agent under `/a2a/weather` (its base URL is
+//! `<core_url>/a2a/weather`), answering as the official SDK frames it
+//! (docs/protocol.md §4a); its requests are recorded as service `core`.
+//!
+//! * `GET /a2a/weather/.well-known/agent-card.json` → the card: name `Weather Agent`,
+//!   description `Answers weather questions for any city.`, one skill (`Forecast`, with an
+//!   example), `capabilities.streaming: true`, one interface
+//!   `{"url":"http://<Host header>/a2a/weather/rpc","protocolBinding":"JSONRPC","protocolVersion":"1.0"}`.
+//! * `POST /a2a/weather/rpc` — without `A2A-Version: 1.0` → JSON-RPC error -32009; a body
+//!   that is not JSON → -32700; a method other than `SendStreamingMessage` / `SendMessage`
+//!   → -32601 (all with HTTP 200). `text` = the message's text parts joined with `\n`. A
+//!   message with a `taskId` must name a task waiting for a city (else -32602); otherwise a
+//!   new task `world-task-<n>` in the message's `contextId`, or a new context
+//!   `world-ctx-<n>` (one per-world counter for both). `turn` counts the messages of the
+//!   context. The city is the resumed message's text (trimmed, without trailing `?.!`), or
+//!   the words after the last ` in ` of `text`, the same way. With a city: a status update
+//!   `TASK_STATE_WORKING` with the message `Checking the forecast.`, one artifact
+//!   `forecast` with the text `WEATHER[<context>#<turn>]: Forecast for <city>: +5°C, light
+//!   rain.`, then `TASK_STATE_COMPLETED`. Without one: `TASK_STATE_INPUT_REQUIRED` with the
+//!   message `Which city?`, and the task waits. Streams start with the task
+//!   (`TASK_STATE_SUBMITTED`), are `text/event-stream` with CRLF line ends and no end
+//!   marker; `SendMessage` answers the final task (with its artifact) as JSON.
+//!
 //! ## Recording
 //!
 //! Every request any server receives (except the control API) is recorded as a
