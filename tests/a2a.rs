@@ -138,6 +138,11 @@ fn a_streamed_task_is_mirrored_and_its_artifact_is_the_answer() {
     assert!(requests[1].url.ends_with(LLM));
     assert_eq!(requests[2].url, format!("{BASE}{RPC}"));
     assert_eq!(requests[2].header_value("a2a-version"), Some("1.0"));
+    // Traced like every call: the card and the message carry the request's trace.
+    for r in [&requests[0], &requests[2]] {
+        let traceparent = r.header_value("traceparent").unwrap();
+        assert!(traceparent.starts_with("00-"), "{traceparent}");
+    }
     assert_eq!(
         requests[2].header_value("accept"),
         Some("text/event-stream")

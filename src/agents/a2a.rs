@@ -204,7 +204,8 @@ pub fn describe(card: &Value, base: &str) -> Result<String, String> {
         if !out.is_empty() && !out.ends_with('.') {
             out.push('.');
         }
-        out.push_str(&format!(" Skills: {}.", skills.join("; ")));
+        let skills = skills.join("; ");
+        out.push_str(&format!(" Skills: {}.", skills.trim_end_matches('.')));
     }
     let out = line(&out, MAX_DESCRIPTION);
     if out.is_empty() {
@@ -934,6 +935,147 @@ impl Session for A2aSession<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The card the SDK serves with both versions (its 0.3 fields filled in).
+    fn sdk_card() -> Value {
+        json!({"name": "Weather Agent", "description": "Answers weather questions for any city.",
+            "supportedInterfaces": [
+                {"url": "http://127.0.0.1:9/", "protocolBinding": "JSONRPC", "protocolVersion": "1.0"},
+                {"url": "http://127.0.0.1:9/", "protocolBinding": "JSONRPC", "protocolVersion": "0.3"}],
+            "version": "1.0.0", "capabilities": {"streaming": true},
+            "skills": [{"id": "w", "name": "Weather", "description": "Tells the weather.", "tags": []}],
+            "preferredTransport": "JSONRPC", "protocolVersion": "0.3", "url": "http://127.0.0.1:9/"})
+    }
+
+    #[test]
+    fn cards_of_both_versions() {
+        let base = "http://127.0.0.1:9";
+        assert_eq!(
+            interface(&sdk_card(), base),
+            Ok(Interface {
+                url: "http://127.0.0.1:9/".into(),
+                version: Version::V1,
+                streaming: true
+            })
+        );
+        // Only 0.3 offered (the SDK with its 1.0 interface left out).
+        let mut only_03 = sdk_card();
+        only_03["supportedInterfaces"] = json!([{"url": "http://127.0.0.1:9/a2a", "protocolBinding": "JSONRPC", "protocolVersion": "0.3"}]);
+        only_03["capabilities"] = json!({});
+        assert_eq!(
+            interface(&only_03, base),
+            Ok(Interface {
+                url: "http://127.0.0.1:9/a2a".into(),
+                version: Version::V03,
+                streaming: false
+            })
+        );
+        // A 0.3 card without interfaces: its own url, a relative one resolved on the base.
+        let legacy = json!({"name": "x", "url": "/rpc", "protocolVersion": "0.3.0"});
+        assert_eq!(
+            interface(&legacy, "http://127.0.0.1:9/agents/x").map(|i| (i.url, i.version)),
+            Ok(("http://127.0.0.1:9/rpc".to_owned(), Version::V03))
+        );
+    }
+
+    #[test]
+    fn bad_cards_say_why() {
+        let base = "http://127.0.0.1:9";
+        let with = |f: &dyn Fn(&mut Value)| {
+            let mut card = sdk_card();
+            f(&mut card);
+            interface(&card, base).unwrap_err()
+        };
+        assert_eq!(
+            interface(&json!([1]), base).unwrap_err(),
+            "is not a JSON object"
+        );
+        assert_eq!(
+            with(&|c| {
+                c["supportedInterfaces"] = json!([]);
+                c.as_object_mut().unwrap().remove("url");
+            }),
+            "names no JSON-RPC endpoint"
+        );
+        assert_eq!(
+            with(&|c| {
+                c["supportedInterfaces"] = json!([{"url": "http://127.0.0.1:9/", "protocolBinding": "GRPC", "protocolVersion": "1.0"}]);
+                c["preferredTransport"] = json!("GRPC");
+            }),
+            "offers no JSON-RPC interface"
+        );
+        for elsewhere in [
+            "http://127.0.0.1:10/",
+            "https://127.0.0.1:9/",
+            "http://evil.test/",
+        ] {
+            assert_eq!(
+                with(&|c| {
+                    c["supportedInterfaces"] = json!([{"url": elsewhere, "protocolBinding": "JSONRPC", "protocolVersion": "1.0"}]);
+                }),
+                "puts its JSON-RPC endpoint on another origin than its endpoint",
+                "{elsewhere}"
+            );
+        }
+        assert_eq!(
+            with(&|c| {
+                c["supportedInterfaces"] = json!([{"url": "http://127.0.0.1:9/a b", "protocolBinding": "JSONRPC", "protocolVersion": "1.0"}]);
+            }),
+            "names a malformed JSON-RPC endpoint"
+        );
+    }
+
+    #[test]
+    fn a_card_s_description_is_bounded_and_on_one_line() {
+        let base = "http://127.0.0.1:9";
+        assert_eq!(
+            describe(&sdk_card(), base).unwrap(),
+            "Answers weather questions for any city. Skills: Weather: Tells the weather."
+        );
+        let mut big = sdk_card();
+        big["description"] = json!("line one\nline two");
+        big["skills"] = json!((0..20)
+            .map(
+                |i| json!({"name": format!("s{i}"), "description": "d".repeat(1000),
+                            "examples": ["a", "b", "c", "d"]})
+            )
+            .collect::<Vec<_>>());
+        let text = describe(&big, base).unwrap();
+        assert!(!text.contains('\n'));
+        assert!(text.starts_with("line one line two. Skills: s0: ddd"));
+        assert!(text.chars().count() <= 2_001, "{}", text.chars().count());
+        let mut empty = sdk_card();
+        empty["description"] = json!("");
+        empty["name"] = json!(" ");
+        empty["skills"] = json!([]);
+        assert!(describe(&empty, base).is_err());
+    }
+
+    #[test]
+    fn answers_of_both_versions_are_the_same_updates() {
+        let v1 =
+            json!({"statusUpdate": {"taskId": "t", "status": {"state": "TASK_STATE_WORKING"}}});
+        let v03 = json!({"kind": "status-update", "taskId": "t", "status": {"state": "working"}});
+        assert!(matches!(update(&v1), Some(Update::Status(_))));
+        assert!(matches!(update(&v03), Some(Update::Status(_))));
+        assert!(matches!(
+            update(&json!({"task": {}})),
+            Some(Update::Task(_))
+        ));
+        assert!(matches!(
+            update(&json!({"kind": "artifact-update"})),
+            Some(Update::Artifact(_))
+        ));
+        assert_eq!(update(&json!({"other": 1})), None);
+        assert_eq!(update(&json!({"kind": "other"})), None);
+        let parts_v1 = json!({"parts": [{"text": "a"}, {"raw": "aGk=", "filename": "f", "mediaType": "text/plain"},
+                                        {"url": "https://x/y", "filename": "y"}, {"data": {"k": 1}}]});
+        let parts_03 = json!({"parts": [{"kind": "text", "text": "a"},
+            {"kind": "file", "file": {"bytes": "aGk=", "name": "f", "mimeType": "text/plain"}},
+            {"kind": "file", "file": {"uri": "https://x/y", "name": "y"}}, {"kind": "data", "data": {"k": 1}}]});
+        assert_eq!(parts(&parts_v1), parts(&parts_03));
+        assert_eq!(parts(&parts_v1).len(), 4);
+    }
 
     #[test]
     fn base64_decodes_with_and_without_padding() {
