@@ -625,3 +625,65 @@ fn an_unreachable_card_leaves_the_other_agents_working() {
     assert_eq!(d.last(), Some(&json!("[DONE]")));
     assert!(!d.iter().any(|e| e.get("error").is_some()));
 }
+
+#[test]
+fn cards_and_messages_fail_over_to_a_backup_endpoint() {
+    const BACKUP: &str = "http://weather-b.test";
+    let env = weather_env(&[("AGENT_WEATHER_BACKUPS", BACKUP)]);
+    // The primary's card is read, but its JSON-RPC endpoint refuses: the
+    // message goes to the same path on the backup.
+    let ctx = context_with(config_with(&env), ask(PARIS), None);
+    let client = FakeClient::new()
+        .on(
+            &format!("weather.test{CARD}"),
+            Reply::json(200, card(RPC, true)),
+        )
+        .on(LLM, routing_reply("WEATHER", None))
+        .on(&format!("weather.test{RPC}"), Reply::Refused)
+        .on(
+            &format!("weather-b.test{RPC}"),
+            Reply::Http(200, vec![Ok(sse_body(&paris_events()))]),
+        )
+        .on(LLM, llm_stream(&["Paris: sunny."]));
+    let (events, _) = run_stream(&ctx, &client);
+    let d = deltas(&events);
+    assert!(d.contains(&stage_content(1, "A2A[1]: Weat")), "{d:?}");
+    let urls: Vec<String> = client.requests().iter().map(|r| r.url.clone()).collect();
+    assert_eq!(urls[2], format!("{BASE}{RPC}"));
+    assert_eq!(urls[3], format!("{BACKUP}{RPC}"));
+    // The context is kept with the endpoint that holds it.
+    let state = d
+        .iter()
+        .find_map(|e| e.pointer("/custom_content/state"))
+        .unwrap();
+    assert_eq!(
+        state["agents"]["WEATHER"]["endpoint"],
+        json!(endpoint_tag(BACKUP))
+    );
+
+    // The primary's card cannot be read: the backup's is, and the message goes there.
+    let ctx = context_with(config_with(&env), ask(PARIS), None);
+    let backup_card = {
+        let mut c = card(RPC, true);
+        let url = format!("{BACKUP}{RPC}");
+        c["supportedInterfaces"][0]["url"] = json!(url);
+        c["supportedInterfaces"][1]["url"] = json!(url);
+        c
+    };
+    let client = FakeClient::new()
+        .on(&format!("weather.test{CARD}"), Reply::Refused)
+        .on(
+            &format!("weather-b.test{CARD}"),
+            Reply::json(200, backup_card),
+        )
+        .on(LLM, routing_reply("WEATHER", None))
+        .on(
+            &format!("weather-b.test{RPC}"),
+            Reply::Http(200, vec![Ok(sse_body(&paris_events()))]),
+        )
+        .on(LLM, llm_stream(&["Paris: sunny."]));
+    let (events, _) = run_stream(&ctx, &client);
+    let d = deltas(&events);
+    assert!(d.contains(&stage_content(1, "A2A[1]: Weat")), "{d:?}");
+    assert_eq!(client.requests()[3].url, format!("{BACKUP}{RPC}"));
+}

@@ -603,15 +603,35 @@ impl<'a> A2aSession<'a> {
         for (name, value) in &self.agent.headers {
             request = request.header(name, &value.0);
         }
+        let mut targets = vec![Target {
+            id: interface.url.clone(),
+            label: base.label.clone(),
+            identity: base.identity.clone(),
+        }];
+        // Backups are the same agent elsewhere: the JSON-RPC endpoint at the
+        // same path under each other endpoint. A context lives on one endpoint
+        // only, so its messages go nowhere else.
+        if context.is_none() {
+            if let Some(path) = interface.url.strip_prefix(base.id.as_str()) {
+                targets.extend(
+                    self.agent
+                        .targets
+                        .iter()
+                        .filter(|t| t.id != base.id)
+                        .map(|t| Target {
+                            id: format!("{}{path}", t.id),
+                            label: t.label.clone(),
+                            identity: t.identity.clone(),
+                        }),
+                );
+            }
+        }
         CallSpec {
             service: self.agent.service(),
-            targets: vec![Target {
-                id: interface.url.clone(),
-                label: base.label.clone(),
-                identity: base.identity.clone(),
-            }],
+            targets,
             request,
-            // The agent may act on the message: never sent twice.
+            // The agent may act on the message: sent to a backup only when it
+            // provably did not start.
             replay: Replay::NotStarted,
             defer_blame: false,
         }
@@ -898,8 +918,20 @@ impl Session for A2aSession<'_> {
     }
 
     fn on_open(&mut self, target: &Target, _say: &mut dyn Say) {
-        if self.phase == Phase::Card {
-            self.base = Some(target.clone());
+        match self.phase {
+            Phase::Card => self.base = Some(target.clone()),
+            // The endpoint that took the message holds its context.
+            Phase::Sending => {
+                if let Some(endpoint) = self
+                    .agent
+                    .targets
+                    .iter()
+                    .find(|t| t.identity == target.identity)
+                {
+                    self.base = Some(endpoint.clone());
+                }
+            }
+            Phase::Start | Phase::Done => {}
         }
     }
 
