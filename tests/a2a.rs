@@ -281,6 +281,7 @@ fn files_become_attachments_and_data_is_shown_as_json() {
             {"raw": "aGVsbG8=", "filename": "hello.txt", "mediaType": "text/plain"},
             {"url": "https://example.com/report.pdf", "filename": "report.pdf", "mediaType": "application/pdf"},
             {"raw": "/wA=", "filename": "blob.bin", "mediaType": "application/octet-stream"},
+            {"url": "javascript:alert(1)", "filename": "click.html", "mediaType": "text/html"},
             {"data": {"temperature": 5, "unit": "C"}}]}}}),
         ),
         status("TASK_STATE_COMPLETED", None),
@@ -292,16 +293,17 @@ fn files_become_attachments_and_data_is_shown_as_json() {
     let (events, _) = run_stream(&ctx, &client);
     let d = deltas(&events);
     assert_eq!(
-        d[5..10],
+        d[5..11],
         [
             stage_content(1, "Report attached."),
             json!({"custom_content": {"attachments": [{"index": 0, "type": "text/plain", "title": "hello.txt", "data": "hello"}]}}),
             json!({"custom_content": {"attachments": [{"index": 1, "type": "application/pdf", "title": "report.pdf", "url": "https://example.com/report.pdf"}]}}),
             stage_content(1, "_File \"blob.bin\" (2 bytes) was left out: it is not text, and only text can be attached inline._\n\n"),
+            stage_content(1, "_File \"click.html\" was left out: it has neither text nor an http(s) link._\n\n"),
             stage_content(1, "\n```json\n{\n  \"temperature\": 5,\n  \"unit\": \"C\"\n}\n```\n"),
         ]
     );
-    assert_eq!(d[10], stage_close(1, "completed"));
+    assert_eq!(d[11], stage_close(1, "completed"));
 }
 
 #[test]

@@ -716,10 +716,19 @@ impl<'a> A2aSession<'a> {
                         return;
                     }
                 };
+                // Only web links: an agent's `javascript:` or `file:` link never
+                // reaches the user's client.
+                let uri = uri.filter(|u| data.is_none() && origin(u.trim()).is_some());
+                if data.is_none() && uri.is_none() {
+                    say.text(&format!(
+                        "_File \"{title}\" was left out: it has neither text nor an http(s) link._\n\n"
+                    ));
+                    return;
+                }
                 let attachment = Attachment {
                     kind: media_type,
                     title: name,
-                    url: if data.is_none() { uri } else { None },
+                    url: uri,
                     data,
                     ..Attachment::default()
                 };
