@@ -268,6 +268,7 @@ fn context(messages: Vec<Message>, secret: Option<&str>) -> RequestContext {
         request: ChatRequest {
             messages,
             stream: Some(true),
+            n: None,
         },
         trace: Trace::from_headers(None, None, "a".repeat(32), "b".repeat(16)),
         start_ms: 0,

@@ -150,6 +150,7 @@ mod tests {
             request: ChatRequest {
                 messages: Vec::new(),
                 stream: None,
+                n: None,
             },
             trace: Trace::from_headers(None, None, "a".repeat(32), span.to_owned()),
             start_ms: 0,

@@ -157,6 +157,9 @@ impl Problems {
 pub enum CoordError {
     /// The request body or headers are not a valid DIAL chat-completion request.
     BadRequest(String),
+    /// A valid request asks for what the coordinator does not do (422, as
+    /// aidial-sdk answers it): the whole message.
+    Unsupported(String),
     /// The `Api-Key` header is missing.
     MissingApiKey,
     /// The request body is larger than the configured limit (bytes).
@@ -213,6 +216,7 @@ impl CoordError {
     pub fn status(&self) -> u16 {
         match self {
             CoordError::BadRequest(_) | CoordError::MissingApiKey => 400,
+            CoordError::Unsupported(_) => 422,
             CoordError::PayloadTooLarge(_) => 413,
             CoordError::NotFound(_) => 404,
             CoordError::MethodNotAllowed { .. } => 405,
@@ -227,6 +231,7 @@ impl CoordError {
     fn kind(&self) -> &'static str {
         match self {
             CoordError::BadRequest(_)
+            | CoordError::Unsupported(_)
             | CoordError::MissingApiKey
             | CoordError::PayloadTooLarge(_)
             | CoordError::MethodNotAllowed { .. }
@@ -241,6 +246,7 @@ impl CoordError {
     pub fn message(&self) -> String {
         match self {
             CoordError::BadRequest(m) => format!("Invalid request: {m}"),
+            CoordError::Unsupported(m) => m.clone(),
             CoordError::MissingApiKey => "Api-Key header is required: DIAL Core sends the per-request \
                 key in it; called directly, send Api-Key: <key> (an Authorization header is not a key)"
                 .to_owned(),
@@ -300,6 +306,7 @@ impl CoordError {
     pub fn display_message(&self) -> String {
         match self {
             CoordError::BadRequest(m) => format!("The request could not be processed: {m}."),
+            CoordError::Unsupported(m) => format!("{m}."),
             CoordError::MissingApiKey => {
                 "The request reached the coordinator without an API key. Call it through DIAL Core."
                     .to_owned()

@@ -277,6 +277,46 @@ fn invalid_json_and_a_missing_key_are_refused_before_any_call() {
 }
 
 #[test]
+fn more_than_one_choice_is_a_422_as_aidial_sdk_answers_it() {
+    let client = FakeClient::new();
+    let ask = |n: &str| {
+        let body = format!(r#"{{"n":{n},"messages":[{{"role":"user","content":"hi"}}]}}"#);
+        serve(
+            &client,
+            "POST",
+            CHAT,
+            &[("api-key", KEY)],
+            vec![body.into_bytes()],
+            Ok(config_with(&[])),
+        )
+    };
+    let a = ask("2");
+    assert_eq!(a.status, 422);
+    assert_eq!(
+        a.json(),
+        error_answer(
+            422,
+            "invalid_request_error",
+            "mas-coordinator deployment doesn't support n > 1",
+            "mas-coordinator deployment doesn't support n > 1."
+        )
+    );
+    let a = ask("0");
+    assert_eq!(a.status, 400);
+    assert_eq!(
+        a.json()["error"]["message"],
+        "Invalid request: n must be at least 1"
+    );
+    let a = ask("\"two\"");
+    assert_eq!(a.status, 400);
+    assert!(a.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("n must be a whole number, at least 1"));
+    assert!(client.requests().is_empty(), "nothing was called");
+}
+
+#[test]
 fn rate_is_accepted_and_ignored() {
     let client = FakeClient::new();
     let a = get(&client, "POST", "/openai/deployments/mas-coordinator/rate");

@@ -61,6 +61,7 @@ fn context(messages: &[Message], config: &Config) -> RequestContext {
         request: ChatRequest {
             messages: messages.to_vec(),
             stream: Some(true),
+            n: None,
         },
         trace: Trace::from_headers(None, None, "a".repeat(32), "b".repeat(16)),
         start_ms: 0,

@@ -164,6 +164,17 @@ pub fn prepare(
         return Err(CoordError::PayloadTooLarge(config.max_request_bytes));
     }
     let request = parse_request(body)?;
+    // One choice per answer, as aidial-sdk's single-choice applications answer.
+    match request.n {
+        Some(0) => return Err(CoordError::BadRequest("n must be at least 1".to_owned())),
+        Some(n) if n > 1 => {
+            return Err(CoordError::Unsupported(format!(
+                "{} deployment doesn't support n > 1",
+                deployment_of(incoming.path)
+            )))
+        }
+        _ => {}
+    }
     if request.messages.len() > config.max_messages {
         return Err(CoordError::BadRequest(format!(
             "too many messages ({} > {})",

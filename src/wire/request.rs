@@ -24,6 +24,9 @@ pub struct ChatRequest {
     /// Whether the client wants SSE (`true`) or one merged JSON answer.
     #[serde(default)]
     pub stream: Option<bool>,
+    /// How many choices the client asks for (only 1 is served).
+    #[serde(default)]
+    pub n: Option<u64>,
 }
 
 /// Other fields of an object, in order, as raw JSON (nulls dropped).
@@ -425,6 +428,7 @@ fn expected_at(path: &str) -> &'static str {
         "messages[].custom_content" => "an object (DIAL's attachments, state and stages)",
         "messages[].custom_content.attachments" => "a list of attachments",
         "stream" => "true or false",
+        "n" => "a whole number, at least 1",
         _ => "",
     }
 }
