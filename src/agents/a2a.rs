@@ -29,7 +29,9 @@
 
 use serde_json::{json, Value};
 
-use super::kinds::{AgentVars, Assignment, Discover, Kind, Probe};
+use super::kinds::{
+    endpoint_probes, message_with_task, AgentVars, Assignment, Discover, Kind, Probe,
+};
 use super::{parse_event, AnswerText, Read, Say, Session, Step};
 use crate::calls::{CallFailed, CallSpec, Replay, RequestTemplate};
 use crate::client::{endpoint_targets, Method, Target};
@@ -40,7 +42,6 @@ use crate::limits::MAX_CONTEXT_BYTES_PER_RESULT;
 use crate::memory::pending::{AgentQuestion, Resume};
 use crate::memory::state::fnv1a;
 use crate::memory::{endpoint_tag, is_valid_conversation_id, Conversation, Memory};
-use crate::wire::request::Message;
 use crate::wire::response::Attachment;
 
 /// The `a2a` kind.
@@ -98,17 +99,7 @@ fn read(vars: &AgentVars<'_>) -> Vec<Target> {
 }
 
 fn session(a: Assignment<'_>) -> Box<dyn Session + '_> {
-    let mut message = a
-        .ctx
-        .request
-        .messages
-        .last()
-        .map(Message::text)
-        .unwrap_or_default();
-    if let Some(task) = &a.task {
-        message.push_str("\n\n");
-        message.push_str(task);
-    }
+    let message = message_with_task(a.ctx, a.task.as_deref());
     // The user's message answers this agent's question: it goes to the task
     // that waits for it.
     let waiting = match &a.ctx.resume {
@@ -216,14 +207,7 @@ pub fn describe(card: &Value, base: &str) -> Result<String, String> {
 
 /// Every endpoint's card.
 fn probes(agent: &AgentSpec) -> Vec<Probe> {
-    agent
-        .targets
-        .iter()
-        .map(|t| Probe {
-            target: t.id.clone(),
-            url: format!("{}{CARD_PATH}", t.id),
-        })
-        .collect()
+    endpoint_probes(agent, CARD_PATH)
 }
 
 /// The protocol version a card offers.

@@ -147,6 +147,34 @@ pub fn is_serial(agent: &AgentSpec) -> bool {
     kind_of(agent).is_some_and(|k| k.serial)
 }
 
+/// The request an agent called by URL is sent: the user's message, with the
+/// task text after a blank line when there is one.
+pub fn message_with_task(ctx: &RequestContext, task: Option<&str>) -> String {
+    let mut message = ctx
+        .request
+        .messages
+        .last()
+        .map(crate::wire::request::Message::text)
+        .unwrap_or_default();
+    if let Some(task) = task {
+        message.push_str("\n\n");
+        message.push_str(task);
+    }
+    message
+}
+
+/// `GET <endpoint><path>` for each of `agent`'s endpoints, primary first.
+pub fn endpoint_probes(agent: &AgentSpec, path: &str) -> Vec<Probe> {
+    agent
+        .targets
+        .iter()
+        .map(|t| Probe {
+            target: t.id.clone(),
+            url: format!("{}{path}", t.id),
+        })
+        .collect()
+}
+
 /// What `/health?deep=1` probes for `agent`.
 pub fn probes(agent: &AgentSpec) -> Vec<Probe> {
     kind_of(agent).map_or_else(Vec::new, |k| (k.probes)(agent))

@@ -16,7 +16,9 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::kinds::{AgentVars, Assignment, Builtin, Kind, Probe};
+use super::kinds::{
+    endpoint_probes, message_with_task, AgentVars, Assignment, Builtin, Kind, Probe,
+};
 use super::{parse_event, AnswerText, Read, Say, Session, Step};
 use crate::calls::{CallFailed, CallSpec, Replay, RequestTemplate};
 use crate::client::{endpoint_targets, Method, Target};
@@ -26,7 +28,6 @@ use crate::context::RequestContext;
 use crate::error::{CoordError, UpstreamFault};
 use crate::limits::MAX_CONTEXT_BYTES_PER_RESULT;
 use crate::memory::{self, endpoint_tag, is_valid_conversation_id, Conversation, Memory};
-use crate::wire::request::Message;
 use crate::wire::upstream::error_text;
 
 /// The `ums` kind: an agent with the UMS conversation API, called directly.
@@ -71,14 +72,7 @@ fn session(a: Assignment<'_>) -> Box<dyn Session + '_> {
 
 /// Every endpoint's `/health`, primary and backups.
 fn probes(agent: &AgentSpec) -> Vec<Probe> {
-    agent
-        .targets
-        .iter()
-        .map(|t| Probe {
-            target: t.id.clone(),
-            url: format!("{}/health", t.id),
-        })
-        .collect()
+    endpoint_probes(agent, "/health")
 }
 
 /// Percent-encodes one URL path segment (RFC 3986 unreserved characters kept).
@@ -201,16 +195,7 @@ impl<'a> UmsSession<'a> {
         task: Option<&str>,
         known: Option<Conversation>,
     ) -> UmsSession<'a> {
-        let mut message = ctx
-            .request
-            .messages
-            .last()
-            .map(Message::text)
-            .unwrap_or_default();
-        if let Some(task) = task {
-            message.push_str("\n\n");
-            message.push_str(task);
-        }
+        let message = message_with_task(ctx, task);
         let endpoints = agent.targets.clone();
         UmsSession {
             agent,
