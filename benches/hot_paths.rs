@@ -264,11 +264,13 @@ fn context(messages: Vec<Message>, secret: Option<&str>) -> RequestContext {
         api_key: "sk-bench".to_owned(),
         conversation_id: Some(BINDING.to_owned()),
         subject: None,
+        application: None,
         coordinator: "mas-coordinator".to_owned(),
         request: ChatRequest {
             messages,
             stream: Some(true),
             n: None,
+            custom_fields: None,
         },
         trace: Trace::from_headers(None, None, "a".repeat(32), "b".repeat(16)),
         start_ms: 0,
@@ -284,6 +286,7 @@ fn trust() -> StateTrust<'static> {
         binding: Binding {
             conversation: BINDING,
             subject: "",
+            application: "",
         },
         now_s: NOW_S,
         ..StateTrust::default()

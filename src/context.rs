@@ -50,6 +50,9 @@ pub struct RequestContext {
     pub conversation_id: Option<String>,
     /// The `sub` claim of the user's token, when DIAL Core forwarded it.
     pub subject: Option<String>,
+    /// `X-DIAL-APPLICATION-ID`: the DIAL application instance served, when
+    /// DIAL Core names one (signed states are bound to it).
+    pub application: Option<String>,
     /// The coordinator's deployment name, from the request path (namespaces
     /// the breakers of a shared store).
     pub coordinator: String,
@@ -75,6 +78,7 @@ impl std::fmt::Debug for RequestContext {
             .field("api_key", &"***")
             .field("conversation_id", &self.conversation_id)
             .field("subject", &self.subject)
+            .field("application", &self.application)
             .field("coordinator", &self.coordinator)
             .field("messages", &self.request.messages.len())
             .field("trace", &self.trace)
@@ -104,6 +108,7 @@ impl RequestContext {
             binding: Binding {
                 conversation: self.conversation_id.as_deref().unwrap_or(""),
                 subject: self.subject.as_deref().unwrap_or(""),
+                application: self.application.as_deref().unwrap_or(""),
             },
             now_s: self.unix_s,
             max_age_s: self.config.state_max_age_s,
@@ -146,11 +151,13 @@ mod tests {
             api_key: "sk".to_owned(),
             conversation_id: conversation.map(str::to_owned),
             subject: subject.map(str::to_owned),
+            application: None,
             coordinator: "mas-coordinator".to_owned(),
             request: ChatRequest {
                 messages: Vec::new(),
                 stream: None,
                 n: None,
+                custom_fields: None,
             },
             trace: Trace::from_headers(None, None, "a".repeat(32), span.to_owned()),
             start_ms: 0,

@@ -178,6 +178,10 @@ pub enum CoordError {
     /// Configuration variables with malformed values: every one found, in
     /// the order they were read (never empty).
     Config(Vec<ConfigProblem>),
+    /// The application properties DIAL Core sent
+    /// (`X-DIAL-APPLICATION-PROPERTIES`) cannot be used: every problem
+    /// found, each named by its property (never empty).
+    Properties(Vec<ConfigProblem>),
     /// The coordinator itself failed: a state its own flow should never reach.
     Internal(String),
     /// The request ran past `REQUEST_DEADLINE_MS` (milliseconds) and was stopped.
@@ -215,7 +219,9 @@ impl CoordError {
     /// and backs off from it for every user.
     pub fn status(&self) -> u16 {
         match self {
-            CoordError::BadRequest(_) | CoordError::MissingApiKey => 400,
+            CoordError::BadRequest(_) | CoordError::MissingApiKey | CoordError::Properties(_) => {
+                400
+            }
             CoordError::Unsupported(_) => 422,
             CoordError::PayloadTooLarge(_) => 413,
             CoordError::NotFound(_) => 404,
@@ -235,7 +241,8 @@ impl CoordError {
             | CoordError::MissingApiKey
             | CoordError::PayloadTooLarge(_)
             | CoordError::MethodNotAllowed { .. }
-            | CoordError::Unauthorized(_) => "invalid_request_error",
+            | CoordError::Unauthorized(_)
+            | CoordError::Properties(_) => "invalid_request_error",
             CoordError::NotFound(_) => "not_found_error",
             CoordError::Config(_) | CoordError::Internal(_) => "internal_server_error",
             CoordError::Upstream { .. } | CoordError::DeadlineExceeded(_) => "runtime_error",
@@ -268,6 +275,13 @@ impl CoordError {
                     .map(|p| format!("{} {}", p.var, p.reason))
                     .collect();
                 format!("Invalid configuration: {}", each.join("; "))
+            }
+            CoordError::Properties(problems) => {
+                let each: Vec<String> = problems
+                    .iter()
+                    .map(|p| format!("{} {}", p.var, p.reason))
+                    .collect();
+                format!("Invalid application properties: {}", each.join("; "))
             }
             CoordError::Upstream {
                 service,
@@ -332,6 +346,13 @@ impl CoordError {
                 format!(
                     "The coordinator is misconfigured ({}). Please tell the administrator.",
                     vars.join(", ")
+                )
+            }
+            CoordError::Properties(problems) => {
+                let paths: Vec<&str> = problems.iter().map(|p| p.var.as_str()).collect();
+                format!(
+                    "This application's settings are invalid ({}). Please tell the application's owner.",
+                    paths.join(", ")
                 )
             }
             CoordError::Upstream { service, fault, .. } => {

@@ -25,8 +25,6 @@ use crate::client::SharedStore;
 use crate::client::{
     retry_after_seconds, Host, Method, OutboundRequest, OutboundResponse, TransportError,
 };
-use crate::config::Config;
-use crate::error::CoordError;
 use crate::flow::emitter::{ClientGone, Transport};
 use crate::meter::{self, Phase};
 
@@ -71,7 +69,7 @@ async fn serve(request: IncomingRequest, out: ResponseOutparam) {
         header: &header,
         body,
     };
-    app(&host, request, read_config, Reply { out }).await;
+    app(&host, request, &read_variable, Reply { out }).await;
 }
 
 /// A body (of our response, or of an outbound request) written through its
@@ -181,11 +179,15 @@ fn response_head(
     content_type: &str,
     trace_id: &str,
     allow: Option<&str>,
+    cache_control: &str,
     length: Option<usize>,
 ) -> OutgoingResponse {
     let mut list = vec![
         ("content-type".to_owned(), content_type.as_bytes().to_vec()),
-        ("cache-control".to_owned(), b"no-cache".to_vec()),
+        (
+            "cache-control".to_owned(),
+            cache_control.as_bytes().to_vec(),
+        ),
         ("x-trace-id".to_owned(), trace_id.as_bytes().to_vec()),
     ];
     if let Some(allow) = allow {
@@ -213,6 +215,7 @@ impl Responder for Reply {
             answer.content_type,
             answer.trace_id,
             answer.allow,
+            answer.cache_control,
             length,
         );
         let mut body = BodyWriter::new(&response);
@@ -236,6 +239,7 @@ impl Responder for Reply {
             "text/event-stream; charset=utf-8",
             trace_id,
             None,
+            "no-cache",
             None,
         );
         HostTransport {
@@ -289,24 +293,16 @@ thread_local! {
     static FIRSTS: std::cell::RefCell<Vec<&'static str>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The configuration: environment variables, and in the `spin-kv` build, for
+/// A configuration variable: the environment's, and in the `spin-kv` build, for
 /// a variable the environment does not set, the Spin variable of the same
 /// name in lower case (`DIAL_ENDPOINT` → `dial_endpoint`), which is how
 /// `SPIN_VARIABLE_*`, a `.env` file and a SpinApp's `variables` reach
 /// the component.
-fn read_config() -> Result<Config, CoordError> {
+fn read_variable(name: &str) -> Option<String> {
+    let value = std::env::var(name).ok();
     #[cfg(feature = "spin-kv")]
-    {
-        Config::from_lookup(|name| {
-            std::env::var(name)
-                .ok()
-                .or_else(|| spin_sdk::variables::get(&name.to_ascii_lowercase()).ok())
-        })
-    }
-    #[cfg(not(feature = "spin-kv"))]
-    {
-        Config::from_env()
-    }
+    let value = value.or_else(|| spin_sdk::variables::get(&name.to_ascii_lowercase()).ok());
+    value
 }
 
 #[cfg(not(feature = "spin-kv"))]

@@ -8,11 +8,9 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use common::fakes::{llm_stream, routing_reply, FakeClient, Reply, KEY};
-use common::flow::config_with;
+use common::flow::{lookup, vars_with};
 use futures::stream;
 use mas_coordinator::app::{app, Answer, HttpRequest, Responder};
-use mas_coordinator::config::Config;
-use mas_coordinator::error::CoordError;
 use mas_coordinator::flow::emitter::{ClientGone, Transport};
 use serde_json::{json, Value};
 
@@ -85,7 +83,7 @@ fn serve(
     path: &str,
     headers: &[(&str, &str)],
     chunks: Vec<Vec<u8>>,
-    config: Result<Config, CoordError>,
+    vars: Vec<(String, String)>,
 ) -> Answered {
     let mut all: Vec<(String, String)> = vec![("x-trace-id".into(), TRACE.into())];
     all.extend(
@@ -105,13 +103,14 @@ fn serve(
         header: &header,
         body: stream::iter(chunks.into_iter().map(Ok::<_, ()>)),
     };
-    client.run(app(client, request, move || config, recorder.clone()));
+    let env = move |name: &str| lookup(&vars, name);
+    client.run(app(client, request, &env, recorder.clone()));
     let answered = recorder.0.borrow().clone();
     answered.expect("the app answered")
 }
 
 fn get(client: &FakeClient, method: &str, path: &str) -> Answered {
-    serve(client, method, path, &[], Vec::new(), Ok(config_with(&[])))
+    serve(client, method, path, &[], Vec::new(), vars_with(&[]))
 }
 
 fn error_answer(status: u16, kind: &str, message: &str, display: &str) -> Value {
@@ -169,7 +168,7 @@ fn health_answers_get_and_head_alike_but_head_has_no_body() {
 #[test]
 fn liveness_says_only_that_the_component_serves_even_when_misconfigured() {
     let client = FakeClient::new();
-    let bad = || Config::from_lookup(|k| (k == "MAX_PARALLEL").then(|| "99".to_owned()));
+    let bad = || vec![("MAX_PARALLEL".to_owned(), "99".to_owned())];
     let a = serve(&client, "GET", "/health/live", &[], Vec::new(), bad());
     assert_eq!((a.status, a.json()), (200, json!({"status": "alive"})));
     let a = serve(&client, "HEAD", "/health/live", &[], Vec::new(), bad());
@@ -182,7 +181,7 @@ fn liveness_says_only_that_the_component_serves_even_when_misconfigured() {
 #[test]
 fn a_misconfigured_coordinator_says_so_on_health_and_refuses_chats_with_a_line() {
     let client = FakeClient::new();
-    let bad = || Config::from_lookup(|k| (k == "MAX_PARALLEL").then(|| "99".to_owned()));
+    let bad = || vec![("MAX_PARALLEL".to_owned(), "99".to_owned())];
     let a = serve(&client, "GET", "/health", &[], Vec::new(), bad());
     assert_eq!(a.status, 500);
     assert_eq!(
@@ -217,17 +216,10 @@ fn a_misconfigured_coordinator_says_so_on_health_and_refuses_chats_with_a_line()
 #[test]
 fn a_body_over_the_limit_is_a_413_and_its_request_line_says_rejected() {
     let client = FakeClient::new();
-    let config = config_with(&[("MAX_REQUEST_BYTES", "1024")]);
+    let config = vars_with(&[("MAX_REQUEST_BYTES", "1024")]);
     // The limit is checked as the body arrives, chunk by chunk.
     let chunks = vec![vec![b' '; 600], vec![b' '; 600]];
-    let a = serve(
-        &client,
-        "POST",
-        CHAT,
-        &[("api-key", KEY)],
-        chunks,
-        Ok(config),
-    );
+    let a = serve(&client, "POST", CHAT, &[("api-key", KEY)], chunks, config);
     assert_eq!(a.status, 413);
     assert_eq!(
         a.json()["error"]["message"],
@@ -264,11 +256,11 @@ fn invalid_json_and_a_missing_key_are_refused_before_any_call() {
         CHAT,
         &[("api-key", KEY)],
         vec![b"{not json".to_vec()],
-        Ok(config_with(&[])),
+        vars_with(&[]),
     );
     assert_eq!(a.status, 400);
     let body = br#"{"messages":[{"role":"user","content":"hi"}]}"#.to_vec();
-    let a = serve(&client, "POST", CHAT, &[], vec![body], Ok(config_with(&[])));
+    let a = serve(&client, "POST", CHAT, &[], vec![body], vars_with(&[]));
     assert_eq!(a.status, 400);
     assert_eq!(a.json()["error"]["type"], "invalid_request_error");
     assert!(client.requests().is_empty());
@@ -287,7 +279,7 @@ fn more_than_one_choice_is_a_422_as_aidial_sdk_answers_it() {
             CHAT,
             &[("api-key", KEY)],
             vec![body.into_bytes()],
-            Ok(config_with(&[])),
+            vars_with(&[]),
         )
     };
     let a = ask("2");
@@ -339,7 +331,7 @@ fn a_chat_is_streamed_or_collected_as_the_request_asks() {
         CHAT,
         &[("api-key", KEY)],
         vec![body.to_string().into_bytes()],
-        Ok(config_with(&[])),
+        vars_with(&[]),
     );
     assert!(a.streamed);
     assert_eq!((a.status, a.trace_id.as_str()), (200, TRACE));
@@ -361,7 +353,7 @@ fn a_chat_is_streamed_or_collected_as_the_request_asks() {
         CHAT,
         &[("api-key", KEY)],
         vec![body.to_string().into_bytes()],
-        Ok(config_with(&[])),
+        vars_with(&[]),
     );
     assert!(!a.streamed);
     assert_eq!(a.status, 200);
@@ -386,7 +378,7 @@ fn a_collected_chat_whose_coordination_fails_is_an_http_error() {
         CHAT,
         &[("api-key", KEY)],
         vec![body.to_string().into_bytes()],
-        Ok(config_with(&[])),
+        vars_with(&[]),
     );
     assert!(!a.streamed);
     assert_eq!(a.status, 500);

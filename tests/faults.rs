@@ -949,6 +949,7 @@ async fn forged_state_is_ignored_when_states_are_signed() {
         binding: mas_coordinator::memory::state::Binding {
             conversation,
             subject: "",
+            application: "",
         },
         now_s,
         ..Default::default()
@@ -1656,6 +1657,7 @@ async fn a_state_of_empty_records_never_multiplies_what_gpa_is_sent() {
                 binding: mas_coordinator::memory::state::Binding {
                     conversation: conv,
                     subject: "",
+                    application: "",
                 },
                 now_s,
                 ..Default::default()

@@ -1063,6 +1063,7 @@ fn an_agent_reads_exactly_the_bytes_that_were_signed() {
         binding: Binding {
             conversation: "c1",
             subject: "",
+            application: "",
         },
         now_s: UNIX_EPOCH_MS / 1000,
         ..StateTrust::default()
@@ -1321,6 +1322,7 @@ fn signed(state: Value) -> Value {
             binding: mas_coordinator::memory::state::Binding {
                 conversation: "conv-1",
                 subject: "",
+                application: "",
             },
             now_s: UNIX_EPOCH_MS / 1000,
             ..Default::default()

@@ -57,11 +57,13 @@ fn context(messages: &[Message], config: &Config) -> RequestContext {
         api_key: API_KEY.to_owned(),
         conversation_id: None,
         subject: None,
+        application: None,
         coordinator: "mas-coordinator".to_owned(),
         request: ChatRequest {
             messages: messages.to_vec(),
             stream: Some(true),
             n: None,
+            custom_fields: None,
         },
         trace: Trace::from_headers(None, None, "a".repeat(32), "b".repeat(16)),
         start_ms: 0,

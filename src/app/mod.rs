@@ -11,6 +11,7 @@
 //! it becomes an HTTP error ([`collect_response`]).
 
 pub mod health;
+pub mod properties;
 
 use std::future::Future;
 
@@ -19,7 +20,7 @@ use serde_json::Value;
 
 use crate::calls::Caller;
 use crate::client::Host;
-use crate::config::Config;
+use crate::config::{parse_endpoint, Config};
 pub use crate::context::{FlowError, RequestContext};
 use crate::error::CoordError;
 use crate::flow::coordinate;
@@ -31,6 +32,7 @@ use crate::meter;
 use crate::trace::{span_id, trace_id, Trace};
 use crate::wire::request::parse_request;
 use crate::wire::response::SseEncoder;
+use properties::{APPLICATION_ID_HEADER, PROPERTIES_HEADER, SCHEMA_PATH};
 
 /// An incoming HTTP request, as the host reads it.
 pub struct HttpRequest<'r, B> {
@@ -62,6 +64,8 @@ pub struct Answer<'a> {
     pub content_type: &'static str,
     /// `Allow`, on a 405.
     pub allow: Option<&'static str>,
+    /// `Cache-Control` (`no-cache` but for the application type schema).
+    pub cache_control: &'static str,
     /// `X-Trace-ID`.
     pub trace_id: &'a str,
     /// The body; with `head_only` it is not sent (nor its length).
@@ -92,6 +96,11 @@ pub enum Endpoint {
     Health,
     /// `GET /health/live`: the component serves (liveness); reads nothing.
     Live,
+    /// `GET /v1/schema`: the application type schema DIAL Core reads.
+    Schema,
+    /// `GET /openai/deployments/<id>/configuration`: the schema of the
+    /// per-conversation settings of an application instance.
+    Configuration,
 }
 
 /// Maps method and path (query ignored; one trailing `/` ignored) to an
@@ -110,6 +119,10 @@ pub fn route_endpoint(method: &str, path_and_query: &str) -> Result<Endpoint, Co
         (Endpoint::Health, "GET, HEAD")
     } else if path == "/health/live" {
         (Endpoint::Live, "GET, HEAD")
+    } else if path == SCHEMA_PATH {
+        (Endpoint::Schema, "GET, HEAD")
+    } else if path.starts_with("/openai/deployments/") && path.ends_with("/configuration") {
+        (Endpoint::Configuration, "GET")
     } else {
         return Err(CoordError::NotFound(truncate(path, 200)));
     };
@@ -163,7 +176,11 @@ pub fn prepare(
     if body.len() > config.max_request_bytes {
         return Err(CoordError::PayloadTooLarge(config.max_request_bytes));
     }
-    let request = parse_request(body)?;
+    let mut config = config;
+    let mut request = parse_request(body)?;
+    if let Some(settings) = request.custom_fields.take().and_then(|c| c.configuration) {
+        properties::apply_conversation(&mut config, &settings)?;
+    }
     // One choice per answer, as aidial-sdk's single-choice applications answer.
     match request.n {
         Some(0) => return Err(CoordError::BadRequest("n must be at least 1".to_owned())),
@@ -190,11 +207,13 @@ pub fn prepare(
         .map(|v| v.trim().to_owned())
         .filter(|v| !v.is_empty());
     let subject = header("authorization").and_then(|a| token_subject(&a));
+    let application = application_of(&header);
     let mut ctx = RequestContext {
         config,
         api_key,
         conversation_id,
         subject,
+        application,
         coordinator: deployment_of(incoming.path),
         request,
         trace: incoming.trace,
@@ -211,12 +230,41 @@ pub fn prepare(
     Ok(ctx)
 }
 
-/// Serves one request: `config` reads the configuration (only the endpoints
-/// that need it do), `respond` sends the answer.
+/// `X-DIAL-APPLICATION-ID`, trimmed, when set (at most 256 characters).
+fn application_of(header: &impl Fn(&str) -> Option<String>) -> Option<String> {
+    header(APPLICATION_ID_HEADER)
+        .map(|v| truncate(v.trim(), 256))
+        .filter(|v| !v.is_empty())
+}
+
+/// The configuration of a request: the environment's (`env` looks a
+/// variable up), with the application properties DIAL Core sent on top
+/// (`config/properties.rs`).
+fn request_config(
+    env: &dyn Fn(&str) -> Option<String>,
+    header: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, CoordError> {
+    let base = Config::from_lookup(env)?;
+    properties::configure(env, base, header(PROPERTIES_HEADER).as_deref())
+}
+
+/// The base URL the application type schema names: `PUBLIC_URL`, else the
+/// `Host` the request reached (plain HTTP).
+fn public_base(config: &Config, header: &dyn Fn(&str) -> Option<String>) -> String {
+    if let Some(url) = &config.public_url {
+        return url.clone();
+    }
+    header("host")
+        .and_then(|host| parse_endpoint("Host", &format!("http://{}", host.trim())).ok())
+        .unwrap_or_default()
+}
+
+/// Serves one request: `env` looks a configuration variable up (only the
+/// endpoints that need the configuration read it), `respond` sends the answer.
 pub async fn app<H, B, R>(
     host: &H,
     request: HttpRequest<'_, B>,
-    config: impl FnOnce() -> Result<Config, CoordError>,
+    env: &dyn Fn(&str) -> Option<String>,
     respond: R,
 ) where
     H: Host,
@@ -235,7 +283,7 @@ pub async fn app<H, B, R>(
         Ok(Endpoint::Health) => {
             // HEAD is GET without the body (same status and headers).
             let head_only = request.method.eq_ignore_ascii_case("HEAD");
-            let (status, report) = match config() {
+            let (status, report) = match Config::from_lookup(env) {
                 Err(e) => (500, health::misconfigured(&e)),
                 Ok(config) if health::wants_deep(path) => {
                     if let Err(e) = health::authorize(&config, header("authorization").as_deref()) {
@@ -260,7 +308,39 @@ pub async fn app<H, B, R>(
             .await;
         }
         Ok(Endpoint::Rate) => send(respond, &trace, 200, Vec::new(), false).await,
-        Ok(Endpoint::ChatCompletions) => chat(host, request, config, respond, trace).await,
+        Ok(Endpoint::Schema) => {
+            let head_only = request.method.eq_ignore_ascii_case("HEAD");
+            match Config::from_lookup(env) {
+                Ok(config) => {
+                    let schema = properties::type_schema(&public_base(&config, header));
+                    let body = serde_json::to_vec(&schema).unwrap_or_default();
+                    if !head_only {
+                        meter::count_write();
+                    }
+                    respond
+                        .answer(Answer {
+                            status: 200,
+                            content_type: "application/json",
+                            allow: None,
+                            cache_control: "public, max-age=300",
+                            trace_id: &trace.trace_id,
+                            body,
+                            head_only,
+                        })
+                        .await;
+                }
+                Err(e) => answer_error(respond, &trace, &e).await,
+            }
+        }
+        Ok(Endpoint::Configuration) => match request_config(env, header) {
+            Ok(config) => {
+                let schema = properties::configuration_schema(&config);
+                let body = serde_json::to_vec(&schema).unwrap_or_default();
+                send(respond, &trace, 200, body, false).await;
+            }
+            Err(e) => rejected(host, respond, &trace, application_of(&header), &e).await,
+        },
+        Ok(Endpoint::ChatCompletions) => chat(host, request, env, respond, trace).await,
         Err(e) => answer_error(respond, &trace, &e).await,
     }
 }
@@ -275,6 +355,7 @@ async fn send<R: Responder>(respond: R, trace: &Trace, status: u16, body: Vec<u8
             status,
             content_type: "application/json",
             allow: None,
+            cache_control: "no-cache",
             trace_id: &trace.trace_id,
             body,
             head_only: head,
@@ -295,6 +376,7 @@ async fn send_error<R: Responder>(respond: R, trace: &Trace, e: &CoordError) {
             status: e.status(),
             content_type: "application/json",
             allow: e.allow(),
+            cache_control: "no-cache",
             trace_id: &trace.trace_id,
             body: e.body_json(),
             head_only: false,
@@ -305,7 +387,13 @@ async fn send_error<R: Responder>(respond: R, trace: &Trace, e: &CoordError) {
 /// A chat request refused before the flow started: its log line, then the
 /// error. The line comes first because an answer of known length is complete
 /// for the client as soon as its bytes arrive; it counts the answer's write.
-async fn rejected<H: Host, R: Responder>(host: &H, respond: R, trace: &Trace, e: &CoordError) {
+async fn rejected<H: Host, R: Responder>(
+    host: &H,
+    respond: R,
+    trace: &Trace,
+    application: Option<String>,
+    e: &CoordError,
+) {
     meter::count_write();
     let mut line = serde_json::json!({
         "ts_ms": host.unix_ms(),
@@ -318,6 +406,7 @@ async fn rejected<H: Host, R: Responder>(host: &H, respond: R, trace: &Trace, e:
         "outcome": "rejected",
         "error": e.message(),
     });
+    add_application(&mut line, application.as_deref());
     add_own_time(&mut line);
     host.log(&line.to_string());
     send_error(respond, trace, e).await;
@@ -326,7 +415,7 @@ async fn rejected<H: Host, R: Responder>(host: &H, respond: R, trace: &Trace, e:
 async fn chat<H, B, R>(
     host: &H,
     request: HttpRequest<'_, B>,
-    config: impl FnOnce() -> Result<Config, CoordError>,
+    env: &dyn Fn(&str) -> Option<String>,
     respond: R,
     trace: Trace,
 ) where
@@ -336,15 +425,16 @@ async fn chat<H, B, R>(
 {
     let start_ms = host.now_ms();
     let unix_ms = host.unix_ms();
-    let config = match config() {
-        Ok(c) => c,
-        Err(e) => return rejected(host, respond, &trace, &e).await,
-    };
     let header = request.header;
+    let application = || application_of(&header);
+    let config = match request_config(env, header) {
+        Ok(c) => c,
+        Err(e) => return rejected(host, respond, &trace, application(), &e).await,
+    };
     let expected = header("content-length").and_then(|v| v.trim().parse::<usize>().ok());
     let body = match read_limited(request.body, config.max_request_bytes, expected).await {
         Ok(b) => b,
-        Err(e) => return rejected(host, respond, &trace, &e).await,
+        Err(e) => return rejected(host, respond, &trace, application(), &e).await,
     };
     let incoming = Incoming {
         path: request.path,
@@ -354,7 +444,7 @@ async fn chat<H, B, R>(
     };
     let ctx = match prepare(config, header, &body, incoming) {
         Ok(ctx) => ctx,
-        Err(e) => return rejected(host, respond, &trace, &e).await,
+        Err(e) => return rejected(host, respond, &trace, application(), &e).await,
     };
     drop(body);
     let id = format!(
@@ -496,8 +586,17 @@ fn log_request<H: Host>(
         "latency_ms": host.now_ms().saturating_sub(ctx.start_ms),
         "error": error.map(CoordError::message),
     });
+    add_application(&mut line, ctx.application.as_deref());
     add_own_time(&mut line);
     host.log(&line.to_string());
+}
+
+/// Names the application instance (`X-DIAL-APPLICATION-ID`) in a log line,
+/// when DIAL Core named one.
+fn add_application(line: &mut Value, application: Option<&str>) {
+    if let (Some(id), Some(map)) = (application, line.as_object_mut()) {
+        map.insert("application".to_owned(), Value::from(id));
+    }
 }
 
 /// Adds the request's own time so far (`own_us`, and `phases_us` by phase),

@@ -35,6 +35,10 @@ pub const VARIABLES: &[&str] = &[
     "MAX_SUBTASKS",
     "MAX_PARALLEL",
     "CARD_TTL_S",
+    "COORDINATION_PROMPT",
+    "SYNTHESIS_PROMPT",
+    "ALLOWED_AGENT_HOSTS",
+    "PUBLIC_URL",
     "DIAL_API_VERSION",
     "MAX_REQUEST_BYTES",
     "MAX_MESSAGES",
@@ -173,6 +177,19 @@ pub struct Config {
     /// How long an agent's card (what it publishes about itself) is kept in
     /// the store, in seconds; 0: read for every request.
     pub card_ttl_s: u64,
+    /// The application's instructions for the coordination call, added to
+    /// the built-in prompt (`COORDINATION_PROMPT`).
+    pub coordination_prompt: Option<String>,
+    /// The application's instructions for the synthesis call, added to the
+    /// built-in prompt (`SYNTHESIS_PROMPT`).
+    pub synthesis_prompt: Option<String>,
+    /// Origins (`scheme://host:port`) that agent endpoints named in
+    /// application properties may use, besides the origins of the endpoints
+    /// the environment configures (`ALLOWED_AGENT_HOSTS`).
+    pub allowed_agent_hosts: Vec<String>,
+    /// The coordinator's public base URL, as DIAL Core reaches it
+    /// (`PUBLIC_URL`): what the application type schema names.
+    pub public_url: Option<String>,
     /// `api-version` query sent on calls into DIAL Core, if set.
     pub api_version: Option<String>,
     /// Largest accepted request body, in bytes.
@@ -213,6 +230,10 @@ impl std::fmt::Debug for Config {
             .field("max_subtasks", &self.max_subtasks)
             .field("max_parallel", &self.max_parallel)
             .field("card_ttl_s", &self.card_ttl_s)
+            .field("coordination_prompt", &self.coordination_prompt)
+            .field("synthesis_prompt", &self.synthesis_prompt)
+            .field("allowed_agent_hosts", &self.allowed_agent_hosts)
+            .field("public_url", &self.public_url)
             .field("api_version", &self.api_version)
             .field("max_request_bytes", &self.max_request_bytes)
             .field("max_messages", &self.max_messages)
@@ -336,6 +357,32 @@ impl Config {
             max_subtasks: to_usize(range("MAX_SUBTASKS", 8, 1, 32)),
             max_parallel: to_usize(range("MAX_PARALLEL", 4, 1, 16)),
             card_ttl_s: range("CARD_TTL_S", 300, 0, 86_400),
+            coordination_prompt: get("COORDINATION_PROMPT").map(|v| {
+                problems.take(parse_instructions("COORDINATION_PROMPT", &v), String::new())
+            }),
+            synthesis_prompt: get("SYNTHESIS_PROMPT")
+                .map(|v| problems.take(parse_instructions("SYNTHESIS_PROMPT", &v), String::new())),
+            allowed_agent_hosts: get("ALLOWED_AGENT_HOSTS").map_or_else(Vec::new, |list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| {
+                        problems.take(
+                            parse_endpoint("ALLOWED_AGENT_HOSTS", s).and_then(|url| {
+                                origin(&url).ok_or_else(|| {
+                                    CoordError::config(
+                                        "ALLOWED_AGENT_HOSTS",
+                                        "must list origins such as https://agents.example.com:8443",
+                                    )
+                                })
+                            }),
+                            String::new(),
+                        )
+                    })
+                    .collect()
+            }),
+            public_url: get("PUBLIC_URL")
+                .map(|v| problems.take(parse_endpoint("PUBLIC_URL", &v), String::new())),
             dial_endpoint,
             deployment_name,
             llm_backups,
@@ -421,6 +468,46 @@ impl Config {
             .collect();
         dial_targets(&self.dial_endpoint, &deployments)
     }
+}
+
+/// Longest application instructions (`COORDINATION_PROMPT`, `SYNTHESIS_PROMPT`).
+pub const MAX_INSTRUCTIONS_CHARS: usize = 4_000;
+
+/// Instructions added to a prompt: at most [`MAX_INSTRUCTIONS_CHARS`]
+/// characters, lines and tabs allowed, no other control character.
+pub fn parse_instructions(var: &str, value: &str) -> Result<String, CoordError> {
+    let v = value.trim();
+    if v.chars().count() > MAX_INSTRUCTIONS_CHARS
+        || v.chars()
+            .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(CoordError::config(
+            var,
+            format!(
+                "must be text of at most {MAX_INSTRUCTIONS_CHARS} characters (lines and tabs allowed, no other control characters)"
+            ),
+        ));
+    }
+    Ok(v.replace("\r\n", "\n"))
+}
+
+/// The origin of an endpoint URL (as [`parse_endpoint`] returns it):
+/// `scheme://host:port`, lower case, the port written even when it is the
+/// scheme's default. `None` when the port is not a number.
+pub fn origin(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let authority = rest.split('/').next()?.to_ascii_lowercase();
+    let default_port = if scheme == "https" { "443" } else { "80" };
+    // An IPv6 literal keeps its colons inside the brackets.
+    let (host, port) = match authority.rfind(':') {
+        Some(i) if !authority[i..].contains(']') => (&authority[..i], &authority[i + 1..]),
+        _ => (authority.as_str(), default_port),
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return None;
+    }
+    Some(format!("{scheme}://{host}:{port}"))
 }
 
 fn to_usize(n: u64) -> usize {

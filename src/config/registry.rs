@@ -111,6 +111,18 @@ impl Registry {
         self.get("GPA").unwrap_or(&self.agents[0])
     }
 
+    /// The registry of the agents called `names`, in the registry's order.
+    pub fn only(&self, names: &[&str]) -> Registry {
+        Registry {
+            agents: self
+                .agents
+                .iter()
+                .filter(|a| names.contains(&a.name.as_str()))
+                .cloned()
+                .collect(),
+        }
+    }
+
     /// The names, in order.
     pub fn names(&self) -> Vec<&str> {
         self.agents.iter().map(|a| a.name.as_str()).collect()

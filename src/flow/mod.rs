@@ -36,6 +36,27 @@ use crate::memory::Memory;
 use crate::meter::{self, Phase};
 use plan::{Finished, Outcome, Plan, PLAN_SYNTHESIS_PROMPT};
 
+/// The heading of the application's own instructions in a system prompt.
+pub const INSTRUCTIONS_HEADING: &str = "## Instructions of this assistant";
+
+/// `prompt` followed by the application's `instructions` (`COORDINATION_PROMPT`,
+/// `SYNTHESIS_PROMPT` or their application properties), under
+/// [`INSTRUCTIONS_HEADING`]: they add to the built-in rules, which keep the
+/// structured output and the agents' contract intact.
+pub fn with_instructions<'p>(
+    prompt: impl Into<Cow<'p, str>>,
+    instructions: Option<&str>,
+) -> Cow<'p, str> {
+    let prompt = prompt.into();
+    match instructions {
+        Some(text) if !text.is_empty() => Cow::Owned(format!(
+            "{}\n\n{INSTRUCTIONS_HEADING}\n{text}",
+            prompt.trim_end()
+        )),
+        _ => prompt,
+    }
+}
+
 /// Runs coordination, the agents and synthesis through `driver`. Does not
 /// end the response: the caller does, by success or failure. The agents
 /// called are added to `agents` as soon as they are known (for the log).

@@ -26,6 +26,7 @@ use crate::config::registry::Registry;
 use crate::context::RequestContext;
 use crate::flow::ask::{AskUser, ASK_RULE};
 use crate::flow::routing::{agent_list, fallback_note, fill_agents, strip_fence};
+use crate::flow::with_instructions;
 use crate::wire::request::{ChatBody, LlmMessages};
 
 /// The coordination plan the LLM returns as structured output.
@@ -129,7 +130,10 @@ pub fn request_body_for(ctx: &RequestContext, registry: &Registry, done: &[Finis
     });
     ChatBody {
         messages: LlmMessages {
-            system: &plan_prompt(registry, ctx.config.max_subtasks),
+            system: &with_instructions(
+                plan_prompt(registry, ctx.config.max_subtasks),
+                ctx.config.coordination_prompt.as_deref(),
+            ),
             history: &ctx.request.messages,
             last_text: last_text.as_deref(),
         },

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use crate::config::registry::{AgentSpec, Registry};
 use crate::context::RequestContext;
 use crate::flow::ask::{AskUser, ASK_RULE};
+use crate::flow::with_instructions;
 use crate::wire::request::{ChatBody, LlmMessages};
 
 /// The routing decision the LLM returns as structured output.
@@ -109,7 +110,10 @@ pub fn request_body(ctx: &RequestContext) -> Vec<u8> {
 pub fn request_body_for(ctx: &RequestContext, registry: &Registry) -> Vec<u8> {
     ChatBody {
         messages: LlmMessages {
-            system: &routing_prompt(registry),
+            system: &with_instructions(
+                routing_prompt(registry),
+                ctx.config.coordination_prompt.as_deref(),
+            ),
             history: &ctx.request.messages,
             last_text: None,
         },

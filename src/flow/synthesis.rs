@@ -6,6 +6,7 @@ use crate::calls::{CallFailed, CallSpec, Replay, RequestTemplate};
 use crate::client::Target;
 use crate::context::RequestContext;
 use crate::error::{CoordError, Service};
+use crate::flow::with_instructions;
 use crate::wire::request::{ChatBody, LlmMessages};
 
 /// The system prompt of the synthesis call.
@@ -27,12 +28,13 @@ pub fn final_user_text(agent_answer: &str, user_request: &str) -> String {
     format!("## CONTEXT:\n{agent_answer}\n---\n## USER_REQUEST:\n{user_request}")
 }
 
-/// The body of the synthesis call: system prompt, history without
+/// The body of the synthesis call: system prompt (with the application's
+/// instructions, if any), history without
 /// `custom_content`, and the last message rewritten as `last_text`.
 pub fn request_body(ctx: &RequestContext, prompt: &str, last_text: &str) -> Vec<u8> {
     ChatBody {
         messages: LlmMessages {
-            system: prompt,
+            system: &with_instructions(prompt, ctx.config.synthesis_prompt.as_deref()),
             history: &ctx.request.messages,
             last_text: Some(last_text),
         },

@@ -594,6 +594,7 @@ mod tests {
             binding: Binding {
                 conversation: "conv-1",
                 subject: "",
+                application: "",
             },
             now_s: 1_700_000_000,
             ..StateTrust::default()

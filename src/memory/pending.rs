@@ -258,6 +258,7 @@ mod tests {
             binding: Binding {
                 conversation,
                 subject: "",
+                application: "",
             },
             now_s: 1_000_000,
             ..StateTrust::default()

@@ -9,8 +9,9 @@
 //! `"signature": "<key id>.<issued unix seconds>.<hex HMAC-SHA256>"`. The key
 //! id ([`key_id`]) names the secret that signed, so a secret can be rotated:
 //! `STATE_SECRET_PREVIOUS` still verifies what the old secret signed. The HMAC
-//! covers the issue time, the [`Binding`] (the conversation, and the user when
-//! DIAL Core forwarded their token) and the state in a canonical form: keys
+//! covers the issue time, the [`Binding`] (the conversation, the user when
+//! DIAL Core forwarded their token, and the application instance when DIAL
+//! Core names one) and the state in a canonical form: keys
 //! sorted, the signature left out, and `index` removed from every object inside
 //! a list. That last rule is what aidial-sdk's non-streaming merge does to a
 //! message (`cleanup_indices`), so a state survives being folded by a client
@@ -43,6 +44,9 @@ const MAX_CLOCK_SKEW_S: u64 = 300;
 /// What the key id is derived from (an HMAC of this label under the secret).
 const KEY_ID_LABEL: &[u8] = b"mas-coordinator state key id";
 
+/// What precedes the application in the signed bytes (see [`Binding`]).
+const APPLICATION_LABEL: &[u8] = b"\0application";
+
 /// Who a state belongs to: what the signature binds it to.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Binding<'a> {
@@ -51,6 +55,10 @@ pub struct Binding<'a> {
     /// The `sub` claim of the user's token, when DIAL Core forwarded it
     /// (`forwardAuthToken`); empty otherwise.
     pub subject: &'a str,
+    /// `X-DIAL-APPLICATION-ID`, the application instance DIAL Core names;
+    /// empty otherwise. Two instances with agents of the same name never
+    /// read each other's states.
+    pub application: &'a str,
 }
 
 /// How to trust states in this request's history and sign the one we emit.
@@ -108,6 +116,14 @@ fn mac(
     for part in [binding.conversation, binding.subject] {
         mac.update(&(part.len() as u64).to_be_bytes());
         mac.update(part.as_bytes());
+    }
+    // Only when there is one, so that what was signed before applications
+    // were bound (or outside one) still verifies; the label keeps the two
+    // forms apart.
+    if !binding.application.is_empty() {
+        mac.update(APPLICATION_LABEL);
+        mac.update(&(binding.application.len() as u64).to_be_bytes());
+        mac.update(binding.application.as_bytes());
     }
     mac.update(&issued_s.to_be_bytes());
     mac.update(canonical);
@@ -328,6 +344,7 @@ mod tests {
             binding: Binding {
                 conversation,
                 subject: "",
+                application: "",
             },
             now_s,
             ..StateTrust::default()
@@ -368,10 +385,31 @@ mod tests {
             binding: Binding {
                 conversation: "conv-A",
                 subject: "someone-else",
+                application: "",
             },
             ..t
         };
         assert!(!verify(&s, &other_user), "another user's state");
+        // An application instance's state is its own; a state signed outside
+        // any is not one of an instance's.
+        let app = |application: &'static str| StateTrust {
+            binding: Binding {
+                application,
+                ..t.binding
+            },
+            ..t
+        };
+        assert!(
+            !verify(&s, &app("hr-assistant")),
+            "signed outside the instance"
+        );
+        let hr = sign(json!({"ums_conversation_id": "c1"}), &app("hr-assistant"));
+        assert!(verify(&hr, &app("hr-assistant")));
+        assert!(
+            !verify(&hr, &app("travel-assistant")),
+            "another instance's state"
+        );
+        assert!(!verify(&hr, &t), "an instance's state outside it");
         let other_secret = StateTrust {
             secret: Some("another-secret-123456"),
             ..t

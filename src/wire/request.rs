@@ -27,6 +27,18 @@ pub struct ChatRequest {
     /// How many choices the client asks for (only 1 is served).
     #[serde(default)]
     pub n: Option<u64>,
+    /// DIAL's `custom_fields`: the conversation's settings.
+    #[serde(default)]
+    pub custom_fields: Option<RequestCustomFields>,
+}
+
+/// `custom_fields` of a request: what the coordinator reads of it.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RequestCustomFields {
+    /// The conversation's settings, as the user set them against the schema
+    /// of the configuration endpoint.
+    #[serde(default)]
+    pub configuration: Option<Value>,
 }
 
 /// Other fields of an object, in order, as raw JSON (nulls dropped).

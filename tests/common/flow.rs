@@ -17,6 +17,12 @@ use super::fakes::{FakeClient, CORE, KEY, UMS, UNIX_EPOCH_MS};
 /// the seed's conversations, written unsigned by the Python reference, is
 /// configured) unless `extra` says otherwise or sets `STATE_SECRET`.
 pub fn config_with(extra: &[(&str, &str)]) -> Config {
+    let vars = vars_with(extra);
+    Config::from_lookup(|k| lookup(&vars, k)).unwrap()
+}
+
+/// The variables of [`config_with`]: the fakes' defaults, then `extra`.
+pub fn vars_with(extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let signed = extra.iter().any(|(n, _)| *n == "STATE_SECRET");
     let mut vars: Vec<(&str, &str)> = vec![
         ("DIAL_ENDPOINT", CORE),
@@ -28,13 +34,17 @@ pub fn config_with(extra: &[(&str, &str)]) -> Config {
         ),
     ];
     vars.extend_from_slice(extra);
-    Config::from_lookup(|k| {
-        vars.iter()
-            .rev()
-            .find(|(n, _)| *n == k)
-            .map(|(_, v)| (*v).to_owned())
-    })
-    .unwrap()
+    vars.iter()
+        .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// The value of `name` in `vars` (the last one set wins).
+pub fn lookup(vars: &[(String, String)], name: &str) -> Option<String> {
+    vars.iter()
+        .rev()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.clone())
 }
 
 /// The configuration of the fakes.
