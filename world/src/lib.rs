@@ -19,9 +19,10 @@
 //!
 //! The binary `mas-world [--core-addr 127.0.0.1:8080] [--ums-addr 127.0.0.1:8042]
 //! [--ums-backup-addr 127.0.0.1:8043] [--llm-deployment gpt-4o]
-//! [--gpa-deployment general-purpose-agent]` runs the same world until SIGINT/SIGTERM.
-//! Every address must be a loopback address ([`WorldOptions`] defaults to port 0, a free
-//! port, for all three).
+//! [--gpa-deployment general-purpose-agent] [--apps apps.json]` runs the same world until
+//! SIGINT/SIGTERM. Every address must be a loopback address ([`WorldOptions`] defaults to
+//! port 0, a free port, for all three). `--apps` names a file holding a JSON array of
+//! [`App`]s (below).
 //!
 //! ## DIAL Core stand-in
 //!
@@ -208,8 +209,8 @@
 //! `dial:applicationTypeConfigurationEndpoint`; nothing is appended to them but the
 //! client's query string (to the completion call only). They are only configuration: the
 //! application need not run before the world starts. Applications come from
-//! [`WorldOptions::apps`] or [`World::set_app`] (replaces by name; [`World::clear_apps`]).
-//! Only configured names change: a configured name is forwarded even if it
+//! [`WorldOptions::apps`], [`World::set_app`] (replaces by name; [`World::clear_apps`]) or
+//! `--apps`. Only configured names change: a configured name is forwarded even if it
 //! is the LLM deployment or starts with `rag`, and every other name keeps the behaviour
 //! below.
 //!
