@@ -15,7 +15,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify};
 
-type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
 /// One request the upstream received.
 #[derive(Clone, Debug)]
@@ -45,7 +46,8 @@ impl Seen {
 }
 
 /// The upstream application: records every request and answers by path.
-/// `/stream` sends `data: first` at once and `data: [DONE]` once `release` is notified;
+/// `/stream` sends `data: first` at once and `data: [DONE]` once `release` is notified
+/// (`/cut`: cuts the connection instead);
 /// `/refuse` answers 422 JSON; `/config` answers a JSON schema.
 #[derive(Clone)]
 struct Upstream {
@@ -104,21 +106,30 @@ impl Upstream {
                 .status(status)
                 .header("content-type", content_type)
                 .header("x-upstream", "yes")
-                .body(Full::new(Bytes::from_static(body.as_bytes())).boxed_unsync())
+                .body(
+                    Full::new(Bytes::from_static(body.as_bytes()))
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                )
                 .expect("a response")
         };
         match parts.uri.path() {
-            "/stream" => {
-                let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+            path @ ("/stream" | "/cut") => {
+                let cut = path == "/cut";
+                let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
                 let release = self.release.clone();
                 tokio::spawn(async move {
                     let _ = tx
                         .send(Ok(Frame::data(Bytes::from("data: first\n\n"))))
                         .await;
                     release.notified().await;
-                    let _ = tx
-                        .send(Ok(Frame::data(Bytes::from("data: [DONE]\n\n"))))
-                        .await;
+                    let last = if cut {
+                        // hyper cuts the connection: the chunked body never ends.
+                        Err("cut".into())
+                    } else {
+                        Ok(Frame::data(Bytes::from("data: [DONE]\n\n")))
+                    };
+                    let _ = tx.send(last).await;
                 });
                 let body = StreamBody::new(tokio_stream(rx));
                 Response::builder()
@@ -551,4 +562,34 @@ async fn applications_the_world_cannot_serve_are_refused() {
     assert!(world
         .set_app(App::new("a", "http://127.0.0.1:1/x").with_properties(json!("no")))
         .is_err());
+}
+
+#[tokio::test]
+async fn a_body_the_application_cuts_is_cut_for_the_client() {
+    let upstream = Upstream::start().await;
+    let world = world_with(vec![App::new(
+        "hr-assistant",
+        format!("{}/cut", upstream.url),
+    )])
+    .await;
+    let resp = send(
+        &world.core_url(),
+        "POST",
+        "/openai/deployments/hr-assistant/chat/completions",
+        &[("api-key", "k")],
+        CHAT,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = body.frame().await.expect("a frame").expect("no error yet");
+    assert_eq!(first.into_data().ok(), Some(Bytes::from("data: first\n\n")));
+    upstream.release.notify_one();
+    let rest = tokio::time::timeout(Duration::from_secs(10), body.collect())
+        .await
+        .expect("the cut reaches the client");
+    assert!(
+        rest.is_err(),
+        "an unterminated body, not a clean end: {rest:?}"
+    );
 }
