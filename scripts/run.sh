@@ -4,8 +4,11 @@
 # With neither DIAL_ENDPOINT nor UMS_AGENT_ENDPOINT set, it also starts the
 # built-in local DIAL world (a DIAL Core stand-in with an LLM and a GPA on
 # 127.0.0.1:8080, a UMS agent stand-in on 127.0.0.1:8042 and a backup UMS on
-# 127.0.0.1:8043), so it works with no accounts. With them set, the same command
-# serves against real DIAL:
+# 127.0.0.1:8043), so it works with no accounts. The world's Core also runs two
+# application instances of this coordinator, hr-assistant and travel-assistant,
+# each with its own properties (agents, modes), forwarded to the one running
+# component as DIAL Core forwards an application type's instances. With them
+# set, the same command serves against real DIAL:
 #   DIAL_ENDPOINT=https://core.example.com UMS_AGENT_ENDPOINT=http://ums:8042 make run
 # Every configuration variable of the README set in the environment is passed on.
 #
@@ -361,7 +364,37 @@ coordinator_ready() {
     return 1
 }
 
+# The address to probe and to show: a wildcard HOST is reached on loopback.
+case "$HOST" in
+    0.0.0.0) local_host=127.0.0.1 ;;
+    ::) local_host=::1 ;;
+    *) local_host="$HOST" ;;
+esac
+probe_url="http://$(hostport "$local_host" "$PORT")"
+
+# The application instances the world's Core forwards to our own coordinator
+# (mas-world --apps; only configuration: the coordinator starts after the world).
+write_world_apps() { # file
+    local c="$probe_url/openai/deployments" gpa='{"name":"GPA","kind":"dial","deployment":"general-purpose-agent"}'
+    cat >"$1" <<JSON
+[
+  {"name": "hr-assistant",
+   "completion_endpoint": "$c/hr-assistant/chat/completions",
+   "configuration_endpoint": "$c/hr-assistant/configuration",
+   "properties": {"agents": [$gpa, {"name": "UMS", "kind": "ums", "endpoint": "http://127.0.0.1:$WORLD_UMS_PORT"}],
+                  "plan_approval": "never"}},
+  {"name": "travel-assistant",
+   "completion_endpoint": "$c/travel-assistant/chat/completions",
+   "configuration_endpoint": "$c/travel-assistant/configuration",
+   "properties": {"agents": [$gpa, {"name": "RAG", "kind": "dial", "deployment": "rag-agent", "description": "Answers questions from the travel policy documents."}],
+                  "coordination_mode": "route"}}
+]
+JSON
+}
+
 if [ "$world" = 1 ]; then
+    world_apps="$LOG_DIR/world-apps.json"
+    write_world_apps "$world_apps"
     say "starting the local DIAL world on 127.0.0.1:$WORLD_CORE_PORT (DIAL Core), 127.0.0.1:$WORLD_UMS_PORT (UMS) and 127.0.0.1:$WORLD_UMS_BACKUP_PORT (backup UMS)"
     export DIAL_ENDPOINT="http://127.0.0.1:$WORLD_CORE_PORT" UMS_AGENT_ENDPOINT="http://127.0.0.1:$WORLD_UMS_PORT"
     # The world's A2A weather agent joins GPA and UMS, unless AGENTS says otherwise.
@@ -371,7 +404,7 @@ if [ "$world" = 1 ]; then
     fi
     start "the local DIAL world" mas-world "$world_log" "$WORLD_BIN" \
         --core-addr "127.0.0.1:$WORLD_CORE_PORT" --ums-addr "127.0.0.1:$WORLD_UMS_PORT" \
-        --ums-backup-addr "127.0.0.1:$WORLD_UMS_BACKUP_PORT"
+        --ums-backup-addr "127.0.0.1:$WORLD_UMS_BACKUP_PORT" --apps "$world_apps"
     wait_ready "the local DIAL world" "$world_log" world_ready
 fi
 
@@ -395,14 +428,6 @@ done
 while IFS='=' read -r var _; do
     env_args+=(--env "$var=${!var}")
 done < <(env | grep -E '^AGENT_[A-Z][A-Z0-9_]*=' || true)
-
-# The address to probe and to show: a wildcard HOST is reached on loopback.
-case "$HOST" in
-    0.0.0.0) local_host=127.0.0.1 ;;
-    ::) local_host=::1 ;;
-    *) local_host="$HOST" ;;
-esac
-probe_url="http://$(hostport "$local_host" "$PORT")"
 
 say "starting the coordinator in wasmtime serve on $(hostport "$HOST" "$PORT")"
 # Instances are reused (up to 1000 requests each) so the in-memory circuit
@@ -432,6 +457,7 @@ if [ "$LOG_DIR" != target/run ]; then logs_command="LOG_DIR=$LOG_DIR make logs";
 if [ "$world" = 1 ]; then
     cat <<MSG
 This is the local DIAL world (deterministic stand-ins, see docs/testing.md, "Local DIAL world").
+Two instances of this coordinator with their own agents and modes ($world_apps) are reachable through the world's DIAL Core: $DIAL_ENDPOINT/openai/deployments/hr-assistant/chat/completions and $DIAL_ENDPOINT/openai/deployments/travel-assistant/chat/completions
 To serve real DIAL instead: DIAL_ENDPOINT=https://your-core UMS_AGENT_ENDPOINT=http://your-ums:8042 make run
 and register http://<this host>:$PORT/openai/deployments/mas-coordinator/chat/completions
 as an application in DIAL Core's config.json (docs/dial-core.md, "Register in DIAL Core").

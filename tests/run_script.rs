@@ -450,6 +450,68 @@ async fn ready_serves_a_chat_and_ctrl_c_stops_everything_with_status_0() {
         )
     );
 
+    // The world's Core runs two instances of this coordinator: a chat through one
+    // reaches our coordinator with the instance's name and properties.
+    let core = format!("http://127.0.0.1:{}", run.ports.core);
+    let instance = |name: &str| format!("{core}/openai/deployments/{name}/chat/completions");
+    assert!(
+        run.seen.iter().any(|line| line.contains(&format!(
+            "{} and {}",
+            instance("hr-assistant"),
+            instance("travel-assistant")
+        ))),
+        "the instances are shown: {:?}",
+        run.seen
+    );
+    let chat = post_json(
+        &instance("hr-assistant"),
+        &[("Api-Key", "local-test-key")],
+        &json!({"stream": true, "messages": [{"role": "user", "content": "Do we have Andrej Karpathy as a user?"}]}),
+    )
+    .await;
+    assert_eq!(chat.status, 200, "{}", chat.text());
+    assert!(chat.text().ends_with("data: [DONE]\n\n"), "{}", chat.text());
+    let recorded = get(&format!("{core}/_world/requests")).await.json();
+    let forwarded = recorded
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["service"] == "app")
+        .expect("the call forwarded to the coordinator is recorded");
+    assert_eq!(
+        forwarded["path"],
+        "/openai/deployments/hr-assistant/chat/completions"
+    );
+    let header = |name: &str| {
+        forwarded["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h[0] == name)
+            .and_then(|h| h[1].as_str())
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        header("x-dial-application-id").as_deref(),
+        Some("hr-assistant")
+    );
+    let properties: Value =
+        serde_json::from_str(&header("x-dial-application-properties").unwrap()).unwrap();
+    assert_eq!(
+        properties,
+        json!({
+            "agents": [
+                {"name": "GPA", "kind": "dial", "deployment": "general-purpose-agent"},
+                {"name": "UMS", "kind": "ums", "endpoint": format!("http://127.0.0.1:{}", run.ports.ums)},
+            ],
+            "plan_approval": "never",
+        })
+    );
+    assert_eq!(
+        header("host"),
+        Some(format!("127.0.0.1:{}", run.ports.coordinator))
+    );
+
     run.signal("INT");
     let (status, stdout, stderr) = run.finish().await;
     assert_eq!(

@@ -1,9 +1,10 @@
-//! The DIAL Core stand-in: `GET /health`, and
-//! `POST /openai/deployments/{name}/chat/completions`, where the
+//! The DIAL Core stand-in: `GET /health`, the configured applications (forwarded by
+//! `apps`), and `POST /openai/deployments/{name}/chat/completions`, where the
 //! configured LLM deployment is the scripted LLM, names starting with `rag` are the
 //! scripted RAG agent and every other name is a scripted GPA.
 
 use crate::agents::{gpa, rag};
+use crate::apps::Apps;
 use crate::chunks::{usage, Chunks};
 use crate::fault::Fault;
 use crate::http::{finish, pre_fault, Abort, Body, Reply, Service};
@@ -12,15 +13,18 @@ use crate::json::{
 };
 use crate::llm::{plan, routing_decision, synthesis_reply, LLM_HELLO};
 use crate::state::Shared;
+use bytes::Bytes;
 use hyper::{HeaderMap, Method, Response};
 use serde_json::Value;
 
 pub(crate) async fn handle(
     shared: &Shared,
+    apps: &Apps,
     method: &Method,
     headers: &HeaderMap,
     path: &str,
-    body: &[u8],
+    query: Option<&str>,
+    body: &Bytes,
 ) -> Result<Response<Body>, Abort> {
     let no_fault = Fault::default();
     // DIAL Core's own health endpoint: 200 while it serves.
@@ -31,6 +35,12 @@ pub(crate) async fn handle(
     // The A2A weather agent lives on this port too.
     if let Some(reply) = crate::a2a::handle(shared, method, headers, path, body) {
         return Ok(finish(reply, &no_fault));
+    }
+    // A configured application's name is its own, whatever the scripted deployments do.
+    if let Some(answer) =
+        crate::apps::handle(shared, apps, method, headers, path, query, body).await
+    {
+        return answer;
     }
     let name = match deployment_of(path) {
         Some(name) if method == Method::POST => name,

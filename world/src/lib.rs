@@ -19,9 +19,10 @@
 //!
 //! The binary `mas-world [--core-addr 127.0.0.1:8080] [--ums-addr 127.0.0.1:8042]
 //! [--ums-backup-addr 127.0.0.1:8043] [--llm-deployment gpt-4o]
-//! [--gpa-deployment general-purpose-agent]` runs the same world until SIGINT/SIGTERM.
-//! Every address must be a loopback address ([`WorldOptions`] defaults to port 0, a free
-//! port, for all three).
+//! [--gpa-deployment general-purpose-agent] [--apps apps.json]` runs the same world until
+//! SIGINT/SIGTERM. Every address must be a loopback address ([`WorldOptions`] defaults to
+//! port 0, a free port, for all three). `--apps` names a file holding a JSON array of
+//! [`App`]s (below).
 //!
 //! ## DIAL Core stand-in
 //!
@@ -198,6 +199,40 @@
 //! `{"state":{"rag_turn":<K+1>,"sources":["source-<n>.md"]}}`; the stop chunk with usage;
 //! `[DONE]`.
 //!
+//! ## Applications (on the Core port)
+//!
+//! An [`App`] is an application instance of a custom application type, as DIAL Core runs
+//! one: `{"name":"hr-assistant","completion_endpoint":"http://127.0.0.1:8055/openai/deployments/hr-assistant/chat/completions","configuration_endpoint":"http://127.0.0.1:8055/openai/deployments/hr-assistant/configuration","properties":{"plan_approval":"never"}}`
+//! (`configuration_endpoint` optional, `properties` a JSON object, default `{}`; unknown
+//! fields are errors). The endpoints are full `http://` URLs used as they are, like the
+//! type schema's `dial:applicationTypeCompletionEndpoint` and
+//! `dial:applicationTypeConfigurationEndpoint`; nothing is appended to them but the
+//! client's query string (to the completion call only). They are only configuration: the
+//! application need not run before the world starts. Applications come from
+//! [`WorldOptions::apps`], [`World::set_app`] (replaces by name; [`World::clear_apps`]) or
+//! `--apps`. Only configured names change: a configured name is forwarded even if it
+//! is the LLM deployment or starts with `rag`, and every other name keeps the behaviour
+//! below.
+//!
+//! * `POST /openai/deployments/<name>/chat/completions[?query]` → the same method, body
+//!   and headers to `completion_endpoint[?query]`, except: the hop-by-hop headers,
+//!   `Host` and `Content-Length` are those of the new connection, and any client-sent
+//!   `X-DIAL-APPLICATION-ID` / `X-DIAL-APPLICATION-PROPERTIES` (any case) are dropped and
+//!   replaced by `X-DIAL-APPLICATION-ID: <name>` and `X-DIAL-APPLICATION-PROPERTIES:
+//!   <properties as compact JSON>` (non-ASCII as raw UTF-8, not escaped). The client's
+//!   `api-key` goes on as the per-request key, with `Authorization`,
+//!   `X-CONVERSATION-ID`, `traceparent` and every other header. The body is not checked.
+//! * `GET /v1/deployments/<name>/configuration` → a `GET` to `configuration_endpoint`
+//!   with the same headers (no query); with no configuration endpoint, 200 with an empty
+//!   body and no content type.
+//! * Both need a non-empty `api-key` header, else Core's 401 (nothing is forwarded).
+//! * The answer is the application's: status and headers (but the hop-by-hop ones) kept,
+//!   the body passed on frame by frame as it arrives, never collected; a body the
+//!   application cuts is cut for the client too, and a client that goes away closes the
+//!   application's connection. An application that cannot be reached (connection refused,
+//!   no response head) → 502 `{"error":{"message":"The application <name> could not be reached: <why>","type":"runtime_error","code":"502"}}`.
+//! * Faults do not apply (the application is what is under test).
+//!
 //! ## UMS stand-ins (each on its own port, docs/protocol.md §3)
 //!
 //! Two instances with the same API and behaviour, each with its *own* conversation store
@@ -260,7 +295,10 @@
 //!
 //! Every request any server receives (except the control API) is recorded as a
 //! [`Recorded`] in arrival order, including requests that are then refused or faulted;
-//! [`Recorded::service`] is `core`, `ums` or `ums-backup`.
+//! [`Recorded::service`] is `core`, `ums` or `ums-backup`. A call forwarded to an
+//! application is recorded a second time, as sent, just before it is sent: service
+//! `app`, the endpoint's path and query, the headers as sent (`host` and the two
+//! application headers included).
 //!
 //! ## Faults
 //!
@@ -325,6 +363,7 @@
 // without a cycle (world/tests/architecture.rs).
 mod a2a;
 mod agents;
+mod apps;
 mod chunks;
 mod conversations;
 mod core;
@@ -336,10 +375,12 @@ mod schema;
 mod state;
 mod ums;
 
+pub use apps::App;
 pub use fault::{Fault, FaultKind};
 pub use state::Recorded;
 
 use anyhow::Context as _;
+use apps::Apps;
 use fault::{valid_target, TARGETS};
 use http::{control_error, finish, Abort, Body, Reply, Service};
 use http_body_util::BodyExt;
@@ -364,6 +405,8 @@ pub struct WorldOptions {
     pub llm_deployment: String,
     /// The default GPA deployment name (informational: every non-LLM name is a GPA).
     pub gpa_deployment: String,
+    /// Application instances the DIAL Core stand-in forwards to (names must differ).
+    pub apps: Vec<App>,
 }
 
 impl Default for WorldOptions {
@@ -374,6 +417,7 @@ impl Default for WorldOptions {
             ums_backup_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             llm_deployment: "gpt-4o".to_owned(),
             gpa_deployment: "general-purpose-agent".to_owned(),
+            apps: Vec::new(),
         }
     }
 }
@@ -383,6 +427,7 @@ impl Default for WorldOptions {
 #[derive(Clone)]
 pub struct World {
     shared: Arc<Shared>,
+    apps: Arc<Apps>,
     core_addr: SocketAddr,
     ums_addr: SocketAddr,
     ums_backup_addr: SocketAddr,
@@ -415,6 +460,15 @@ impl World {
     /// Binds the three servers and starts serving them on a dedicated runtime thread (so the
     /// world keeps answering even if the caller's runtime blocks).
     pub async fn start(opts: WorldOptions) -> anyhow::Result<World> {
+        let apps = Arc::new(Apps::default());
+        for (i, app) in opts.apps.iter().enumerate() {
+            anyhow::ensure!(
+                opts.apps[..i].iter().all(|other| other.name != app.name),
+                "application {} is configured twice",
+                app.name
+            );
+            apps.set(app.clone())?;
+        }
         let core = bind(opts.core_addr, "DIAL Core")?;
         let ums = bind(opts.ums_addr, "UMS")?;
         let ums_backup = bind(opts.ums_backup_addr, "backup UMS")?;
@@ -425,6 +479,7 @@ impl World {
         let (alive_tx, alive_rx) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = oneshot::channel::<anyhow::Result<()>>();
         let thread_shared = shared.clone();
+        let thread_apps = apps.clone();
         std::thread::Builder::new()
             .name("mas-world".to_owned())
             .spawn(move || {
@@ -454,9 +509,10 @@ impl World {
                     ];
                     for (listener, service) in servers {
                         let shared = thread_shared.clone();
+                        let apps = thread_apps.clone();
                         let shutdown = shared.shutdown.subscribe();
                         tokio::spawn(http::serve(listener, shutdown, move |request| {
-                            handle(shared.clone(), service, request)
+                            handle(shared.clone(), apps.clone(), service, request)
                         }));
                     }
                     anyhow::Ok(())
@@ -476,6 +532,7 @@ impl World {
             .context("the world's thread died during startup")??;
         Ok(World {
             shared,
+            apps,
             core_addr,
             ums_addr,
             ums_backup_addr,
@@ -524,6 +581,18 @@ impl World {
     /// Removes every fault.
     pub fn clear_faults(&self) {
         lock(&self.shared.faults).clear();
+    }
+
+    /// Adds (or replaces, by name) an application the DIAL Core stand-in forwards to.
+    /// Fails when the world cannot serve it (a name with `/`, an endpoint that is not an
+    /// `http://` URL, properties that are not a JSON object).
+    pub fn set_app(&self, app: App) -> anyhow::Result<()> {
+        self.apps.set(app)
+    }
+
+    /// Removes every application: their names are the scripted deployments again.
+    pub fn clear_apps(&self) {
+        self.apps.clear();
     }
 
     /// Stops accepting connections; open connections finish their current response and
@@ -605,6 +674,7 @@ fn control(shared: &Shared, method: &hyper::Method, path: &str, body: &[u8]) -> 
 /// Core or UMS stand-in.
 async fn handle(
     shared: Arc<Shared>,
+    apps: Arc<Apps>,
     service: Service,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Abort> {
@@ -638,7 +708,19 @@ async fn handle(
         body: String::from_utf8_lossy(&body).into_owned(),
     });
     match service {
-        Service::Core => core::handle(&shared, &parts.method, &parts.headers, &path, &body).await,
+        Service::Core => {
+            let query = parts.uri.query();
+            core::handle(
+                &shared,
+                &apps,
+                &parts.method,
+                &parts.headers,
+                &path,
+                query,
+                &body,
+            )
+            .await
+        }
         Service::Ums | Service::UmsBackup => {
             ums::handle(&shared, service, &parts.method, &path, &body).await
         }

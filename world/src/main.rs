@@ -3,11 +3,12 @@
 //! See the `mas_world` crate docs for the deterministic behaviour.
 
 use anyhow::{bail, Context as _};
-use mas_world::{World, WorldOptions};
+use mas_world::{App, World, WorldOptions};
 use std::net::SocketAddr;
 
 const USAGE: &str = "usage: mas-world [--core-addr 127.0.0.1:8080] [--ums-addr 127.0.0.1:8042] \
-[--ums-backup-addr 127.0.0.1:8043] [--llm-deployment gpt-4o] [--gpa-deployment general-purpose-agent]";
+[--ums-backup-addr 127.0.0.1:8043] [--llm-deployment gpt-4o] [--gpa-deployment general-purpose-agent] \
+[--apps apps.json]";
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> anyhow::Result<Option<WorldOptions>> {
     let mut opts = WorldOptions {
@@ -41,6 +42,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> anyhow::Result<Option<W
             "--ums-backup-addr" => opts.ums_backup_addr = parse_addr(&value()?)?,
             "--llm-deployment" => opts.llm_deployment = value()?,
             "--gpa-deployment" => opts.gpa_deployment = value()?,
+            "--apps" => opts.apps = read_apps(&value()?)?,
             _ => bail!("unknown argument {arg:?}\n{USAGE}"),
         }
     }
@@ -55,6 +57,16 @@ fn parse_addr(value: &str) -> anyhow::Result<SocketAddr> {
         bail!("refusing to listen on {addr}: the local DIAL world only binds loopback addresses");
     }
     Ok(addr)
+}
+
+/// The applications of `--apps`: a file holding a JSON array of `mas_world::App`.
+fn read_apps(path: &str) -> anyhow::Result<Vec<App>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
+    parse_apps(&text).with_context(|| format!("{path} is not a JSON array of applications"))
+}
+
+fn parse_apps(text: &str) -> anyhow::Result<Vec<App>> {
+    Ok(serde_json::from_str(text)?)
 }
 
 async fn terminated() {
@@ -80,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let llm = opts.llm_deployment.clone();
     let gpa = opts.gpa_deployment.clone();
+    let apps = opts.apps.clone();
     let world = World::start(opts).await?;
     println!("DIAL Core stand-in on {}", world.core_url());
     println!("UMS stand-in on {}", world.ums_url());
@@ -90,6 +103,15 @@ control API: {}/_world/requests, {}/_world/faults/<target>",
         world.core_url(),
         world.core_url()
     );
+    for app in apps {
+        eprintln!(
+            "application {}: {}/openai/deployments/{}/chat/completions -> {}",
+            app.name,
+            world.core_url(),
+            app.name,
+            app.completion_endpoint
+        );
+    }
     terminated().await;
     world.shutdown();
     Ok(())
@@ -132,5 +154,28 @@ mod tests {
         assert!(parse_args(args(&["--core-addr"])).is_err());
         assert!(parse_args(args(&["--bogus"])).is_err());
         assert!(matches!(parse_args(args(&["--help"])), Ok(None)));
+    }
+
+    #[test]
+    fn apps_file() {
+        let apps = parse_apps(
+            r#"[{"name":"hr","completion_endpoint":"http://127.0.0.1:8055/c",
+                 "configuration_endpoint":"http://127.0.0.1:8055/cfg",
+                 "properties":{"plan_approval":"never"}},
+                {"name":"plain","completion_endpoint":"http://127.0.0.1:8055/p"}]"#,
+        )
+        .unwrap_or_default();
+        assert_eq!(
+            apps,
+            [
+                App::new("hr", "http://127.0.0.1:8055/c")
+                    .with_configuration_endpoint("http://127.0.0.1:8055/cfg")
+                    .with_properties(serde_json::json!({"plan_approval": "never"})),
+                App::new("plain", "http://127.0.0.1:8055/p"),
+            ]
+        );
+        // A misspelt field is an error, not an application without it.
+        assert!(parse_apps(r#"[{"name":"a","completion_url":"http://x/"}]"#).is_err());
+        assert!(parse_args(args(&["--apps", "/nonexistent/apps.json"])).is_err());
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 /// One request received by the world.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Recorded {
-    /// `"core"`, `"ums"` or `"ums-backup"`.
+    /// `"core"`, `"ums"`, `"ums-backup"`, or `"app"` for a call forwarded to an application.
     pub service: String,
     pub method: String,
     pub path: String,
