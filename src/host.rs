@@ -54,11 +54,18 @@ async fn serve(request: IncomingRequest, out: ResponseOutparam) {
     let method = request.method().to_string();
     let path = request.path_with_query().unwrap_or_default();
     let headers = request.headers().entries();
+    // Hosts hand HTTP/1.1's `Host` over as the request's authority.
+    let authority = request.authority();
     let header = |name: &str| {
         headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .or_else(|| {
+                name.eq_ignore_ascii_case("host")
+                    .then(|| authority.clone())
+                    .flatten()
+            })
     };
     let body = request
         .into_body_stream()
