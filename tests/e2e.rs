@@ -13,7 +13,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::host::{get, post_json, send, Stack, WasiHost};
+use common::host::{get, post_json, send, sse_events, Stack, WasiHost};
 use common::turns::{
     as_history, chat_stream, closing, created, gpa_expected, opening, ums_expected, ums_state,
 };
@@ -693,6 +693,73 @@ async fn first_bytes_arrive_before_the_routing_call_finishes() {
     assert!(total > Duration::from_millis(700), "total {total:?}");
     let (decision_at, _) = events[2];
     assert!(decision_at - r.sent_at >= Duration::from_millis(700));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_coordination_call_gets_heartbeats_and_the_stream_is_otherwise_the_same() {
+    let s = setup(&[("HEARTBEAT_INTERVAL_MS", "200")]).await;
+    s.world.set_fault(
+        "routing",
+        Fault {
+            kind: FaultKind::None,
+            first_byte_delay_ms: 1_100,
+            ..Fault::default()
+        },
+    );
+    let r = chat_stream(&s.host, KEY, &[user(KARPATHY)], None).await;
+    let body = String::from_utf8(r.body()).unwrap();
+    let blocks: Vec<&str> = body.split_terminator("\n\n").collect();
+    let beats: Vec<usize> = (0..blocks.len())
+        .filter(|i| blocks[*i] == ": heartbeat")
+        .collect();
+    // A tick every 200 ms for 1.1 s writes five; a busy machine fires them late.
+    assert!(beats.len() >= 2, "{body}");
+    assert!(
+        blocks
+            .iter()
+            .all(|b| *b == ": heartbeat" || b.starts_with("data: ")),
+        "{body}"
+    );
+    // All of them after the role chunk and stage 0, before the decision.
+    assert_eq!(beats, (2..2 + beats.len()).collect::<Vec<_>>(), "{body}");
+    // Each went out when it was written, not with the next event.
+    let beat_frames: Vec<_> = r
+        .frames
+        .iter()
+        .filter(|(_, f)| f.starts_with(b": heartbeat"))
+        .map(|(at, _)| *at)
+        .collect();
+    assert_eq!(beat_frames.len(), beats.len(), "one write each: {body}");
+    assert!(
+        *beat_frames.last().unwrap() - beat_frames[0] >= Duration::from_millis(150),
+        "{beat_frames:?}"
+    );
+    // Without them, the stream is the seed's, exactly.
+    let rest: String = blocks
+        .iter()
+        .filter(|b| !b.starts_with(':'))
+        .map(|b| format!("{b}\n\n"))
+        .collect();
+    assert_eq!(
+        deltas(&sse_events(rest.as_bytes())),
+        ums_expected(
+            &[created("ums-conv-0001")],
+            ums_state(&s.world.ums_url(), "ums-conv-0001"),
+            "UMS[ums-conv-0001#1]: No user named Andrej Karpathy was found."
+        )
+    );
+    // The request's line counts them among its writes.
+    let line = s
+        .host
+        .json_logs()
+        .into_iter()
+        .find(|l| l["event"] == "request")
+        .unwrap();
+    assert_eq!(line["outcome"], "ok");
+    assert!(
+        line["writes"].as_u64().unwrap() >= beats.len() as u64 + 2,
+        "{line}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,10 @@ mod common;
 use common::fakes::*;
 use common::flow::*;
 use common::wire::{content, stage_close, stage_content, stage_open};
+use mas_coordinator::app::{stream_response, RequestContext};
+use mas_coordinator::flow::emitter::{ClientGone, Emitter, Transport};
 use mas_coordinator::memory::endpoint_tag;
+use mas_coordinator::wire::response::SseEncoder;
 use serde_json::{json, Value};
 
 const KARPATHY: &str = "Do we have Andrej Karpathy as a user?";
@@ -1186,4 +1189,195 @@ fn a_request_is_stopped_at_its_deadline_however_its_calls_behave() {
         e,
         mas_coordinator::error::CoordError::DeadlineExceeded(2500)
     );
+}
+
+// ---------------------------------------------------------------------------
+// Heartbeats: a quiet stream gets `: heartbeat` comments, and nothing else changes
+
+const HEARTBEAT: &str = ": heartbeat\n\n";
+
+/// The seed-1 turn, its coordination call answering after `routing_ms`.
+fn slow_routing_client(routing_ms: u64) -> FakeClient {
+    FakeClient::new()
+        .on(
+            "/deployments/gpt-4o/chat/completions",
+            Reply::Late(routing_ms, Box::new(routing_reply("UMS", None))),
+        )
+        .on("/conversations", Reply::json(200, json!({"id": "conv-1", "title": KARPATHY, "messages": [], "created_at": "t", "updated_at": "t"})))
+        .on("/conversations/conv-1/chat", ums_stream("conv-1", &["No user ", "named Andrej Karpathy ", "was found."]))
+        .on("/deployments/gpt-4o/chat/completions", llm_stream(&["Andrej Karpathy ", "is not a user."]))
+}
+
+fn beating(ms: &str, body: Value) -> RequestContext {
+    context_with(config_with(&[("HEARTBEAT_INTERVAL_MS", ms)]), body, None)
+}
+
+/// Where the heartbeat writes are among `writes`.
+fn heartbeats(writes: &[String]) -> Vec<usize> {
+    (0..writes.len())
+        .filter(|i| writes[*i] == HEARTBEAT)
+        .collect()
+}
+
+#[test]
+fn a_slow_coordination_call_gets_a_heartbeat_each_interval_unless_they_are_off() {
+    let quiet_client = slow_routing_client(3_500);
+    let quiet = run_stream_writes(&beating("0", ask(KARPATHY)), &quiet_client);
+    assert!(
+        quiet.iter().all(|w| w.starts_with("data: ")),
+        "no comment at all: {quiet:?}"
+    );
+
+    let client = slow_routing_client(3_500);
+    let writes = run_stream_writes(&beating("1000", ask(KARPATHY)), &client);
+    assert_eq!(client.clock.now(), 3_500);
+    // The role chunk and stage 0 went first; then one comment a second, each
+    // a write of its own, until the decision; the rest is the same stream.
+    assert!(writes[0].starts_with("data: "), "{writes:?}");
+    assert_eq!(writes[0], quiet[0]);
+    assert_eq!(heartbeats(&writes), [1, 2, 3]);
+    assert_eq!(writes[4..], quiet[1..]);
+    // One timer for the wait, armed again only when it rang: three ticks.
+    assert_eq!(client.sleeps.get(), quiet_client.sleeps.get() + 3);
+}
+
+#[test]
+fn chunks_faster_than_the_interval_get_no_heartbeat_and_one_timer_serves_every_wait() {
+    let pieces: Vec<Value> = (0..10)
+        .map(|i| chunk(json!({"content": format!("{i} ")})))
+        .collect();
+    let client = || {
+        FakeClient::new()
+            .on(
+                "/deployments/gpt-4o/chat/completions",
+                routing_reply("GPA", None),
+            )
+            .on(
+                "/deployments/general-purpose-agent/chat/completions",
+                Reply::sse_timed(450, &pieces),
+            )
+            .on(
+                "/deployments/gpt-4o/chat/completions",
+                llm_stream(&["Done."]),
+            )
+    };
+    let quiet_client = client();
+    let quiet = run_stream_writes(&beating("0", ask(WEATHER)), &quiet_client);
+    let beating_client = client();
+    let writes = run_stream_writes(&beating("1000", ask(WEATHER)), &beating_client);
+    assert_eq!(beating_client.clock.now(), 4_950);
+    assert_eq!(writes, quiet);
+    assert!(writes.len() > 10, "GPA's events went out as they came");
+    // Eleven waits on GPA's body, and the one timer rang four times (at 1, 2,
+    // 3 and 4 s), each time finding the stream busy.
+    assert_eq!(beating_client.sleeps.get(), quiet_client.sleeps.get() + 4);
+}
+
+#[test]
+fn an_agent_slow_to_answer_gets_heartbeats_under_its_stage() {
+    let pieces = [chunk(json!({"content": "Sunny."}))];
+    let client = || {
+        FakeClient::new()
+            .on(
+                "/deployments/gpt-4o/chat/completions",
+                routing_reply("GPA", None),
+            )
+            .on(
+                "/deployments/general-purpose-agent/chat/completions",
+                Reply::Late(2_500, Box::new(Reply::sse(&pieces))),
+            )
+            .on(
+                "/deployments/gpt-4o/chat/completions",
+                llm_stream(&["Sunny in Kyiv."]),
+            )
+    };
+    let quiet = run_stream_writes(&beating("0", ask(WEATHER)), &client());
+    let writes = run_stream_writes(&beating("1000", ask(WEATHER)), &client());
+    let at = heartbeats(&writes);
+    assert_eq!(at.len(), 2, "{writes:?}");
+    assert_eq!(at[1], at[0] + 1);
+    // They come right after GPA's stage opened, before anything GPA said.
+    assert!(
+        writes[at[0] - 1].contains(r#""name":"Call GPA Agent""#),
+        "{writes:?}"
+    );
+    let without: Vec<&String> = writes.iter().filter(|w| *w != HEARTBEAT).collect();
+    assert_eq!(without, quiet.iter().collect::<Vec<_>>());
+}
+
+#[test]
+fn a_collected_answer_gets_no_heartbeat_and_arms_no_timer_for_one() {
+    let body = json!({"messages": [{"role": "user", "content": KARPATHY}]});
+    let quiet_client = slow_routing_client(3_500);
+    let ctx = beating("0", body.clone());
+    let quiet = quiet_client
+        .run(collect(&ctx, &quiet_client, "x", 1))
+        .unwrap();
+    let client = slow_routing_client(3_500);
+    let ctx = beating("1000", body);
+    let answer = client.run(collect(&ctx, &client, "x", 1)).unwrap();
+    assert_eq!(answer, quiet);
+    assert_eq!(client.sleeps.get(), quiet_client.sleeps.get());
+}
+
+#[test]
+fn the_deadline_is_kept_to_the_millisecond_between_heartbeats() {
+    let ctx = context_with(
+        config_with(&[
+            ("HEARTBEAT_INTERVAL_MS", "1000"),
+            ("REQUEST_DEADLINE_MS", "2500"),
+        ]),
+        ask(KARPATHY),
+        None,
+    );
+    let client = FakeClient::new().on("/deployments/gpt-4o/chat/completions", Reply::Hang);
+    let writes = run_stream_writes(&ctx, &client);
+    assert_eq!(client.clock.now(), 2_500);
+    assert_eq!(heartbeats(&writes), [1, 2]);
+    assert_eq!(writes.len(), 4, "{writes:?}");
+    assert!(
+        writes[3].contains("REQUEST_DEADLINE_MS") && writes[3].ends_with("data: [DONE]\n\n"),
+        "{writes:?}"
+    );
+}
+
+/// A client that goes away after `stays_for` writes.
+struct Leaving {
+    writes: Vec<Vec<u8>>,
+    stays_for: usize,
+}
+
+impl Transport for Leaving {
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientGone> {
+        if self.writes.len() == self.stays_for {
+            return Err(ClientGone);
+        }
+        self.writes.push(bytes.to_vec());
+        Ok(())
+    }
+}
+
+#[test]
+fn a_heartbeat_that_cannot_be_written_ends_the_request_as_client_gone() {
+    let client = slow_routing_client(3_500);
+    let ctx = beating("1000", ask(KARPATHY));
+    let mut out = Emitter::streaming(
+        SseEncoder::new("resp-1", 1),
+        Leaving {
+            writes: Vec::new(),
+            stays_for: 2,
+        },
+    );
+    client.run(stream_response(&ctx, &client, &mut out));
+    // The first heartbeat went out at 1 s; the second found the client gone.
+    assert_eq!(client.clock.now(), 2_000);
+    let transport = out.into_transport().unwrap();
+    assert_eq!(transport.writes[1], HEARTBEAT.as_bytes());
+    assert_eq!(client.requests().len(), 1, "nothing is called after");
+    let line = client
+        .logs()
+        .into_iter()
+        .find(|l| l["event"] == "request")
+        .unwrap();
+    assert_eq!(line["outcome"], "client_gone");
 }

@@ -46,6 +46,7 @@ pub const VARIABLES: &[&str] = &[
     "UPSTREAM_IDLE_TIMEOUT_MS",
     "UPSTREAM_TOTAL_TIMEOUT_MS",
     "REQUEST_DEADLINE_MS",
+    "HEARTBEAT_INTERVAL_MS",
     "BREAKER_FAILURE_THRESHOLD",
     "BREAKER_WINDOW_MS",
     "BREAKER_MIN_CALLERS",
@@ -200,6 +201,9 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Longest whole request, in milliseconds (`REQUEST_DEADLINE_MS`).
     pub request_deadline_ms: u64,
+    /// How long a stream may stay quiet, in milliseconds, before an SSE
+    /// comment keeps proxies from cutting it (`HEARTBEAT_INTERVAL_MS`); 0: never.
+    pub heartbeat_interval_ms: u64,
     /// Circuit-breaker settings (per upstream target).
     pub breaker: BreakerConfig,
     /// Secret for signing the state we emit; `None` disables signing.
@@ -239,6 +243,7 @@ impl std::fmt::Debug for Config {
             .field("max_messages", &self.max_messages)
             .field("timeouts", &self.timeouts)
             .field("request_deadline_ms", &self.request_deadline_ms)
+            .field("heartbeat_interval_ms", &self.heartbeat_interval_ms)
             .field("breaker", &self.breaker)
             .field("state_secret", &set(&self.state_secret))
             .field("state_secret_previous", &set(&self.state_secret_previous))
@@ -401,6 +406,7 @@ impl Config {
                 total_ms: number("UPSTREAM_TOTAL_TIMEOUT_MS", d.total_ms, 1),
             },
             request_deadline_ms: number("REQUEST_DEADLINE_MS", DEFAULT_REQUEST_DEADLINE_MS, 1),
+            heartbeat_interval_ms: range("HEARTBEAT_INTERVAL_MS", 15_000, 0, 600_000),
             breaker: BreakerConfig {
                 failure_threshold: u32::try_from(number(
                     "BREAKER_FAILURE_THRESHOLD",
@@ -713,6 +719,23 @@ mod tests {
         );
         // Without approval no secret is needed.
         assert!(cfg(&[("PLAN_APPROVAL", "never")]).is_ok());
+    }
+
+    #[test]
+    fn heartbeat_interval_is_read_and_zero_turns_it_off() {
+        assert_eq!(Config::default().heartbeat_interval_ms, 15_000);
+        for (value, expected) in [("0", 0), (" 250 ", 250), ("600000", 600_000)] {
+            let c = cfg(&[("HEARTBEAT_INTERVAL_MS", value)]).unwrap();
+            assert_eq!(c.heartbeat_interval_ms, expected, "{value}");
+        }
+        for bad in ["600001", "-1", "15s"] {
+            let e = cfg(&[("HEARTBEAT_INTERVAL_MS", bad)]).unwrap_err();
+            assert_eq!(
+                e.message(),
+                "Invalid configuration: HEARTBEAT_INTERVAL_MS must be a whole number from 0 to 600000",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

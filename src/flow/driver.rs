@@ -12,7 +12,9 @@
 //! `limits.rs`. The sessions' calls are polled together, round-robin, so their
 //! chunks interleave in the response as they arrive. Before it waits for any
 //! upstream the driver flushes the response; when upstream data keeps arriving
-//! without a pause it still flushes once `FLUSH_BYTES` are buffered. A session
+//! without a pause it still flushes once `FLUSH_BYTES` are buffered. While it
+//! waits, a stream that nothing was written to for `HEARTBEAT_INTERVAL_MS`
+//! gets a heartbeat comment, so that proxies do not cut it. A session
 //! that fails has its open stages closed as failed and does not disturb the
 //! others. Which sessions run when is the [`Scheduler`]'s business.
 
@@ -429,6 +431,18 @@ pub struct Driver<'a, 'o, H: Host, T> {
     out: &'o mut Emitter<T>,
     /// When the request's deadline passes (the host's monotonic ms).
     deadline_ms: u64,
+    /// How often a waiting stream checks whether it needs a heartbeat (`None`:
+    /// never, and always when the answer is collected).
+    heartbeat_ms: Option<u64>,
+}
+
+/// What the one timer of a run rings for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Alarm {
+    /// The request's deadline.
+    Deadline,
+    /// A heartbeat tick, which comes before the deadline.
+    Heartbeat,
 }
 
 /// How a response ended.
@@ -460,10 +474,13 @@ impl<'a, 'o, H: Host, T: Transport> Driver<'a, 'o, H, T> {
     pub fn new(caller: Caller<'a, H>, out: &'o mut Emitter<T>) -> Driver<'a, 'o, H, T> {
         let ctx = caller.ctx;
         let deadline_ms = ctx.start_ms.saturating_add(ctx.config.request_deadline_ms);
+        let heartbeat_ms =
+            Some(ctx.config.heartbeat_interval_ms).filter(|ms| *ms > 0 && out.is_streaming());
         Driver {
             caller,
             out,
             deadline_ms,
+            heartbeat_ms,
         }
     }
 
@@ -561,8 +578,13 @@ impl<'a, 'o, H: Host, T: Transport> Driver<'a, 'o, H, T> {
     pub async fn run(&mut self, scheduler: &mut dyn Scheduler<'a>) -> Result<(), FlowError> {
         let mut slots: Vec<Slot<'a, H>> = Vec::new();
         let mut cursor = 0;
-        // Armed at the first wait of the run (most runs of one call wait at once).
-        let mut deadline: Option<H::Sleep> = None;
+        // One timer serves every wait of the run: armed at the first wait
+        // (most runs of one call wait at once) and again only when it rang
+        // for a heartbeat tick, never once per wait.
+        let mut alarm: Option<(H::Sleep, Alarm)> = None;
+        // The client's writes when the alarm was armed: a heartbeat tick that
+        // finds no write since writes the comment.
+        let mut writes_at_arming = 0;
         loop {
             for ready in scheduler.ready(slots.len()) {
                 match ready {
@@ -622,13 +644,23 @@ impl<'a, 'o, H: Host, T: Transport> Driver<'a, 'o, H, T> {
                     if self.flush_or_cancel(&mut slots).await.is_err() {
                         return Err(FlowError::ClientGone);
                     }
-                    let deadline = deadline.get_or_insert_with(|| {
-                        let host = self.caller.host;
-                        host.sleep(self.deadline_ms.saturating_sub(host.now_ms()))
-                    });
-                    match Self::wait(&mut slots, &mut cursor, deadline).await {
-                        Some(ready) => ready,
-                        None => return Err(self.stop_at_deadline(slots, scheduler)),
+                    loop {
+                        let (timer, _) = alarm.get_or_insert_with(|| {
+                            writes_at_arming = self.out.writes();
+                            self.arm()
+                        });
+                        if let Some(ready) = Self::wait(&mut slots, &mut cursor, timer).await {
+                            break ready;
+                        }
+                        if let Some((_, Alarm::Deadline)) = alarm.take() {
+                            return Err(self.stop_at_deadline(slots, scheduler));
+                        }
+                        if self.out.writes() == writes_at_arming
+                            && self.out.heartbeat().await.is_err()
+                        {
+                            Self::cancel(&mut slots);
+                            return Err(FlowError::ClientGone);
+                        }
                     }
                 }
             };
@@ -642,16 +674,27 @@ impl<'a, 'o, H: Host, T: Transport> Driver<'a, 'o, H, T> {
         }
     }
 
+    /// The run's timer: the request's deadline, or the next heartbeat tick
+    /// when one is due before it.
+    fn arm(&self) -> (H::Sleep, Alarm) {
+        let host = self.caller.host;
+        let left = self.deadline_ms.saturating_sub(host.now_ms());
+        match self.heartbeat_ms {
+            Some(every) if every < left => (host.sleep(every), Alarm::Heartbeat),
+            _ => (host.sleep(left), Alarm::Deadline),
+        }
+    }
+
     /// Waits for the next thing to happen on any session's call, until the
-    /// request's deadline (`None` once it has passed). One `deadline` timer
-    /// serves every wait of a run: it is armed once, not once per wait.
+    /// run's `alarm` rings (`None`). One timer serves every wait of a run (see
+    /// [`Driver::run`]).
     async fn wait(
         slots: &mut [Slot<'a, H>],
         cursor: &mut usize,
-        deadline: &mut H::Sleep,
+        alarm: &mut H::Sleep,
     ) -> Option<(usize, IoEvent<'a, H>)> {
         let events = futures::future::poll_fn(|cx| poll_calls(slots, cursor, cx));
-        match futures::future::select(std::pin::pin!(events), deadline).await {
+        match futures::future::select(std::pin::pin!(events), alarm).await {
             futures::future::Either::Left((ready, _)) => Some(ready),
             futures::future::Either::Right(_) => None,
         }
@@ -681,12 +724,18 @@ impl<'a, 'o, H: Host, T: Transport> Driver<'a, 'o, H, T> {
         if self.out.flush().await.is_ok() {
             return Ok(());
         }
+        Self::cancel(slots);
+        Err(ClientGone)
+    }
+
+    /// The client is gone: ends every call under way (their log lines say
+    /// so) and drops them.
+    fn cancel(slots: &mut Vec<Slot<'a, H>>) {
         for slot in slots.drain(..) {
             if let Io::Reading(opened, _) = slot.io {
                 opened.finish(Outcome::ClientGone);
             }
         }
-        Err(ClientGone)
     }
 
     fn start(&mut self, task: Task<'a>) -> Slot<'a, H> {

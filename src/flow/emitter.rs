@@ -6,9 +6,10 @@
 //! failed on error, children before parents. It appends events to a buffer;
 //! [`Emitter::flush`] hands the buffer to the [`Transport`] in one write, so the
 //! flow flushes right before it waits on an upstream and every event reaches the
-//! client as soon as it exists. In non-streaming mode the same deltas are folded
-//! into the merged message instead. It also keeps the response's token usage,
-//! which the last chunk carries.
+//! client as soon as it exists. [`Emitter::heartbeat`] writes an SSE comment
+//! that keeps a quiet stream open through proxies. In non-streaming mode the
+//! same deltas are folded into the merged message instead. It also keeps the
+//! response's token usage, which the last chunk carries.
 
 use serde_json::Value;
 
@@ -53,8 +54,13 @@ pub struct Emitter<T> {
     state_sent: bool,
     form_sent: bool,
     finished: bool,
+    /// Writes that reached the transport (streaming mode).
+    writes: u64,
     usage: UsageReport,
 }
+
+/// The SSE comment of a heartbeat (clients ignore comment lines).
+const HEARTBEAT: &[u8] = b": heartbeat\n\n";
 
 impl<T: Transport> Emitter<T> {
     /// An emitter that streams SSE through `transport`.
@@ -79,6 +85,7 @@ impl<T: Transport> Emitter<T> {
             state_sent: false,
             form_sent: false,
             finished: false,
+            writes: 0,
             usage: UsageReport::default(),
         }
     }
@@ -94,6 +101,17 @@ impl<T: Transport> Emitter<T> {
             Sink::Stream { buffer, .. } => buffer.len(),
             Sink::Collect(_) => 0,
         }
+    }
+
+    /// Whether the response is streamed (SSE) rather than collected.
+    pub fn is_streaming(&self) -> bool {
+        matches!(self.sink, Sink::Stream { .. })
+    }
+
+    /// How many writes reached the client so far (heartbeats included; 0
+    /// when collecting).
+    pub fn writes(&self) -> u64 {
+        self.writes
     }
 
     fn emit(&mut self, delta: Delta) {
@@ -228,7 +246,24 @@ impl<T: Transport> Emitter<T> {
             if !buffer.is_empty() {
                 transport.write(buffer).await?;
                 buffer.clear();
+                self.writes += 1;
             }
+        }
+        Ok(())
+    }
+
+    /// Writes the heartbeat comment straight to the client (what is buffered
+    /// stays buffered: it holds whole events, so the comment falls between
+    /// two). Only in a stream whose first bytes went out and that has not
+    /// ended: a comment must not be the response's first bytes, nor follow
+    /// `[DONE]`. A no-op when collecting.
+    pub async fn heartbeat(&mut self) -> Result<(), ClientGone> {
+        if self.finished || self.writes == 0 {
+            return Ok(());
+        }
+        if let Sink::Stream { transport, .. } = &mut self.sink {
+            transport.write(HEARTBEAT).await?;
+            self.writes += 1;
         }
         Ok(())
     }
@@ -394,5 +429,33 @@ mod tests {
             unreachable!()
         };
         assert_eq!(transport.writes.len(), 2);
+    }
+
+    #[test]
+    fn a_heartbeat_is_a_comment_of_its_own_only_inside_a_started_stream() {
+        let mut e = Emitter::streaming(SseEncoder::new("i", 1), BufferTransport::default());
+        e.role();
+        block_on(e.heartbeat()).unwrap(); // nothing went out yet: not the first bytes
+        assert_eq!(e.writes(), 0);
+        block_on(e.flush()).unwrap();
+        e.content("x"); // buffered: the comment does not wait for it
+        block_on(e.heartbeat()).unwrap();
+        assert_eq!(e.writes(), 2);
+        block_on(e.finish_ok()).unwrap();
+        block_on(e.heartbeat()).unwrap(); // after [DONE]: nothing
+        assert_eq!(e.writes(), 3);
+        let Sink::Stream { transport, .. } = e.sink else {
+            unreachable!()
+        };
+        assert_eq!(transport.writes[1], b": heartbeat\n\n");
+        assert!(transport.writes[0].starts_with(b"data: "));
+        assert!(transport.writes[2].ends_with(b"data: [DONE]\n\n"));
+
+        let mut collecting: Emitter<BufferTransport> = Emitter::collecting();
+        collecting.role();
+        collecting.content("x");
+        block_on(collecting.heartbeat()).unwrap();
+        assert!(!collecting.is_streaming());
+        assert_eq!(collecting.writes(), 0);
     }
 }

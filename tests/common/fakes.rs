@@ -205,6 +205,8 @@ pub struct FakeClient {
     ids: Cell<u64>,
     pub store: Rc<MemoryStore>,
     firsts: RefCell<Vec<&'static str>>,
+    /// How many timers the coordinator armed (`Host::sleep`).
+    pub sleeps: Cell<usize>,
 }
 
 impl Default for FakeClient {
@@ -230,6 +232,7 @@ impl FakeClient {
             ids: Cell::new(0),
             store,
             firsts: RefCell::default(),
+            sleeps: Cell::new(0),
         }
     }
 
@@ -343,6 +346,7 @@ impl Host for FakeClient {
     type Sleep = Timer;
 
     fn sleep(&self, ms: u64) -> Timer {
+        self.sleeps.set(self.sleeps.get() + 1);
         self.timer(self.clock.now() + ms)
     }
 
@@ -397,7 +401,7 @@ impl Host for FakeClient {
         loop {
             match reply {
                 Reply::Late(ms, inner) => {
-                    self.sleep(ms).await;
+                    self.timer(self.clock.now() + ms).await;
                     reply = *inner;
                 }
                 Reply::RetryAfter(s, inner) => {

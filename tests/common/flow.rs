@@ -104,26 +104,37 @@ pub fn context_full(
     .unwrap()
 }
 
-/// Runs the streaming flow; returns the SSE events' data (JSON or "[DONE]") and
-/// the number of separate writes.
-pub fn run_stream(ctx: &RequestContext, client: &FakeClient) -> (Vec<String>, usize) {
+/// Runs the streaming flow; returns each write to the client, as text.
+pub fn run_stream_writes(ctx: &RequestContext, client: &FakeClient) -> Vec<String> {
     let mut out = Emitter::streaming(
         SseEncoder::new("resp-1", 1_700_000_000),
         BufferTransport::default(),
     );
     client.run(stream_response(ctx, client, &mut out));
     let transport = out.into_transport().expect("streaming emitter");
-    let text = String::from_utf8(transport.writes.concat()).unwrap();
+    transport
+        .writes
+        .into_iter()
+        .map(|w| String::from_utf8(w).unwrap())
+        .collect()
+}
+
+/// Runs the streaming flow; returns the SSE events' data (JSON or "[DONE]") and
+/// the number of separate writes. Comments (heartbeats) are left out of the
+/// events, as SSE clients leave them out.
+pub fn run_stream(ctx: &RequestContext, client: &FakeClient) -> (Vec<String>, usize) {
+    let writes = run_stream_writes(ctx, client);
+    let text = writes.concat();
     let events = text
         .split("\n\n")
-        .filter(|s| !s.is_empty())
+        .filter(|s| !s.is_empty() && !s.starts_with(':'))
         .map(|s| {
             s.strip_prefix("data: ")
                 .expect("every event is a data line")
                 .to_owned()
         })
         .collect();
-    (events, transport.writes.len())
+    (events, writes.len())
 }
 
 /// The non-streaming flow.
