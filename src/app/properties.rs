@@ -420,9 +420,10 @@ pub fn parse(header: &str) -> Result<Properties, CoordError> {
 struct Overlay {
     /// Variable, value.
     set: Vec<(String, String)>,
-    /// `AGENT_<NAME>_` of each agent whose target the properties set, and
-    /// the built-in agents' legacy variables of those agents.
-    hidden_prefixes: Vec<String>,
+    /// The agents' names, and whether the properties set each one's target
+    /// (then the environment's variables of that agent are hidden).
+    agents: Vec<(String, bool)>,
+    /// The built-in agents' legacy variables of the agents with a target.
     hidden: Vec<&'static str>,
     /// Variable prefix or name, property path.
     paths: Vec<(String, String)>,
@@ -475,10 +476,9 @@ impl Overlay {
                 }
             }
             for agent in agents {
-                if agent.deployment.is_some() || agent.endpoint.is_some() {
-                    overlay
-                        .hidden_prefixes
-                        .push(format!("AGENT_{}_", agent.name));
+                let own_target = agent.deployment.is_some() || agent.endpoint.is_some();
+                overlay.agents.push((agent.name.clone(), own_target));
+                if own_target {
                     for kind in KINDS {
                         if let Some(b) = kind.builtin.as_ref().filter(|b| b.name == agent.name) {
                             overlay
@@ -492,13 +492,29 @@ impl Overlay {
         overlay
     }
 
-    /// Whether the environment's value of `var` is hidden.
+    /// The agent whose variable `var` is (`AGENT_<NAME>_...`): of the names
+    /// it starts with, the longest (`AGENT_A_B_ENDPOINT` is agent `A_B`'s
+    /// when both `A` and `A_B` are listed), and whether its target is set.
+    fn owner(&self, var: &str) -> Option<&(String, bool)> {
+        let rest = var.strip_prefix("AGENT_")?;
+        self.agents
+            .iter()
+            .filter(|(name, _)| {
+                rest.strip_prefix(name.as_str())
+                    .is_some_and(|r| r.starts_with('_'))
+            })
+            .max_by_key(|(name, _)| name.len())
+    }
+
+    /// Whether the environment's value of `var` is hidden: a variable of an
+    /// agent whose target the properties set.
     fn blocked(&self, var: &str) -> bool {
-        self.hidden.contains(&var)
-            || self
-                .hidden_prefixes
-                .iter()
-                .any(|p| var.starts_with(p.as_str()))
+        self.hidden.contains(&var) || self.owner(var).is_some_and(|(_, own)| *own)
+    }
+
+    /// Whether the properties set `name`'s target.
+    fn sets_target(&self, name: &str) -> bool {
+        self.agents.iter().any(|(n, own)| n == name && *own)
     }
 
     /// The property `var` stands for (the variable itself when none does).
@@ -511,11 +527,8 @@ impl Overlay {
 
     /// The kind of the agent `var` belongs to, as read.
     fn kind_of(&self, var: &str, config: &Config) -> String {
-        config
-            .registry
-            .agents()
-            .iter()
-            .find(|a| var.starts_with(&format!("AGENT_{}_", a.name)))
+        self.owner(var)
+            .and_then(|(name, _)| config.registry.get(name))
             .map_or_else(|| "this".to_owned(), |a| a.kind.to_owned())
     }
 
@@ -547,10 +560,10 @@ fn check_origins(env: &Config, config: &Config, overlay: &Overlay, problems: &Pr
             .filter_map(|t| origin(&t.id)),
     );
     for agent in config.registry.agents() {
-        let prefix = format!("AGENT_{}_", agent.name);
-        if !overlay.hidden_prefixes.contains(&prefix) {
+        if !overlay.sets_target(&agent.name) {
             continue;
         }
+        let prefix = format!("AGENT_{}_", agent.name);
         for (index, target) in agent.targets.iter().enumerate() {
             let Some(found) = origin(&target.id) else {
                 continue;
@@ -912,6 +925,33 @@ mod tests {
             c.registry.get("UMS").unwrap().target_ids(),
             ["http://weather:9000"]
         );
+    }
+
+    #[test]
+    fn an_agent_whose_name_starts_with_anothers_keeps_its_own_variables() {
+        let env = [
+            ("AGENTS", "GPA,UMS,A,A_B"),
+            ("AGENT_A_KIND", "ums"),
+            ("AGENT_A_ENDPOINT", "http://ums:8042/a"),
+            ("AGENT_A_DESCRIPTION", "a"),
+            ("AGENT_A_B_KIND", "ums"),
+            ("AGENT_A_B_ENDPOINT", "http://ums:8042/ab"),
+            ("AGENT_A_B_DESCRIPTION", "ab"),
+        ];
+        let c = applied(
+            &env,
+            r#"{"agents":[{"name":"A","kind":"ums","endpoint":"http://ums:8042/own","description":"own"},{"name":"A_B"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.registry.get("A").unwrap().target_ids(),
+            ["http://ums:8042/own"]
+        );
+        assert_eq!(
+            c.registry.get("A_B").unwrap().target_ids(),
+            ["http://ums:8042/ab"]
+        );
+        assert_eq!(c.registry.get("A_B").unwrap().description, "ab");
     }
 
     #[test]
