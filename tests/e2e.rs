@@ -920,7 +920,7 @@ async fn the_request_line_reports_the_coordinators_own_time_by_phase() {
         let names: Vec<&str> = phases.keys().map(String::as_str).collect();
         assert_eq!(
             names,
-            ["agents", "coordination", "read", "synthesis", "write"],
+            ["agents", "coordination", "read", "synthesis"],
             "{line}"
         );
         let sum: u64 = phases.values().map(|v| v.as_u64().unwrap()).sum();
@@ -932,7 +932,7 @@ async fn the_request_line_reports_the_coordinators_own_time_by_phase() {
     // than it took (latency_ms is rounded down).
     let served = &requests[0];
     let phases = &served["phases_us"];
-    for phase in ["coordination", "agents", "synthesis", "write"] {
+    for phase in ["coordination", "agents", "synthesis"] {
         assert!(phases[phase].as_u64().unwrap() > 0, "{phase}: {served}");
     }
     let latency_us = (served["latency_ms"].as_u64().unwrap() + 1) * 1_000;
@@ -949,9 +949,60 @@ async fn the_request_line_reports_the_coordinators_own_time_by_phase() {
     let rejected = &requests[1];
     assert_eq!(rejected["outcome"], "rejected");
     assert_eq!(rejected["writes"], 1, "{rejected}");
-    for phase in ["coordination", "agents", "synthesis", "write"] {
+    for phase in ["coordination", "agents", "synthesis"] {
         assert_eq!(rejected["phases_us"][phase], 0, "{rejected}");
     }
+    // Host calls by kind (the log line's keys are sorted), with their total.
+    for line in &requests {
+        let calls = line["host_calls"].as_object().unwrap();
+        let kinds: Vec<&str> = calls.keys().map(String::as_str).collect();
+        assert_eq!(
+            kinds,
+            [
+                "clock",
+                "http",
+                "meter",
+                "other",
+                "read",
+                "subscribe",
+                "timer",
+                "total",
+                "wait",
+                "write"
+            ],
+            "{line}"
+        );
+        let n = |kind: &str| calls[kind].as_u64().unwrap();
+        let sum: u64 = kinds.iter().filter(|k| **k != "total").map(|k| n(k)).sum();
+        assert_eq!(n("total"), sum, "{line}");
+        let polls = line["polls"].as_u64().unwrap();
+        assert_eq!(n("wait"), polls - 1, "{line}");
+        // Two clock reads per poll, one per change of phase (at most four
+        // main phases, and a round of coordination may come back).
+        assert!((2 * polls..=2 * polls + 6).contains(&n("meter")), "{line}");
+        assert!(n("read") >= 1, "{line}");
+    }
+    // Every streamed write to the client is a check, a write and a flush.
+    let calls = &served["host_calls"];
+    assert!(
+        calls["write"].as_u64().unwrap() >= 3 * served["writes"].as_u64().unwrap(),
+        "{served}"
+    );
+    // A served request armed timers and waited on its upstreams; a rejected
+    // one read its body and answered at once.
+    assert!(calls["timer"].as_u64().unwrap() >= 2, "{served}");
+    assert!(calls["subscribe"].as_u64().unwrap() >= 2, "{served}");
+    // The rejected one, exactly: its head (8) and body reader (4); two
+    // reads (the body, its end); the meter's two clock reads (entering the
+    // poll, the log line's snapshot); two wall-clock reads; two random ids
+    // and the log line (3). Its answer goes out after the line, so none of
+    // its calls are in it yet.
+    assert_eq!(
+        rejected["host_calls"],
+        json!({"clock": 2, "http": 12, "meter": 2, "other": 3, "read": 2, "subscribe": 0,
+               "timer": 0, "total": 21, "wait": 0, "write": 0}),
+        "{rejected}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -879,6 +879,37 @@ fn gpa_that_goes_silent_mid_stream_hits_the_idle_timeout() {
     assert_eq!(client.clock.now(), 120_000);
 }
 
+/// A call's body has one timer for its idle and total deadlines: a chunk
+/// moves the idle deadline on without arming a new one, so a long stream of
+/// quick chunks arms no more timers than a short one (arming one costs host
+/// calls in the component).
+#[test]
+fn one_timer_serves_a_whole_stream_of_quick_chunks() {
+    let ctx = context(ask(WEATHER), None);
+    let run = |events: usize| {
+        let pieces: Vec<Value> = (0..events)
+            .map(|i| chunk(json!({"content": format!("{i} ")})))
+            .collect();
+        let client = FakeClient::new()
+            .on(
+                "/deployments/gpt-4o/chat/completions",
+                routing_reply("GPA", None),
+            )
+            .on(
+                "/deployments/general-purpose-agent/chat/completions",
+                Reply::sse_timed(10, &pieces),
+            )
+            .on(
+                "/deployments/gpt-4o/chat/completions",
+                llm_stream(&["It is +5°C in Kyiv."]),
+            );
+        let (events, _) = run_stream(&ctx, &client);
+        assert!(error_of(&events).is_null(), "{events:?}");
+        client.sleeps.get()
+    };
+    assert_eq!(run(40), run(1));
+}
+
 #[test]
 fn a_slow_but_steady_stream_is_cut_at_the_total_deadline() {
     let ctx = context_with(

@@ -600,7 +600,8 @@ fn add_application(line: &mut Value, application: Option<&str>) {
 }
 
 /// Adds the request's own time so far (`own_us`, and `phases_us` by phase),
-/// when the host meters it (`meter.rs`).
+/// its polls, client writes and host calls by kind (`host_calls`), when the
+/// host meters it (`meter.rs`).
 pub fn add_own_time(line: &mut Value) {
     if let (Some(own), Some(map)) = (meter::snapshot(), line.as_object_mut()) {
         let phases: serde_json::Map<String, Value> = own
@@ -612,6 +613,12 @@ pub fn add_own_time(line: &mut Value) {
         map.insert("phases_us".to_owned(), Value::Object(phases));
         map.insert("polls".to_owned(), Value::from(own.polls));
         map.insert("writes".to_owned(), Value::from(own.writes));
+        let calls: serde_json::Map<String, Value> = own
+            .host_calls
+            .iter()
+            .map(|(kind, n)| ((*kind).to_owned(), Value::from(*n)))
+            .collect();
+        map.insert("host_calls".to_owned(), Value::Object(calls));
     }
 }
 

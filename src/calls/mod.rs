@@ -723,12 +723,18 @@ impl BodyError {
 /// A response body under two deadlines: no chunk for `idle_ms`, or the call's
 /// total time. Both are checked on every poll, including when chunks are
 /// already waiting (a fast upstream cannot outrun the total deadline).
+///
+/// One timer serves the whole body: a chunk moves the idle deadline on but
+/// leaves the timer as it is (arming one costs host calls); when the timer
+/// rings before the deadline it stands for, it is armed again for the rest.
 pub struct CallBody<'a, H: Host> {
     host: &'a H,
     body: H::Body,
     idle_ms: u64,
     deadline_ms: u64,
-    timer: Option<(H::Sleep, Deadline)>,
+    /// When the last chunk came (or the body opened), monotonic ms.
+    last_chunk_ms: u64,
+    timer: Option<H::Sleep>,
     ended: bool,
 }
 
@@ -748,6 +754,7 @@ impl<'a, H: Host> CallBody<'a, H> {
             body,
             idle_ms,
             deadline_ms,
+            last_chunk_ms: host.now_ms(),
             timer: None,
             ended: false,
         }
@@ -758,6 +765,28 @@ impl<'a, H: Host> CallBody<'a, H> {
             Deadline::Total,
             "the call exceeded its total time".to_owned(),
         )
+    }
+
+    /// Ends the body on `deadline`.
+    fn timed_out(&mut self, deadline: Deadline) -> BodyError {
+        self.ended = true;
+        self.timer = None;
+        match deadline {
+            Deadline::Idle => {
+                BodyError::Timeout(Deadline::Idle, format!("no data for {} ms", self.idle_ms))
+            }
+            _ => CallBody::<H>::total_exceeded(),
+        }
+    }
+
+    /// The deadline that comes first now, and which one it is.
+    fn due(&self) -> (u64, Deadline) {
+        let idle = self.last_chunk_ms.saturating_add(self.idle_ms);
+        if self.deadline_ms <= idle {
+            (self.deadline_ms, Deadline::Total)
+        } else {
+            (idle, Deadline::Idle)
+        }
     }
 }
 
@@ -772,44 +801,46 @@ impl<H: Host> Stream for CallBody<'_, H> {
         let now = this.host.now_ms();
         if now >= this.deadline_ms {
             this.ended = true;
+            this.timer = None;
             return Poll::Ready(Some(Err(CallBody::<H>::total_exceeded())));
         }
         if let Poll::Ready(item) = this.body.poll_next_unpin(cx) {
-            this.timer = None;
             return Poll::Ready(match item {
-                Some(Ok(chunk)) => Some(Ok(chunk)),
+                Some(Ok(chunk)) => {
+                    this.last_chunk_ms = now;
+                    Some(Ok(chunk))
+                }
                 Some(Err(e)) => {
                     this.ended = true;
+                    this.timer = None;
                     Some(Err(BodyError::Transport(e)))
                 }
                 None => {
                     this.ended = true;
+                    this.timer = None;
                     None
                 }
             });
         }
-        let (timer, deadline) = this.timer.get_or_insert_with(|| {
-            let left = this.deadline_ms - now;
-            if left <= this.idle_ms {
-                (this.host.sleep(left), Deadline::Total)
-            } else {
-                (this.host.sleep(this.idle_ms), Deadline::Idle)
+        // A timer that rings may have been armed for an idle deadline a
+        // chunk has moved on since: then it is armed again for the rest.
+        // A fresh timer that rings at once is the host's word that the time
+        // has come.
+        for _ in 0..2 {
+            let (due_ms, deadline) = this.due();
+            if now < due_ms {
+                let host = this.host;
+                let timer = this.timer.get_or_insert_with(|| host.sleep(due_ms - now));
+                if Pin::new(timer).poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.timer = None;
+                continue;
             }
-        });
-        match Pin::new(timer).poll(cx) {
-            Poll::Ready(()) => {
-                this.ended = true;
-                let error = match deadline {
-                    Deadline::Idle => BodyError::Timeout(
-                        Deadline::Idle,
-                        format!("no data for {} ms", this.idle_ms),
-                    ),
-                    _ => CallBody::<H>::total_exceeded(),
-                };
-                Poll::Ready(Some(Err(error)))
-            }
-            Poll::Pending => Poll::Pending,
+            return Poll::Ready(Some(Err(this.timed_out(deadline))));
         }
+        let (_, deadline) = this.due();
+        Poll::Ready(Some(Err(this.timed_out(deadline))))
     }
 }
 
