@@ -14,20 +14,9 @@ wasi::http::proxy::export!(Fixed);
 struct Fixed;
 
 /// One role chunk, a stage opened and closed, the answer in a few content
-/// chunks, a stop chunk and `[DONE]`: the shape of a coordinated answer.
-const BODY: &str = concat!(
-    "data: {\"id\":\"floor\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"floor\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"},\"finish_reason\":null}]}\n\n",
-    "data: {\"id\":\"floor\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"floor\",\"choices\":[{\"index\":0,\"delta\":{\"custom_content\":{\"stages\":[{\"index\":0,\"name\":\"Coordination\",\"status\":null}]}},\"finish_reason\":null}]}\n\n",
-    "data: {\"id\":\"floor\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"floor\",\"choices\":[{\"index\":0,\"delta\":{\"custom_content\":{\"stages\":[{\"index\":0,\"status\":\"completed\"}]}},\"finish_reason\":null}]}\n\n",
-    "data: {\"id\":\"floor\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"floor\",\"choices\":[{\"index\":0,\"delta\":{\"custom_content\":{\"stages\":[{\"index\":1,\"name\":\"General-purpose agent\",\"status\":null}]}},\"finish_reason\":null}]}\n\n",
-    "data: {\"id\":\"floor\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"floor\",\"choices\":[{\"index\":0,\"delta\":{\"custom_content\":{\"stages\":[{\"index\":1,\"content\":\"Searching the web for the weather in Kyiv. \"}]}},\"finish_reason\":null}]}\n\n",
-    "data: {\"id\":\"floor\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"floor\",\"choices\":[{\"index\":0,\"delta\":{\"custom_content\":{\"stages\":[{\"index\":1,\"content\":\"Kyiv: 12 degrees, light rain, wind 4 m/s.\"}]}},\"finish_reason\":null}]}\n\n",
-    "data: {\"id\":\"floor\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"floor\",\"choices\":[{\"index\":0,\"delta\":{\"custom_content\":{\"stages\":[{\"index\":1,\"status\":\"completed\"}]}},\"finish_reason\":null}]}\n\n",
-    "data: {\"id\":\"floor\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"floor\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"In Kyiv it is 12 degrees \"},\"finish_reason\":null}]}\n\n",
-    "data: {\"id\":\"floor\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"floor\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"with light rain and a wind of 4 m/s.\"},\"finish_reason\":null}]}\n\n",
-    "data: {\"id\":\"floor\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"floor\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
-    "data: [DONE]\n\n",
-);
+/// chunks, a stop chunk and `[DONE]`: the shape of a coordinated answer. The
+/// file is shared with mas-bench, which checks every answer against it.
+const BODY: &str = include_str!("../body.sse");
 
 impl wasi::exports::http::incoming_handler::Guest for Fixed {
     fn handle(_request: IncomingRequest, out: ResponseOutparam) {
