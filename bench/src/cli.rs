@@ -61,6 +61,13 @@ pub struct Opts {
     /// Skip the host comparison (wasmtime on both kinds of connections, Spin).
     #[arg(long)]
     pub no_hosts: bool,
+    /// Where the host floor's components are (`bench/floor`, built by
+    /// scripts/bench.sh).
+    #[arg(long, value_name = "DIR", default_value_os_t = target_dir().join("floor/wasm32-wasip2/release"))]
+    pub floor: PathBuf,
+    /// Skip the host floor.
+    #[arg(long)]
+    pub no_floor: bool,
     /// The command line as given (for the report).
     #[arg(skip)]
     pub args: Vec<String>,
@@ -125,7 +132,8 @@ mod tests {
     #[test]
     fn flags_keep_their_names_and_defaults() {
         let o = parse(&[]).expect("no flags");
-        assert!(!o.report_only() && !o.quick && !o.no_hosts);
+        assert!(!o.report_only() && !o.quick && !o.no_hosts && !o.no_floor);
+        assert_eq!(o.floor, target_dir().join("floor/wasm32-wasip2/release"));
         assert!(o.wasmtime_args.is_empty() && o.compare.is_empty());
         assert_eq!(o.out, workspace_root().join("bench/results.json"));
         assert_eq!(o.markdown(), Some(&workspace_root().join("BENCHMARKS.md")));

@@ -13,7 +13,7 @@ use crate::latency::{latency_run, Budget, LatencyRun, Served};
 use crate::procfs::Clock;
 use crate::report::{HostRun, HostsResult};
 use crate::scenario::{Floor, FloorRun, Scenario};
-use crate::server::{coordinator_env, env_args};
+use crate::server::{coordinator_env, env_args, Ready};
 use crate::stats::Dist;
 use crate::{say, spin, target_dir, workspace_root};
 
@@ -134,9 +134,16 @@ pub(crate) async fn spin_runs(
     );
     variables.extend(env_args(&opts.wasmtime_args));
     let manifest = workspace_root().join("spin.toml");
-    let server = spin::SpinServer::start(&spin, &manifest, &variables, &state_dir, &log)
-        .await
-        .map_err(failed)?;
+    let server = spin::SpinServer::start(
+        &spin,
+        &manifest,
+        &variables,
+        &state_dir,
+        &log,
+        Ready::Health,
+    )
+    .await
+    .map_err(failed)?;
     say(&format!(
         "spin up (pid {}, {}) on {}",
         server.pid(),

@@ -8,15 +8,17 @@
 //! throughput at 8/32/128 clients, wasmtime's CPU time per request and peak RSS, the
 //! world's CPU share, a 1,000-message history, a two-agent plan whose agents run at
 //! once (with the world slowing both agents: added latency over the slower agent's
-//! floor, next to the sum of both), the .wasm size and the instantiation cost. Every
+//! floor, next to the sum of both), the .wasm size and the instantiation cost, and
+//! the host floor (two bench-only components under the same host and flags: what
+//! one inbound and one outbound HTTP exchange cost the host alone). Every
 //! measured response is checked. Results go to `bench/results.json` and
 //! `BENCHMARKS.md`.
 //!
 //! The modules, in the order of a run: `cli` (the flags), `run` (the phases),
 //! `server` (`wasmtime serve` and instantiation), `idle` (waiting for other
 //! work to stop), `scenario` (the requests, their floors and the byte-for-byte
-//! check), `latency` (1 client), `load` (N clients), `hosts` (wasmtime against
-//! `spin up`, started by `spin`); `http` is the measuring client, `procfs` reads
+//! check), `latency` (1 client), `load` (N clients), `floor` (the host floor),
+//! `hosts` (wasmtime against `spin up`, started by `spin`); `http` is the measuring client, `procfs` reads
 //! CPU time and memory, `stats` the distributions, and `report` writes the
 //! results file, the printed summary and `BENCHMARKS.md`.
 //!
@@ -25,10 +27,12 @@
 //! cargo run --release -p mas-bench -- [--quick] [--wasmtime-args "--max-instance-reuse-count 1000"]
 //!     [--wasm PATH] [--wasmtime PATH] [--out PATH] [--markdown PATH | --no-markdown]
 //!     [--compare OTHER_RESULTS.json]... [--criterion DIR] [--label TEXT] [--spin PATH] [--no-hosts]
+//!     [--floor DIR | --no-floor]
 //! cargo run --release -p mas-bench -- report [--out PATH] [--markdown PATH] [--compare ...]
 //! ```
 
 mod cli;
+mod floor;
 mod hosts;
 mod http;
 mod idle;
@@ -93,16 +97,22 @@ fn main() -> anyhow::Result<()> {
             .ok()
             .map(|p| report::PreviousRun::of(&p));
     }
-    report::save(&opts.out, &results)?;
-    say(&format!("wrote {}", opts.out.display()));
     let others: Vec<Results> = opts
         .compare
         .iter()
         .map(|p| report::load(p))
         .collect::<anyhow::Result<_>>()?;
+    // The runs compared with this one (the variant with instance reuse): their
+    // floor rows go into this file, and the targets are judged with them (a
+    // `report` without `--compare` keeps the verdicts the file holds).
+    if !others.is_empty() {
+        report::with_compared(&mut results, &others);
+    }
+    report::save(&opts.out, &results)?;
+    say(&format!("wrote {}", opts.out.display()));
     println!("{}", report::summary(&results));
     if let Some(path) = opts.markdown() {
-        let md = report::markdown(&results, &others, &workspace_root());
+        let md = report::markdown(&results, &others);
         std::fs::write(path, md).with_context(|| format!("cannot write {}", path.display()))?;
         say(&format!("wrote {}", path.display()));
     }

@@ -12,12 +12,16 @@ use mas_coordinator::config::CoordinationMode;
 use mas_world::{World, WorldOptions};
 
 use crate::cli::Opts;
+use crate::floor::{spin_floor, wasmtime_floor, FloorBench, FloorWasm};
 use crate::hosts::{spin_runs, HostRuns};
 use crate::idle::{disturbed, other_load, wait_idle, IDLE_WAIT};
 use crate::latency::{health, latency_result, latency_run, own_time_since, Budget, Served};
 use crate::load::load_run;
 use crate::procfs::{self, Clock};
-use crate::report::{self, HostsResult, LongHistoryResult, Results};
+use crate::report::{
+    self, CoordinatorGpa, FloorResult, HostsResult, LatencyResult, LoadResult, LongHistoryResult,
+    Results,
+};
 use crate::scenario::{create_conversation, verify_bytes, Floor, Scenario};
 use crate::server::{addr_of, coordinator_config, startup, Server};
 use crate::{say, target_dir};
@@ -246,6 +250,52 @@ pub(crate) async fn run(opts: &Opts) -> anyhow::Result<Results> {
     }
     let peak_rss_kib = procfs::status_kib(server.pid(), "VmHWM").unwrap_or(0);
 
+    // The host floor, under the same host and flags as the coordinator.
+    let mut floor = FloorResult::default();
+    let mut floor_failed = 0;
+    let floor_wasm = if opts.no_floor {
+        Err("--no-floor".to_owned())
+    } else {
+        FloorWasm::find(&opts.floor)
+    };
+    let floor_bench = match &floor_wasm {
+        Ok(_) => {
+            let f = Floor::new(&gpa, &config, core, ums).await?;
+            let (at, call) = f
+                .dial_agent_call()
+                .context("gpa: the floor has no DIAL agent call")?;
+            Some(FloorBench {
+                world: &world,
+                core: at,
+                inbound: gpa.request.clone(),
+                call: call.clone(),
+                plan,
+                clock,
+            })
+        }
+        Err(_) => None,
+    };
+    match (&floor_wasm, &floor_bench) {
+        (Ok(wasm), Some(bench)) => {
+            match wasmtime_floor(opts, bench, wasm, &mut idle_budget).await {
+                Ok(mut row) => {
+                    row.gpa = gpa_figures(&latency, &load);
+                    floor.rows.push(row);
+                }
+                Err(e) => {
+                    say(&format!("host floor: failed: {e:#}"));
+                    floor.skipped = Some(format!("failed: {e:#}"));
+                    floor_failed = 1;
+                }
+            }
+        }
+        _ => {
+            let why = why_not(&floor_wasm);
+            say(&format!("host floor: skipped: {why}"));
+            floor.skipped = Some(why);
+        }
+    }
+
     let hosts = if opts.no_hosts {
         None
     } else {
@@ -279,8 +329,23 @@ pub(crate) async fn run(opts: &Opts) -> anyhow::Result<Results> {
             say(&format!("spin up: skipped: {why}"));
             hosts.spin_skipped = Some(why);
         }
+        if let (Ok(wasm), Some(bench)) = (&floor_wasm, &floor_bench) {
+            match spin_floor(opts, bench, wasm, &mut idle_budget).await {
+                Ok(mut row) => {
+                    row.gpa = spin_gpa_figures(&hosts);
+                    floor.rows.push(row);
+                }
+                Err(why) => {
+                    say(&format!("host floor under spin up: skipped: {why}"));
+                    floor.spin_skipped = Some(why);
+                }
+            }
+        }
         Some(hosts)
     };
+    if opts.no_hosts && floor_wasm.is_ok() {
+        floor.spin_skipped = Some("--no-hosts".to_owned());
+    }
 
     let long_history = LongHistoryResult::from_runs(&latency, "gpa", "gpa_1000_messages");
     say(&format!("done in {:.1} s", total.elapsed().as_secs_f64()));
@@ -297,5 +362,40 @@ pub(crate) async fn run(opts: &Opts) -> anyhow::Result<Results> {
         total.elapsed().as_secs_f64(),
     );
     results.hosts = hosts;
+    results.failures_total += floor_failed + floor.rows.iter().map(|f| f.failures).sum::<usize>();
+    results.floor = Some(floor);
     Ok(results)
+}
+
+/// Why the floor was not measured.
+fn why_not(wasm: &Result<FloorWasm, String>) -> String {
+    match wasm {
+        Err(why) => why.clone(),
+        Ok(_) => "no GPA call to relay".to_owned(),
+    }
+}
+
+/// The coordinator's `gpa` figures of this run, beside its floor row.
+fn gpa_figures(latency: &[LatencyResult], load: &[LoadResult]) -> CoordinatorGpa {
+    let one = latency.iter().find(|l| l.scenario == "gpa");
+    let at32 = load.iter().find(|l| l.scenario == "gpa" && l.clients == 32);
+    CoordinatorGpa {
+        added_p50_ms: one.map(|l| l.added_p50_ms),
+        cpu_ms_1_client: one.map(|l| l.wasmtime_cpu_ms_per_request),
+        cpu_ms_32_clients: at32.map(|l| l.wasmtime_cpu_ms_per_request),
+        requests_per_s_32: at32.map(|l| l.requests_per_s),
+    }
+}
+
+/// The coordinator's `gpa` figures under `spin up` (1 client, kept alive).
+fn spin_gpa_figures(hosts: &HostsResult) -> CoordinatorGpa {
+    let run = hosts
+        .runs
+        .iter()
+        .find(|r| r.host == "spin up" && r.scenario == "gpa" && r.connections == "kept alive");
+    CoordinatorGpa {
+        added_p50_ms: run.map(|r| r.added_p50_ms),
+        cpu_ms_1_client: run.map(|r| r.cpu_ms_per_request),
+        ..CoordinatorGpa::default()
+    }
 }

@@ -603,6 +603,15 @@ impl Floor {
         Ok(floor)
     }
 
+    /// The first DIAL agent call of the floor (in `gpa`, the GPA call): the
+    /// world's address and the request, as the coordinator sends it.
+    pub fn dial_agent_call(&self) -> Option<(SocketAddr, &Req)> {
+        self.agents.iter().find_map(|a| match &a.call {
+            AgentCalls::Dial(req) => Some((self.core, req)),
+            AgentCalls::Ums { .. } => None,
+        })
+    }
+
     /// Every upstream call of one run: coordination, the agent paths, synthesis.
     pub fn calls(&self) -> usize {
         2 + self.agents.iter().map(|a| a.calls).sum::<usize>()
@@ -753,6 +762,28 @@ fn comparable(r: &Recorded) -> (String, String, Vec<Option<String>>, String) {
         headers,
         normalize(&r.body),
     )
+}
+
+/// Whether two recorded requests are the same call: service, method, path
+/// and query, the compared headers and the body, byte for byte (as
+/// [`verify_bytes`] compares them); else where they differ.
+pub fn same_request(a: &Recorded, b: &Recorded) -> Result<(), String> {
+    let (x, y) = (comparable(a), comparable(b));
+    if x.0 != y.0 || x.1 != y.1 {
+        return Err(format!("{} {} instead of {} {}", x.0, x.1, y.0, y.1));
+    }
+    for (h, (hx, hy)) in COMPARED_HEADERS.iter().zip(x.2.iter().zip(&y.2)) {
+        if hx != hy {
+            return Err(format!("header {h}: {hx:?} instead of {hy:?}"));
+        }
+    }
+    if x.3 != y.3 {
+        return Err(format!(
+            "the bodies differ {}",
+            first_difference(&x.3, &y.3)
+        ));
+    }
+    Ok(())
 }
 
 fn listing(requests: &[Recorded]) -> String {

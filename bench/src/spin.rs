@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
+use crate::server::Ready;
+
 /// The `spin` to run: `--spin PATH`, else `$SPIN`, else `spin` on the PATH.
 pub fn find(explicit: Option<&Path>) -> Option<PathBuf> {
     if let Some(path) = explicit {
@@ -55,13 +57,15 @@ pub struct SpinServer {
 
 impl SpinServer {
     /// Starts `spin up` for `manifest` on a free loopback port with `variables`
-    /// (`NAME`, value: given as `SPIN_VARIABLE_NAME`) and waits for `GET /health`.
+    /// (`NAME`, value: given as `SPIN_VARIABLE_NAME`) and waits until it is
+    /// `ready` (`GET /health`).
     pub async fn start(
         spin: &Path,
         manifest: &Path,
         variables: &[(String, String)],
         state_dir: &Path,
         log: &Path,
+        ready: Ready,
     ) -> anyhow::Result<SpinServer> {
         use std::os::unix::process::CommandExt as _;
         let port = crate::server::free_port()?;
@@ -92,7 +96,7 @@ impl SpinServer {
             .spawn()
             .with_context(|| format!("cannot start {}", spin.display()))?;
         let mut server = SpinServer { child, addr };
-        crate::server::until_healthy(&mut server.child, addr, "spin up", log, spawned).await?;
+        crate::server::until_ready(&mut server.child, addr, "spin up", log, spawned, ready).await?;
         Ok(server)
     }
 

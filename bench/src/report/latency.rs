@@ -95,3 +95,47 @@ pub(super) fn own_time_table(r: &Results) -> String {
     }
     s
 }
+
+/// Host calls per request by kind (p50 of each), per 1-client scenario; none
+/// when no request line counted them. Kinds in the order they first appear
+/// across the scenarios, `total` last; `-` where a scenario lacks a kind.
+pub(super) fn host_calls_table(r: &Results) -> Option<String> {
+    let mut kinds: Vec<&str> = Vec::new();
+    for l in &r.latency {
+        for (k, _) in &l.own.host_calls_p50 {
+            if !kinds.contains(&k.as_str()) {
+                kinds.push(k);
+            }
+        }
+    }
+    if kinds.is_empty() {
+        return None;
+    }
+    if let Some(at) = kinds.iter().position(|k| *k == "total") {
+        let total = kinds.remove(at);
+        kinds.push(total);
+    }
+    let mut s = format!(
+        "| scenario | {} |\n|---|{}\n",
+        kinds.join(" | "),
+        "---:|".repeat(kinds.len())
+    );
+    for l in r
+        .latency
+        .iter()
+        .filter(|l| !l.own.host_calls_p50.is_empty())
+    {
+        let cells: Vec<String> = kinds
+            .iter()
+            .map(|k| {
+                l.own
+                    .host_calls_p50
+                    .iter()
+                    .find(|(m, _)| m == k)
+                    .map_or("-".to_owned(), |(_, n)| n.to_string())
+            })
+            .collect();
+        let _ = writeln!(s, "| {} | {} |", l.scenario, cells.join(" | "));
+    }
+    Some(s)
+}

@@ -46,4 +46,10 @@ a phase during which they used more than 0.2 cores is measured again (3 attempts
 every table shows the other processes' load during the phase (machine busy time from \
 `/proc/stat` minus interrupts, wasmtime and the benchmark process): rows where it is above \
 ~0.1 cores are skewed.
+- **Host floor**: `fixed` and `relay` (`bench/floor`, built with the component's release \
+profile) each in a `wasmtime serve` of its own with the run's flags (`-Scli`, `relay` with \
+`--env RELAY_ORIGIN=<the world's Core>`), or each under `spin up` with a generated manifest \
+(`target/mas-bench/floor-spin/`); 1 client: warm-up, then until the latency phase's time or \
+count runs out; 32 clients: as the throughput levels. `fixed` gets the `gpa` scenario's request, \
+`relay` its GPA call, checked once against the direct call as the world records both.
 - **Percentiles**: nearest rank over all samples of the window.";

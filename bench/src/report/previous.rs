@@ -1,6 +1,7 @@
 //! "What moved since the previous run": the key figures a reader compares
-//! between runs (added latency, own time, polls and writes, CPU per request,
-//! req/s, the long history's cost, the component's size), kept from the
+//! between runs (added latency, own time, polls, writes and host calls, CPU
+//! per request, req/s, the long history's cost, the host floor, the
+//! component's size), kept from the
 //! results file a new run replaces and shown beside this run's with the
 //! change in percent.
 
@@ -22,8 +23,9 @@ impl PreviousRun {
 }
 
 /// The figures a reader compares between runs: per scenario the added
-/// latency, the own time, polls, writes and CPU; per load level req/s and CPU;
-/// the long history's cost; the component's size.
+/// latency, the own time, polls, writes, host calls and CPU; per load level
+/// req/s and CPU; the long history's cost; the host floor under this run's
+/// flags (the host's own speed moves between runs too); the component's size.
 pub fn key_figures(r: &Results) -> Vec<Figure> {
     let mut out = Vec::new();
     let mut add = |name: String, unit: &str, value: f64| {
@@ -48,6 +50,9 @@ pub fn key_figures(r: &Results) -> Vec<Figure> {
                 l.own.writes_p50 as f64,
             );
         }
+        if let Some((_, total)) = l.own.host_calls_p50.iter().find(|(k, _)| k == "total") {
+            add(format!("{s}: host calls p50"), "", *total as f64);
+        }
         add(
             format!("{s}: wasmtime CPU / request, 1 client"),
             "ms",
@@ -68,6 +73,23 @@ pub fn key_figures(r: &Results) -> Vec<Figure> {
             "1,000 vs 1 message: added latency p50".to_owned(),
             "ms",
             h.added_delta_p50_ms,
+        );
+    }
+    if let Some(f) = r.wasmtime_floor() {
+        add(
+            "host floor: fixed CPU / request, 1 client".to_owned(),
+            "ms",
+            f.fixed_cpu_ms_per_request,
+        );
+        add(
+            "host floor: four exchanges' CPU / request, 1 client".to_owned(),
+            "ms",
+            f.derived.four_cpu_ms,
+        );
+        add(
+            "host floor: four exchanges' latency p50".to_owned(),
+            "ms",
+            f.derived.four_p50_ms,
         );
     }
     add(
@@ -129,7 +151,7 @@ mod tests {
         before.targets[0].value = "9.999 ms".to_owned();
         before.targets[0].met = false;
         now.previous = Some(PreviousRun::of(&before));
-        let md = markdown(&now, &[], &crate::workspace_root());
+        let md = markdown(&now, &[]);
         assert!(md.contains("## What moved since the previous run"), "{md}");
         assert!(
             md.contains("The previous run: 2026-11-30 10:00:00 UTC"),
@@ -152,7 +174,7 @@ mod tests {
         assert!(md.contains(&target_row), "{target_row} in {md}");
         // Without a previous run the tables keep their plain form.
         now.previous = None;
-        let plain = markdown(&now, &[], &crate::workspace_root());
+        let plain = markdown(&now, &[]);
         assert!(!plain.contains("## What moved since the previous run"));
         assert!(plain.contains("| target | figure | measured | |\n"));
     }

@@ -10,6 +10,9 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use super::targets::targets;
+
+/// The host name of `wasmtime serve` rows.
+pub const WASMTIME_SERVE: &str = "wasmtime serve";
 use crate::stats::{Dist, OwnTime};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -175,6 +178,9 @@ pub struct TargetCheck {
     pub figure: String,
     pub value: String,
     pub met: bool,
+    /// Shown for information beside a target, not judged (`met` means nothing).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub info: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -214,6 +220,137 @@ pub struct Results {
     /// overwrote), so the report shows what moved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<PreviousRun>,
+    /// The host floor: what the host alone costs per HTTP exchange.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor: Option<FloorResult>,
+}
+
+/// The host floor (BENCHMARKS.md, "Host floor"): the two bench-only
+/// components of `bench/floor` served by the same host with the same flags as
+/// the coordinator. `fixed` answers a fixed SSE body (one inbound exchange);
+/// `relay` forwards the `gpa` scenario's GPA call to the world and streams the
+/// answer back (one inbound and one outbound exchange).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FloorResult {
+    /// One row per host configuration: this run's `wasmtime serve` (with its
+    /// flags), `spin up` when it ran, then the `wasmtime serve` rows of the
+    /// runs given with `--compare` (the variant run with instance reuse).
+    pub rows: Vec<HostFloor>,
+    /// Why this run measured no floor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+    /// Why `spin up` did not serve the floor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spin_skipped: Option<String>,
+}
+
+/// The host floor under one host configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HostFloor {
+    /// `wasmtime serve` or `spin up`.
+    pub host: String,
+    /// The run's `wasmtime serve` flags (empty: wasmtime's defaults).
+    pub flags: String,
+    /// Measured by a `--quick` run.
+    pub quick: bool,
+    /// `fixed` at 1 client on a kept-alive connection.
+    pub fixed: Dist,
+    /// The host's CPU per `fixed` request at 1 client.
+    pub fixed_cpu_ms_per_request: f64,
+    /// The `gpa` scenario's GPA call made straight to the world, a new
+    /// connection per call (as the host makes it), interleaved with `relay`.
+    pub direct: Dist,
+    /// The same call through `relay` at 1 client on a kept-alive connection.
+    pub relay: Dist,
+    /// relay − direct, per percentile.
+    pub relay_added_p50_ms: f64,
+    pub relay_added_p99_ms: f64,
+    /// The host's CPU per `relay` request at 1 client.
+    pub relay_cpu_ms_per_request: f64,
+    /// `fixed` at 32 clients.
+    pub fixed_load: FloorLoad,
+    /// `relay` at 32 clients.
+    pub relay_load: FloorLoad,
+    /// One outbound exchange and the four exchanges of a coordinated GPA request.
+    pub derived: FloorDerived,
+    /// The coordinator's GPA figures under the same host and flags.
+    pub gpa: CoordinatorGpa,
+    /// The most other processes used during any phase of the floor, in cores.
+    pub other_cores: f64,
+    /// Failed requests (a wrong answer is a failure), warm-ups included.
+    pub failures: usize,
+    pub errors: Vec<String>,
+}
+
+/// A floor component at N clients.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FloorLoad {
+    pub clients: usize,
+    pub requests: usize,
+    pub requests_per_s: f64,
+    pub cpu_ms_per_request: f64,
+    pub latency: Dist,
+}
+
+/// What the floor says an HTTP exchange costs the host. A coordinated GPA
+/// request has four: the inbound one and three outbound (coordination, the
+/// agent, synthesis).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FloorDerived {
+    /// One outbound exchange's CPU: relay − fixed, 1 client.
+    pub outbound_cpu_ms: f64,
+    /// fixed + 3 × (relay − fixed), 1 client.
+    pub four_cpu_ms: f64,
+    /// The same at 32 clients.
+    pub outbound_cpu_ms_32: f64,
+    pub four_cpu_ms_32: f64,
+    /// One inbound exchange's latency: fixed p50.
+    pub inbound_p50_ms: f64,
+    /// relay p50 − direct p50 − fixed p50, as measured (may be negative).
+    pub outbound_p50_measured_ms: f64,
+    /// The same, clamped at 0.
+    pub outbound_p50_ms: f64,
+    /// inbound + 3 × outbound.
+    pub four_p50_ms: f64,
+}
+
+impl FloorDerived {
+    pub fn of(
+        fixed: (&Dist, f64, &FloorLoad),
+        relay: (&Dist, f64, &FloorLoad),
+        direct: &Dist,
+    ) -> FloorDerived {
+        let (fixed_latency, fixed_cpu, fixed_load) = fixed;
+        let (relay_latency, relay_cpu, relay_load) = relay;
+        let outbound_cpu_ms = relay_cpu - fixed_cpu;
+        let outbound_cpu_ms_32 = relay_load.cpu_ms_per_request - fixed_load.cpu_ms_per_request;
+        let measured = relay_latency.p50_ms - direct.p50_ms - fixed_latency.p50_ms;
+        let outbound_p50_ms = measured.max(0.0);
+        FloorDerived {
+            outbound_cpu_ms,
+            four_cpu_ms: fixed_cpu + 3.0 * outbound_cpu_ms,
+            outbound_cpu_ms_32,
+            four_cpu_ms_32: fixed_load.cpu_ms_per_request + 3.0 * outbound_cpu_ms_32,
+            inbound_p50_ms: fixed_latency.p50_ms,
+            outbound_p50_measured_ms: measured,
+            outbound_p50_ms,
+            four_p50_ms: fixed_latency.p50_ms + 3.0 * outbound_p50_ms,
+        }
+    }
+}
+
+/// The coordinator's `gpa` figures measured under the host configuration of
+/// a floor row (none where that run did not measure them).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CoordinatorGpa {
+    #[serde(default)]
+    pub added_p50_ms: Option<f64>,
+    #[serde(default)]
+    pub cpu_ms_1_client: Option<f64>,
+    #[serde(default)]
+    pub cpu_ms_32_clients: Option<f64>,
+    #[serde(default)]
+    pub requests_per_s_32: Option<f64>,
 }
 
 /// What `benches/allocations.rs` counted per upstream content chunk.
@@ -316,9 +453,19 @@ impl Results {
             allocations: None,
             hosts: None,
             previous: None,
+            floor: None,
         };
-        results.targets = targets(&results);
+        results.targets = targets(&results, &[]);
         results
+    }
+
+    /// This run's own floor row under `wasmtime serve` (its flags).
+    pub(super) fn wasmtime_floor(&self) -> Option<&HostFloor> {
+        self.floor
+            .as_ref()?
+            .rows
+            .iter()
+            .find(|f| f.host == WASMTIME_SERVE && f.flags == self.meta.wasmtime_args)
     }
 
     pub(super) fn latency_of(&self, scenario: &str) -> Option<&LatencyResult> {
