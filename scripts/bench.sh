@@ -9,7 +9,8 @@
 #
 # Steps: installs the wasm32-wasip2 target and wasmtime-cli 48.0.8 when missing
 # (scripts/setup.sh --runtime),
-# builds the release component, runs the criterion micro-benchmarks
+# builds the release component and the host floor's two bench-only components
+# (bench/floor, a workspace of its own, built into target/floor), runs the criterion micro-benchmarks
 # (benches/hot_paths.rs), runs mas-bench once with `--max-instance-reuse-count 1000`
 # (a variant for comparison, written under target/mas-bench/), then the main run
 # with wasmtime's defaults, which writes bench/results.json and BENCHMARKS.md.
@@ -22,6 +23,10 @@
 # floor is checked byte for byte against the upstream requests the coordinator
 # sends, and the two-agent scenario (two_agents) slows both agents in the world
 # to show that independent agents cost the slower one, not the sum.
+# Each run also measures the host floor under its own host and flags: `fixed`
+# (one inbound exchange) and `relay` (the gpa scenario's GPA call forwarded to
+# the world: one inbound and one outbound exchange), at 1 and 32 clients, and
+# under `spin up` too when Spin is there (BENCHMARKS.md, "Host floor").
 # Everything runs on 127.0.0.1 and stops by itself. Run it on an otherwise idle
 # machine: other work on the cores skews every figure (the report says how busy
 # the machine was).
@@ -54,6 +59,9 @@ if [ -n "${WASMTIME:-}" ]; then extra=(--wasmtime "$WASMTIME" "${extra[@]}"); fi
 say "building the release component and the benchmark tool"
 cargo build --release --target wasm32-wasip2 -p mas-coordinator
 cargo build --release -p mas-bench
+say "building the host floor's components (bench/floor)"
+cargo build --release --target wasm32-wasip2 --manifest-path bench/floor/Cargo.toml \
+    --target-dir "${CARGO_TARGET_DIR:-target}/floor"
 # With Spin available (spin on the PATH, or $SPIN), the same scenarios also run
 # under `spin up` with the shipped spin.toml, which runs the spin-kv build.
 if [ -n "${SPIN:-}" ] || command -v spin >/dev/null 2>&1; then
