@@ -9,6 +9,10 @@ use std::fmt::Write as _;
 use super::cells::f3;
 use super::results::{FloorResult, HostFloor, Results, WASMTIME_SERVE};
 
+/// `relay`'s added latency (ms) from which a Spin row is read as waiting
+/// for delayed ACKs.
+const SPIN_STALL_MS: f64 = 20.0;
+
 /// Takes the `wasmtime serve` floor rows of the runs given with `--compare`
 /// (each run's own row, under its own flags) into `results`, so that the
 /// results file holds every row its report shows.
@@ -121,6 +125,24 @@ and flags, with their ratio to the floor:\n\n\
             against(r.gpa.cpu_ms_32_clients, d.four_cpu_ms_32),
             against(r.gpa.added_p50_ms, d.four_p50_ms),
         );
+    }
+    // Spin 4.0.2's listener sets no TCP_NODELAY: on a kept-alive connection
+    // every write of a streamed answer after the first waits for the client's
+    // delayed ACK. `fixed` answers in one write, `relay` streams.
+    for r in f.rows.iter().filter(|r| r.host == "spin up") {
+        if r.relay_added_p50_ms >= SPIN_STALL_MS {
+            let _ = writeln!(
+                s,
+                "\nUnder `{}`, `relay` adds {} ms over the direct call at p50: on a kept-alive \
+connection Spin sends each write of a streamed answer after the first only once the client \
+has acknowledged the one before (no `TCP_NODELAY` on its listener; a delayed ACK is about \
+40 ms; bench/observations.md, *Spin 4.0.2*). `fixed` answers in one write and does not wait, \
+`relay` streams as the coordinator does, so this row's outbound-exchange latency is mostly that \
+wait, not the outbound call.",
+                host_label(r),
+                f3(r.relay_added_p50_ms)
+            );
+        }
     }
     if clamped {
         s.push_str(
