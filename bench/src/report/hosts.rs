@@ -11,7 +11,12 @@ use super::results::HostsResult;
 pub(super) fn hosts_table(h: &HostsResult) -> String {
     let mut s = String::new();
     if let Some(version) = &h.spin_version {
-        let _ = writeln!(s, "Spin: `{version}`.\n");
+        let _ = writeln!(
+            s,
+            "Spin: `{version}` (the binary given by `--spin`, `$SPIN` or the PATH; where no \
+             registry has Spin, as on the machine of the committed run, it is built from Spin's \
+             tagged sources, see bench/observations.md, *Spin 4.0.2*; it is never committed).\n"
+        );
     }
     if let Some(why) = &h.spin_skipped {
         let _ = writeln!(s, "**spin up: skipped** ({why}).\n");
