@@ -27,7 +27,7 @@ use crate::context::RequestContext;
 use crate::error::{CoordError, UpstreamFault};
 use crate::limits::{MAX_AGENT_STATE_BYTES, MAX_CONTEXT_BYTES_PER_RESULT};
 use crate::memory::{self, Exchange, ExchangeView, Memory};
-use crate::wire::request::{ChatBody, CustomContent, Message};
+use crate::wire::request::{ChatBody, CustomContent, JsonSize, Message};
 use crate::wire::response::{Attachment, StageStatus};
 use crate::wire::upstream::StageUpdate;
 
@@ -186,6 +186,16 @@ impl AgentMessage<'_> {
                     .state = Some((*state).to_owned());
                 m
             }
+        }
+    }
+}
+
+impl JsonSize for AgentMessage<'_> {
+    fn json_size(&self) -> usize {
+        match self {
+            AgentMessage::Request(m) | AgentMessage::RequestText(m) => m.json_size(),
+            AgentMessage::Built(m) => m.json_size(),
+            AgentMessage::Answer { message, state } => message.json_size() + state.get().len(),
         }
     }
 }

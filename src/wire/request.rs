@@ -526,10 +526,73 @@ pub struct ChatBody<M: Serialize> {
     pub response_format: Option<Value>,
 }
 
-impl<M: Serialize> ChatBody<M> {
-    /// The body as JSON bytes.
+impl<M: Serialize + JsonSize> ChatBody<M> {
+    /// The body as JSON bytes, written into a buffer sized for them up
+    /// front: a long history's body is about a MiB, and growing a buffer to
+    /// that by doubling copies it again and again into fresh memory.
     pub fn to_vec(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        let format = if self.response_format.is_some() {
+            FORMAT_SIZE
+        } else {
+            0
+        };
+        let mut out = Vec::with_capacity(self.messages.json_size() + format + BODY_SLACK);
+        match serde_json::to_writer(&mut out, self) {
+            Ok(()) => out,
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// Room left in a body's buffer for its framing and the `model` each
+/// target adds.
+const BODY_SLACK: usize = 256;
+
+/// Room for a structured-output schema (a few KiB with a dozen agents).
+const FORMAT_SIZE: usize = 8 * 1024;
+
+/// About how many bytes a value takes as JSON: what its raw parts hold plus a
+/// little framing. A capacity, not a promise: escaping may take more, and the
+/// buffer then grows as any other.
+pub trait JsonSize {
+    /// The estimate, in bytes.
+    fn json_size(&self) -> usize;
+}
+
+/// Keys, quotes and punctuation of one message besides its values.
+const MESSAGE_FRAMING: usize = 48;
+
+impl JsonSize for Message {
+    fn json_size(&self) -> usize {
+        let raw = |v: &Option<Box<RawValue>>| v.as_ref().map_or(0, |v| v.get().len());
+        let extra = |fields: &RawFields| {
+            fields
+                .iter()
+                .map(|(k, v)| k.len() + v.get().len() + 4)
+                .sum::<usize>()
+        };
+        let custom = self.custom_content.as_ref().map_or(0, |c| {
+            raw(&c.attachments) + raw(&c.state) + extra(&c.extra) + MESSAGE_FRAMING
+        });
+        self.role.len() + raw(&self.content) + custom + extra(&self.extra) + MESSAGE_FRAMING
+    }
+}
+
+impl<T: JsonSize> JsonSize for [T] {
+    fn json_size(&self) -> usize {
+        self.iter().map(JsonSize::json_size).sum::<usize>() + self.len()
+    }
+}
+
+impl<T: JsonSize> JsonSize for Vec<T> {
+    fn json_size(&self) -> usize {
+        self.as_slice().json_size()
+    }
+}
+
+impl<T: JsonSize + ?Sized> JsonSize for &T {
+    fn json_size(&self) -> usize {
+        (**self).json_size()
     }
 }
 
@@ -543,6 +606,25 @@ pub struct LlmMessages<'a> {
     pub history: &'a [Message],
     /// A replacement for the last message's content.
     pub last_text: Option<&'a str>,
+}
+
+impl JsonSize for LlmMessages<'_> {
+    fn json_size(&self) -> usize {
+        // Without custom content: the text and the other fields.
+        let message = |m: &Message| {
+            m.role.len()
+                + m.content.as_ref().map_or(0, |c| c.get().len())
+                + m.extra
+                    .iter()
+                    .map(|(k, v)| k.len() + v.get().len() + 4)
+                    .sum::<usize>()
+                + MESSAGE_FRAMING
+        };
+        self.system.len()
+            + self.last_text.map_or(0, str::len)
+            + self.history.iter().map(message).sum::<usize>()
+            + MESSAGE_FRAMING
+    }
 }
 
 impl Serialize for LlmMessages<'_> {
@@ -568,6 +650,49 @@ impl Serialize for LlmMessages<'_> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_body_is_written_into_a_buffer_that_never_grows() {
+        // A turn with a state, attachments and other fields, then text with
+        // characters JSON escapes or keeps as UTF-8.
+        let state = json!({"is_gpa": true, "gpa_messages": {"tool_call_history": [
+            {"role": "tool", "content": "Kyiv: +5°C ".repeat(200), "tool_call_id": "c1"}]}});
+        let body = json!({"messages": [
+            {"role": "user", "content": "weather?", "name": "bob"},
+            {"role": "assistant", "content": [{"type": "text", "text": "a"}],
+             "custom_content": {"state": state, "attachments": [{"url": "f/x.png"}],
+                                "stages": [{"name": "s"}]}},
+            {"role": "user", "content": "line\n\"quoted\" ü ".repeat(50)},
+        ]});
+        let r = parse_request(body.to_string().as_bytes()).unwrap();
+        let agent = ChatBody {
+            messages: &r.messages,
+            stream: true,
+            response_format: None,
+        };
+        let bytes = agent.to_vec();
+        assert_eq!(bytes.capacity(), r.messages.json_size() + BODY_SLACK);
+        assert!(bytes.len() + 64 <= bytes.capacity(), "room for the model");
+        let sent: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(sent["messages"], body["messages"]);
+
+        let llm = ChatBody {
+            messages: LlmMessages {
+                system: "You plan.",
+                history: &r.messages,
+                last_text: Some("the last \"text\""),
+            },
+            stream: false,
+            response_format: Some(json!({"type": "json_schema"})),
+        };
+        let bytes = llm.to_vec();
+        assert_eq!(
+            bytes.capacity(),
+            llm.messages.json_size() + FORMAT_SIZE + BODY_SLACK
+        );
+        let sent: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(sent["messages"][3]["content"], "the last \"text\"");
+    }
 
     #[test]
     fn parses_string_and_parts_content_and_keeps_unknown_fields() {
