@@ -10,10 +10,8 @@
 //! ([`StageMirror`]); its choice attachments become ours; its state, answer and
 //! attachments are remembered for its next turn.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 
-use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
@@ -26,7 +24,7 @@ use crate::config::registry::{AgentSpec, StateSlot};
 use crate::context::RequestContext;
 use crate::error::{CoordError, UpstreamFault};
 use crate::limits::{MAX_AGENT_STATE_BYTES, MAX_CONTEXT_BYTES_PER_RESULT};
-use crate::memory::{self, Exchange, ExchangeView, Memory};
+use crate::memory::{self, AgentState, Exchange, ExchangeView, Memory};
 use crate::wire::request::{ChatBody, CustomContent, JsonSize, Message};
 use crate::wire::response::{Attachment, StageStatus};
 use crate::wire::upstream::StageUpdate;
@@ -68,77 +66,7 @@ fn session(a: Assignment<'_>) -> Box<dyn Session + '_> {
     Box::new(DialSession::new(a.ctx, a.agent, a.task))
 }
 
-/// Whether GPA's own state has the shape GPA expects back: an object whose
-/// `tool_call_history`, when present, is a list of assistant messages with
-/// tool calls and tool messages answering them. A state that is not is not
-/// forwarded (it could only make GPA fail).
-pub fn valid_gpa_state(state: &RawValue) -> bool {
-    // Borrowed views: nothing is unescaped or copied, only checked (a long
-    // history holds hundreds of these states).
-    #[derive(Deserialize)]
-    struct GpaState<'a> {
-        #[serde(default, borrow)]
-        tool_call_history: Option<Vec<ToolMessage<'a>>>,
-    }
-    #[derive(Deserialize)]
-    struct ToolMessage<'a> {
-        #[serde(borrow)]
-        role: Cow<'a, str>,
-        #[serde(default, borrow)]
-        content: Option<&'a RawValue>,
-        #[serde(default, borrow)]
-        tool_calls: Option<Vec<ToolCall<'a>>>,
-        #[serde(default, borrow)]
-        tool_call_id: Option<Cow<'a, str>>,
-    }
-    #[derive(Deserialize)]
-    struct ToolCall<'a> {
-        #[allow(dead_code)]
-        id: IsString,
-        #[serde(rename = "type", borrow)]
-        kind: Cow<'a, str>,
-        #[serde(borrow)]
-        function: Function<'a>,
-    }
-    #[derive(Deserialize)]
-    struct Function<'a> {
-        #[serde(borrow)]
-        name: Cow<'a, str>,
-        #[allow(dead_code)]
-        arguments: IsString,
-    }
-    /// A string, checked and skipped.
-    struct IsString;
-    impl<'de> Deserialize<'de> for IsString {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<IsString, D::Error> {
-            let raw = <&RawValue>::deserialize(d)?;
-            if raw.get().starts_with('"') {
-                Ok(IsString)
-            } else {
-                Err(serde::de::Error::custom("expected a string"))
-            }
-        }
-    }
-    let Ok(state) = serde_json::from_str::<GpaState<'_>>(state.get()) else {
-        return false;
-    };
-    state.tool_call_history.unwrap_or_default().iter().all(|m| {
-        // null, a string or a list of parts.
-        let content_ok = m
-            .content
-            .is_none_or(|c| matches!(c.get().as_bytes().first(), Some(b'n' | b'"' | b'[')));
-        let shape_ok = match &*m.role {
-            "assistant" => m.tool_calls.as_ref().is_some_and(|calls| {
-                calls
-                    .iter()
-                    .all(|c| c.kind == "function" && !c.function.name.is_empty())
-            }),
-            "tool" => m.tool_call_id.as_deref().is_some_and(|id| !id.is_empty()),
-            _ => false,
-        };
-        content_ok && shape_ok
-    })
-}
+pub use crate::memory::gpa::valid_gpa_state;
 
 fn state_check(agent: &AgentSpec) -> fn(&RawValue) -> bool {
     match agent.slot {
@@ -164,8 +92,8 @@ pub enum AgentMessage<'a> {
     Answer {
         /// The answer without the state.
         message: Message,
-        /// The agent's state, as the request holds it.
-        state: &'a RawValue,
+        /// The agent's state, borrowed from the request.
+        state: AgentState<'a>,
     },
 }
 
@@ -183,7 +111,7 @@ impl AgentMessage<'_> {
                 let mut m = message.clone();
                 m.custom_content
                     .get_or_insert_with(CustomContent::default)
-                    .state = Some((*state).to_owned());
+                    .state = state.to_raw();
                 m
             }
         }
@@ -195,7 +123,7 @@ impl JsonSize for AgentMessage<'_> {
         match self {
             AgentMessage::Request(m) | AgentMessage::RequestText(m) => m.json_size(),
             AgentMessage::Built(m) => m.json_size(),
-            AgentMessage::Answer { message, state } => message.json_size() + state.get().len(),
+            AgentMessage::Answer { message, state } => message.json_size() + state.json_size(),
         }
     }
 }
@@ -206,7 +134,7 @@ impl serde::Serialize for AgentMessage<'_> {
         /// `custom_content` as [`CustomContent`] writes it: attachments, then state.
         struct WithState<'b> {
             attachments: Option<&'b RawValue>,
-            state: &'b RawValue,
+            state: &'b AgentState<'b>,
         }
         impl serde::Serialize for WithState<'_> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -308,7 +236,7 @@ fn adds_nothing(exchange: &ExchangeView<'_>, turn: &TurnReplay) -> bool {
 /// on the turn's content, replayed once per turn; after that it is empty.
 fn answer_message<'a>(
     message: &Message,
-    exchange: &ExchangeView<'a>,
+    exchange: ExchangeView<'a>,
     turn: &mut TurnReplay,
 ) -> AgentMessage<'a> {
     let mut custom = CustomContent::default();
@@ -390,7 +318,7 @@ pub fn agent_messages<'a>(
                 continue;
             }
             out.extend(asked_message(user, exchange.asked.as_deref(), &mut turn));
-            out.push(answer_message(message, &exchange, &mut turn));
+            out.push(answer_message(message, exchange, &mut turn));
         }
     }
     let mut last = current.clone();

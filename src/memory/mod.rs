@@ -34,6 +34,7 @@
 //! Reading is lenient and defensive: an entry that does not have the expected
 //! shape is ignored, as if absent.
 
+pub mod gpa;
 pub mod pending;
 pub mod state;
 
@@ -46,6 +47,7 @@ use crate::limits::{
     truncate_marked, MAX_REMEMBERED_ATTACHMENTS, MAX_REMEMBERED_ATTACHMENT_BYTES,
     MAX_REMEMBERED_TEXT_BYTES,
 };
+use crate::memory::gpa::{GpaMessages, GpaState};
 use crate::memory::state::{fnv1a, StateTrust, Trusted, Verifier};
 use crate::wire::request::Message;
 use crate::wire::response::Attachment;
@@ -435,23 +437,56 @@ pub struct ExchangeView<'a> {
     pub answer: Option<String>,
     /// Its attachments (a JSON list of valid attachments).
     pub attachments: Vec<Attachment>,
-    /// Its own state, as the bytes that were trusted.
-    pub state: Option<&'a RawValue>,
+    /// Its own state, read from the bytes that were trusted.
+    pub state: Option<AgentState<'a>>,
+}
+
+/// An agent's own state as read from a turn: as raw JSON, or GPA's, read
+/// and checked in one pass ([`gpa`]).
+#[derive(Debug, Clone)]
+pub enum AgentState<'a> {
+    /// Raw JSON, checked by the agent's kind.
+    Raw(&'a RawValue),
+    /// GPA's state in `gpa_messages`, with GPA's shape.
+    Gpa(GpaState<'a>),
+}
+
+impl AgentState<'_> {
+    /// About how many bytes the state takes as JSON.
+    pub fn json_size(&self) -> usize {
+        match self {
+            AgentState::Raw(raw) => raw.get().len(),
+            AgentState::Gpa(state) => state.json_size(),
+        }
+    }
+
+    /// The state as owned raw JSON.
+    pub fn to_raw(&self) -> Option<Box<RawValue>> {
+        match self {
+            AgentState::Raw(raw) => Some((*raw).to_owned()),
+            AgentState::Gpa(state) => serde_json::value::to_raw_value(state).ok(),
+        }
+    }
+}
+
+impl serde::Serialize for AgentState<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            AgentState::Raw(raw) => raw.serialize(s),
+            AgentState::Gpa(state) => state.serialize(s),
+        }
+    }
 }
 
 /// The parts of our state an agent may read, borrowed from the trusted bytes.
 #[derive(Deserialize)]
 struct StateView<'a> {
     #[serde(default)]
-    is_gpa: Option<Value>,
-    #[serde(default, borrow)]
-    gpa_messages: Option<&'a RawValue>,
-    #[serde(default)]
     ums_conversation_id: Option<Value>,
     #[serde(default)]
     ums_endpoint: Option<Value>,
     #[serde(default, borrow)]
-    agents: Option<std::collections::BTreeMap<String, &'a RawValue>>,
+    agents: Option<Agents<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -473,12 +508,27 @@ struct ConversationView {
     endpoint: Option<String>,
 }
 
+/// The parts of our state GPA's turns are read from: `gpa_messages` read
+/// and checked in the same pass ([`gpa`]).
+#[derive(Deserialize)]
+struct GpaView<'a> {
+    #[serde(default)]
+    is_gpa: Option<Value>,
+    #[serde(default, borrow)]
+    gpa_messages: Option<GpaMessages<'a>>,
+    #[serde(default, borrow)]
+    agents: Option<Agents<'a>>,
+}
+
+/// `agents`: each agent's memory, as raw JSON.
+type Agents<'a> = std::collections::BTreeMap<String, &'a RawValue>;
+
 fn parse_view(state: &RawValue) -> Option<StateView<'_>> {
     serde_json::from_str(state.get()).ok()
 }
 
-fn records<'a>(view: &StateView<'a>, name: &str) -> Vec<RecordView<'a>> {
-    let Some(raw) = view.agents.as_ref().and_then(|a| a.get(name)) else {
+fn records<'a>(agents: Option<&Agents<'a>>, name: &str) -> Vec<RecordView<'a>> {
+    let Some(raw) = agents.and_then(|a| a.get(name)) else {
         return Vec::new();
     };
     let Ok(list) = serde_json::from_str::<Vec<&'a RawValue>>(raw.get()) else {
@@ -490,7 +540,7 @@ fn records<'a>(view: &StateView<'a>, name: &str) -> Vec<RecordView<'a>> {
         .collect()
 }
 
-fn exchange_of<'a>(record: RecordView<'a>, state: Option<&'a RawValue>) -> ExchangeView<'a> {
+fn exchange_of<'a>(record: RecordView<'a>, state: Option<AgentState<'a>>) -> ExchangeView<'a> {
     ExchangeView {
         asked: record.asked,
         answer: record.answer,
@@ -501,34 +551,38 @@ fn exchange_of<'a>(record: RecordView<'a>, state: Option<&'a RawValue>) -> Excha
             .take(MAX_REMEMBERED_ATTACHMENTS)
             .filter_map(Attachment::normalized)
             .collect(),
-        state: state.filter(|s| s.get() != "null"),
+        state,
     }
 }
 
 /// The exchanges `agent` (a DIAL agent) had in the turn whose trusted state is
-/// `state`; `valid_state` checks the agent's own state before it is used.
+/// `state`. GPA's state in `gpa_messages` is checked as it is read
+/// ([`gpa`]); `valid_state` checks every other state an exchange keeps
+/// inline before it is used.
 pub fn exchanges<'a>(
     state: &'a RawValue,
     agent: &AgentSpec,
     valid_state: impl Fn(&RawValue) -> bool,
 ) -> Vec<ExchangeView<'a>> {
-    let Some(view) = parse_view(state) else {
-        return Vec::new();
+    let checked = |s: Option<&'a RawValue>| {
+        s.filter(|s| s.get() != "null" && valid_state(s))
+            .map(AgentState::Raw)
     };
-    let checked = |s: Option<&'a RawValue>| s.filter(|s| s.get() == "null" || valid_state(s));
-    let mut records = records(&view, &agent.name);
     match agent.slot {
         StateSlot::Gpa => {
+            let Ok(view) = serde_json::from_str::<GpaView<'a>>(state.get()) else {
+                return Vec::new();
+            };
             if view.is_gpa != Some(Value::Bool(true)) {
                 return Vec::new();
             }
             // gpa_messages must be an object or null (the Python reference's rule).
             let first_state = match view.gpa_messages {
-                Some(raw) if raw.get().starts_with('{') => checked(Some(raw)),
-                Some(raw) if raw.get() == "null" => None,
+                Some(GpaMessages::Object(s)) => s.is_valid().then_some(AgentState::Gpa(s)),
                 None => None,
-                Some(_) => return Vec::new(),
+                Some(GpaMessages::Other) => return Vec::new(),
             };
+            let mut records = records(view.agents.as_ref(), &agent.name);
             if records.is_empty() {
                 // Written by the Python reference: one exchange, text from the message.
                 return vec![ExchangeView {
@@ -546,13 +600,18 @@ pub fn exchanges<'a>(
             }));
             out
         }
-        StateSlot::Agents => records
-            .into_iter()
-            .map(|r| {
-                let s = checked(r.state);
-                exchange_of(r, s)
-            })
-            .collect(),
+        StateSlot::Agents => {
+            let Some(view) = parse_view(state) else {
+                return Vec::new();
+            };
+            records(view.agents.as_ref(), &agent.name)
+                .into_iter()
+                .map(|r| {
+                    let s = checked(r.state);
+                    exchange_of(r, s)
+                })
+                .collect()
+        }
         StateSlot::Ums => Vec::new(),
     }
 }
@@ -671,6 +730,11 @@ mod tests {
         }
     }
 
+    /// An agent's state as it is sent on.
+    fn json_of(state: &Option<AgentState<'_>>) -> Option<String> {
+        state.as_ref().map(|s| serde_json::to_string(s).unwrap())
+    }
+
     fn raw(v: &Value) -> Box<RawValue> {
         serde_json::value::to_raw_value(v).unwrap()
     }
@@ -711,7 +775,7 @@ mod tests {
         assert_eq!(views[0].answer.as_deref(), Some("Here is the image."));
         assert_eq!(views[0].attachments, vec![png("files/a.png")]);
         assert_eq!(
-            views[0].state.map(RawValue::get),
+            json_of(&views[0].state).as_deref(),
             Some(r#"{"tool_call_history":[]}"#)
         );
     }
@@ -720,15 +784,33 @@ mod tests {
     fn reference_states_are_read() {
         let gpa = agent("GPA", StateSlot::Gpa);
         let ums = agent("UMS", StateSlot::Ums);
-        let r = raw(&json!({"is_gpa": true, "gpa_messages": {"tool_call_history": [1]}}));
+        // GPA's state is sent on as it came, but for insignificant whitespace.
+        let text = r#"{"is_gpa": true, "gpa_messages": { "version" : 2, "tool_call_history": [
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+             "function": {"name": "web_search", "arguments": "{\"q\": 1}"}}]},
+            {"role": "tool", "content": "+5\u00b0C \"rain\"", "tool_call_id": "c1", "name": "web_search"}]}}"#;
+        let r = RawValue::from_string(text.to_owned()).unwrap();
         let views = exchanges(&r, &gpa, any);
         assert_eq!(views.len(), 1);
         assert_eq!((&views[0].asked, &views[0].answer), (&None, &None));
         assert!(views[0].attachments.is_empty());
         assert_eq!(
-            views[0].state.map(RawValue::get),
-            Some(r#"{"tool_call_history":[1]}"#)
+            json_of(&views[0].state).as_deref(),
+            Some(concat!(
+                r#"{"version":2,"tool_call_history":["#,
+                r#"{"role":"assistant","content":null,"tool_calls":[{"id": "c1", "type": "function","#,
+                "\n             \"function\": {\"name\": \"web_search\", \"arguments\": \"{\\\"q\\\": 1}\"}}]},",
+                r#"{"role":"tool","content":"+5\u00b0C \"rain\"","tool_call_id":"c1","name":"web_search"}]}"#
+            ))
         );
+        let sent: Value = serde_json::from_str(&json_of(&views[0].state).unwrap()).unwrap();
+        let came: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(sent, came["gpa_messages"]);
+        // A history GPA could not read is not sent, but the exchange is kept.
+        let r = raw(&json!({"is_gpa": true, "gpa_messages": {"tool_call_history": [1]}}));
+        let views = exchanges(&r, &gpa, any);
+        assert_eq!(views.len(), 1);
+        assert!(views[0].state.is_none());
         let r = raw(&json!({"is_gpa": true, "gpa_messages": null}));
         assert!(exchanges(&r, &gpa, any)[0].state.is_none());
         for bad in [
@@ -808,7 +890,7 @@ mod tests {
         let g = exchanges(&r, &gpa, any);
         assert_eq!(g.len(), 2);
         assert_eq!(
-            g[1].state.map(RawValue::get),
+            json_of(&g[1].state).as_deref(),
             Some(r#"{"tool_call_history":[2]}"#)
         );
         assert_eq!(exchanges(&r, &rag, any)[0].answer.as_deref(), Some("r1"));
