@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use crate::config::registry::Registry;
 use crate::context::RequestContext;
 use crate::flow::ask::{AskUser, ASK_RULE};
-use crate::flow::routing::{agent_list, fallback_note, fill_agents, strip_fence};
+use crate::flow::routing::{agent_list, fallback_note, shipped_schema, strip_fence};
 use crate::flow::with_instructions;
 use crate::wire::request::{ChatBody, LlmMessages};
 
@@ -76,10 +76,11 @@ fn ids<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
 
 /// The JSON schema of [`Plan`] for this registry, as sent in `response_format`.
 pub fn plan_schema(registry: &Registry) -> Value {
-    let mut schema = serde_json::to_value(schemars::schema_for!(Plan)).unwrap_or(Value::Null);
-    fill_agents(&mut schema, registry);
-    schema
+    shipped_schema(PLAN_SCHEMA, registry)
 }
+
+/// schemars' schema of [`Plan`], as shipped (see [`shipped_schema`]).
+pub const PLAN_SCHEMA: &str = include_str!("schemas/plan.json");
 
 /// The system prompt of the planning call.
 pub fn plan_prompt(registry: &Registry, max_subtasks: usize) -> String {
