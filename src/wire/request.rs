@@ -562,19 +562,30 @@ pub trait JsonSize {
 /// Keys, quotes and punctuation of one message besides its values.
 const MESSAGE_FRAMING: usize = 48;
 
+fn raw_size(v: &Option<Box<RawValue>>) -> usize {
+    v.as_ref().map_or(0, |v| v.get().len())
+}
+
+fn fields_size(fields: &RawFields) -> usize {
+    fields
+        .iter()
+        .map(|(k, v)| k.len() + v.get().len() + 4)
+        .sum()
+}
+
+impl Message {
+    /// [`JsonSize`] of the message without its custom content.
+    fn size_without_custom(&self) -> usize {
+        self.role.len() + raw_size(&self.content) + fields_size(&self.extra) + MESSAGE_FRAMING
+    }
+}
+
 impl JsonSize for Message {
     fn json_size(&self) -> usize {
-        let raw = |v: &Option<Box<RawValue>>| v.as_ref().map_or(0, |v| v.get().len());
-        let extra = |fields: &RawFields| {
-            fields
-                .iter()
-                .map(|(k, v)| k.len() + v.get().len() + 4)
-                .sum::<usize>()
-        };
         let custom = self.custom_content.as_ref().map_or(0, |c| {
-            raw(&c.attachments) + raw(&c.state) + extra(&c.extra) + MESSAGE_FRAMING
+            raw_size(&c.attachments) + raw_size(&c.state) + fields_size(&c.extra) + MESSAGE_FRAMING
         });
-        self.role.len() + raw(&self.content) + custom + extra(&self.extra) + MESSAGE_FRAMING
+        self.size_without_custom() + custom
     }
 }
 
@@ -610,19 +621,13 @@ pub struct LlmMessages<'a> {
 
 impl JsonSize for LlmMessages<'_> {
     fn json_size(&self) -> usize {
-        // Without custom content: the text and the other fields.
-        let message = |m: &Message| {
-            m.role.len()
-                + m.content.as_ref().map_or(0, |c| c.get().len())
-                + m.extra
-                    .iter()
-                    .map(|(k, v)| k.len() + v.get().len() + 4)
-                    .sum::<usize>()
-                + MESSAGE_FRAMING
-        };
         self.system.len()
             + self.last_text.map_or(0, str::len)
-            + self.history.iter().map(message).sum::<usize>()
+            + self
+                .history
+                .iter()
+                .map(Message::size_without_custom)
+                .sum::<usize>()
             + MESSAGE_FRAMING
     }
 }
