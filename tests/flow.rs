@@ -1064,6 +1064,7 @@ fn without_a_secret_a_warning_is_logged_once_per_instance() {
 #[test]
 fn the_borrowed_gpa_history_writes_the_same_bytes_as_the_owned_one() {
     use mas_coordinator::agents::dial::{agent_history, agent_messages};
+    use mas_coordinator::wire::request::ChatBody;
     let tool = json!({"tool_call_history": [
         {"role": "assistant", "content": "", "tool_calls": [{"index": 0, "id": "call_1", "type": "function",
             "function": {"name": "web_search", "arguments": "{\"query\":\"kyiv\"}"}}]},
@@ -1093,6 +1094,21 @@ fn the_borrowed_gpa_history_writes_the_same_bytes_as_the_owned_one() {
     assert_eq!(
         String::from_utf8(serde_json::to_vec(&borrowed).unwrap()).unwrap(),
         String::from_utf8(serde_json::to_vec(&owned).unwrap()).unwrap()
+    );
+    // The call's body is written by the coordinator's own writer, GPA's
+    // states copied from the request: the same bytes.
+    let body = ChatBody {
+        messages: &borrowed,
+        stream: true,
+        response_format: None,
+    }
+    .to_vec();
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        format!(
+            "{{\"messages\":{},\"stream\":true}}",
+            serde_json::to_string(&owned).unwrap()
+        )
     );
     // And what GPA sees: its own answers, attachments and states.
     let seen: Value = serde_json::to_value(&borrowed).unwrap();

@@ -25,7 +25,9 @@ use crate::context::RequestContext;
 use crate::error::{CoordError, UpstreamFault};
 use crate::limits::{MAX_AGENT_STATE_BYTES, MAX_CONTEXT_BYTES_PER_RESULT};
 use crate::memory::{self, AgentState, Exchange, ExchangeView, Memory};
-use crate::wire::request::{ChatBody, CustomContent, JsonSize, Message};
+use crate::wire::request::{
+    write_json_str, ChatBody, CustomContent, JsonSize, Message, ObjectWriter, WriteJson,
+};
 use crate::wire::response::{Attachment, StageStatus};
 use crate::wire::upstream::StageUpdate;
 
@@ -124,6 +126,39 @@ impl JsonSize for AgentMessage<'_> {
             AgentMessage::Request(m) | AgentMessage::RequestText(m) => m.json_size(),
             AgentMessage::Built(m) => m.json_size(),
             AgentMessage::Answer { message, state } => message.json_size() + state.json_size(),
+        }
+    }
+}
+
+impl WriteJson for AgentMessage<'_> {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        match self {
+            AgentMessage::Request(m) => m.write_json(out),
+            AgentMessage::Built(m) => m.write_json(out),
+            AgentMessage::RequestText(m) => m.without_custom_content().write_json(out),
+            AgentMessage::Answer { message, state } => {
+                // As [`Serialize`] writes it: custom content holds the
+                // attachments, then the state.
+                let mut o = ObjectWriter::open(out);
+                write_json_str(o.key("role"), &message.role);
+                if let Some(c) = &message.content {
+                    o.raw("content", c.get());
+                }
+                let mut custom = ObjectWriter::open(o.key("custom_content"));
+                if let Some(a) = message
+                    .custom_content
+                    .as_ref()
+                    .and_then(|c| c.attachments.as_deref())
+                {
+                    custom.raw("attachments", a.get());
+                }
+                state.write_json(custom.key("state"));
+                custom.close();
+                for (k, v) in &message.extra {
+                    o.raw(k, v.get());
+                }
+                o.close();
+            }
         }
     }
 }

@@ -22,6 +22,8 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::wire::request::{ObjectWriter, WriteJson};
+
 /// Visitor methods for the scalar kinds, each giving `$value`.
 macro_rules! other_kinds {
     ($value:expr) => {
@@ -64,6 +66,8 @@ pub enum GpaMessages<'a> {
 pub struct GpaState<'a> {
     fields: Vec<(Cow<'a, str>, Field<'a>)>,
     valid: bool,
+    /// The state's own text in the turn's, when it could be located.
+    text: Option<&'a str>,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +109,37 @@ impl GpaState<'_> {
     }
 }
 
+impl WriteJson for GpaState<'_> {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        if let Some(text) = self.text {
+            out.extend_from_slice(text.as_bytes());
+            return;
+        }
+        let mut o = ObjectWriter::open(out);
+        for (k, f) in &self.fields {
+            match f {
+                Field::Raw(v) => o.raw(k, v.get()),
+                Field::History(list) => {
+                    let out = o.key(k);
+                    out.push(b'[');
+                    for (i, m) in list.iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        let mut message = ObjectWriter::open(out);
+                        for (k, v) in &m.fields {
+                            message.raw(k, v.get());
+                        }
+                        message.close();
+                    }
+                    out.push(b']');
+                }
+            }
+        }
+        o.close();
+    }
+}
+
 impl Serialize for GpaState<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(Some(self.fields.len()))?;
@@ -126,6 +161,163 @@ impl Serialize for ToolMessage<'_> {
         }
         map.end()
     }
+}
+
+/// The parts of a turn's state (our state) that GPA's turns are read from.
+#[derive(Debug)]
+pub struct GpaTurn<'a> {
+    /// `is_gpa` is `true`.
+    pub is_gpa: bool,
+    /// `gpa_messages` (`None`: absent or null).
+    pub gpa_messages: Option<GpaMessages<'a>>,
+    /// `agents`: each agent's memory, as raw JSON.
+    pub agents: Option<Agents<'a>>,
+}
+
+/// `agents` of our state: each agent's memory, as raw JSON.
+pub type Agents<'a> = std::collections::BTreeMap<String, &'a RawValue>;
+
+/// Reads the parts of `state` (a turn's state, as trusted) that GPA's turns
+/// need, in one pass; `None` when it is not an object or repeats one of them.
+/// GPA's state keeps where its text is in `state`, so that it is sent on by
+/// copying it (the keys around it locate it: only whitespace and
+/// punctuation lie between a key and its value).
+pub fn read_turn(state: &str) -> Option<GpaTurn<'_>> {
+    let mut de = serde_json::Deserializer::from_str(state);
+    let turn = de::DeserializeSeed::deserialize(TurnSeed(state), &mut de).ok()?;
+    de.end().ok()?;
+    Some(turn)
+}
+
+struct TurnSeed<'a>(&'a str);
+
+impl<'de: 'a, 'a> de::DeserializeSeed<'de> for TurnSeed<'a> {
+    type Value = GpaTurn<'a>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<GpaTurn<'a>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de: 'a, 'a> Visitor<'de> for TurnSeed<'a> {
+    type Value = GpaTurn<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("our state")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<GpaTurn<'a>, A::Error> {
+        let text = self.0;
+        // Where a borrowed key lies in the text.
+        let at = |key: &Cow<'a, str>| match key {
+            Cow::Borrowed(k) => {
+                let offset = (k.as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
+                (offset.checked_add(k.len())? <= text.len()).then_some((offset, k.len()))
+            }
+            Cow::Owned(_) => None,
+        };
+        let (mut is_gpa, mut gpa_messages, mut agents) = (None, None, None);
+        // The start of gpa_messages' value, until the next key or the end
+        // shows where it ends.
+        let mut open: Option<usize> = None;
+        let mut span = None;
+        while let Some(Text(key)) = map.next_key::<Text<'a>>()? {
+            if let Some(start) = open.take() {
+                span = at(&key)
+                    .and_then(|(offset, _)| end_before_key(text, offset))
+                    .map(|end| (start, end));
+            }
+            match key.as_ref() {
+                "is_gpa" => {
+                    let v: &RawValue = map.next_value()?;
+                    if is_gpa.replace(v.get() == "true").is_some() {
+                        return Err(de::Error::duplicate_field("is_gpa"));
+                    }
+                }
+                "gpa_messages" => {
+                    open = at(&key).and_then(|(offset, len)| start_after_key(text, offset + len));
+                    let v: Option<GpaMessages<'a>> = map.next_value()?;
+                    if gpa_messages.replace(v).is_some() {
+                        return Err(de::Error::duplicate_field("gpa_messages"));
+                    }
+                }
+                "agents" => {
+                    let v: Option<Agents<'a>> = map.next_value()?;
+                    if agents.replace(v).is_some() {
+                        return Err(de::Error::duplicate_field("agents"));
+                    }
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        if let Some(start) = open {
+            span = end_before_close(text).map(|end| (start, end));
+        }
+        let mut gpa_messages = gpa_messages.flatten();
+        if let (Some(GpaMessages::Object(state)), Some((start, end))) = (&mut gpa_messages, span) {
+            state.text = text
+                .get(start..end)
+                .filter(|t| t.starts_with('{') && t.ends_with('}'));
+        }
+        Ok(GpaTurn {
+            is_gpa: is_gpa.unwrap_or(false),
+            gpa_messages,
+            agents: agents.flatten(),
+        })
+    }
+}
+
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// Where the value of the key whose text ends at `key_end` starts: after the
+/// closing quote, whitespace, the colon and whitespace.
+fn start_after_key(text: &str, key_end: usize) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut i = key_end;
+    (bytes.get(i) == Some(&b'"')).then_some(())?;
+    i += 1;
+    while bytes.get(i).copied().is_some_and(is_space) {
+        i += 1;
+    }
+    (bytes.get(i) == Some(&b':')).then_some(())?;
+    i += 1;
+    while bytes.get(i).copied().is_some_and(is_space) {
+        i += 1;
+    }
+    Some(i)
+}
+
+/// Where the value before the key whose text starts at `key_start` ends:
+/// before the opening quote, whitespace, the comma and whitespace.
+fn end_before_key(text: &str, key_start: usize) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut i = key_start.checked_sub(1)?;
+    (bytes.get(i) == Some(&b'"')).then_some(())?;
+    while i > 0 && is_space(bytes[i - 1]) {
+        i -= 1;
+    }
+    i = i.checked_sub(1)?;
+    (bytes.get(i) == Some(&b',')).then_some(())?;
+    while i > 0 && is_space(bytes[i - 1]) {
+        i -= 1;
+    }
+    Some(i)
+}
+
+/// Where the last value of the object `text` ends: before its closing brace
+/// and whitespace.
+fn end_before_close(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut i = bytes.len().checked_sub(1)?;
+    (bytes.get(i) == Some(&b'}')).then_some(())?;
+    while i > 0 && is_space(bytes[i - 1]) {
+        i -= 1;
+    }
+    Some(i)
 }
 
 /// A list of tool messages, or why not.
@@ -160,7 +352,11 @@ impl<'de: 'a, 'a> Deserialize<'de> for GpaMessages<'a> {
                         fields.push((key, Field::Raw(map.next_value()?)));
                     }
                 }
-                Ok(GpaMessages::Object(GpaState { fields, valid }))
+                Ok(GpaMessages::Object(GpaState {
+                    fields,
+                    valid,
+                    text: None,
+                }))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
@@ -343,6 +539,7 @@ pub fn valid_gpa_state(state: &RawValue) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::request::WriteJson;
 
     fn read(text: &str) -> Option<(bool, String)> {
         match serde_json::from_str::<GpaMessages<'_>>(text).expect("any JSON is read") {
@@ -387,6 +584,53 @@ mod tests {
         ] {
             assert!(valid(ok), "{ok}");
         }
+    }
+
+    /// GPA's state of `turn` as it is sent on.
+    fn sent(turn: &str) -> Option<String> {
+        match read_turn(turn)?.gpa_messages? {
+            GpaMessages::Object(s) if s.is_valid() => {
+                let mut out = Vec::new();
+                s.write_json(&mut out);
+                Some(String::from_utf8(out).unwrap())
+            }
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn gpa_s_state_is_sent_on_as_its_own_text_wherever_it_is_in_the_turn() {
+        let gpa = format!("{{ \"tool_call_history\" :\t[ {CALL},\n {RESULT} ] }}");
+        for turn in [
+            format!(r#"{{"is_gpa":true,"gpa_messages":{gpa}}}"#),
+            format!("{{ \"is_gpa\" : true ,\n \"gpa_messages\"\r\n:\t{gpa} \n}}"),
+            format!(r#"{{"gpa_messages": {gpa} , "is_gpa": true, "agents": {{"GPA": []}}}}"#),
+            format!(r#"{{"is_gpa": true, "gpa_messages": {gpa}, "other": [1, "}}"]}}"#),
+        ] {
+            assert_eq!(sent(&turn).as_deref(), Some(gpa.as_str()), "{turn}");
+            assert!(read_turn(&turn).unwrap().is_gpa);
+        }
+        // When a key around it is escaped, the state is written from its parts.
+        let compact: serde_json::Value = serde_json::from_str(&gpa).unwrap();
+        for turn in [
+            format!(r#"{{"is_gpa": true, "gpa\u005fmessages": {gpa}}}"#),
+            format!(r#"{{"is_gpa": true, "gpa_messages": {gpa}, "\u0061gents": {{}}}}"#),
+        ] {
+            let text = sent(&turn).unwrap();
+            assert!(!text.contains('\n'), "{text}");
+            assert_eq!(
+                serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+                compact
+            );
+        }
+        // A turn read twice over one of its parts is not read.
+        assert!(read_turn(r#"{"is_gpa": true, "is_gpa": true}"#).is_none());
+        assert!(read_turn(r#"{"gpa_messages": null, "gpa_messages": {}}"#).is_none());
+        assert!(read_turn("[true]").is_none());
+        let turn = read_turn(r#"{"is_gpa": "true", "gpa_messages": null, "agents": {"GPA": [1]}}"#)
+            .unwrap();
+        assert!(!turn.is_gpa && turn.gpa_messages.is_none());
+        assert_eq!(turn.agents.unwrap()["GPA"].get(), "[1]");
     }
 
     #[test]

@@ -47,9 +47,9 @@ use crate::limits::{
     truncate_marked, MAX_REMEMBERED_ATTACHMENTS, MAX_REMEMBERED_ATTACHMENT_BYTES,
     MAX_REMEMBERED_TEXT_BYTES,
 };
-use crate::memory::gpa::{GpaMessages, GpaState};
+use crate::memory::gpa::{Agents, GpaMessages, GpaState};
 use crate::memory::state::{fnv1a, StateTrust, Trusted, Verifier};
-use crate::wire::request::Message;
+use crate::wire::request::{Message, WriteJson};
 use crate::wire::response::Attachment;
 
 /// State key marking an assistant turn served by GPA.
@@ -469,6 +469,15 @@ impl AgentState<'_> {
     }
 }
 
+impl WriteJson for AgentState<'_> {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        match self {
+            AgentState::Raw(raw) => out.extend_from_slice(raw.get().as_bytes()),
+            AgentState::Gpa(state) => state.write_json(out),
+        }
+    }
+}
+
 impl serde::Serialize for AgentState<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
@@ -507,21 +516,6 @@ struct ConversationView {
     #[serde(default)]
     endpoint: Option<String>,
 }
-
-/// The parts of our state GPA's turns are read from: `gpa_messages` read
-/// and checked in the same pass ([`gpa`]).
-#[derive(Deserialize)]
-struct GpaView<'a> {
-    #[serde(default)]
-    is_gpa: Option<Value>,
-    #[serde(default, borrow)]
-    gpa_messages: Option<GpaMessages<'a>>,
-    #[serde(default, borrow)]
-    agents: Option<Agents<'a>>,
-}
-
-/// `agents`: each agent's memory, as raw JSON.
-type Agents<'a> = std::collections::BTreeMap<String, &'a RawValue>;
 
 fn parse_view(state: &RawValue) -> Option<StateView<'_>> {
     serde_json::from_str(state.get()).ok()
@@ -570,10 +564,10 @@ pub fn exchanges<'a>(
     };
     match agent.slot {
         StateSlot::Gpa => {
-            let Ok(view) = serde_json::from_str::<GpaView<'a>>(state.get()) else {
+            let Some(view) = gpa::read_turn(state.get()) else {
                 return Vec::new();
             };
-            if view.is_gpa != Some(Value::Bool(true)) {
+            if !view.is_gpa {
                 return Vec::new();
             }
             // gpa_messages must be an object or null (the Python reference's rule).

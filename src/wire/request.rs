@@ -515,18 +515,17 @@ fn quote_cut(text: &str) -> String {
 /// The body of a chat-completions call the coordinator makes (same shape as
 /// the requests it receives), serialized straight from borrowed parts. The
 /// deployment's `model` is added per target by the caller.
-#[derive(Debug, Serialize)]
-pub struct ChatBody<M: Serialize> {
+#[derive(Debug)]
+pub struct ChatBody<M> {
     /// The messages.
     pub messages: M,
     /// Streaming or not.
     pub stream: bool,
     /// Structured output, for the routing call.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub response_format: Option<Value>,
 }
 
-impl<M: Serialize + JsonSize> ChatBody<M> {
+impl<M: WriteJson + JsonSize> ChatBody<M> {
     /// The body as JSON bytes, written into a buffer sized for them up
     /// front: a long history's body is about a MiB, and growing a buffer to
     /// that by doubling copies it again and again into fresh memory.
@@ -537,10 +536,156 @@ impl<M: Serialize + JsonSize> ChatBody<M> {
             0
         };
         let mut out = Vec::with_capacity(self.messages.json_size() + format + BODY_SLACK);
-        match serde_json::to_writer(&mut out, self) {
-            Ok(()) => out,
-            Err(_) => Vec::new(),
+        out.extend_from_slice(b"{\"messages\":");
+        self.messages.write_json(&mut out);
+        out.extend_from_slice(if self.stream {
+            b",\"stream\":true"
+        } else {
+            b",\"stream\":false"
+        });
+        if let Some(format) = &self.response_format {
+            out.extend_from_slice(b",\"response_format\":");
+            if serde_json::to_writer(&mut out, format).is_err() {
+                return Vec::new();
+            }
         }
+        out.push(b'}');
+        out
+    }
+}
+
+/// Writes itself as JSON straight into a body: what the request holds as raw
+/// JSON is copied as it is, text is escaped. serde could not do the first for
+/// a part of a text that was read already (its `RawValue` can only be made by
+/// parsing that part again), and a long history's body is mostly such parts.
+pub trait WriteJson {
+    /// Appends the JSON text to `out`.
+    fn write_json(&self, out: &mut Vec<u8>);
+}
+
+/// Appends `text` as a JSON string.
+pub fn write_json_str(out: &mut Vec<u8>, text: &str) {
+    // Keys and roles are short and plain: copied between quotes when nothing
+    // in them needs an escape.
+    if text.len() <= 64 && text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+        return;
+    }
+    // Writing a string into a Vec fails only for a serializer error, which a
+    // string never gives.
+    let _ = serde_json::to_writer(&mut *out, text);
+}
+
+/// An object being written: its fields, comma-separated.
+#[derive(Debug)]
+pub struct ObjectWriter<'o> {
+    out: &'o mut Vec<u8>,
+    first: bool,
+}
+
+impl<'o> ObjectWriter<'o> {
+    /// Opens an object.
+    pub fn open(out: &'o mut Vec<u8>) -> ObjectWriter<'o> {
+        out.push(b'{');
+        ObjectWriter { out, first: true }
+    }
+
+    /// Starts a field and returns where its value goes.
+    pub fn key(&mut self, key: &str) -> &mut Vec<u8> {
+        if !std::mem::replace(&mut self.first, false) {
+            self.out.push(b',');
+        }
+        write_json_str(self.out, key);
+        self.out.push(b':');
+        self.out
+    }
+
+    /// A field whose value is raw JSON.
+    pub fn raw(&mut self, key: &str, json: &str) {
+        self.key(key).extend_from_slice(json.as_bytes());
+    }
+
+    /// Closes the object.
+    pub fn close(self) {
+        self.out.push(b'}');
+    }
+}
+
+impl WriteJson for Message {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        self.write_parts(out, true, None);
+    }
+}
+
+impl Message {
+    /// The message as [`Serialize`] writes it, with or without its custom
+    /// content, and with `text` as its content when given.
+    fn write_parts(&self, out: &mut Vec<u8>, with_custom: bool, text: Option<&str>) {
+        let mut o = ObjectWriter::open(out);
+        write_json_str(o.key("role"), &self.role);
+        match (text, &self.content) {
+            (Some(text), _) => write_json_str(o.key("content"), text),
+            (None, Some(c)) => o.raw("content", c.get()),
+            (None, None) => {}
+        }
+        if with_custom {
+            if let Some(cc) = &self.custom_content {
+                cc.write_json(o.key("custom_content"));
+            }
+        }
+        for (k, v) in &self.extra {
+            o.raw(k, v.get());
+        }
+        o.close();
+    }
+}
+
+impl WriteJson for WithoutCustomContent<'_> {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        self.0.write_parts(out, false, None);
+    }
+}
+
+impl WriteJson for CustomContent {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        let mut o = ObjectWriter::open(out);
+        if let Some(a) = &self.attachments {
+            o.raw("attachments", a.get());
+        }
+        if let Some(st) = &self.state {
+            o.raw("state", st.get());
+        }
+        for (k, v) in &self.extra {
+            o.raw(k, v.get());
+        }
+        o.close();
+    }
+}
+
+impl<T: WriteJson> WriteJson for [T] {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'[');
+        for (i, item) in self.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            item.write_json(out);
+        }
+        out.push(b']');
+    }
+}
+
+impl<T: WriteJson> WriteJson for Vec<T> {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        self.as_slice().write_json(out);
+    }
+}
+
+impl<T: WriteJson + ?Sized> WriteJson for &T {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        (**self).write_json(out);
     }
 }
 
@@ -632,6 +777,30 @@ impl JsonSize for LlmMessages<'_> {
     }
 }
 
+impl WriteJson for LlmMessages<'_> {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'[');
+        // As `json!` orders it: keys sorted.
+        let mut system = ObjectWriter::open(out);
+        write_json_str(system.key("content"), self.system);
+        system.raw("role", "\"system\"");
+        system.close();
+        let (last, earlier) = match (self.last_text, self.history.split_last()) {
+            (Some(text), Some((last, earlier))) => (Some((last, text)), earlier),
+            _ => (None, self.history),
+        };
+        for m in earlier {
+            out.push(b',');
+            m.write_parts(out, false, None);
+        }
+        if let Some((m, text)) = last {
+            out.push(b',');
+            m.write_parts(out, false, Some(text));
+        }
+        out.push(b']');
+    }
+}
+
 impl Serialize for LlmMessages<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
@@ -655,6 +824,62 @@ impl Serialize for LlmMessages<'_> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn bodies_are_written_byte_for_byte_as_serde_writes_them() {
+        let body = json!({"messages": [
+            {"role": "system", "content": "Be \"brief\"\n"},
+            {"role": "user", "content": [{"type": "text", "text": "a"}], "name": "bob",
+             "custom_content": {"attachments": [{"url": "f/x.png"}], "state": {"k": [1, {}]},
+                                "form_value": {"answer": "yes"}}},
+            {"role": "assistant", "custom_content": {}},
+            {"role": "tool", "content": "ü \u{1} ok", "tool_call_id": "c1"},
+            {"role": "user", "content": "last"},
+        ]});
+        let r = parse_request(body.to_string().as_bytes()).unwrap();
+        let serde_body = |messages: String, stream: bool, format: Option<&Value>| {
+            let format = format.map_or(String::new(), |f| format!(",\"response_format\":{f}"));
+            format!("{{\"messages\":{messages},\"stream\":{stream}{format}}}")
+        };
+        let agent = ChatBody {
+            messages: &r.messages,
+            stream: true,
+            response_format: None,
+        };
+        assert_eq!(
+            String::from_utf8(agent.to_vec()).unwrap(),
+            serde_body(serde_json::to_string(&r.messages).unwrap(), true, None)
+        );
+        let format = json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"b": 1, "a": [true]}}});
+        for last_text in [None, Some("the \"last\" text")] {
+            let messages = LlmMessages {
+                system: "You plan.\n\tCarefully: \"quoted\"",
+                history: &r.messages,
+                last_text,
+            };
+            let llm = ChatBody {
+                messages,
+                stream: false,
+                response_format: Some(format.clone()),
+            };
+            assert_eq!(
+                String::from_utf8(llm.to_vec()).unwrap(),
+                serde_body(
+                    serde_json::to_string(&messages).unwrap(),
+                    false,
+                    Some(&format)
+                )
+            );
+        }
+        let empty = LlmMessages {
+            system: "s",
+            history: &[],
+            last_text: Some("ignored"),
+        };
+        let mut out = Vec::new();
+        empty.write_json(&mut out);
+        assert_eq!(out, serde_json::to_vec(&empty).unwrap());
+    }
 
     #[test]
     fn a_body_is_written_into_a_buffer_that_never_grows() {
