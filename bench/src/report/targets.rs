@@ -21,6 +21,10 @@ pub(super) const FLOOR_CPU_RATIO: f64 = 1.7;
 /// The throughput target (requests/s at 32 clients, with instance reuse).
 pub(super) const REUSE_THROUGHPUT: f64 = 1500.0;
 
+/// The most wasi host calls a GPA request may make (the component's own
+/// count, `host_calls.total` of its log line).
+pub(super) const HOST_CALLS: u64 = 100;
+
 /// Every target judged on `r` (and on the run with instance reuse among
 /// `others`, for throughput), in the order of the report's table.
 pub(super) fn targets(r: &Results, others: &[Results]) -> Vec<TargetCheck> {
@@ -118,6 +122,21 @@ pub(super) fn targets(r: &Results, others: &[Results]) -> Vec<TargetCheck> {
             ));
         }
     }
+    let gpa_calls = r.latency_of("gpa").and_then(|l| {
+        l.own
+            .host_calls_p50
+            .iter()
+            .find(|(kind, _)| kind == "total")
+    });
+    if let Some((_, calls)) = gpa_calls {
+        out.push(TargetCheck {
+            target: format!("≤ {HOST_CALLS} host calls per GPA request"),
+            figure: "gpa, 1 client, p50 (`host_calls.total`)".to_owned(),
+            value: calls.to_string(),
+            met: *calls <= HOST_CALLS,
+            info: false,
+        });
+    }
     let reused = r.meta.wasmtime_args.contains(REUSE_FLAG);
     let reuse_run = if reused {
         Some(r)
@@ -201,6 +220,8 @@ pub(super) fn explained_in(target: &str) -> Option<&'static str> {
         Some("The host floor")
     } else if t.starts_with("CPU per request") {
         Some("Where a short request's time goes")
+    } else if t.contains("host calls") {
+        Some("Host calls per request")
     } else if t.starts_with("own time") {
         Some("The coordinator's own time")
     } else if t.contains("req/s") {
@@ -359,5 +380,34 @@ mod tests {
             explained_in("CPU per request ≤ 1.7× the four-exchange floor"),
             Some("The host floor")
         );
+    }
+
+    #[test]
+    fn the_host_calls_of_a_gpa_request_are_judged_on_their_p50_total() {
+        let mut r = committed();
+        let gpa = r.latency.iter_mut().find(|l| l.scenario == "gpa").unwrap();
+        gpa.own.host_calls_p50 = vec![("http".to_owned(), 80), ("total".to_owned(), 367)];
+        r.targets = targets(&r, &[]);
+        let md = markdown(&r, &[]);
+        assert!(
+            md.contains(
+                "| ≤ 100 host calls per GPA request | gpa, 1 client, p50 (`host_calls.total`) | 367 | **not met**: see [bench/observations.md](bench/observations.md), *Host calls per request* |"
+            ),
+            "{md}"
+        );
+        let gpa = r.latency.iter_mut().find(|l| l.scenario == "gpa").unwrap();
+        gpa.own.host_calls_p50 = vec![("total".to_owned(), 100)];
+        let judged = targets(&r, &[]);
+        let calls = judged
+            .iter()
+            .find(|t| t.target.contains("host calls"))
+            .unwrap();
+        assert_eq!((calls.value.as_str(), calls.met), ("100", true));
+        // A run whose log lines had no host calls judges nothing.
+        let gpa = r.latency.iter_mut().find(|l| l.scenario == "gpa").unwrap();
+        gpa.own.host_calls_p50.clear();
+        assert!(!targets(&r, &[])
+            .iter()
+            .any(|t| t.target.contains("host calls")));
     }
 }
