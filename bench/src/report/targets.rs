@@ -255,17 +255,17 @@ pub(super) fn explained_in(target: &str) -> Option<&'static str> {
     if t.starts_with("added latency") || t.starts_with("time to first byte") {
         Some("Where a short request's time goes")
     } else if t.contains("four-exchange floor") {
-        Some("The host floor")
+        Some("The floor ratios, now")
     } else if t.starts_with("CPU per request") {
-        Some("Where a short request's time goes")
+        Some("CPU per request, now")
     } else if t.contains("host calls") {
-        Some("Host calls per request")
+        Some("Host calls, now")
     } else if t.starts_with("own time") {
-        Some("The coordinator's own time")
+        Some("Own time, now")
     } else if t.contains("req/s") {
-        Some("Throughput and the world")
+        Some("Throughput, now")
     } else if t.starts_with("1,000-message history") {
-        Some("Long histories")
+        Some("Long histories, now")
     } else {
         None
     }
@@ -380,7 +380,7 @@ mod tests {
         let md = markdown(&judged, &[variant]);
         assert!(
             md.contains(
-                "| ≥ 1,500 req/s at 32 clients with instance reuse | gpa, 32 clients, `--max-instance-reuse-count 1000` | 896 req/s | **not met**: see [bench/observations.md](bench/observations.md), *Throughput and the world* |"
+                "| ≥ 1,500 req/s at 32 clients with instance reuse | gpa, 32 clients, `--max-instance-reuse-count 1000` | 896 req/s | **not met**: see [bench/observations.md](bench/observations.md), *Throughput, now* |"
             ),
             "{md}"
         );
@@ -455,7 +455,7 @@ mod tests {
         }
         assert_eq!(
             explained_in("CPU per request ≤ 1.7× the four-exchange floor"),
-            Some("The host floor")
+            Some("The floor ratios, now")
         );
     }
 
@@ -468,7 +468,7 @@ mod tests {
         let md = markdown(&r, &[]);
         assert!(
             md.contains(
-                "| ≤ 100 host calls per GPA request | gpa, 1 client, p50 (`host_calls.total`) | 367 | **not met**: see [bench/observations.md](bench/observations.md), *Host calls per request* |"
+                "| ≤ 100 host calls per GPA request | gpa, 1 client, p50 (`host_calls.total`) | 367 | **not met**: see [bench/observations.md](bench/observations.md), *Host calls, now* |"
             ),
             "{md}"
         );
