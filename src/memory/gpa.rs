@@ -22,7 +22,7 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::wire::request::{ObjectWriter, WriteJson};
+use crate::wire::request::WriteJson;
 
 /// Visitor methods for the scalar kinds, each giving `$value`.
 macro_rules! other_kinds {
@@ -111,32 +111,15 @@ impl GpaState<'_> {
 
 impl WriteJson for GpaState<'_> {
     fn write_json(&self, out: &mut Vec<u8>) {
-        if let Some(text) = self.text {
-            out.extend_from_slice(text.as_bytes());
-            return;
-        }
-        let mut o = ObjectWriter::open(out);
-        for (k, f) in &self.fields {
-            match f {
-                Field::Raw(v) => o.raw(k, v.get()),
-                Field::History(list) => {
-                    let out = o.key(k);
-                    out.push(b'[');
-                    for (i, m) in list.iter().enumerate() {
-                        if i > 0 {
-                            out.push(b',');
-                        }
-                        let mut message = ObjectWriter::open(out);
-                        for (k, v) in &m.fields {
-                            message.raw(k, v.get());
-                        }
-                        message.close();
-                    }
-                    out.push(b']');
-                }
+        match self.text {
+            Some(text) => out.extend_from_slice(text.as_bytes()),
+            // Not located (a key around it was escaped): written from its
+            // parts. Writing into a Vec fails only on a serializer error,
+            // which these borrowed parts never give.
+            None => {
+                let _ = serde_json::to_writer(&mut *out, self);
             }
         }
-        o.close();
     }
 }
 
